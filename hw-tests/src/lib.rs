@@ -1,0 +1,1 @@
+//! QEMU-driven tests arrive with the EL2 hypervisor.
