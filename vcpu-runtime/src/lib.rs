@@ -10,11 +10,22 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod config;
 pub mod ids;
 pub mod scenario;
+pub mod sched;
 pub mod sync;
+pub mod system;
 pub mod time;
 pub mod trace;
+pub mod util;
+pub mod vcpu;
 
 pub use ids::{CoreId, CoreMask, VcpuId, VmId};
+pub use sched::{
+    build, BuildError, CoreRuntime, Decision, Event, ExitReason, MoveError, OfflineError, RuntimeConfig, RuntimeError,
+    SchedParams, TraceSink, VcpuSched, VcpuStats,
+};
+pub use system::{AffinityState, PowerOnError, System, VcpuStatus};
 pub use time::{Instant, Nanos};
+pub use vcpu::{Reservation, VcpuConfig, VcpuInfo, VcpuState};

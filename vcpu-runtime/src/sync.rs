@@ -1,10 +1,10 @@
 //! The `sync` shim: every cross-core structure is written against these types, which are
 //! loom's under `cfg(loom)` (so `loom-tests` can model-check them) and `core`'s/`spin`'s otherwise.
 
-#[cfg(loom)]
-pub use loom::sync::atomic;
 #[cfg(not(loom))]
 pub use core::sync::atomic;
+#[cfg(loom)]
+pub use loom::sync::atomic;
 
 /// A spin lock for the short critical sections of cross-core structures (mailboxes).
 /// Never held across a guest run, never nested.

@@ -1,1 +1,442 @@
-//! Simulator.
+//! A discrete-event simulator of N cores that drives the very same runtime as the hypervisor.
+//!
+//! Each simulated core asks its [`CoreRuntime`] for a [`Decision`] and carries it out in
+//! simulated time: a vCPU "runs" by consuming the work its [`DemandGen`] gave it, exits with
+//! WFI when it has none left, and is preempted when the decision's `until` comes. Work that
+//! arrives for a blocked vCPU wakes it through [`System::wake`], exactly as an interrupt would
+//! on the hypervisor. The simulator checks the runtime's invariants as it goes (a vCPU runs on
+//! at most one core, only its owner runs it, parked and stopped vCPUs never run) and reports
+//! CPU time, wake-up latency, job response times and deadline misses per vCPU.
+
+pub mod demand;
+pub mod report;
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use vcpu_runtime::scenario::Scenario;
+use vcpu_runtime::trace::TraceEvent;
+use vcpu_runtime::{
+    build, CoreId, CoreRuntime, Decision, Event, ExitReason, Instant, Nanos, RuntimeConfig, System, TraceSink, VcpuId,
+    VcpuState,
+};
+
+pub use demand::{Arrival, DemandGen};
+pub use report::{CoreReport, Report, VcpuReport};
+
+/// Callbacks for what happens on the simulated cores: the hook the energy accounting plugs into.
+pub trait SimObserver {
+    /// `core` ran `vcpu` from `from` to `to`.
+    fn vcpu_ran(&mut self, _core: CoreId, _vcpu: VcpuId, _from: Instant, _to: Instant) {}
+    /// `core` was idle (waiting for an interrupt) from `from` to `to`.
+    fn core_idle(&mut self, _core: CoreId, _from: Instant, _to: Instant) {}
+    /// `core` was off from `from` to `to`.
+    fn core_off(&mut self, _core: CoreId, _from: Instant, _to: Instant) {}
+}
+
+/// Observes nothing.
+impl SimObserver for () {}
+
+/// A broken runtime invariant, found while simulating.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub at: Instant,
+    pub what: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at {}: {}", Nanos(self.at.as_nanos()), self.what)
+    }
+}
+
+/// A simulation that cannot start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimError(pub String);
+
+impl fmt::Display for SimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for SimError {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CoreActivity {
+    Running { vcpu: VcpuId, since: Instant, until: Instant },
+    Idle { since: Instant, until: Option<Instant> },
+    Off { since: Instant },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Job {
+    deadline: Instant,
+    left: Nanos,
+    released: Instant,
+}
+
+struct VcpuSim {
+    gen: DemandGen,
+    next: Option<Arrival>,
+    /// Work due and not yet done.
+    pending: Nanos,
+    /// Periodic jobs in release order (their work is part of `pending`).
+    jobs: VecDeque<Job>,
+    running_on: Option<CoreId>,
+    demand: Nanos,
+    jobs_done: u64,
+    deadline_misses: u64,
+    max_lateness: Nanos,
+    max_response: Nanos,
+}
+
+/// Emits trace events into a sink and counts them.
+struct Counting<'a, S: TraceSink> {
+    sink: &'a mut S,
+    count: u64,
+}
+
+impl<S: TraceSink> TraceSink for Counting<'_, S> {
+    fn emit(&mut self, event: TraceEvent) {
+        self.count += 1;
+        self.sink.emit(event);
+    }
+}
+
+/// The simulator.
+pub struct Simulator {
+    sys: System,
+    cores: Vec<CoreRuntime>,
+    activity: Vec<CoreActivity>,
+    vcpus: Vec<VcpuSim>,
+    now: Instant,
+    violations: Vec<Violation>,
+    events: u64,
+    trace_events: u64,
+    scenario_name: String,
+    vcpu_names: Vec<String>,
+}
+
+/// Which simulator event comes next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    Core(usize),
+    Arrival(usize),
+}
+
+impl Simulator {
+    /// A simulator for a scenario; every guest needs a demand description.
+    pub fn from_scenario(scenario: &Scenario) -> Result<Simulator, SimError> {
+        let config = scenario.runtime_config(false);
+        let mut gens = Vec::new();
+        let mut names = Vec::new();
+        for guest in &scenario.guests {
+            let demand = guest
+                .demand
+                .as_ref()
+                .ok_or_else(|| SimError(format!("guest `{}` has no demand description to simulate", guest.name)))?;
+            for i in 0..guest.vcpus {
+                gens.push(DemandGen::new(demand, i, Instant::ZERO));
+                names.push(format!("{}/{}", guest.name, i));
+            }
+        }
+        let mut sim = Simulator::new(&config, gens)?;
+        sim.scenario_name = scenario.name.clone();
+        sim.vcpu_names = names;
+        Ok(sim)
+    }
+
+    /// A simulator for a runtime configuration with one generator per vCPU.
+    pub fn new(config: &RuntimeConfig, gens: Vec<DemandGen>) -> Result<Simulator, SimError> {
+        if gens.len() != config.vcpus.len() {
+            return Err(SimError(format!("{} demand generators for {} vCPUs", gens.len(), config.vcpus.len())));
+        }
+        let (sys, cores) = build(config, Instant::ZERO).map_err(|e| SimError(e.to_string()))?;
+        let mut vcpus: Vec<VcpuSim> = gens
+            .into_iter()
+            .map(|gen| VcpuSim {
+                gen,
+                next: None,
+                pending: Nanos::ZERO,
+                jobs: VecDeque::new(),
+                running_on: None,
+                demand: Nanos::ZERO,
+                jobs_done: 0,
+                deadline_misses: 0,
+                max_lateness: Nanos::ZERO,
+                max_response: Nanos::ZERO,
+            })
+            .collect();
+        for v in vcpus.iter_mut() {
+            v.next = v.gen.next_arrival(Instant::ZERO);
+        }
+        let n = cores.len();
+        let names = (0..vcpus.len()).map(|i| format!("vcpu{i}")).collect();
+        Ok(Simulator {
+            sys,
+            cores,
+            activity: vec![CoreActivity::Idle { since: Instant::ZERO, until: Some(Instant::ZERO) }; n],
+            vcpus,
+            now: Instant::ZERO,
+            violations: Vec::new(),
+            events: 0,
+            trace_events: 0,
+            scenario_name: String::from("custom"),
+            vcpu_names: names,
+        })
+    }
+
+    pub fn system(&self) -> &System {
+        &self.sys
+    }
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    /// The time at which a core's current activity ends by itself.
+    fn core_deadline(&self, c: usize) -> Instant {
+        match self.activity[c] {
+            CoreActivity::Running { vcpu, since, until } => {
+                let done = since + self.vcpus[vcpu.index()].pending;
+                done.min(until)
+            }
+            CoreActivity::Idle { until, .. } => until.unwrap_or(Instant::NEVER),
+            CoreActivity::Off { .. } => Instant::NEVER,
+        }
+    }
+
+    fn next_event(&self) -> (Instant, Next) {
+        let mut best = (Instant::NEVER, Next::Core(0));
+        for c in 0..self.activity.len() {
+            let t = self.core_deadline(c);
+            if t < best.0 {
+                best = (t, Next::Core(c));
+            }
+        }
+        for (i, v) in self.vcpus.iter().enumerate() {
+            if let Some(a) = v.next {
+                if a.at < best.0 {
+                    best = (a.at, Next::Arrival(i));
+                }
+            }
+        }
+        best
+    }
+
+    /// Runs until `end` (simulated), emitting trace events into `trace` and observations into
+    /// `observer`.
+    pub fn run_until(&mut self, end: Instant, trace: &mut impl TraceSink, observer: &mut impl SimObserver) {
+        let mut sink = Counting { sink: trace, count: 0 };
+        loop {
+            let (t, what) = self.next_event();
+            if t > end {
+                break;
+            }
+            self.now = t;
+            self.events += 1;
+            match what {
+                Next::Core(c) => self.core_event(c, &mut sink, observer),
+                Next::Arrival(i) => self.arrival(i, &mut sink, observer),
+            }
+        }
+        self.now = end;
+        // Bring every core's accounting up to `end` without ending anything.
+        for c in 0..self.cores.len() {
+            match self.activity[c] {
+                CoreActivity::Running { vcpu, since, until } => {
+                    self.consume(vcpu, since, end);
+                    observer.vcpu_ran(CoreId(c as u16), vcpu, since, end);
+                    self.cores[c].tick(&self.sys, end);
+                    self.activity[c] = CoreActivity::Running { vcpu, since: end, until };
+                }
+                CoreActivity::Idle { since, until } => {
+                    observer.core_idle(CoreId(c as u16), since, end);
+                    self.cores[c].tick(&self.sys, end);
+                    self.activity[c] = CoreActivity::Idle { since: end, until };
+                }
+                CoreActivity::Off { since } => {
+                    observer.core_off(CoreId(c as u16), since, end);
+                    self.activity[c] = CoreActivity::Off { since: end };
+                }
+            }
+        }
+        self.trace_events += sink.count;
+    }
+
+    /// Work done by `vcpu` from `from` to `to`: completes jobs in order and checks deadlines.
+    fn consume(&mut self, vcpu: VcpuId, from: Instant, to: Instant) {
+        let v = &mut self.vcpus[vcpu.index()];
+        let mut ran = to - from;
+        v.pending -= ran;
+        let mut t = from;
+        while ran > Nanos::ZERO {
+            let Some(job) = v.jobs.front_mut() else { break };
+            let step = job.left.min(ran);
+            job.left -= step;
+            ran -= step;
+            t += step;
+            if job.left == Nanos::ZERO {
+                let job = v.jobs.pop_front().unwrap_or(Job { deadline: t, left: Nanos::ZERO, released: t });
+                v.jobs_done += 1;
+                v.max_response = v.max_response.max(t - job.released);
+                if t > job.deadline {
+                    v.deadline_misses += 1;
+                    v.max_lateness = v.max_lateness.max(t - job.deadline);
+                }
+            }
+        }
+    }
+
+    fn core_event(&mut self, c: usize, trace: &mut impl TraceSink, observer: &mut impl SimObserver) {
+        match self.activity[c] {
+            CoreActivity::Running { vcpu, since, .. } => {
+                self.consume(vcpu, since, self.now);
+                observer.vcpu_ran(CoreId(c as u16), vcpu, since, self.now);
+                let reason = if self.vcpus[vcpu.index()].pending == Nanos::ZERO {
+                    ExitReason::Wfi
+                } else {
+                    ExitReason::Preempted
+                };
+                self.exit(c, vcpu, reason, trace);
+            }
+            CoreActivity::Idle { since, .. } => observer.core_idle(CoreId(c as u16), since, self.now),
+            CoreActivity::Off { .. } => return,
+        }
+        self.decide(c, trace, observer);
+    }
+
+    fn exit(&mut self, c: usize, vcpu: VcpuId, reason: ExitReason, trace: &mut impl TraceSink) {
+        self.vcpus[vcpu.index()].running_on = None;
+        let now = self.now;
+        if let Err(e) = self.cores[c].handle(&self.sys, Event::Exit { vcpu, reason }, now, trace) {
+            self.violations.push(Violation { at: now, what: e.to_string() });
+        }
+    }
+
+    /// Asks core `c` what to do and starts doing it.
+    fn decide(&mut self, c: usize, trace: &mut impl TraceSink, observer: &mut impl SimObserver) {
+        let now = self.now;
+        let decision = self.cores[c].next(&self.sys, now, trace);
+        self.activity[c] = match decision {
+            Decision::Run { vcpu, until } => {
+                self.check_run(c, vcpu);
+                self.vcpus[vcpu.index()].running_on = Some(CoreId(c as u16));
+                CoreActivity::Running { vcpu, since: now, until: until.max(now) }
+            }
+            Decision::Idle { until } => CoreActivity::Idle { since: now, until },
+            Decision::PowerOff => CoreActivity::Off { since: now },
+        };
+        self.deliver_kicks(c, trace, observer);
+    }
+
+    fn check_run(&mut self, c: usize, vcpu: VcpuId) {
+        let now = self.now;
+        if let Some(other) = self.vcpus[vcpu.index()].running_on {
+            self.violations.push(Violation {
+                at: now,
+                what: format!("vCPU {vcpu} chosen on core {c} while running on core {other}"),
+            });
+        }
+        let status = self.sys.status(vcpu);
+        if status.owner != CoreId(c as u16) || status.state != VcpuState::Running {
+            self.violations
+                .push(Violation { at: now, what: format!("vCPU {vcpu} run on core {c} but its word says {status:?}") });
+        }
+    }
+
+    /// Sends the IPIs a core asked for: a kicked core re-decides (preempting what it runs).
+    fn deliver_kicks(&mut self, from: usize, trace: &mut impl TraceSink, observer: &mut impl SimObserver) {
+        let kicks = self.cores[from].take_kicks();
+        for core in kicks.iter() {
+            if core.index() < self.cores.len() {
+                self.interrupt(core.index(), trace, observer);
+            }
+        }
+    }
+
+    /// An interrupt reaches core `c`: whatever it runs exits, and it decides again.
+    fn interrupt(&mut self, c: usize, trace: &mut impl TraceSink, observer: &mut impl SimObserver) {
+        match self.activity[c] {
+            CoreActivity::Running { vcpu, since, .. } => {
+                self.consume(vcpu, since, self.now);
+                observer.vcpu_ran(CoreId(c as u16), vcpu, since, self.now);
+                let reason = if self.vcpus[vcpu.index()].pending == Nanos::ZERO {
+                    ExitReason::Wfi
+                } else {
+                    ExitReason::Preempted
+                };
+                self.exit(c, vcpu, reason, trace);
+            }
+            CoreActivity::Idle { since, .. } => observer.core_idle(CoreId(c as u16), since, self.now),
+            // An off core takes no interrupts: its mailbox is closed and it owns nothing.
+            CoreActivity::Off { .. } => return,
+        }
+        self.decide(c, trace, observer);
+    }
+
+    fn arrival(&mut self, i: usize, trace: &mut impl TraceSink, observer: &mut impl SimObserver) {
+        let now = self.now;
+        let v = &mut self.vcpus[i];
+        let Some(a) = v.next.take() else { return };
+        let was_idle = v.pending == Nanos::ZERO;
+        v.pending += a.work;
+        v.demand += a.work;
+        if let Some(deadline) = a.deadline {
+            v.jobs.push_back(Job { deadline, left: a.work, released: a.at });
+        }
+        v.next = v.gen.next_arrival(now);
+        if !was_idle {
+            // Still busy with earlier work: it is runnable or running already.
+            return;
+        }
+        let vcpu = VcpuId(i as u16);
+        if let Some(core) = self.sys.wake(vcpu) {
+            // The interrupt reaches the owner core.
+            let c = core.index();
+            self.interrupt(c, trace, observer);
+        }
+    }
+
+    /// A report of everything so far.
+    pub fn report(&self) -> Report {
+        report::build(self)
+    }
+
+    /// Runs a whole scenario and reports.
+    pub fn run_scenario(scenario: &Scenario, trace: &mut impl TraceSink) -> Result<Report, SimError> {
+        let mut sim = Simulator::from_scenario(scenario)?;
+        sim.run_until(Instant::ZERO + scenario.duration, trace, &mut ());
+        Ok(sim.report())
+    }
+
+    /// Takes core `c` offline between runs (hands its vCPUs over, then it powers off).
+    pub fn take_offline(&mut self, c: usize, trace: &mut impl TraceSink) -> Result<(), String> {
+        let now = self.now;
+        if let CoreActivity::Running { vcpu, since, .. } = self.activity[c] {
+            self.consume(vcpu, since, now);
+            let reason =
+                if self.vcpus[vcpu.index()].pending == Nanos::ZERO { ExitReason::Wfi } else { ExitReason::Preempted };
+            self.exit(c, vcpu, reason, trace);
+        }
+        let r = self.cores[c].handle(&self.sys, Event::CoreGoingOffline, now, trace).map_err(|e| e.to_string());
+        self.decide(c, trace, &mut ());
+        r
+    }
+
+    /// Brings core `c` back online.
+    pub fn bring_online(&mut self, c: usize, trace: &mut impl TraceSink) {
+        let now = self.now;
+        let _ = self.cores[c].handle(&self.sys, Event::CoreOnline, now, trace);
+        self.decide(c, trace, &mut ());
+    }
+
+    /// Asks for a vCPU to move to `dest` (handled by its owner at once, as after an IPI).
+    pub fn request_move(&mut self, vcpu: VcpuId, dest: CoreId, trace: &mut impl TraceSink) -> Result<(), String> {
+        let owner = self.sys.request_move(vcpu, dest).map_err(|e| e.to_string())?;
+        self.interrupt(owner.index(), trace, &mut ());
+        Ok(())
+    }
+}

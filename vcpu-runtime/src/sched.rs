@@ -1,0 +1,1029 @@
+//! Per-core scheduling: the [`CoreRuntime`] each physical core owns, and its decisions.
+//!
+//! Two classes share a core:
+//! * **Real-time reservations** (budget `Q` every period `P`) run first, earliest deadline
+//!   first, each as a hard constant-bandwidth server: a server that exhausts its budget waits
+//!   for its replenishment, and a vCPU that wakes with more budget than its bandwidth allows
+//!   before its deadline gets a fresh deadline. Admission keeps the sum of `Q/P` on each core
+//!   under the bound (default 90 %), so every admitted server gets its budget in every period.
+//! * **Proportional share** (Xen credit2 style): running burns credit at a rate inversely
+//!   proportional to the vCPU's weight; the vCPU with the most credit runs. We keep the
+//!   credit as a *weighted virtual time* (`vtime`, which is credit with the sign flipped and no
+//!   resets): `vtime += run_time · 1024 / weight`, and the smallest `vtime` runs. A vCPU that
+//!   wakes is placed no more than `wake_credit` behind the core's minimum, so sleeping earns
+//!   no unbounded credit; a vCPU that moves to another core keeps its lag.
+//!
+//! Nothing here allocates after [`build`]: a core's vCPU list has room for every vCPU of the
+//! system, and mailboxes never grow.
+
+use alloc::vec::Vec;
+
+use crate::ids::{CoreId, CoreMask, VcpuId, VmId};
+use crate::system::{AdmissionError, Message, PostError, System};
+use crate::time::{Instant, Nanos};
+use crate::trace::{CoreState, StopReason, TraceEvent, TraceKind};
+use crate::util::Ewma;
+use crate::vcpu::{Reservation, VcpuConfig, VcpuInfo, VcpuState};
+
+/// Scheduler parameters (the policy knobs of a scenario that the scheduler reads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedParams {
+    /// Longest a proportional-share vCPU runs before the core decides again.
+    pub timeslice: Nanos,
+    /// A running share vCPU is not preempted by one that is less than this far ahead of it in
+    /// (weighted) time: stops wake-ups from thrashing the core.
+    pub min_granularity: Nanos,
+    /// How far behind the core's least virtual time a waking vCPU may place itself.
+    pub wake_credit: Nanos,
+    /// Real-time admission bound per core, in ppm of the core.
+    pub rt_bound_ppm: u64,
+    /// Half-life of the utilization averages.
+    pub util_half_life: Nanos,
+}
+
+impl Default for SchedParams {
+    fn default() -> Self {
+        SchedParams {
+            timeslice: Nanos::from_millis(4),
+            min_granularity: Nanos::from_micros(500),
+            wake_credit: Nanos::from_millis(2),
+            rt_bound_ppm: 900_000,
+            util_half_life: Nanos::from_millis(32),
+        }
+    }
+}
+
+/// Virtual time advances by `run_time · VTIME_SCALE / weight`.
+const VTIME_SCALE: u64 = 1024;
+
+fn to_vtime(d: Nanos, weight: u32) -> u64 {
+    ((d.as_nanos() as u128 * VTIME_SCALE as u128) / weight.max(1) as u128).min(u64::MAX as u128) as u64
+}
+
+/// Why a vCPU came back to the hypervisor, as far as scheduling cares. Exits the platform
+/// handles and resumes from (an emulated MMIO access, a hypercall) are not reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// Its time was up or an interrupt needs the core: still runnable.
+    Preempted,
+    /// The guest yielded (a WFE or a yield hypercall): still runnable, goes behind its peers.
+    Yield,
+    /// The guest executed WFI: blocks until a wake-up.
+    Wfi,
+    /// The guest called PSCI CPU_OFF: parked until a sibling's CPU_ON.
+    PsciCpuOff,
+    /// The vCPU ends for good.
+    Stop(StopReason),
+}
+
+/// An event the platform feeds to a core's runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A periodic housekeeping tick: refreshes the utilization figures others read.
+    Tick,
+    /// The vCPU this core was running came back.
+    Exit { vcpu: VcpuId, reason: ExitReason },
+    /// An interrupt is pending for a vCPU (owned by this core or any other).
+    Wake { vcpu: VcpuId },
+    /// This core came (back) online and takes vCPUs.
+    CoreOnline,
+    /// This core should go offline: it hands its vCPUs over and then decides
+    /// [`Decision::PowerOff`].
+    CoreGoingOffline,
+}
+
+/// What a core should do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Enter this vCPU and take it back no later than `until` (arm the timer for it).
+    Run { vcpu: VcpuId, until: Instant },
+    /// Nothing to run: wait for an interrupt, or until `until` when a reservation replenishes.
+    Idle { until: Option<Instant> },
+    /// The core has handed everything over: switch it off (PSCI CPU_OFF).
+    PowerOff,
+}
+
+/// Errors from runtime requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveError {
+    NoSuchVcpu(VcpuId),
+    NoSuchCore(CoreId),
+    /// The core that was asked does not own the vCPU.
+    NotOwned {
+        vcpu: VcpuId,
+        core: CoreId,
+    },
+    /// The vCPU is running right now; it can move only between runs.
+    Running(VcpuId),
+    Stopped(VcpuId),
+    /// The destination is not in the vCPU's affinity mask.
+    Affinity {
+        vcpu: VcpuId,
+        dest: CoreId,
+    },
+    CoreOffline(CoreId),
+    /// The vCPU's reservation does not fit on the destination.
+    Admission(AdmissionError),
+    /// Too many messages in flight; try again later.
+    Busy(VcpuId),
+}
+
+impl core::fmt::Display for MoveError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            MoveError::NoSuchVcpu(v) => write!(f, "there is no vCPU {v}"),
+            MoveError::NoSuchCore(c) => write!(f, "there is no core {c}"),
+            MoveError::NotOwned { vcpu, core } => write!(f, "vCPU {vcpu} is not owned by core {core}"),
+            MoveError::Running(v) => write!(f, "vCPU {v} is running; it can move only between runs"),
+            MoveError::Stopped(v) => write!(f, "vCPU {v} has stopped"),
+            MoveError::Affinity { vcpu, dest } => write!(f, "core {dest} is outside vCPU {vcpu}'s affinity"),
+            MoveError::CoreOffline(c) => write!(f, "core {c} is offline"),
+            MoveError::Admission(e) => write!(f, "{e}"),
+            MoveError::Busy(v) => write!(f, "too many hand-overs in flight to move vCPU {v}; try again"),
+        }
+    }
+}
+
+/// Why a core could not go offline (it stays online, nothing is lost).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OfflineError {
+    /// A vCPU is running on the core: go offline between runs.
+    Busy,
+    /// The last online core cannot go offline.
+    LastCore,
+    /// A vCPU could not be placed on any other online core.
+    CannotMove { vcpu: VcpuId, reason: MoveError },
+}
+
+impl core::fmt::Display for OfflineError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            OfflineError::Busy => write!(f, "a vCPU is running on the core"),
+            OfflineError::LastCore => write!(f, "it is the last online core"),
+            OfflineError::CannotMove { vcpu, reason } => write!(f, "vCPU {vcpu} cannot leave it: {reason}"),
+        }
+    }
+}
+
+/// Errors of [`CoreRuntime::handle`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeError {
+    /// An exit was reported for a vCPU this core was not running.
+    NotRunning {
+        vcpu: VcpuId,
+        core: CoreId,
+    },
+    Offline(OfflineError),
+}
+
+impl core::fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RuntimeError::NotRunning { vcpu, core } => {
+                write!(f, "core {core} got an exit for vCPU {vcpu}, which it was not running")
+            }
+            RuntimeError::Offline(e) => write!(f, "cannot go offline: {e}"),
+        }
+    }
+}
+
+/// Where trace events go: the console on the hypervisor, a file or a vector in the simulator.
+pub trait TraceSink {
+    fn emit(&mut self, event: TraceEvent);
+}
+
+/// Discards events.
+impl TraceSink for () {
+    fn emit(&mut self, _: TraceEvent) {}
+}
+
+#[cfg(any(test, feature = "std"))]
+impl TraceSink for alloc::vec::Vec<TraceEvent> {
+    fn emit(&mut self, event: TraceEvent) {
+        self.push(event);
+    }
+}
+
+/// Per-vCPU counters, kept by whichever core owns the vCPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuStats {
+    /// CPU time the vCPU has received.
+    pub cpu_time: Nanos,
+    /// Times it was entered.
+    pub runs: u64,
+    /// Times it went from blocked to runnable.
+    pub wakeups: u64,
+    /// Sum and maximum of the time from wake-up to running.
+    pub wake_latency_total: Nanos,
+    pub wake_latency_max: Nanos,
+    /// Times it was handed over to another core.
+    pub migrations: u64,
+    /// Times it was descheduled while still runnable.
+    pub preemptions: u64,
+}
+
+/// A real-time vCPU's constant-bandwidth server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RtServer {
+    res: Reservation,
+    deadline: Instant,
+    remaining: Nanos,
+}
+
+/// A vCPU's scheduling state. It belongs to the vCPU's owner core and travels with the vCPU
+/// when it is handed over.
+#[derive(Clone, Copy, Debug)]
+pub struct VcpuSched {
+    id: VcpuId,
+    vm: VmId,
+    weight: u32,
+    affinity: CoreMask,
+    rt: Option<RtServer>,
+    vtime: u64,
+    util: Ewma,
+    /// Mirrors the state in the vCPU's shared word (only the owner writes it).
+    state: VcpuState,
+    last_migrated: Instant,
+    /// When it last became runnable after a wake-up, if it has not run since.
+    woken_at: Option<Instant>,
+    stats: VcpuStats,
+}
+
+impl VcpuSched {
+    pub fn id(&self) -> VcpuId {
+        self.id
+    }
+    pub fn vm(&self) -> VmId {
+        self.vm
+    }
+    pub fn state(&self) -> VcpuState {
+        self.state
+    }
+    pub fn stats(&self) -> &VcpuStats {
+        &self.stats
+    }
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+    pub fn affinity(&self) -> CoreMask {
+        self.affinity
+    }
+    pub fn reservation(&self) -> Option<Reservation> {
+        self.rt.map(|s| s.res)
+    }
+    /// Utilization (in [`UTIL_ONE`](crate::util::UTIL_ONE) units) as of its last update.
+    pub fn utilization(&self) -> u32 {
+        self.util.value()
+    }
+    pub fn last_migrated(&self) -> Instant {
+        self.last_migrated
+    }
+    fn is_runnable(&self) -> bool {
+        self.state == VcpuState::Runnable
+    }
+    fn ppm(&self) -> u64 {
+        self.rt.map_or(0, |s| s.res.bandwidth_ppm())
+    }
+}
+
+/// Per-core counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Time spent running vCPUs.
+    pub busy: Nanos,
+    /// Decisions taken.
+    pub decisions: u64,
+    /// vCPU switches (a different vCPU than last time was entered).
+    pub switches: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Current {
+    idx: usize,
+    since: Instant,
+}
+
+/// A physical core's half of the runtime. Owned by that core alone: no locks on its paths.
+#[derive(Debug)]
+pub struct CoreRuntime {
+    core: CoreId,
+    params: SchedParams,
+    vcpus: Vec<VcpuSched>,
+    current: Option<Current>,
+    /// The vCPU entered last (for switch counting, tracing and the wake-up granularity).
+    last_run: Option<VcpuId>,
+    /// The least virtual time among this core's runnable share vCPUs; never decreases.
+    min_vtime: u64,
+    util: Ewma,
+    online: bool,
+    kicks: CoreMask,
+    stats: CoreStats,
+}
+
+/// The static description of a system for [`build`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    pub cores: u16,
+    pub params: SchedParams,
+    pub vcpus: Vec<VcpuConfig>,
+}
+
+/// A system that cannot be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildError {
+    /// `cores` must be 1..=64.
+    Cores(u16),
+    /// More vCPUs than the runtime numbers (65535).
+    TooManyVcpus(usize),
+    ZeroWeight {
+        vm: VmId,
+        index: u16,
+    },
+    /// The affinity names no existing core.
+    EmptyAffinity {
+        vm: VmId,
+        index: u16,
+    },
+    /// A reservation with a zero period or a budget over its period.
+    BadReservation {
+        vm: VmId,
+        index: u16,
+    },
+    /// The reservation fits on none of the allowed cores; the error is the closest miss.
+    Admission {
+        vm: VmId,
+        index: u16,
+        closest: AdmissionError,
+    },
+}
+
+impl core::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BuildError::Cores(n) => write!(f, "a system has 1 to 64 cores, not {n}"),
+            BuildError::TooManyVcpus(n) => write!(f, "{n} vCPUs are more than the runtime supports (65535)"),
+            BuildError::ZeroWeight { vm, index } => write!(f, "VM {vm} vCPU {index}: weight must be at least 1"),
+            BuildError::EmptyAffinity { vm, index } => {
+                write!(f, "VM {vm} vCPU {index}: affinity names no existing core")
+            }
+            BuildError::BadReservation { vm, index } => {
+                write!(f, "VM {vm} vCPU {index}: reservation needs a non-zero period and a budget no larger than it")
+            }
+            BuildError::Admission { vm, index, closest } => {
+                write!(f, "VM {vm} vCPU {index}: reservation refused on every allowed core; closest: {closest}")
+            }
+        }
+    }
+}
+
+/// Builds the shared [`System`] and one [`CoreRuntime`] per core, placing every vCPU on a core:
+/// reservations first (each on the allowed core with the least real-time load that admits it),
+/// then the others on the allowed core with the fewest vCPUs.
+pub fn build(config: &RuntimeConfig, start: Instant) -> Result<(System, Vec<CoreRuntime>), BuildError> {
+    let n_cores = config.cores;
+    if n_cores == 0 || n_cores as usize > CoreMask::MAX_CORES {
+        return Err(BuildError::Cores(n_cores));
+    }
+    if config.vcpus.len() > u16::MAX as usize {
+        return Err(BuildError::TooManyVcpus(config.vcpus.len()));
+    }
+    let all = CoreMask::first(n_cores as usize);
+    let mut reserved = alloc::vec![0u64; n_cores as usize];
+    let mut count = alloc::vec![0usize; n_cores as usize];
+    let mut placement = alloc::vec![CoreId(0); config.vcpus.len()];
+    // Reservations first: they are the constrained ones.
+    let mut order: Vec<usize> = (0..config.vcpus.len()).collect();
+    order.sort_by_key(|&i| core::cmp::Reverse(config.vcpus[i].reservation.map_or(0, |r| r.bandwidth_ppm())));
+    for &i in &order {
+        let v = &config.vcpus[i];
+        let (vm, index) = (v.vm, v.index_in_vm);
+        if v.weight == 0 {
+            return Err(BuildError::ZeroWeight { vm, index });
+        }
+        let allowed = v.affinity.and(all);
+        if allowed.is_empty() {
+            return Err(BuildError::EmptyAffinity { vm, index });
+        }
+        let core = match v.reservation {
+            Some(r) => {
+                if r.period == Nanos::ZERO || r.budget > r.period || r.budget == Nanos::ZERO {
+                    return Err(BuildError::BadReservation { vm, index });
+                }
+                let ppm = r.bandwidth_ppm();
+                let best = allowed.iter().min_by_key(|c| (reserved[c.index()], count[c.index()])).unwrap_or(CoreId(0));
+                let total = reserved[best.index()].saturating_add(ppm);
+                if total > config.params.rt_bound_ppm {
+                    return Err(BuildError::Admission {
+                        vm,
+                        index,
+                        closest: AdmissionError {
+                            core: best,
+                            requested_ppm: ppm,
+                            admitted_ppm: reserved[best.index()],
+                            bound_ppm: config.params.rt_bound_ppm,
+                        },
+                    });
+                }
+                reserved[best.index()] = total;
+                best
+            }
+            None => allowed.iter().min_by_key(|c| (count[c.index()], reserved[c.index()])).unwrap_or(CoreId(0)),
+        };
+        count[core.index()] += 1;
+        placement[i] = core;
+    }
+
+    let infos: Vec<VcpuInfo> = config
+        .vcpus
+        .iter()
+        .enumerate()
+        .map(|(i, v)| VcpuInfo { id: VcpuId(i as u16), vm: v.vm, index_in_vm: v.index_in_vm })
+        .collect();
+    let initial_state = |v: &VcpuConfig| if v.starts_parked { VcpuState::Parked } else { VcpuState::Runnable };
+    let owners: Vec<(CoreId, VcpuState)> =
+        config.vcpus.iter().zip(&placement).map(|(v, &c)| (c, initial_state(v))).collect();
+    let system = System::new(config.params, n_cores, infos, &owners);
+    let mut cores: Vec<CoreRuntime> = (0..n_cores)
+        .map(|c| CoreRuntime {
+            core: CoreId(c),
+            params: config.params,
+            vcpus: Vec::with_capacity(config.vcpus.len()),
+            current: None,
+            last_run: None,
+            min_vtime: 0,
+            util: Ewma::new(start),
+            online: true,
+            kicks: CoreMask::NONE,
+            stats: CoreStats::default(),
+        })
+        .collect();
+    for (i, v) in config.vcpus.iter().enumerate() {
+        let core = placement[i];
+        if let Some(r) = v.reservation {
+            // Cannot fail: the placement above checked the same bound.
+            let _ = system.reserve(core, r.bandwidth_ppm());
+        }
+        cores[core.index()].vcpus.push(VcpuSched {
+            id: VcpuId(i as u16),
+            vm: v.vm,
+            weight: v.weight,
+            affinity: v.affinity.and(all),
+            rt: v.reservation.map(|res| RtServer { res, deadline: start + res.period, remaining: res.budget }),
+            vtime: 0,
+            util: Ewma::new(start),
+            state: initial_state(v),
+            last_migrated: start,
+            woken_at: None,
+            stats: VcpuStats::default(),
+        });
+    }
+    Ok((system, cores))
+}
+
+impl CoreRuntime {
+    pub fn core(&self) -> CoreId {
+        self.core
+    }
+    pub fn is_online(&self) -> bool {
+        self.online
+    }
+    /// The vCPUs this core owns (in no particular order).
+    pub fn vcpus(&self) -> &[VcpuSched] {
+        &self.vcpus
+    }
+    /// The vCPU running now, if any.
+    pub fn current(&self) -> Option<VcpuId> {
+        self.current.map(|c| self.vcpus[c.idx].id)
+    }
+    pub fn stats(&self) -> &CoreStats {
+        &self.stats
+    }
+    /// The core's busy utilization (in [`UTIL_ONE`](crate::util::UTIL_ONE) units) as of its last update.
+    pub fn utilization(&self) -> u32 {
+        self.util.value()
+    }
+    /// Cores that must be sent an IPI because of what this core did since the last call.
+    pub fn take_kicks(&mut self) -> CoreMask {
+        core::mem::replace(&mut self.kicks, CoreMask::NONE)
+    }
+
+    fn find(&self, vcpu: VcpuId) -> Option<usize> {
+        self.vcpus.iter().position(|v| v.id == vcpu)
+    }
+
+    /// Feeds one event to this core.
+    pub fn handle(
+        &mut self,
+        sys: &System,
+        event: Event,
+        now: Instant,
+        trace: &mut impl TraceSink,
+    ) -> Result<(), RuntimeError> {
+        match event {
+            Event::Tick => {
+                self.tick(sys, now);
+                Ok(())
+            }
+            Event::Exit { vcpu, reason } => self.on_exit(sys, vcpu, reason, now, trace),
+            Event::Wake { vcpu } => {
+                self.wake(sys, vcpu, now, trace);
+                Ok(())
+            }
+            Event::CoreOnline => {
+                self.come_online(sys, now, trace);
+                Ok(())
+            }
+            Event::CoreGoingOffline => self.go_offline(sys, now, trace).map_err(RuntimeError::Offline),
+        }
+    }
+
+    /// Refreshes utilization and charges the running vCPU up to `now`.
+    pub fn tick(&mut self, sys: &System, now: Instant) {
+        if let Some(cur) = self.current {
+            self.charge(sys, cur.idx, cur.since, now);
+            self.current = Some(Current { idx: cur.idx, since: now });
+        } else {
+            self.util.advance(sys.decay, now, false);
+        }
+        sys.publish_core_util(self.core, self.util.value());
+    }
+
+    /// Signals an event for any vCPU; a local one is handled at once.
+    pub fn wake(&mut self, sys: &System, vcpu: VcpuId, now: Instant, trace: &mut impl TraceSink) {
+        if vcpu.index() >= sys.vcpu_count() {
+            return;
+        }
+        if let Some(target) = sys.wake(vcpu) {
+            if target == self.core {
+                self.poll(sys, now, trace);
+            } else {
+                self.kicks = self.kicks.with(target);
+            }
+        }
+    }
+
+    /// Accounts run time from `since` to `now` to the vCPU at `idx`.
+    fn charge(&mut self, sys: &System, idx: usize, since: Instant, now: Instant) {
+        let ran = now.since(since);
+        let v = &mut self.vcpus[idx];
+        v.stats.cpu_time += ran;
+        v.vtime = v.vtime.saturating_add(to_vtime(ran, v.weight));
+        if let Some(s) = v.rt.as_mut() {
+            s.remaining = s.remaining.saturating_sub(ran);
+        }
+        v.util.advance(sys.decay, now, true);
+        sys.publish_vcpu_util(v.id, &v.util);
+        self.util.advance(sys.decay, now, true);
+        self.stats.busy += ran;
+    }
+
+    fn on_exit(
+        &mut self,
+        sys: &System,
+        vcpu: VcpuId,
+        reason: ExitReason,
+        now: Instant,
+        trace: &mut impl TraceSink,
+    ) -> Result<(), RuntimeError> {
+        let Some(cur) = self.current.filter(|c| self.vcpus[c.idx].id == vcpu) else {
+            return Err(RuntimeError::NotRunning { vcpu, core: self.core });
+        };
+        self.current = None;
+        self.charge(sys, cur.idx, cur.since, now);
+        let core = self.core;
+        let at = now;
+        let v = &mut self.vcpus[cur.idx];
+        match reason {
+            ExitReason::Preempted | ExitReason::Yield => {
+                sys.set_state(vcpu, VcpuState::Runnable, u32::MAX);
+                v.state = VcpuState::Runnable;
+                if reason == ExitReason::Yield {
+                    // Behind every peer that is runnable now.
+                    let max = self.vcpus.iter().filter(|o| o.is_runnable()).map(|o| o.vtime).max().unwrap_or(0);
+                    let v = &mut self.vcpus[cur.idx];
+                    v.vtime = v.vtime.max(max.saturating_add(1));
+                }
+            }
+            ExitReason::Wfi => {
+                if sys.try_block(vcpu) {
+                    v.state = VcpuState::Blocked;
+                    trace.emit(TraceEvent { at, kind: TraceKind::VcpuBlock { core, vcpu } });
+                } else {
+                    v.state = VcpuState::Runnable;
+                }
+            }
+            ExitReason::PsciCpuOff => {
+                sys.set_state(vcpu, VcpuState::Parked, 0);
+                v.state = VcpuState::Parked;
+                v.woken_at = None;
+                trace.emit(TraceEvent { at, kind: TraceKind::VcpuPark { core, vcpu } });
+            }
+            ExitReason::Stop(why) => {
+                sys.set_state(vcpu, VcpuState::Stopped, 0);
+                v.state = VcpuState::Stopped;
+                let ppm = v.ppm();
+                v.rt = None;
+                sys.release(core, ppm);
+                trace.emit(TraceEvent { at, kind: TraceKind::VcpuStop { vcpu, reason: why } });
+            }
+        }
+        Ok(())
+    }
+
+    /// A vCPU of this core became runnable at `now` (from blocked, or from parked when
+    /// `powered_on`).
+    fn became_runnable(&mut self, idx: usize, now: Instant, powered_on: bool, trace: &mut impl TraceSink) {
+        let (core, min_vtime, credit) = (self.core, self.min_vtime, self.params.wake_credit);
+        let v = &mut self.vcpus[idx];
+        v.state = VcpuState::Runnable;
+        v.woken_at = Some(now);
+        v.stats.wakeups += 1;
+        v.vtime =
+            if powered_on { min_vtime } else { v.vtime.max(min_vtime.saturating_sub(to_vtime(credit, v.weight))) };
+        if let Some(s) = v.rt.as_mut() {
+            // Constant-bandwidth server wake-up rule: keep the current deadline only if the
+            // remaining budget fits the reserved bandwidth until then.
+            let left = s.deadline.since(now);
+            if now >= s.deadline
+                || (s.remaining.as_nanos() as u128) * (s.res.period.as_nanos() as u128)
+                    > (left.as_nanos() as u128) * (s.res.budget.as_nanos() as u128)
+            {
+                s.deadline = now + s.res.period;
+                s.remaining = s.res.budget;
+            }
+        }
+        let vcpu = v.id;
+        trace.emit(TraceEvent {
+            at: now,
+            kind: if powered_on { TraceKind::VcpuUnpark { core, vcpu } } else { TraceKind::VcpuWake { core, vcpu } },
+        });
+    }
+
+    /// Takes in messages and pending requests.
+    fn poll(&mut self, sys: &System, now: Instant, trace: &mut impl TraceSink) {
+        while let Some(msg) = sys.take_mail(self.core) {
+            self.receive(sys, msg, now, trace);
+        }
+        if sys.take_kick(self.core) {
+            for idx in 0..self.vcpus.len() {
+                let state = self.vcpus[idx].state;
+                if matches!(state, VcpuState::Blocked | VcpuState::Parked) {
+                    if let Some(old) = sys.consume_requests(self.vcpus[idx].id) {
+                        self.became_runnable(idx, now, old == VcpuState::Parked, trace);
+                    }
+                }
+            }
+        }
+    }
+
+    fn receive(&mut self, sys: &System, msg: Message, now: Instant, trace: &mut impl TraceSink) {
+        match msg {
+            Message::Arrive { mut sched, lag } => {
+                let before = sched.state;
+                let after = sys.complete_handover(self.core, sched.id);
+                sched.vtime = if lag >= 0 {
+                    self.min_vtime.saturating_add(lag as u64)
+                } else {
+                    self.min_vtime.saturating_sub(lag.unsigned_abs())
+                };
+                self.vcpus.push(sched);
+                let idx = self.vcpus.len() - 1;
+                if after == VcpuState::Runnable && before != VcpuState::Runnable {
+                    self.became_runnable(idx, now, before == VcpuState::Parked, trace);
+                }
+                if !self.online {
+                    // Sent before we closed: pass it on.
+                    let _ = self.evacuate(sys, idx, now, trace);
+                }
+            }
+            Message::MoveRequest { vcpu, dest } => {
+                // A stale request (the vCPU moved on meanwhile) is dropped.
+                if self.find(vcpu).is_some() {
+                    let _ = self.migrate(sys, vcpu, dest, now, trace);
+                }
+            }
+        }
+    }
+
+    /// Hands a vCPU this core owns over to `dest`. Called between runs.
+    pub fn migrate(
+        &mut self,
+        sys: &System,
+        vcpu: VcpuId,
+        dest: CoreId,
+        now: Instant,
+        trace: &mut impl TraceSink,
+    ) -> Result<(), MoveError> {
+        let idx = self.find(vcpu).ok_or(MoveError::NotOwned { vcpu, core: self.core })?;
+        if dest.index() >= sys.core_count() {
+            return Err(MoveError::NoSuchCore(dest));
+        }
+        if dest == self.core {
+            return Ok(());
+        }
+        if self.current.is_some_and(|c| c.idx == idx) {
+            return Err(MoveError::Running(vcpu));
+        }
+        let v = self.vcpus[idx];
+        if v.state == VcpuState::Stopped {
+            return Err(MoveError::Stopped(vcpu));
+        }
+        if !v.affinity.contains(dest) {
+            return Err(MoveError::Affinity { vcpu, dest });
+        }
+        if !sys.online_cores().contains(dest) {
+            return Err(MoveError::CoreOffline(dest));
+        }
+        let ppm = v.ppm();
+        if ppm > 0 {
+            sys.reserve(dest, ppm).map_err(MoveError::Admission)?;
+        }
+        let lag = (v.vtime as i128 - self.min_vtime as i128).clamp(
+            -(to_vtime(self.params.wake_credit, v.weight) as i128),
+            to_vtime(self.params.timeslice, v.weight) as i128,
+        ) as i64;
+        let mut sched = v;
+        sched.last_migrated = now;
+        sched.stats.migrations += 1;
+        sched.woken_at = v.woken_at.map(|_| now);
+        sys.begin_handover(vcpu, dest);
+        if let Err(e) = sys.post(dest, Message::Arrive { sched, lag }) {
+            sys.abort_handover(vcpu, self.core);
+            if ppm > 0 {
+                sys.release(dest, ppm);
+            }
+            return Err(match e {
+                PostError::Closed => MoveError::CoreOffline(dest),
+                PostError::Full => MoveError::Busy(vcpu),
+            });
+        }
+        if ppm > 0 {
+            sys.release(self.core, ppm);
+        }
+        self.vcpus.swap_remove(idx);
+        if self.last_run == Some(vcpu) {
+            self.last_run = None;
+        }
+        self.kicks = self.kicks.with(dest);
+        trace.emit(TraceEvent { at: now, kind: TraceKind::VcpuMigrate { vcpu, from: self.core, to: dest } });
+        Ok(())
+    }
+
+    /// Moves the vCPU at `idx` to the least-utilized online core it may run on.
+    fn evacuate(
+        &mut self,
+        sys: &System,
+        idx: usize,
+        now: Instant,
+        trace: &mut impl TraceSink,
+    ) -> Result<(), MoveError> {
+        let v = self.vcpus[idx];
+        let candidates = v.affinity.and(sys.online_cores()).without(self.core);
+        let mut last_err = MoveError::Affinity { vcpu: v.id, dest: self.core };
+        let mut order: Vec<CoreId> = candidates.iter().collect();
+        order.sort_by_key(|&c| (sys.core_utilization(c), sys.reserved_ppm(c), c));
+        for dest in order {
+            match self.migrate(sys, v.id, dest, now, trace) {
+                Ok(()) => return Ok(()),
+                Err(e) => last_err = e,
+            }
+        }
+        Err(last_err)
+    }
+
+    /// Starts taking this core offline: hands every vCPU to other online cores. On success the
+    /// next decision is [`Decision::PowerOff`]; on failure the core stays online, and vCPUs
+    /// already moved stay where they went.
+    pub fn go_offline(&mut self, sys: &System, now: Instant, trace: &mut impl TraceSink) -> Result<(), OfflineError> {
+        if self.current.is_some() {
+            return Err(OfflineError::Busy);
+        }
+        if !self.online {
+            return Ok(());
+        }
+        if sys.online_cores().without(self.core).is_empty() {
+            return Err(OfflineError::LastCore);
+        }
+        trace.emit(TraceEvent { at: now, kind: TraceKind::CoreState { core: self.core, state: CoreState::Draining } });
+        // No new hand-overs choose us from here on...
+        sys.set_online(self.core, false);
+        self.online = false;
+        // ...and none can be posted once the mailbox is closed; take in what is queued.
+        let mut queued: Vec<Message> = Vec::new();
+        sys.close_mailbox(self.core, |m| queued.push(m));
+        for m in queued {
+            self.receive(sys, m, now, trace);
+        }
+        let mut idx = 0;
+        while idx < self.vcpus.len() {
+            if self.vcpus[idx].state == VcpuState::Stopped {
+                idx += 1;
+                continue;
+            }
+            if let Err(reason) = self.evacuate(sys, idx, now, trace) {
+                let vcpu = self.vcpus[idx].id;
+                self.come_online(sys, now, trace);
+                return Err(OfflineError::CannotMove { vcpu, reason });
+            }
+        }
+        self.util.advance(sys.decay, now, false);
+        sys.publish_core_util(self.core, 0);
+        Ok(())
+    }
+
+    fn come_online(&mut self, sys: &System, now: Instant, trace: &mut impl TraceSink) {
+        if self.online {
+            return;
+        }
+        self.online = true;
+        self.util = Ewma::new(now);
+        sys.open_mailbox(self.core);
+        sys.set_online(self.core, true);
+        trace.emit(TraceEvent { at: now, kind: TraceKind::CoreState { core: self.core, state: CoreState::Online } });
+    }
+
+    /// Replenishes throttled servers whose deadline has come; returns the next replenishment.
+    fn replenish(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for v in self.vcpus.iter_mut() {
+            if let Some(s) = v.rt.as_mut() {
+                if s.remaining == Nanos::ZERO {
+                    if s.deadline <= now {
+                        s.remaining = s.res.budget;
+                        s.deadline = if s.deadline + s.res.period > now {
+                            s.deadline + s.res.period
+                        } else {
+                            now + s.res.period
+                        };
+                    } else if v.state == VcpuState::Runnable {
+                        next = Some(next.map_or(s.deadline, |n| n.min(s.deadline)));
+                    }
+                }
+            }
+        }
+        next
+    }
+
+    /// Decides what the core does next. Takes in mail and wake-ups first.
+    pub fn next(&mut self, sys: &System, now: Instant, trace: &mut impl TraceSink) -> Decision {
+        debug_assert!(self.current.is_none(), "next() while a vCPU is running on core {}", self.core);
+        self.stats.decisions += 1;
+        self.poll(sys, now, trace);
+        if !self.online {
+            trace.emit(TraceEvent { at: now, kind: TraceKind::CoreState { core: self.core, state: CoreState::Off } });
+            return Decision::PowerOff;
+        }
+        let next_replenish = self.replenish(now);
+
+        // Real time first: earliest deadline among servers with budget.
+        let mut pick: Option<usize> = None;
+        let mut best_deadline = Instant::NEVER;
+        let mut best_vtime = u64::MAX;
+        let mut share_pick: Option<usize> = None;
+        let mut last_idx: Option<usize> = None;
+        for (i, v) in self.vcpus.iter().enumerate() {
+            if !v.is_runnable() {
+                continue;
+            }
+            match v.rt {
+                Some(s) if s.remaining > Nanos::ZERO => {
+                    if s.deadline < best_deadline {
+                        best_deadline = s.deadline;
+                        pick = Some(i);
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    if v.vtime < best_vtime {
+                        best_vtime = v.vtime;
+                        share_pick = Some(i);
+                    }
+                    if Some(v.id) == self.last_run {
+                        last_idx = Some(i);
+                    }
+                }
+            }
+        }
+        let until;
+        if let Some(i) = pick {
+            let remaining = self.vcpus[i].rt.map_or(Nanos::ZERO, |s| s.remaining);
+            until = next_replenish.map_or(now + remaining, |r| r.min(now + remaining));
+        } else if let Some(mut i) = share_pick {
+            self.min_vtime = self.min_vtime.max(best_vtime);
+            // The vCPU that ran last keeps the core while it is less than the granularity ahead.
+            if let Some(l) = last_idx {
+                let lv = &self.vcpus[l];
+                if lv.vtime <= best_vtime.saturating_add(to_vtime(self.params.min_granularity, lv.weight)) {
+                    i = l;
+                }
+            }
+            pick = Some(i);
+            let end = now + self.params.timeslice;
+            until = next_replenish.map_or(end, |r| r.min(end));
+        } else {
+            self.util.advance(sys.decay, now, false);
+            return Decision::Idle { until: next_replenish };
+        }
+        let idx = pick.unwrap_or(0);
+        self.util.advance(sys.decay, now, false);
+        let core = self.core;
+        let v = &mut self.vcpus[idx];
+        sys.start_running(core, v.id);
+        v.state = VcpuState::Running;
+        v.util.advance(sys.decay, now, false);
+        v.stats.runs += 1;
+        if let Some(w) = v.woken_at.take() {
+            let lat = now.since(w);
+            v.stats.wake_latency_total += lat;
+            v.stats.wake_latency_max = v.stats.wake_latency_max.max(lat);
+        }
+        let vcpu = v.id;
+        if self.last_run != Some(vcpu) {
+            if let Some(prev) = self.last_run {
+                if let Some(p) = self.vcpus.iter_mut().find(|p| p.id == prev && p.state == VcpuState::Runnable) {
+                    p.stats.preemptions += 1;
+                    trace.emit(TraceEvent { at: now, kind: TraceKind::VcpuPreempt { core, vcpu: prev } });
+                }
+            }
+            self.stats.switches += 1;
+            trace.emit(TraceEvent { at: now, kind: TraceKind::VcpuRun { core, vcpu } });
+            self.last_run = Some(vcpu);
+        }
+        self.current = Some(Current { idx, since: now });
+        Decision::Run { vcpu, until }
+    }
+
+    /// Admits (or with `None` removes) a real-time reservation for a vCPU this core owns.
+    pub fn set_reservation(
+        &mut self,
+        sys: &System,
+        vcpu: VcpuId,
+        reservation: Option<Reservation>,
+        now: Instant,
+        trace: &mut impl TraceSink,
+    ) -> Result<(), SetReservationError> {
+        let idx = self.find(vcpu).ok_or(SetReservationError::NotOwned { vcpu, core: self.core })?;
+        let old_ppm = self.vcpus[idx].ppm();
+        if let Some(r) = reservation {
+            if r.period == Nanos::ZERO || r.budget == Nanos::ZERO || r.budget > r.period {
+                return Err(SetReservationError::Invalid);
+            }
+            sys.release(self.core, old_ppm);
+            if let Err(e) = sys.reserve(self.core, r.bandwidth_ppm()) {
+                // Put the old one back: it fitted before.
+                let _ = sys.reserve(self.core, old_ppm);
+                trace.emit(TraceEvent {
+                    at: now,
+                    kind: TraceKind::Reservation {
+                        core: self.core,
+                        vcpu,
+                        budget: r.budget,
+                        period: r.period,
+                        admitted: false,
+                    },
+                });
+                return Err(SetReservationError::Admission(e));
+            }
+            self.vcpus[idx].rt = Some(RtServer { res: r, deadline: now + r.period, remaining: r.budget });
+            trace.emit(TraceEvent {
+                at: now,
+                kind: TraceKind::Reservation {
+                    core: self.core,
+                    vcpu,
+                    budget: r.budget,
+                    period: r.period,
+                    admitted: true,
+                },
+            });
+        } else {
+            sys.release(self.core, old_ppm);
+            self.vcpus[idx].rt = None;
+            self.vcpus[idx].vtime = self.min_vtime;
+        }
+        Ok(())
+    }
+}
+
+/// Why a reservation was not set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetReservationError {
+    NotOwned {
+        vcpu: VcpuId,
+        core: CoreId,
+    },
+    /// Zero period or budget, or a budget over the period.
+    Invalid,
+    Admission(AdmissionError),
+}
+
+impl core::fmt::Display for SetReservationError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SetReservationError::NotOwned { vcpu, core } => write!(f, "vCPU {vcpu} is not owned by core {core}"),
+            SetReservationError::Invalid => {
+                write!(f, "a reservation needs a non-zero budget no larger than its non-zero period")
+            }
+            SetReservationError::Admission(e) => write!(f, "{e}"),
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Utilization tracking: an exponentially weighted moving average of busy time.
+//!
+//! Time is cut into fixed [`UTIL_PERIOD`]s (1 ms). At the end of each period the average moves
+//! towards that period's busy fraction: `u = u·y + busy·(1 − y)`, with `y` chosen so that the
+//! weight of a period halves every `half_life` (default 32 ms, as Linux PELT). A core that was
+//! fully busy for one half-life after being idle reads 50 %, after two 75 %, and so on.
+//! Values are fixed-point: [`UTIL_ONE`] is 100 %. Everything is integer arithmetic, because the
+//! EL2 image has no FPU (`aarch64-unknown-none-softfloat`).
+
+use crate::time::{Instant, Nanos};
+
+/// 100 % utilization in the fixed-point scale used everywhere (`2^16`).
+pub const UTIL_ONE: u32 = 1 << 16;
+/// The averaging period.
+pub const UTIL_PERIOD: Nanos = Nanos::from_millis(1);
+
+const Q32: u64 = 1 << 32;
+
+/// The per-period decay factor `y = 2^(−period/half_life)` in Q32, and its powers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decay {
+    y_q32: u64,
+}
+
+impl Decay {
+    /// The factor for a half-life (rounded to whole periods, at least one).
+    pub fn for_half_life(half_life: Nanos) -> Decay {
+        let periods = (half_life.as_nanos() / UTIL_PERIOD.as_nanos()).max(1);
+        // Find y in Q32 with y^periods = 1/2 by bisection: y^n is monotonic in y.
+        let (mut lo, mut hi) = (0u64, Q32);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if pow_q32(mid, periods) > Q32 / 2 {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        Decay { y_q32: hi }
+    }
+
+    /// `y^n` in Q32.
+    pub fn pow(self, n: u64) -> u64 {
+        pow_q32(self.y_q32, n)
+    }
+}
+
+fn mul_q32(a: u64, b: u64) -> u64 {
+    ((a as u128 * b as u128) >> 32) as u64
+}
+
+fn pow_q32(mut base: u64, mut n: u64) -> u64 {
+    let mut acc = Q32;
+    while n > 0 {
+        if acc == 0 {
+            break;
+        }
+        if n & 1 == 1 {
+            acc = mul_q32(acc, base);
+        }
+        base = mul_q32(base, base);
+        n >>= 1;
+    }
+    acc
+}
+
+/// An exponentially weighted average of the busy fraction of something (a vCPU or a core).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ewma {
+    /// Average up to the start of the current period, in [`UTIL_ONE`] units.
+    util: u32,
+    /// Busy time accumulated in the current (unfinished) period.
+    busy_in_period: u64,
+    /// Everything before this instant has been accounted.
+    last: Instant,
+}
+
+impl Ewma {
+    pub const fn new(start: Instant) -> Ewma {
+        Ewma { util: 0, busy_in_period: 0, last: start }
+    }
+
+    /// A tracker that starts at a given value (used when a vCPU arrives with its history).
+    pub const fn with_value(start: Instant, util: u32) -> Ewma {
+        Ewma { util, busy_in_period: 0, last: start }
+    }
+
+    /// Accounts the time from the last update to `now`, during which the tracked thing was
+    /// busy (`busy = true`) or not. Time going backwards is ignored.
+    pub fn advance(&mut self, decay: Decay, now: Instant, busy: bool) {
+        if now <= self.last {
+            return;
+        }
+        let p = UTIL_PERIOD.as_nanos();
+        let t = self.last.as_nanos();
+        let now_ns = now.as_nanos();
+        let period_end = (t / p + 1) * p;
+        if now_ns < period_end {
+            if busy {
+                self.busy_in_period += now_ns - t;
+            }
+            self.last = now;
+            return;
+        }
+        if busy {
+            self.busy_in_period += period_end - t;
+        }
+        // Close the current period.
+        let y = decay.y_q32;
+        let frac = (self.busy_in_period.min(p) * UTIL_ONE as u64) / p;
+        self.util = (mul_q32(self.util as u64, y) + mul_q32(frac, Q32 - y)) as u32;
+        // Whole periods in which the state did not change have a closed form.
+        let full = (now_ns - period_end) / p;
+        if full > 0 {
+            let yn = decay.pow(full);
+            self.util = if busy {
+                UTIL_ONE - mul_q32((UTIL_ONE - self.util) as u64, yn) as u32
+            } else {
+                mul_q32(self.util as u64, yn) as u32
+            };
+        }
+        let period_start = period_end + full * p;
+        self.busy_in_period = if busy { now_ns - period_start } else { 0 };
+        self.last = now;
+    }
+
+    /// The average as of the last completed period, in [`UTIL_ONE`] units.
+    pub const fn value(&self) -> u32 {
+        self.util
+    }
+
+    /// The instant up to which time has been accounted.
+    pub const fn last_update(&self) -> Instant {
+        self.last
+    }
+
+    /// The value a reader at `now` should see for something that has been idle since the last
+    /// update (used for blocked vCPUs, whose owner does not update them).
+    pub fn decayed_to(&self, decay: Decay, now: Instant) -> u32 {
+        let mut copy = *self;
+        copy.advance(decay, now, false);
+        copy.value()
+    }
+}
+
+/// Formats a [`UTIL_ONE`]-scaled value as a percentage with one decimal, e.g. `37.5%`.
+pub fn percent(util: u32) -> impl core::fmt::Display {
+    struct P(u64);
+    impl core::fmt::Display for P {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            write!(f, "{}.{}%", self.0 / 10, self.0 % 10)
+        }
+    }
+    P((util as u64 * 1000 + UTIL_ONE as u64 / 2) / UTIL_ONE as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pct(u: u32) -> f64 {
+        u as f64 * 100.0 / UTIL_ONE as f64
+    }
+
+    #[test]
+    fn half_life_is_respected() {
+        let d = Decay::for_half_life(Nanos::from_millis(32));
+        let y32 = d.pow(32) as f64 / Q32 as f64;
+        assert!((y32 - 0.5).abs() < 1e-6, "y^32 = {y32}");
+        let mut e = Ewma::new(Instant::ZERO);
+        e.advance(d, Instant(Nanos::from_millis(32).as_nanos()), true);
+        assert!((pct(e.value()) - 50.0).abs() < 0.1, "{}", pct(e.value()));
+        e.advance(d, Instant(Nanos::from_millis(64).as_nanos()), true);
+        assert!((pct(e.value()) - 75.0).abs() < 0.1, "{}", pct(e.value()));
+        e.advance(d, Instant(Nanos::from_millis(96).as_nanos()), false);
+        assert!((pct(e.value()) - 37.5).abs() < 0.1, "{}", pct(e.value()));
+    }
+
+    #[test]
+    fn step_by_step_equals_closed_form() {
+        let d = Decay::for_half_life(Nanos::from_millis(20));
+        let mut a = Ewma::new(Instant::ZERO);
+        let mut b = Ewma::new(Instant::ZERO);
+        // a: one big busy stretch; b: the same time in 37 us steps.
+        a.advance(d, Instant(50_000_000), true);
+        let mut t = 0;
+        while t < 50_000_000 {
+            t = (t + 37_000).min(50_000_000);
+            b.advance(d, Instant(t), true);
+        }
+        assert!(a.value().abs_diff(b.value()) <= 4, "{} vs {}", a.value(), b.value());
+    }
+
+    #[test]
+    fn duty_cycle_converges_to_busy_fraction() {
+        let d = Decay::for_half_life(Nanos::from_millis(32));
+        let mut e = Ewma::new(Instant::ZERO);
+        // 30 % busy in every 1 ms period, for 1 s.
+        for ms in 0..1000u64 {
+            let start = ms * 1_000_000;
+            e.advance(d, Instant(start + 300_000), true);
+            e.advance(d, Instant(start + 1_000_000), false);
+        }
+        assert!((pct(e.value()) - 30.0).abs() < 0.2, "{}", pct(e.value()));
+    }
+
+    #[test]
+    fn long_idle_decays_to_zero_and_never_overflows() {
+        let d = Decay::for_half_life(Nanos::from_millis(32));
+        let mut e = Ewma::with_value(Instant::ZERO, UTIL_ONE);
+        e.advance(d, Instant(u64::MAX / 2), false);
+        assert_eq!(e.value(), 0);
+        let mut f = Ewma::new(Instant::ZERO);
+        f.advance(d, Instant(u64::MAX / 2), true);
+        assert!(f.value() <= UTIL_ONE && f.value() > UTIL_ONE - 2);
+    }
+
+    #[test]
+    fn percent_formats() {
+        extern crate std;
+        use std::format;
+        assert_eq!(format!("{}", percent(UTIL_ONE / 2)), "50.0%");
+        assert_eq!(format!("{}", percent(UTIL_ONE)), "100.0%");
+        assert_eq!(format!("{}", percent(0)), "0.0%");
+    }
+}
