@@ -56,8 +56,14 @@ impl Default for SchedParams {
 /// Virtual time advances by `run_time · VTIME_SCALE / weight`.
 const VTIME_SCALE: u64 = 1024;
 
-fn to_vtime(d: Nanos, weight: u32) -> u64 {
-    ((d.as_nanos() as u128 * VTIME_SCALE as u128) / weight.max(1) as u128).min(u64::MAX as u128) as u64
+/// The virtual-time rate of a weight: `VTIME_SCALE / weight` in Q32, so charging run time is a
+/// multiplication (no division on the scheduling path).
+const fn vtime_rate(weight: u32) -> u64 {
+    (VTIME_SCALE << 32) / (if weight == 0 { 1 } else { weight as u64 })
+}
+
+fn to_vtime(d: Nanos, rate: u64) -> u64 {
+    ((d.as_nanos() as u128 * rate as u128) >> 32).min(u64::MAX as u128) as u64
 }
 
 /// Why a vCPU came back to the hypervisor, as far as scheduling cares. Exits the platform
@@ -237,6 +243,8 @@ pub struct VcpuSched {
     id: VcpuId,
     vm: VmId,
     weight: u32,
+    /// [`vtime_rate`] of `weight`.
+    vtime_rate: u64,
     affinity: CoreMask,
     rt: Option<RtServer>,
     vtime: u64,
@@ -467,6 +475,7 @@ pub fn build(config: &RuntimeConfig, start: Instant) -> Result<(System, Vec<Core
             id: VcpuId(i as u16),
             vm: v.vm,
             weight: v.weight,
+            vtime_rate: vtime_rate(v.weight),
             affinity: v.affinity.and(all),
             rt: v.reservation.map(|res| RtServer { res, deadline: start + res.period, remaining: res.budget }),
             vtime: 0,
@@ -567,7 +576,7 @@ impl CoreRuntime {
         let ran = now.since(since);
         let v = &mut self.vcpus[idx];
         v.stats.cpu_time += ran;
-        v.vtime = v.vtime.saturating_add(to_vtime(ran, v.weight));
+        v.vtime = v.vtime.saturating_add(to_vtime(ran, v.vtime_rate));
         if let Some(s) = v.rt.as_mut() {
             s.remaining = s.remaining.saturating_sub(ran);
         }
@@ -639,7 +648,7 @@ impl CoreRuntime {
         v.woken_at = Some(now);
         v.stats.wakeups += 1;
         v.vtime =
-            if powered_on { min_vtime } else { v.vtime.max(min_vtime.saturating_sub(to_vtime(credit, v.weight))) };
+            if powered_on { min_vtime } else { v.vtime.max(min_vtime.saturating_sub(to_vtime(credit, v.vtime_rate))) };
         if let Some(s) = v.rt.as_mut() {
             // Constant-bandwidth server wake-up rule: keep the current deadline only if the
             // remaining budget fits the reserved bandwidth until then.
@@ -739,8 +748,8 @@ impl CoreRuntime {
             sys.reserve(dest, ppm).map_err(MoveError::Admission)?;
         }
         let lag = (v.vtime as i128 - self.min_vtime as i128).clamp(
-            -(to_vtime(self.params.wake_credit, v.weight) as i128),
-            to_vtime(self.params.timeslice, v.weight) as i128,
+            -(to_vtime(self.params.wake_credit, v.vtime_rate) as i128),
+            to_vtime(self.params.timeslice, v.vtime_rate) as i128,
         ) as i64;
         let mut sched = v;
         sched.last_migrated = now;
@@ -842,28 +851,6 @@ impl CoreRuntime {
         trace.emit(TraceEvent { at: now, kind: TraceKind::CoreState { core: self.core, state: CoreState::Online } });
     }
 
-    /// Replenishes throttled servers whose deadline has come; returns the next replenishment.
-    fn replenish(&mut self, now: Instant) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        for v in self.vcpus.iter_mut() {
-            if let Some(s) = v.rt.as_mut() {
-                if s.remaining == Nanos::ZERO {
-                    if s.deadline <= now {
-                        s.remaining = s.res.budget;
-                        s.deadline = if s.deadline + s.res.period > now {
-                            s.deadline + s.res.period
-                        } else {
-                            now + s.res.period
-                        };
-                    } else if v.state == VcpuState::Runnable {
-                        next = Some(next.map_or(s.deadline, |n| n.min(s.deadline)));
-                    }
-                }
-            }
-        }
-        next
-    }
-
     /// Decides what the core does next. Takes in mail and wake-ups first.
     pub fn next(&mut self, sys: &System, now: Instant, trace: &mut impl TraceSink) -> Decision {
         debug_assert!(self.current.is_none(), "next() while a vCPU is running on core {}", self.core);
@@ -873,34 +860,38 @@ impl CoreRuntime {
             trace.emit(TraceEvent { at: now, kind: TraceKind::CoreState { core: self.core, state: CoreState::Off } });
             return Decision::PowerOff;
         }
-        let next_replenish = self.replenish(now);
-
-        // Real time first: earliest deadline among servers with budget.
+        // One pass: replenish throttled servers whose time has come, note the next such
+        // replenishment, and find the earliest-deadline server with budget and the share vCPU
+        // with the least virtual time.
+        let mut next_replenish: Option<Instant> = None;
         let mut pick: Option<usize> = None;
         let mut best_deadline = Instant::NEVER;
         let mut best_vtime = u64::MAX;
         let mut share_pick: Option<usize> = None;
         let mut last_idx: Option<usize> = None;
-        for (i, v) in self.vcpus.iter().enumerate() {
-            if !v.is_runnable() {
-                continue;
-            }
-            match v.rt {
-                Some(s) if s.remaining > Nanos::ZERO => {
-                    if s.deadline < best_deadline {
-                        best_deadline = s.deadline;
-                        pick = Some(i);
+        for (i, v) in self.vcpus.iter_mut().enumerate() {
+            if let Some(s) = v.rt.as_mut() {
+                if s.remaining == Nanos::ZERO {
+                    if s.deadline <= now {
+                        s.remaining = s.res.budget;
+                        let next = s.deadline + s.res.period;
+                        s.deadline = if next > now { next } else { now + s.res.period };
+                    } else if v.state == VcpuState::Runnable {
+                        next_replenish = Some(next_replenish.map_or(s.deadline, |n| n.min(s.deadline)));
+                        continue;
                     }
                 }
-                Some(_) => {}
-                None => {
-                    if v.vtime < best_vtime {
-                        best_vtime = v.vtime;
-                        share_pick = Some(i);
-                    }
-                    if Some(v.id) == self.last_run {
-                        last_idx = Some(i);
-                    }
+                if v.state == VcpuState::Runnable && s.deadline < best_deadline {
+                    best_deadline = s.deadline;
+                    pick = Some(i);
+                }
+            } else if v.state == VcpuState::Runnable {
+                if v.vtime < best_vtime {
+                    best_vtime = v.vtime;
+                    share_pick = Some(i);
+                }
+                if Some(v.id) == self.last_run {
+                    last_idx = Some(i);
                 }
             }
         }
@@ -913,7 +904,7 @@ impl CoreRuntime {
             // The vCPU that ran last keeps the core while it is less than the granularity ahead.
             if let Some(l) = last_idx {
                 let lv = &self.vcpus[l];
-                if lv.vtime <= best_vtime.saturating_add(to_vtime(self.params.min_granularity, lv.weight)) {
+                if lv.vtime <= best_vtime.saturating_add(to_vtime(self.params.min_granularity, lv.vtime_rate)) {
                     i = l;
                 }
             }

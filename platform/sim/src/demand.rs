@@ -100,7 +100,8 @@ impl DemandGen {
                 DemandGen::Steps { points: points.clone(), idx: 0, step: start.as_nanos() / STEP.as_nanos() }
             }
             Demand::PhoneDay { seed, active_minutes } => {
-                DemandGen::PhoneDay(Box::new(PhoneDay::new(seed ^ salt, *active_minutes, start)))
+                // The vCPUs of one guest share the user's sessions; only their load differs.
+                DemandGen::PhoneDay(Box::new(PhoneDay::new(*seed, seed ^ salt, *active_minutes, start)))
             }
         }
     }
@@ -202,8 +203,10 @@ pub struct PhoneDay {
 const DAY: Nanos = Nanos::from_secs(24 * 3600);
 
 impl PhoneDay {
-    pub fn new(seed: u64, active_minutes: u32, start: Instant) -> PhoneDay {
-        let mut rng = Rng::new(seed);
+    /// `session_seed` lays out the day's sessions (shared by a guest's vCPUs); `load_seed`
+    /// drives the per-millisecond load.
+    pub fn new(session_seed: u64, load_seed: u64, active_minutes: u32, start: Instant) -> PhoneDay {
+        let mut rng = Rng::new(session_seed);
         let mut lengths = Vec::new();
         let mut left = Nanos::from_secs(active_minutes as u64 * 60);
         while left > Nanos::ZERO {
@@ -233,9 +236,11 @@ impl PhoneDay {
             t += *len;
         }
         let first_step = sessions.first().map_or(Instant::NEVER, |s| s.0);
+        let mut rng = Rng::new(load_seed);
+        let keepalive_phase = Nanos::from_millis(rng.below(30_000));
         PhoneDay {
-            next_keepalive: start + Nanos::from_secs(30),
-            next_sync: start + Nanos::from_secs(15 * 60),
+            next_keepalive: start + Nanos::from_secs(30) + keepalive_phase,
+            next_sync: start + Nanos::from_secs(15 * 60) + keepalive_phase,
             rng,
             sessions,
             session: 0,
@@ -367,7 +372,7 @@ mod tests {
 
     #[test]
     fn phone_day_has_the_requested_active_time_and_ends_after_a_day() {
-        let mut day = PhoneDay::new(3, 150, Instant::ZERO);
+        let mut day = PhoneDay::new(3, 4, 150, Instant::ZERO);
         assert_eq!(day.active_time(), Nanos::from_secs(150 * 60));
         let mut last = Instant::ZERO;
         let mut n = 0u64;

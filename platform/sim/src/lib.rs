@@ -15,7 +15,6 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use vcpu_runtime::scenario::Scenario;
-use vcpu_runtime::trace::TraceEvent;
 use vcpu_runtime::{
     build, CoreId, CoreRuntime, Decision, Event, ExitReason, Instant, Nanos, RuntimeConfig, System, TraceSink, VcpuId,
     VcpuState,
@@ -90,29 +89,19 @@ struct VcpuSim {
     max_response: Nanos,
 }
 
-/// Emits trace events into a sink and counts them.
-struct Counting<'a, S: TraceSink> {
-    sink: &'a mut S,
-    count: u64,
-}
-
-impl<S: TraceSink> TraceSink for Counting<'_, S> {
-    fn emit(&mut self, event: TraceEvent) {
-        self.count += 1;
-        self.sink.emit(event);
-    }
-}
-
 /// The simulator.
 pub struct Simulator {
     sys: System,
     cores: Vec<CoreRuntime>,
     activity: Vec<CoreActivity>,
+    /// When each core's activity ends by itself (cached [`Simulator::core_deadline`]).
+    core_at: Vec<Instant>,
     vcpus: Vec<VcpuSim>,
+    /// When each vCPU's next work arrives (cached from `VcpuSim::next`).
+    arrival_at: Vec<Instant>,
     now: Instant,
     violations: Vec<Violation>,
     events: u64,
-    trace_events: u64,
     scenario_name: String,
     vcpu_names: Vec<String>,
 }
@@ -171,16 +160,18 @@ impl Simulator {
             v.next = v.gen.next_arrival(Instant::ZERO);
         }
         let n = cores.len();
+        let arrival_at = vcpus.iter().map(|v| v.next.map_or(Instant::NEVER, |a| a.at)).collect();
         let names = (0..vcpus.len()).map(|i| format!("vcpu{i}")).collect();
         Ok(Simulator {
             sys,
             cores,
             activity: vec![CoreActivity::Idle { since: Instant::ZERO, until: Some(Instant::ZERO) }; n],
+            core_at: vec![Instant::ZERO; n],
             vcpus,
+            arrival_at,
             now: Instant::ZERO,
             violations: Vec::new(),
             events: 0,
-            trace_events: 0,
             scenario_name: String::from("custom"),
             vcpu_names: names,
         })
@@ -208,19 +199,21 @@ impl Simulator {
         }
     }
 
+    fn set_activity(&mut self, c: usize, activity: CoreActivity) {
+        self.activity[c] = activity;
+        self.core_at[c] = self.core_deadline(c);
+    }
+
     fn next_event(&self) -> (Instant, Next) {
         let mut best = (Instant::NEVER, Next::Core(0));
-        for c in 0..self.activity.len() {
-            let t = self.core_deadline(c);
+        for (c, &t) in self.core_at.iter().enumerate() {
             if t < best.0 {
                 best = (t, Next::Core(c));
             }
         }
-        for (i, v) in self.vcpus.iter().enumerate() {
-            if let Some(a) = v.next {
-                if a.at < best.0 {
-                    best = (a.at, Next::Arrival(i));
-                }
+        for (i, &t) in self.arrival_at.iter().enumerate() {
+            if t < best.0 {
+                best = (t, Next::Arrival(i));
             }
         }
         best
@@ -229,7 +222,6 @@ impl Simulator {
     /// Runs until `end` (simulated), emitting trace events into `trace` and observations into
     /// `observer`.
     pub fn run_until(&mut self, end: Instant, trace: &mut impl TraceSink, observer: &mut impl SimObserver) {
-        let mut sink = Counting { sink: trace, count: 0 };
         loop {
             let (t, what) = self.next_event();
             if t > end {
@@ -238,8 +230,8 @@ impl Simulator {
             self.now = t;
             self.events += 1;
             match what {
-                Next::Core(c) => self.core_event(c, &mut sink, observer),
-                Next::Arrival(i) => self.arrival(i, &mut sink, observer),
+                Next::Core(c) => self.core_event(c, trace, observer),
+                Next::Arrival(i) => self.arrival(i, trace, observer),
             }
         }
         self.now = end;
@@ -250,20 +242,19 @@ impl Simulator {
                     self.consume(vcpu, since, end);
                     observer.vcpu_ran(CoreId(c as u16), vcpu, since, end);
                     self.cores[c].tick(&self.sys, end);
-                    self.activity[c] = CoreActivity::Running { vcpu, since: end, until };
+                    self.set_activity(c, CoreActivity::Running { vcpu, since: end, until });
                 }
                 CoreActivity::Idle { since, until } => {
                     observer.core_idle(CoreId(c as u16), since, end);
                     self.cores[c].tick(&self.sys, end);
-                    self.activity[c] = CoreActivity::Idle { since: end, until };
+                    self.set_activity(c, CoreActivity::Idle { since: end, until });
                 }
                 CoreActivity::Off { since } => {
                     observer.core_off(CoreId(c as u16), since, end);
-                    self.activity[c] = CoreActivity::Off { since: end };
+                    self.set_activity(c, CoreActivity::Off { since: end });
                 }
             }
         }
-        self.trace_events += sink.count;
     }
 
     /// Work done by `vcpu` from `from` to `to`: completes jobs in order and checks deadlines.
@@ -320,7 +311,7 @@ impl Simulator {
     fn decide(&mut self, c: usize, trace: &mut impl TraceSink, observer: &mut impl SimObserver) {
         let now = self.now;
         let decision = self.cores[c].next(&self.sys, now, trace);
-        self.activity[c] = match decision {
+        let activity = match decision {
             Decision::Run { vcpu, until } => {
                 self.check_run(c, vcpu);
                 self.vcpus[vcpu.index()].running_on = Some(CoreId(c as u16));
@@ -329,6 +320,7 @@ impl Simulator {
             Decision::Idle { until } => CoreActivity::Idle { since: now, until },
             Decision::PowerOff => CoreActivity::Off { since: now },
         };
+        self.set_activity(c, activity);
         self.deliver_kicks(c, trace, observer);
     }
 
@@ -388,8 +380,13 @@ impl Simulator {
             v.jobs.push_back(Job { deadline, left: a.work, released: a.at });
         }
         v.next = v.gen.next_arrival(now);
+        self.arrival_at[i] = v.next.map_or(Instant::NEVER, |a| a.at);
         if !was_idle {
-            // Still busy with earlier work: it is runnable or running already.
+            // Still busy with earlier work: it is runnable or running already, and if it is
+            // running its core's activity now ends later.
+            if let Some(core) = v.running_on {
+                self.core_at[core.index()] = self.core_deadline(core.index());
+            }
             return;
         }
         let vcpu = VcpuId(i as u16);

@@ -46,7 +46,6 @@ pub struct Report {
     pub scenario: String,
     pub simulated_ns: u64,
     pub events: u64,
-    pub trace_events: u64,
     pub cores: Vec<CoreReport>,
     pub vcpus: Vec<VcpuReport>,
     pub violations: Vec<String>,
@@ -111,7 +110,6 @@ pub(crate) fn build(sim: &Simulator) -> Report {
         scenario: sim.scenario_name.clone(),
         simulated_ns: sim.now.as_nanos(),
         events: sim.events,
-        trace_events: sim.trace_events,
         cores,
         vcpus,
         violations: sim.violations.iter().map(|v| v.to_string()).collect(),
@@ -122,11 +120,10 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "scenario {}: {} simulated, {} events, {} trace events",
+            "scenario {}: {} simulated, {} simulator events",
             self.scenario,
             Nanos(self.simulated_ns),
-            self.events,
-            self.trace_events
+            self.events
         )?;
         writeln!(f)?;
         writeln!(
