@@ -1018,3 +1018,7 @@ impl core::fmt::Display for SetReservationError {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "sched_tests.rs"]
+mod tests;

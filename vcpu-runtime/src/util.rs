@@ -188,7 +188,8 @@ mod tests {
             t = (t + 37_000).min(50_000_000);
             b.advance(d, Instant(t), true);
         }
-        assert!(a.value().abs_diff(b.value()) <= 4, "{} vs {}", a.value(), b.value());
+        // Per-period rounding accumulates a little; within 0.1 % of a core.
+        assert!(a.value().abs_diff(b.value()) <= UTIL_ONE / 1000, "{} vs {}", a.value(), b.value());
     }
 
     #[test]

@@ -310,6 +310,11 @@ impl Simulator {
     /// Asks core `c` what to do and starts doing it.
     fn decide(&mut self, c: usize, trace: &mut impl TraceSink, observer: &mut impl SimObserver) {
         let now = self.now;
+        if let Some(vcpu) = self.cores[c].current() {
+            self.violations
+                .push(Violation { at: now, what: format!("core {c} asked to decide while running vCPU {vcpu}") });
+            return;
+        }
         let decision = self.cores[c].next(&self.sys, now, trace);
         let activity = match decision {
             Decision::Run { vcpu, until } => {
@@ -425,6 +430,10 @@ impl Simulator {
 
     /// Brings core `c` back online.
     pub fn bring_online(&mut self, c: usize, trace: &mut impl TraceSink) {
+        let CoreActivity::Off { .. } = self.activity[c] else {
+            // Already on: nothing to do (and deciding now would abandon what it runs).
+            return;
+        };
         let now = self.now;
         let _ = self.cores[c].handle(&self.sys, Event::CoreOnline, now, trace);
         self.decide(c, trace, &mut ());
