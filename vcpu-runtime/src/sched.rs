@@ -516,6 +516,19 @@ impl CoreRuntime {
         core::mem::replace(&mut self.kicks, CoreMask::NONE)
     }
 
+    /// Removes the vCPU at `idx` from the list, keeping `current` on the running vCPU (which
+    /// `swap_remove` may move into `idx`).
+    fn remove(&mut self, idx: usize) {
+        let last = self.vcpus.len() - 1;
+        self.vcpus.swap_remove(idx);
+        if let Some(cur) = self.current.as_mut() {
+            debug_assert_ne!(cur.idx, idx, "the running vCPU cannot be removed");
+            if cur.idx == last {
+                cur.idx = idx;
+            }
+        }
+    }
+
     fn find(&self, vcpu: VcpuId) -> Option<usize> {
         self.vcpus.iter().position(|v| v.id == vcpu)
     }
@@ -564,7 +577,8 @@ impl CoreRuntime {
         }
         if let Some(target) = sys.wake(vcpu) {
             if target == self.core {
-                self.poll(sys, now, trace);
+                // Mail waits for the next decision: it may move vCPUs, and one may be running.
+                self.take_requests(sys, now, trace);
             } else {
                 self.kicks = self.kicks.with(target);
             }
@@ -607,15 +621,26 @@ impl CoreRuntime {
                 sys.set_state(vcpu, VcpuState::Runnable, u32::MAX);
                 v.state = VcpuState::Runnable;
                 if reason == ExitReason::Yield {
-                    // Behind every peer that is runnable now.
-                    let max = self.vcpus.iter().filter(|o| o.is_runnable()).map(|o| o.vtime).max().unwrap_or(0);
+                    // Behind every share peer that is runnable now (reservations keep no virtual
+                    // time worth comparing), and without the last runner's stickiness.
+                    let max = self
+                        .vcpus
+                        .iter()
+                        .filter(|o| o.is_runnable() && o.rt.is_none())
+                        .map(|o| o.vtime)
+                        .max()
+                        .unwrap_or(0);
                     let v = &mut self.vcpus[cur.idx];
                     v.vtime = v.vtime.max(max.saturating_add(1));
+                    self.last_run = None;
+                    v.stats.preemptions += 1;
+                    trace.emit(TraceEvent { at, kind: TraceKind::VcpuPreempt { core, vcpu } });
                 }
             }
             ExitReason::Wfi => {
                 if sys.try_block(vcpu) {
                     v.state = VcpuState::Blocked;
+                    self.last_run = None;
                     trace.emit(TraceEvent { at, kind: TraceKind::VcpuBlock { core, vcpu } });
                 } else {
                     v.state = VcpuState::Runnable;
@@ -625,6 +650,7 @@ impl CoreRuntime {
                 sys.set_state(vcpu, VcpuState::Parked, 0);
                 v.state = VcpuState::Parked;
                 v.woken_at = None;
+                self.last_run = None;
                 trace.emit(TraceEvent { at, kind: TraceKind::VcpuPark { core, vcpu } });
             }
             ExitReason::Stop(why) => {
@@ -633,6 +659,7 @@ impl CoreRuntime {
                 let ppm = v.ppm();
                 v.rt = None;
                 sys.release(core, ppm);
+                self.last_run = None;
                 trace.emit(TraceEvent { at, kind: TraceKind::VcpuStop { vcpu, reason: why } });
             }
         }
@@ -668,11 +695,18 @@ impl CoreRuntime {
         });
     }
 
-    /// Takes in messages and pending requests.
+    /// Takes in messages and pending requests. Only between runs: a message may hand a vCPU
+    /// over, which must not be the running one.
     fn poll(&mut self, sys: &System, now: Instant, trace: &mut impl TraceSink) {
+        debug_assert!(self.current.is_none());
         while let Some(msg) = sys.take_mail(self.core) {
             self.receive(sys, msg, now, trace);
         }
+        self.take_requests(sys, now, trace);
+    }
+
+    /// Makes the owned vCPUs whose wake-up or power-on was requested runnable.
+    fn take_requests(&mut self, sys: &System, now: Instant, trace: &mut impl TraceSink) {
         if sys.take_kick(self.core) {
             for idx in 0..self.vcpus.len() {
                 let state = self.vcpus[idx].state;
@@ -769,7 +803,7 @@ impl CoreRuntime {
         if ppm > 0 {
             sys.release(self.core, ppm);
         }
-        self.vcpus.swap_remove(idx);
+        self.remove(idx);
         if self.last_run == Some(vcpu) {
             self.last_run = None;
         }

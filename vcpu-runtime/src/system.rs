@@ -352,6 +352,10 @@ impl System {
         let mut old = word.load(Ordering::Acquire);
         loop {
             let new = f(old);
+            if new == old {
+                // Nothing to change: the load is the linearization point, no write needed.
+                return (old, new);
+            }
             match word.compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return (old, new),
                 Err(now) => old = now,
@@ -393,14 +397,18 @@ impl System {
     /// Owner: consumes a pending request of an owned vCPU that is not running. Returns the new
     /// state if the vCPU became runnable (woken or powered on).
     pub(crate) fn consume_requests(&self, vcpu: VcpuId) -> Option<VcpuState> {
-        let (old, new) = self.update(vcpu, |w| match VcpuState::from_bits(w) {
-            VcpuState::Blocked if w & WAKE != 0 => with_state(w, VcpuState::Runnable) & !WAKE,
-            VcpuState::Parked if w & ON_REQ != 0 => with_state(w, VcpuState::Runnable) & !(WAKE | ON_REQ),
+        const BLOCKED: u32 = VcpuState::Blocked as u32;
+        const PARKED: u32 = VcpuState::Parked as u32;
+        const STOPPED: u32 = VcpuState::Stopped as u32;
+        const RUNNABLE: u32 = VcpuState::Runnable as u32;
+        let (old, new) = self.update(vcpu, |w| match w & STATE_MASK {
+            BLOCKED if w & WAKE != 0 => (w & !(STATE_MASK | WAKE)) | RUNNABLE,
+            PARKED if w & ON_REQ != 0 => (w & !(STATE_MASK | WAKE | ON_REQ)) | RUNNABLE,
             // A wake-up for a parked or stopped vCPU means nothing.
-            VcpuState::Parked | VcpuState::Stopped => w & !WAKE,
+            PARKED | STOPPED => w & !WAKE,
             _ => w,
         });
-        (VcpuState::from_bits(old) != VcpuState::from_bits(new)).then(|| VcpuState::from_bits(old))
+        ((old ^ new) & STATE_MASK != 0).then(|| VcpuState::from_bits(old))
     }
 
     /// Owner: marks the vCPU in flight to `dest`. The request flags stay for the receiver.
@@ -410,7 +418,13 @@ impl System {
 
     /// Undoes [`begin_handover`](Self::begin_handover) when the message could not be posted.
     pub(crate) fn abort_handover(&self, vcpu: VcpuId, back_to: CoreId) {
-        self.update(vcpu, |w| with_owner(w, back_to) & !IN_FLIGHT);
+        let (old, _) = self.update(vcpu, |w| with_owner(w, back_to) & !IN_FLIGHT);
+        // A requester that saw the vCPU in flight kicked the core it was going to, which will
+        // never receive it: kick its owner again, or the request would wait forever (found by
+        // the loom models `wake_during_aborted_handover` / `power_on_during_aborted_handover`).
+        if old & (WAKE | ON_REQ) != 0 {
+            self.kick(back_to);
+        }
     }
 
     /// Receiver: the vCPU has arrived. Returns its state after pending requests are applied.

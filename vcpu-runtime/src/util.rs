@@ -64,6 +64,11 @@ fn pow_q32(mut base: u64, mut n: u64) -> u64 {
     acc
 }
 
+const fn period_end_after(t: Instant) -> u64 {
+    let p = UTIL_PERIOD.as_nanos();
+    (t.as_nanos() / p).saturating_add(1).saturating_mul(p)
+}
+
 /// An exponentially weighted average of the busy fraction of something (a vCPU or a core).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ewma {
@@ -73,37 +78,44 @@ pub struct Ewma {
     busy_in_period: u64,
     /// Everything before this instant has been accounted.
     last: Instant,
+    /// End of the current period (kept so the common path needs no division).
+    period_end: u64,
 }
 
 impl Ewma {
     pub const fn new(start: Instant) -> Ewma {
-        Ewma { util: 0, busy_in_period: 0, last: start }
+        Ewma { util: 0, busy_in_period: 0, last: start, period_end: period_end_after(start) }
     }
 
     /// A tracker that starts at a given value (used when a vCPU arrives with its history).
     pub const fn with_value(start: Instant, util: u32) -> Ewma {
-        Ewma { util, busy_in_period: 0, last: start }
+        Ewma { util, busy_in_period: 0, last: start, period_end: period_end_after(start) }
     }
 
     /// Accounts the time from the last update to `now`, during which the tracked thing was
     /// busy (`busy = true`) or not. Time going backwards is ignored.
+    #[inline]
     pub fn advance(&mut self, decay: Decay, now: Instant, busy: bool) {
-        if now <= self.last {
-            return;
-        }
-        let p = UTIL_PERIOD.as_nanos();
-        let t = self.last.as_nanos();
         let now_ns = now.as_nanos();
-        let period_end = (t / p + 1) * p;
-        if now_ns < period_end {
-            if busy {
-                self.busy_in_period += now_ns - t;
+        if now_ns < self.period_end {
+            // The common case: still inside the current period.
+            if busy && now > self.last {
+                self.busy_in_period += now_ns - self.last.as_nanos();
             }
-            self.last = now;
+            if now > self.last {
+                self.last = now;
+            }
             return;
         }
+        self.close_periods(decay, now_ns, busy);
+    }
+
+    #[cold]
+    fn close_periods(&mut self, decay: Decay, now_ns: u64, busy: bool) {
+        let p = UTIL_PERIOD.as_nanos();
+        let period_end = self.period_end;
         if busy {
-            self.busy_in_period += period_end - t;
+            self.busy_in_period += period_end.saturating_sub(self.last.as_nanos());
         }
         // Close the current period.
         let y = decay.y_q32;
@@ -121,7 +133,8 @@ impl Ewma {
         }
         let period_start = period_end + full * p;
         self.busy_in_period = if busy { now_ns - period_start } else { 0 };
-        self.last = now;
+        self.period_end = period_start + p;
+        self.last = Instant(now_ns);
     }
 
     /// The average as of the last completed period, in [`UTIL_ONE`] units.

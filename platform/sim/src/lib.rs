@@ -94,11 +94,11 @@ pub struct Simulator {
     sys: System,
     cores: Vec<CoreRuntime>,
     activity: Vec<CoreActivity>,
-    /// When each core's activity ends by itself (cached [`Simulator::core_deadline`]).
-    core_at: Vec<Instant>,
+    /// When each event source fires next, in nanoseconds: first one entry per core (when its
+    /// activity ends by itself, [`Simulator::core_deadline`]), then one per vCPU (its next
+    /// arrival). One flat array keeps the search for the next event a tight loop.
+    times: Vec<u64>,
     vcpus: Vec<VcpuSim>,
-    /// When each vCPU's next work arrives (cached from `VcpuSim::next`).
-    arrival_at: Vec<Instant>,
     now: Instant,
     violations: Vec<Violation>,
     events: u64,
@@ -160,15 +160,15 @@ impl Simulator {
             v.next = v.gen.next_arrival(Instant::ZERO);
         }
         let n = cores.len();
-        let arrival_at = vcpus.iter().map(|v| v.next.map_or(Instant::NEVER, |a| a.at)).collect();
+        let mut times = vec![0u64; n];
+        times.extend(vcpus.iter().map(|v| v.next.map_or(u64::MAX, |a| a.at.as_nanos())));
         let names = (0..vcpus.len()).map(|i| format!("vcpu{i}")).collect();
         Ok(Simulator {
             sys,
             cores,
             activity: vec![CoreActivity::Idle { since: Instant::ZERO, until: Some(Instant::ZERO) }; n],
-            core_at: vec![Instant::ZERO; n],
+            times,
             vcpus,
-            arrival_at,
             now: Instant::ZERO,
             violations: Vec::new(),
             events: 0,
@@ -201,22 +201,20 @@ impl Simulator {
 
     fn set_activity(&mut self, c: usize, activity: CoreActivity) {
         self.activity[c] = activity;
-        self.core_at[c] = self.core_deadline(c);
+        self.times[c] = self.core_deadline(c).as_nanos();
     }
 
     fn next_event(&self) -> (Instant, Next) {
-        let mut best = (Instant::NEVER, Next::Core(0));
-        for (c, &t) in self.core_at.iter().enumerate() {
-            if t < best.0 {
-                best = (t, Next::Core(c));
+        let mut best = u64::MAX;
+        let mut at = 0;
+        for (i, &t) in self.times.iter().enumerate() {
+            if t < best {
+                best = t;
+                at = i;
             }
         }
-        for (i, &t) in self.arrival_at.iter().enumerate() {
-            if t < best.0 {
-                best = (t, Next::Arrival(i));
-            }
-        }
-        best
+        let n = self.cores.len();
+        (Instant(best), if at < n { Next::Core(at) } else { Next::Arrival(at - n) })
     }
 
     /// Runs until `end` (simulated), emitting trace events into `trace` and observations into
@@ -385,12 +383,12 @@ impl Simulator {
             v.jobs.push_back(Job { deadline, left: a.work, released: a.at });
         }
         v.next = v.gen.next_arrival(now);
-        self.arrival_at[i] = v.next.map_or(Instant::NEVER, |a| a.at);
+        self.times[self.cores.len() + i] = v.next.map_or(u64::MAX, |a| a.at.as_nanos());
         if !was_idle {
             // Still busy with earlier work: it is runnable or running already, and if it is
             // running its core's activity now ends later.
             if let Some(core) = v.running_on {
-                self.core_at[core.index()] = self.core_deadline(core.index());
+                self.times[core.index()] = self.core_deadline(core.index()).as_nanos();
             }
             return;
         }
