@@ -920,10 +920,11 @@ fn trace_events_name_the_right_core_and_vcpu() {
     );
 }
 
-// ---- bugs: regression tests, and failing tests ignored until the fixes land ---------------------
+// ---- regressions: bugs these tests found ---------------------------------------------------------
 
 /// `migrate` of a vCPU that is not running while another one runs: `swap_remove` moves the
-/// running vCPU (the last in the list) into the freed slot, and `current.idx` goes stale.
+/// running vCPU (the last in the list) into the freed slot, so the running index must follow it
+/// (it went stale and the next exit panicked).
 #[test]
 
 fn migrating_another_vcpu_while_one_runs_keeps_the_running_one() {
@@ -939,10 +940,10 @@ fn migrating_another_vcpu_while_one_runs_keeps_the_running_one() {
     assert_eq!(cpu(&cores[0], V1), ms(2));
 }
 
-/// The same through the documented event path: the platform emulates a guest's SGI (an MMIO or
-/// system-register trap it resumes from) and reports `Event::Wake` for a blocked sibling while
-/// the sender keeps running; the local wake polls the mailbox, which holds a governor's
-/// move request.
+/// The same through the event path: the platform emulates a guest's SGI (a trap it resumes from)
+/// and reports `Event::Wake` for a blocked sibling while the sender keeps running, and the
+/// mailbox holds a governor's move request. The wake-up takes effect at once; the mail waits
+/// for the next decision (it used to be taken in then, moving vCPUs under the running one).
 #[test]
 
 fn a_local_wake_while_running_that_takes_in_a_move_request_keeps_the_running_vcpu() {
@@ -956,8 +957,13 @@ fn a_local_wake_while_running_that_takes_in_a_move_request_keeps_the_running_vcp
     assert_eq!(sys.request_move(V0, C1), Ok(C0));
     cores[0].handle(&sys, Event::Wake { vcpu: V1 }, at_ms(6), &mut ()).unwrap();
     assert_eq!(cores[0].current(), Some(V2));
+    assert_eq!(sched(&cores[0], V1).state(), VcpuState::Runnable);
+    assert!(owns(&cores[0], V0), "the move waits for the next decision");
     cores[0].handle(&sys, Event::Exit { vcpu: V2, reason: ExitReason::Preempted }, at_ms(7), &mut ()).expect("exit");
     assert_eq!(cpu(&cores[0], V2), ms(2));
+    let _ = cores[0].next(&sys, at_ms(7), &mut ());
+    assert!(!owns(&cores[0], V0));
+    assert_eq!(sys.status(V0), status(C1, VcpuState::Migrating, false, false));
 }
 
 /// A hand-over that fails to post (destination closed or mailbox full) is undone with
@@ -999,8 +1005,8 @@ fn a_power_on_during_an_aborted_handover_is_not_lost() {
 }
 
 /// `run` means "the vCPU starts running on the core". A vCPU that blocks (or parks) and is
-/// entered again on the same core with nothing in between gets no `run`: a trace reader sees
-/// `blk`, `wake` and then the vCPU never running.
+/// entered again on the same core with nothing in between must get a `run` (it got none, so a
+/// trace reader saw `blk`, `wake` and then the vCPU never running).
 #[test]
 
 fn a_vcpu_entered_again_after_blocking_gets_a_run_event() {
@@ -1021,12 +1027,11 @@ fn a_vcpu_entered_again_after_blocking_gets_a_run_event() {
     );
 }
 
-/// `Yield` puts the vCPU behind "every peer that is runnable now", but the maximum it takes
-/// includes real-time vCPUs, whose virtual time is charged as they run but never compared with
-/// anyone's. A reservation that gets more CPU than a share vCPU runs ahead in virtual time; a
-/// share vCPU that yields jumps there and starves for a time that grows with uptime. Here a
-/// 50 % reservation and two share vCPUs, all weight 256: after 1 s the reservation's virtual
-/// time is twice the share vCPUs', and the yielder waits about 500 ms.
+/// `Yield` puts the vCPU behind its runnable share peers only. Reservations' virtual time is
+/// charged as they run but compared with no one's: a reservation that gets more CPU than a share
+/// vCPU runs ahead, and a yielder that jumped there starved for a time growing with uptime.
+/// Here a 50 % reservation and two share vCPUs, all weight 256: after 1 s the reservation's
+/// virtual time was twice the share vCPUs', and the yielder waited about 500 ms.
 #[test]
 
 fn a_yield_does_not_starve_beside_a_reservation() {
@@ -1050,15 +1055,26 @@ fn a_yield_does_not_starve_beside_a_reservation() {
     assert!(got >= ms(15), "V0 got {got} in the 100 ms after it yielded");
 }
 
-/// A vCPU that yields is taken back at once while it is within `min_granularity` of the least
-/// virtual time: the wake-up stickiness applies to the yielder, so the yield does nothing (a
-/// spinning guest spins on for up to the granularity instead of letting its sibling run).
+/// A vCPU that yields must not keep the core through the granularity rule (it did while within
+/// `min_granularity` of the least virtual time, so a spinning guest spun on instead of letting
+/// its sibling run).
 #[test]
 
 fn a_yield_hands_the_core_to_a_runnable_peer() {
     let (sys, mut cores) = system(1, vec![share(0, 256), share(1, 256)]);
     let core = &mut cores[0];
-    run_once(&sys, core, V0, Instant::ZERO, Instant(10_000), ExitReason::Yield, &mut ());
-    let d = core.next(&sys, Instant(10_000), &mut ());
+    let mut trace: Vec<TraceEvent> = Vec::new();
+    run_once(&sys, core, V0, Instant::ZERO, Instant(10_000), ExitReason::Yield, &mut trace);
+    let d = core.next(&sys, Instant(10_000), &mut trace);
     assert!(matches!(d, Decision::Run { vcpu: V1, .. }), "after V0 yielded the core decided {d:?}");
+    let kinds: Vec<TraceKind> = trace.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            TraceKind::VcpuRun { core: C0, vcpu: V0 },
+            TraceKind::VcpuPreempt { core: C0, vcpu: V0 },
+            TraceKind::VcpuRun { core: C0, vcpu: V1 },
+        ]
+    );
+    assert_eq!(sched(core, V0).stats().preemptions, 1);
 }

@@ -101,7 +101,7 @@ impl DemandGen {
             }
             Demand::PhoneDay { seed, active_minutes } => {
                 // The vCPUs of one guest share the user's sessions; only their load differs.
-                DemandGen::PhoneDay(Box::new(PhoneDay::new(*seed, seed ^ salt, *active_minutes, start)))
+                DemandGen::PhoneDay(Box::new(PhoneDay::new(*seed, seed ^ salt, vcpu_index, *active_minutes, start)))
             }
         }
     }
@@ -179,33 +179,55 @@ enum Activity {
 
 /// A generated 24-hour phone day, from midnight.
 ///
-/// * Idle: a keep-alive of 2 ms every 30 s and a background sync of 150 ms at 60 % of a core
-///   every 15 min (± 2 min).
+/// * Idle: a keep-alive of 2 ms every 30 s and a background sync of 90 ms about every 13 to
+///   17 min, on every vCPU.
 /// * Active: `active_minutes` split into sessions of 0.5 to 20 min (exponential, mean 4 min)
-///   laid out between 07:00 and 23:30 with random gaps; each session is browsing, video or
-///   game. Inside a session the demand is redrawn every 1 ms around the activity's level.
+///   laid out between 07:00 and 23:30 with random gaps; each session is browsing (6 in 10),
+///   video (3 in 10) or a game (1 in 10). The demand is set for each 1 ms step:
+///   - browsing alternates reading (no demand, mean 2 s), scrolling (a 60 Hz frame costing
+///     2 to 5 ms of the UI vCPU, mean 1.5 s) and page loads (20 to 300 ms at 40 to 100 % on
+///     every vCPU of the guest);
+///   - video: every vCPU decodes, 22 to 32 % with a heavier 6 ms every 33 ms frame;
+///   - game: every vCPU at 50 to 100 %.
+///
+/// The session layout and the browsing phases come from `session_seed` and are the same for
+/// all vCPUs of a guest (they are one user's actions); the load in each step comes from
+/// `load_seed`, which differs per vCPU. vCPU 0 is the UI vCPU.
 #[derive(Clone, Debug)]
 pub struct PhoneDay {
+    /// Per-vCPU load noise.
     rng: Rng,
+    /// The user's actions: browsing phases (same sequence on every vCPU of the guest).
+    user: Rng,
+    ui: bool,
     /// Sessions as (start, end, activity), sorted.
     sessions: Vec<(Instant, Instant, Activity)>,
     session: usize,
-    /// The next 1 ms step inside the current session.
+    /// The next 1 ms step to consider inside the current session.
     step: Instant,
-    /// Browsing bursts: remaining steps of the current burst and its level.
-    burst_left: u32,
-    burst_level: u32,
+    /// The current browsing phase and when it ends.
+    phase: Browse,
+    phase_end: Instant,
+    load_level: u32,
     next_keepalive: Instant,
     next_sync: Instant,
     end: Instant,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Browse {
+    Reading,
+    Scrolling,
+    Loading,
+}
+
 const DAY: Nanos = Nanos::from_secs(24 * 3600);
+const FRAME: u64 = 16;
 
 impl PhoneDay {
-    /// `session_seed` lays out the day's sessions (shared by a guest's vCPUs); `load_seed`
-    /// drives the per-millisecond load.
-    pub fn new(session_seed: u64, load_seed: u64, active_minutes: u32, start: Instant) -> PhoneDay {
+    /// `session_seed` lays out the day (shared by a guest's vCPUs); `load_seed` drives the
+    /// per-millisecond load of this vCPU; `vcpu_index` 0 is the guest's UI vCPU.
+    pub fn new(session_seed: u64, load_seed: u64, vcpu_index: u16, active_minutes: u32, start: Instant) -> PhoneDay {
         let mut rng = Rng::new(session_seed);
         let mut lengths = Vec::new();
         let mut left = Nanos::from_secs(active_minutes as u64 * 60);
@@ -236,17 +258,21 @@ impl PhoneDay {
             t += *len;
         }
         let first_step = sessions.first().map_or(Instant::NEVER, |s| s.0);
+        let user = Rng::new(session_seed ^ 0x0b5e_55ed);
         let mut rng = Rng::new(load_seed);
         let keepalive_phase = Nanos::from_millis(rng.below(30_000));
         PhoneDay {
             next_keepalive: start + Nanos::from_secs(30) + keepalive_phase,
             next_sync: start + Nanos::from_secs(15 * 60) + keepalive_phase,
             rng,
+            user,
+            ui: vcpu_index == 0,
             sessions,
             session: 0,
             step: first_step,
-            burst_left: 0,
-            burst_level: 0,
+            phase: Browse::Reading,
+            phase_end: first_step,
+            load_level: 0,
             end: start + DAY,
         }
     }
@@ -256,27 +282,60 @@ impl PhoneDay {
         self.sessions.iter().map(|s| s.1 - s.0).fold(Nanos::ZERO, |a, b| a + b)
     }
 
-    fn level(&mut self, activity: Activity, step_in_session: u64) -> u32 {
+    /// Starts the next browsing phase at `at` (drawn from the user's sequence, so every vCPU
+    /// of the guest draws the same).
+    fn next_phase(&mut self, at: Instant) {
+        let (phase, mean) = match self.phase {
+            Browse::Reading if self.user.below(10) < 6 => (Browse::Scrolling, Nanos::from_millis(1_500)),
+            Browse::Scrolling if self.user.below(10) < 7 => (Browse::Reading, Nanos::from_millis(2_000)),
+            Browse::Loading => (Browse::Reading, Nanos::from_millis(2_000)),
+            _ => (Browse::Loading, Nanos::ZERO),
+        };
+        self.phase = phase;
+        let len = if phase == Browse::Loading {
+            self.load_level = 40 + self.user.below(61) as u32;
+            Nanos::from_millis(20 + self.user.below(281))
+        } else {
+            self.user.exp(mean).max(STEP)
+        };
+        // Phases are whole steps.
+        self.phase_end = at + Nanos(len.as_nanos() / STEP.as_nanos() * STEP.as_nanos()).max(STEP);
+    }
+
+    /// This vCPU's demand in the step at `at` (percent), and the next step worth looking at.
+    fn level(&mut self, activity: Activity, at: Instant, session_start: Instant) -> (u32, Instant) {
+        let next = at + STEP;
         match activity {
             Activity::Browsing => {
-                if self.burst_left == 0 {
-                    // Between bursts: light touch handling, then a burst of 20..300 ms.
-                    if self.rng.below(100) < 3 {
-                        self.burst_left = 20 + self.rng.below(280) as u32;
-                        self.burst_level = 40 + self.rng.below(61) as u32;
-                    } else {
-                        return self.rng.below(16) as u32;
-                    }
+                while at >= self.phase_end {
+                    let from = self.phase_end;
+                    self.next_phase(from);
                 }
-                self.burst_left -= 1;
-                self.burst_level
+                match self.phase {
+                    // Nothing to do until the phase ends.
+                    Browse::Reading => (0, self.phase_end),
+                    Browse::Scrolling if !self.ui => (0, self.phase_end),
+                    Browse::Scrolling => {
+                        let ms = (at - session_start).as_nanos() / STEP.as_nanos();
+                        let in_frame = ms % FRAME;
+                        // The frame's work: 2 to 5 ms of the UI vCPU, then nothing until the next.
+                        let frame_ms = 2 + (ms / FRAME) % 4;
+                        if in_frame < frame_ms {
+                            (70 + self.rng.below(31) as u32, next)
+                        } else {
+                            (0, (at + Nanos(STEP.as_nanos() * (FRAME - in_frame))).min(self.phase_end))
+                        }
+                    }
+                    Browse::Loading => ((self.load_level + self.rng.below(11) as u32).min(100), next),
+                }
             }
             Activity::Video => {
                 // A frame every 33 ms costs more; the rest is steady decode.
-                let base = if step_in_session % 33 < 6 { 55 } else { 22 };
-                base + self.rng.below(11) as u32
+                let ms = (at - session_start).as_nanos() / STEP.as_nanos();
+                let base = if ms % 33 < 6 { 55 } else { 22 };
+                (base + self.rng.below(11) as u32, next)
             }
-            Activity::Game => 50 + self.rng.below(51) as u32,
+            Activity::Game => (50 + self.rng.below(51) as u32, next),
         }
     }
 
@@ -300,14 +359,14 @@ impl PhoneDay {
             }
             let (start, end, activity) = self.sessions[self.session];
             let at = self.step;
-            self.step += STEP;
+            let (level, next) = self.level(activity, at, start);
+            self.step = next;
             if self.step >= end {
                 self.session += 1;
-                self.burst_left = 0;
+                self.phase = Browse::Reading;
                 self.step = self.sessions.get(self.session).map_or(Instant::NEVER, |s| s.0);
+                self.phase_end = self.step;
             }
-            let idx = (at - start).as_nanos() / STEP.as_nanos();
-            let level = self.level(activity, idx);
             if level > 0 {
                 return Some(Arrival {
                     at,
@@ -372,18 +431,30 @@ mod tests {
 
     #[test]
     fn phone_day_has_the_requested_active_time_and_ends_after_a_day() {
-        let mut day = PhoneDay::new(3, 4, 150, Instant::ZERO);
-        assert_eq!(day.active_time(), Nanos::from_secs(150 * 60));
-        let mut last = Instant::ZERO;
-        let mut n = 0u64;
-        while let Some(a) = day.next_arrival() {
-            assert!(a.at >= last, "arrivals go forward");
-            assert!(a.at < Instant::ZERO + DAY);
-            assert!(a.work <= STEP || a.work == Nanos::from_millis(90) || a.work == Nanos::from_millis(2));
-            last = a.at;
-            n += 1;
-        }
-        // Most active steps carry demand.
-        assert!(n > 150 * 60 * 1000 / 2, "{n} arrivals");
+        let mut ui = PhoneDay::new(3, 4, 0, 150, Instant::ZERO);
+        let mut worker = PhoneDay::new(3, 5, 1, 150, Instant::ZERO);
+        assert_eq!(ui.active_time(), Nanos::from_secs(150 * 60));
+        assert_eq!(ui.sessions, worker.sessions, "a guest's vCPUs share the user's sessions");
+        let mut count = |day: &mut PhoneDay| {
+            let (mut last, mut n, mut work) = (Instant::ZERO, 0u64, Nanos::ZERO);
+            while let Some(a) = day.next_arrival() {
+                assert!(a.at >= last, "arrivals go forward");
+                assert!(a.at < Instant::ZERO + DAY);
+                last = a.at;
+                n += 1;
+                work += a.work;
+            }
+            (n, work)
+        };
+        let (n_ui, work_ui) = count(&mut ui);
+        let (n_worker, work_worker) = count(&mut worker);
+        // Active steps with demand: a good part of the 9 million active milliseconds, fewer on
+        // the worker, which has nothing to do while the user reads or scrolls.
+        assert!(n_ui > 1_000_000 && n_ui < 9_000_000, "{n_ui}");
+        assert!(n_worker < n_ui, "{n_worker} vs {n_ui}");
+        // The day's average load is light, as on a real phone: well under 10 % of a core.
+        let avg = work_ui.as_nanos() as f64 / DAY.as_nanos() as f64;
+        assert!(avg > 0.005 && avg < 0.10, "UI vCPU average load {avg}");
+        assert!(work_worker < work_ui);
     }
 }
