@@ -435,7 +435,7 @@ mod tests {
         let mut worker = PhoneDay::new(3, 5, 1, 150, Instant::ZERO);
         assert_eq!(ui.active_time(), Nanos::from_secs(150 * 60));
         assert_eq!(ui.sessions, worker.sessions, "a guest's vCPUs share the user's sessions");
-        let mut count = |day: &mut PhoneDay| {
+        let count = |day: &mut PhoneDay| {
             let (mut last, mut n, mut work) = (Instant::ZERO, 0u64, Nanos::ZERO);
             while let Some(a) = day.next_arrival() {
                 assert!(a.at >= last, "arrivals go forward");
