@@ -401,7 +401,7 @@ pub fn power_on_race(runner: &dyn Runner) -> Vec<String> {
     let mut cores = vec![take_core(&mut out[2])];
     check_ownership(&sys, &cores);
     assert_runs_next(&sys, &mut cores, V0);
-    assert_eq!(sys.affinity_info(V0), vcpu_runtime::AffinityState::On);
+    assert_eq!(sys.affinity_info(V0), Some(vcpu_runtime::AffinityState::On));
     let loser = results.iter().find(|r| r.is_err()).copied();
     vec![format!("loser {loser:?}"), ran_in_thread(&out[2].runs)]
 }
@@ -526,4 +526,44 @@ impl Reached {
             assert!(seen.contains(*r), "no run reached \"{r}\"; the runs reached {seen:#?}");
         }
     }
+}
+
+/// Model 8: core 0 hands v0 to core 1 while a third party asks for v0 to move to core 2. The
+/// request reads the owner from the state word, so it may reach core 1 before v0 does; core 1
+/// must keep it until v0 arrives rather than drop it. Whatever the order, once the cores have
+/// drained, an accepted request has taken v0 to core 2.
+pub fn move_request_overtaking_its_vcpu(runner: &dyn Runner) -> Vec<String> {
+    let (sys, mut cores) = system(3, vec![vcpu(0, CoreMask::ALL, false)]);
+    assert_eq!(owner_of(&cores, V0), C0);
+    block_on(&sys, &mut cores[0], V0);
+    let cells = Arc::new(RunCells::new(1));
+    let core2 = cores.pop().expect("core 2");
+    let core1 = cores.pop().expect("core 1");
+    let mut core0 = cores.pop().expect("core 0");
+    let (s0, s1) = (sys.clone(), sys.clone());
+    let bodies: Vec<Body> = vec![
+        Box::new(move || {
+            let migrate = Some(core0.migrate(&s0, V0, C1, NOW, &mut ()));
+            Outcome { core: Some(core0), migrate, ..Outcome::default() }
+        }),
+        Box::new(move || {
+            // `kick` reports the core the request was posted to.
+            let kick = s1.request_move(V0, C2).ok();
+            Outcome { kick, ..Outcome::default() }
+        }),
+    ];
+    let mut out = runner.run(bodies);
+    assert_eq!(out[0].migrate, Some(Ok(())));
+    let mut cores = vec![take_core(&mut out[0]), core1, core2];
+    drain(&sys, &mut cores, &cells);
+    check_ownership(&sys, &cores);
+    // Posted to core 0 before the hand-over: core 0 no longer owns v0 when it reads the
+    // request, which is then stale and dropped (v0 stays on core 1). Posted to core 1 (the
+    // owner named while in flight): it is carried out once v0 arrives.
+    match out[1].kick {
+        Some(C1) => assert_eq!(owner_of(&cores, V0), C2, "the request that overtook v0 was lost"),
+        Some(C0) => assert!(matches!(owner_of(&cores, V0), C1 | C2)),
+        other => panic!("request_move answered {other:?}"),
+    }
+    vec![format!("request posted to {:?}", out[1].kick)]
 }

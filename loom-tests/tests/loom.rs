@@ -79,3 +79,12 @@ fn wake_during_aborted_handover() {
 fn power_on_during_aborted_handover() {
     model(&[MIGRATED, MIGRATE_REFUSED], |r| loom_tests::request_during_aborted_handover(r, Request::PowerOn));
 }
+
+/// Model 8: a move request that reaches the new owner before the vCPU it names.
+#[test]
+fn move_request_overtaking_its_vcpu() {
+    model(
+        &["request posted to Some(CoreId(0))", "request posted to Some(CoreId(1))"],
+        loom_tests::move_request_overtaking_its_vcpu,
+    );
+}

@@ -75,3 +75,10 @@ fn wake_during_aborted_handover() {
 fn power_on_during_aborted_handover() {
     check(3, &[MIGRATED, MIGRATE_REFUSED], |r| loom_tests::request_during_aborted_handover(r, Request::PowerOn));
 }
+
+#[test]
+fn move_request_overtaking_its_vcpu() {
+    check(2, &["request posted to Some(CoreId(0))", "request posted to Some(CoreId(1))"], |r| {
+        loom_tests::move_request_overtaking_its_vcpu(r)
+    });
+}

@@ -22,6 +22,8 @@ use core::fmt;
 
 use crate::ids::{CoreMask, VmId};
 use crate::time::Nanos;
+/// A CPU reservation (the runtime's type), applied to each vCPU of a guest.
+pub use crate::vcpu::Reservation;
 
 mod duration;
 #[cfg(feature = "std")]
@@ -115,15 +117,6 @@ pub struct Guest {
     pub payload: Payload,
     /// Synthetic demand for the simulator (required when `payload` is [`Payload::None`]).
     pub demand: Option<Demand>,
-}
-
-/// A CPU reservation: `budget` of CPU time every `period`, for each vCPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Reservation {
-    /// `0 < budget <= period`.
-    pub budget: Nanos,
-    /// `period >= 100 us`.
-    pub period: Nanos,
 }
 
 /// What a guest runs. Paths are resolved against the scenario file's directory when parsed.
@@ -280,11 +273,6 @@ impl Guest {
             None => board.all_cores(),
         }
     }
-}
-
-impl Reservation {
-    /// Shortest reservation period accepted.
-    pub const MIN_PERIOD: Nanos = Nanos::from_micros(100);
 }
 
 impl Demand {

@@ -326,6 +326,13 @@ pub struct CoreRuntime {
     online: bool,
     kicks: CoreMask,
     stats: CoreStats,
+    /// Reused buffer for messages (sized at build, so it never grows).
+    scratch: Vec<Message>,
+    /// Move requests that arrived before their vCPU (sized at build).
+    deferred_moves: Vec<(VcpuId, CoreId)>,
+    /// When the slice given to the last share vCPU ends: the granularity rule keeps that vCPU
+    /// on the core only before then, so a slice that ran out always rotates.
+    slice_end: Instant,
 }
 
 /// The static description of a system for [`build`].
@@ -463,6 +470,9 @@ pub fn build(config: &RuntimeConfig, start: Instant) -> Result<(System, Vec<Core
             online: true,
             kicks: CoreMask::NONE,
             stats: CoreStats::default(),
+            scratch: Vec::with_capacity(2 * config.vcpus.len() + 4),
+            deferred_moves: Vec::with_capacity(config.vcpus.len()),
+            slice_end: start,
         })
         .collect();
     for (i, v) in config.vcpus.iter().enumerate() {
@@ -702,6 +712,11 @@ impl CoreRuntime {
         while let Some(msg) = sys.take_mail(self.core) {
             self.receive(sys, msg, now, trace);
         }
+        // Requests that overtook their vCPU go back to the mailbox for the next decision.
+        // (No IPI to ourselves: the mailbox flag is seen at the next decision anyway.)
+        while let Some((vcpu, dest)) = self.deferred_moves.pop() {
+            let _ = sys.post(self.core, Message::MoveRequest { vcpu, dest });
+        }
         self.take_requests(sys, now, trace);
     }
 
@@ -740,10 +755,14 @@ impl CoreRuntime {
                 }
             }
             Message::MoveRequest { vcpu, dest } => {
-                // A stale request (the vCPU moved on meanwhile) is dropped.
                 if self.find(vcpu).is_some() {
                     let _ = self.migrate(sys, vcpu, dest, now, trace);
+                } else if sys.status(vcpu).owner == self.core && sys.status(vcpu).state == VcpuState::Migrating {
+                    // The request overtook the vCPU it names, which is on its way here: ask
+                    // again once it has arrived (at the next decision).
+                    self.deferred_moves.push((vcpu, dest));
                 }
+                // Otherwise it is stale (the vCPU moved on meanwhile) and dropped.
             }
         }
     }
@@ -823,9 +842,10 @@ impl CoreRuntime {
         let v = self.vcpus[idx];
         let candidates = v.affinity.and(sys.online_cores()).without(self.core);
         let mut last_err = MoveError::Affinity { vcpu: v.id, dest: self.core };
-        let mut order: Vec<CoreId> = candidates.iter().collect();
-        order.sort_by_key(|&c| (sys.core_utilization(c), sys.reserved_ppm(c), c));
-        for dest in order {
+        // Least-utilized candidate first; no sorting into a vector, so no allocation.
+        let mut left = candidates;
+        while let Some(dest) = left.iter().min_by_key(|&c| (sys.core_utilization(c), sys.reserved_ppm(c), c)) {
+            left = left.without(dest);
             match self.migrate(sys, v.id, dest, now, trace) {
                 Ok(()) => return Ok(()),
                 Err(e) => last_err = e,
@@ -852,11 +872,14 @@ impl CoreRuntime {
         sys.set_online(self.core, false);
         self.online = false;
         // ...and none can be posted once the mailbox is closed; take in what is queued.
-        let mut queued: Vec<Message> = Vec::new();
+        // Into the preallocated scratch list: the handling may post to other mailboxes, which
+        // must not happen under our own mailbox's lock.
+        let mut queued = core::mem::take(&mut self.scratch);
         sys.close_mailbox(self.core, |m| queued.push(m));
-        for m in queued {
+        for m in queued.drain(..) {
             self.receive(sys, m, now, trace);
         }
+        self.scratch = queued;
         let mut idx = 0;
         while idx < self.vcpus.len() {
             if self.vcpus[idx].state == VcpuState::Stopped {
@@ -865,7 +888,10 @@ impl CoreRuntime {
             }
             if let Err(reason) = self.evacuate(sys, idx, now, trace) {
                 let vcpu = self.vcpus[idx].id;
+                // Back online, keeping the utilization history: the core never went off.
+                let util = self.util;
                 self.come_online(sys, now, trace);
+                self.util = util;
                 return Err(OfflineError::CannotMove { vcpu, reason });
             }
         }
@@ -935,15 +961,18 @@ impl CoreRuntime {
             until = next_replenish.map_or(now + remaining, |r| r.min(now + remaining));
         } else if let Some(mut i) = share_pick {
             self.min_vtime = self.min_vtime.max(best_vtime);
-            // The vCPU that ran last keeps the core while it is less than the granularity ahead.
-            if let Some(l) = last_idx {
+            // The vCPU that ran last keeps the core, for the rest of its slice, while it is less
+            // than the granularity ahead; otherwise the pick gets a fresh slice.
+            let mut end = now + self.params.timeslice;
+            if let Some(l) = last_idx.filter(|_| now < self.slice_end) {
                 let lv = &self.vcpus[l];
                 if lv.vtime <= best_vtime.saturating_add(to_vtime(self.params.min_granularity, lv.vtime_rate)) {
                     i = l;
+                    end = self.slice_end;
                 }
             }
+            self.slice_end = end;
             pick = Some(i);
-            let end = now + self.params.timeslice;
             until = next_replenish.map_or(end, |r| r.min(end));
         } else {
             self.util.advance(sys.decay, now, false);
@@ -988,15 +1017,16 @@ impl CoreRuntime {
         trace: &mut impl TraceSink,
     ) -> Result<(), SetReservationError> {
         let idx = self.find(vcpu).ok_or(SetReservationError::NotOwned { vcpu, core: self.core })?;
+        if self.vcpus[idx].state == VcpuState::Stopped {
+            return Err(SetReservationError::Stopped(vcpu));
+        }
         let old_ppm = self.vcpus[idx].ppm();
         if let Some(r) = reservation {
             if r.period == Nanos::ZERO || r.budget == Nanos::ZERO || r.budget > r.period {
                 return Err(SetReservationError::Invalid);
             }
-            sys.release(self.core, old_ppm);
-            if let Err(e) = sys.reserve(self.core, r.bandwidth_ppm()) {
-                // Put the old one back: it fitted before.
-                let _ = sys.reserve(self.core, old_ppm);
+            // One atomic step, so a concurrent admission on this core cannot slip in between.
+            if let Err(e) = sys.reserve_replacing(self.core, old_ppm, r.bandwidth_ppm()) {
                 trace.emit(TraceEvent {
                     at: now,
                     kind: TraceKind::Reservation {
@@ -1036,6 +1066,7 @@ pub enum SetReservationError {
         vcpu: VcpuId,
         core: CoreId,
     },
+    Stopped(VcpuId),
     /// Zero period or budget, or a budget over the period.
     Invalid,
     Admission(AdmissionError),
@@ -1045,6 +1076,7 @@ impl core::fmt::Display for SetReservationError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             SetReservationError::NotOwned { vcpu, core } => write!(f, "vCPU {vcpu} is not owned by core {core}"),
+            SetReservationError::Stopped(v) => write!(f, "vCPU {v} has stopped"),
             SetReservationError::Invalid => {
                 write!(f, "a reservation needs a non-zero budget no larger than its non-zero period")
             }

@@ -66,6 +66,8 @@ pub enum AffinityState {
 pub enum PowerOnError {
     AlreadyOn,
     OnPending,
+    /// No such vCPU (PSCI INVALID_PARAMETERS).
+    NoSuchVcpu,
 }
 
 /// Per-vCPU shared data.
@@ -224,7 +226,8 @@ impl System {
         &self.vcpus[vcpu.index()].word
     }
 
-    /// The vCPU's state word, decoded.
+    /// The vCPU's state word, decoded. `vcpu` must be one of the system's (ids come from
+    /// [`System::vcpu_infos`]); an unknown one panics.
     pub fn status(&self, vcpu: VcpuId) -> VcpuStatus {
         decode(self.word(vcpu).load(Ordering::Acquire))
     }
@@ -233,6 +236,9 @@ impl System {
     /// runnable; a running or runnable one is unaffected (and will not block on its next WFI);
     /// a parked or stopped one ignores it. Returns the core to kick (send an IPI to), if any.
     pub fn wake(&self, vcpu: VcpuId) -> Option<CoreId> {
+        if vcpu.index() >= self.vcpus.len() {
+            return None;
+        }
         let old = self.word(vcpu).fetch_or(WAKE, Ordering::AcqRel);
         let status = decode(old);
         match status.state {
@@ -246,6 +252,9 @@ impl System {
 
     /// A guest's PSCI CPU_ON for `vcpu`. On success returns the core to kick.
     pub fn request_power_on(&self, vcpu: VcpuId) -> Result<CoreId, PowerOnError> {
+        if vcpu.index() >= self.vcpus.len() {
+            return Err(PowerOnError::NoSuchVcpu);
+        }
         let word = self.word(vcpu);
         let mut old = word.load(Ordering::Acquire);
         loop {
@@ -266,14 +275,14 @@ impl System {
         }
     }
 
-    /// PSCI AFFINITY_INFO for one vCPU.
-    pub fn affinity_info(&self, vcpu: VcpuId) -> AffinityState {
-        let old = self.word(vcpu).load(Ordering::Acquire);
-        match VcpuState::from_bits(old) {
+    /// PSCI AFFINITY_INFO for one vCPU; `None` if there is no such vCPU (INVALID_PARAMETERS).
+    pub fn affinity_info(&self, vcpu: VcpuId) -> Option<AffinityState> {
+        let old = self.vcpus.get(vcpu.index())?.word.load(Ordering::Acquire);
+        Some(match VcpuState::from_bits(old) {
             VcpuState::Parked if old & ON_REQ != 0 => AffinityState::OnPending,
             VcpuState::Parked | VcpuState::Stopped => AffinityState::Off,
             _ => AffinityState::On,
-        }
+        })
     }
 
     /// Asks the vCPU's owner to hand it over to `dest` at its next decision. Returns the core
@@ -297,7 +306,7 @@ impl System {
     /// The vCPU's utilization at `now`, in [`UTIL_ONE`](crate::util::UTIL_ONE) units, as last
     /// published by its owner and decayed since if it was not running.
     pub fn vcpu_utilization(&self, vcpu: VcpuId, now: Instant) -> u32 {
-        let shared = &self.vcpus[vcpu.index()];
+        let Some(shared) = self.vcpus.get(vcpu.index()) else { return 0 };
         let util = shared.util.load(Ordering::Relaxed);
         let stamp = Instant(shared.util_stamp.load(Ordering::Relaxed));
         if self.status(vcpu).state == VcpuState::Running {
@@ -318,17 +327,24 @@ impl System {
 
     /// Admits `ppm` of real-time bandwidth on `core`, or says by how much it does not fit.
     pub fn reserve(&self, core: CoreId, ppm: u64) -> Result<(), AdmissionError> {
+        self.reserve_replacing(core, 0, ppm)
+    }
+
+    /// Replaces `old_ppm` already admitted on `core` by `new_ppm`, in one atomic step.
+    pub fn reserve_replacing(&self, core: CoreId, old_ppm: u64, new_ppm: u64) -> Result<(), AdmissionError> {
         let bound = self.params.rt_bound_ppm;
         let cell = &self.cores[core.index()].reserved_ppm;
-        let mut old = cell.load(Ordering::Acquire);
+        let mut cur = cell.load(Ordering::Acquire);
         loop {
-            let new = old.saturating_add(ppm);
-            if new > bound {
-                return Err(AdmissionError { core, requested_ppm: ppm, admitted_ppm: old, bound_ppm: bound });
+            let others = cur.saturating_sub(old_ppm);
+            let new = others.saturating_add(new_ppm);
+            // A change that does not grow the total is always admitted.
+            if new > bound && new > cur {
+                return Err(AdmissionError { core, requested_ppm: new_ppm, admitted_ppm: others, bound_ppm: bound });
             }
-            match cell.compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Acquire) {
+            match cell.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Ok(()),
-                Err(now) => old = now,
+                Err(now) => cur = now,
             }
         }
     }

@@ -53,6 +53,9 @@ pub struct Reservation {
 pub const PPM: u64 = 1_000_000;
 
 impl Reservation {
+    /// Shortest reservation period a scenario may ask for.
+    pub const MIN_PERIOD: Nanos = Nanos::from_micros(100);
+
     /// The share of one core this reservation takes, in parts per million (rounded up, so
     /// admission never under-counts).
     pub const fn bandwidth_ppm(&self) -> u64 {
