@@ -73,6 +73,23 @@ pub fn test_plan(root: &Path, quick: bool) -> Plan {
         "clippy vcpu-runtime/std",
         Cmd::cargo(["clippy", "-p", "vcpu-runtime", "--features", "std", "--all-targets", "--", "-D", "warnings"]),
     ));
+    // The portable crates must build `no_std` for the EL2 target: the hypervisor links them.
+    steps.push(Step::run(
+        "no_std runtime crates",
+        Cmd::cargo([
+            "build",
+            "-p",
+            "vcpu-runtime",
+            "-p",
+            "power",
+            "-p",
+            "migrate",
+            "--target",
+            EL2_TARGET,
+            "--target-dir",
+            EL2_TARGET_DIR,
+        ]),
+    ));
     steps.push(Step::run("test", Cmd::cargo(["test", "--workspace"])));
     steps.push(Step::run("test vcpu-runtime/std", Cmd::cargo(["test", "-p", "vcpu-runtime", "--features", "std"])));
     if quick {
@@ -284,9 +301,18 @@ mod tests {
         let plan = test_plan(&root, false);
         assert_eq!(
             names(&plan),
-            ["rust target", "fmt", "clippy", "clippy vcpu-runtime/std", "test", "test vcpu-runtime/std", "loom"]
+            [
+                "rust target",
+                "fmt",
+                "clippy",
+                "clippy vcpu-runtime/std",
+                "no_std runtime crates",
+                "test",
+                "test vcpu-runtime/std",
+                "loom"
+            ]
         );
-        let loom = &plan.steps[6];
+        let loom = &plan.steps[7];
         assert_eq!(
             loom.rerun_line(),
             "RUSTFLAGS='--cfg loom' LOOM_MAX_PREEMPTIONS=2 \
