@@ -12,6 +12,7 @@ extern crate std;
 
 pub mod config;
 pub mod ids;
+pub mod manifest;
 pub mod scenario;
 pub mod sched;
 pub mod sync;
