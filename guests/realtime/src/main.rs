@@ -1,0 +1,129 @@
+//! `rt`: a periodic real-time task on the virtual timer.
+//!
+//! The virtual timer fires every `GUEST_RT_PERIOD_US` (default 10000 µs = 10 ms) at exact
+//! multiples of the period (`CNTV_CVAL_EL0` advanced by one period per tick, so lateness never
+//! accumulates). Each tick releases one job: `GUEST_RT_WORK_US` (default 2000 µs) of computation,
+//! calibrated at start-up as a number of generator steps, so that a vCPU that does not get the
+//! CPU finishes late. A period is a miss when its job ends after the next tick is due (measured
+//! with `CNTVCT_EL0`), and every tick that was skipped outright is a miss too.
+//!
+//! After `GUEST_RT_PERIODS` periods (default 100) it prints `rt periods=N misses=M` and the worst
+//! response time and release latency; PASS if M == 0.
+
+#![no_std]
+#![no_main]
+#![deny(unsafe_code)]
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use guest_rt::{ensure, gic, hypercall, println, setting, timer, Fail};
+
+guest_rt::guest_main!(main);
+
+const PERIOD_US: u64 = setting(option_env!("GUEST_RT_PERIOD_US"), 10_000);
+const WORK_US: u64 = setting(option_env!("GUEST_RT_WORK_US"), 2_000);
+const PERIODS: u64 = setting(option_env!("GUEST_RT_PERIODS"), 100);
+/// `HV_MARK` id of a miss (value: the period number).
+const MARK_MISS: u32 = 3;
+
+/// Ticks taken so far.
+static TICKS: AtomicU64 = AtomicU64::new(0);
+/// Counter value at which the latest tick was due.
+static RELEASE: AtomicU64 = AtomicU64::new(0);
+/// Period in counter ticks (set before the timer starts).
+static PERIOD: AtomicU64 = AtomicU64::new(0);
+/// Worst lateness of the tick handler behind the tick's due time, in counter ticks.
+static MAX_LATENCY: AtomicU64 = AtomicU64::new(0);
+
+fn on_tick(_intid: u32) {
+    let due = timer::cval();
+    let latency = timer::now().saturating_sub(due);
+    MAX_LATENCY.fetch_max(latency, Ordering::Relaxed);
+    RELEASE.store(due, Ordering::Relaxed);
+    timer::set_cval(due + PERIOD.load(Ordering::Relaxed));
+    TICKS.fetch_add(1, Ordering::Release);
+}
+
+/// The job: `steps` generator steps.
+fn job(steps: u64) -> u64 {
+    let mut x = 0x2545_F491_4F6C_DD1D_u64;
+    for _ in 0..steps {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = core::hint::black_box(x);
+    }
+    x
+}
+
+/// Generator steps that take `WORK_US` on this vCPU: the median of several timed runs, after a
+/// warm-up (QEMU translates the loop on its first run).
+fn calibrate() -> u64 {
+    const SAMPLE: u64 = 100_000;
+    const RUNS: usize = 7;
+    job(SAMPLE);
+    let mut times = [0u64; RUNS];
+    for t in times.iter_mut() {
+        let start = timer::now();
+        job(SAMPLE);
+        *t = (timer::now() - start).max(1);
+    }
+    times.sort_unstable();
+    (SAMPLE * timer::ticks_from_us(WORK_US) / times[RUNS / 2]).max(1)
+}
+
+fn main(_x0: u64) -> Result<(), Fail> {
+    let period = timer::ticks_from_us(PERIOD_US);
+    ensure!(period > 0 && WORK_US < PERIOD_US, "bad settings: period {} us, work {} us", PERIOD_US, WORK_US);
+    let steps = calibrate();
+    println!("rt: period_us={} work_us={} periods={} work_steps={}", PERIOD_US, WORK_US, PERIODS, steps);
+
+    gic::init();
+    gic::set_handler(timer::VTIMER_INTID, on_tick);
+    PERIOD.store(period, Ordering::Relaxed);
+    timer::set_cval(timer::now() + period);
+
+    let mut seen = 0;
+    let mut periods = 0;
+    let mut misses = 0;
+    let mut max_response = 0;
+    while periods < PERIODS {
+        gic::wait_until(|| TICKS.load(Ordering::Acquire) > seen);
+        gic::irq_disable();
+        let ticks = TICKS.load(Ordering::Acquire);
+        let release = RELEASE.load(Ordering::Relaxed);
+        gic::irq_enable();
+        // Ticks that came and went while the previous job ran: their jobs never ran.
+        let skipped = ticks - seen - 1;
+        misses += skipped;
+        periods += ticks - seen;
+        seen = ticks;
+
+        let start = timer::now();
+        job(steps);
+        let end = timer::now();
+        let response = end.saturating_sub(release);
+        max_response = max_response.max(response);
+        if response > period {
+            misses += 1;
+            hypercall::hv_mark(MARK_MISS, periods);
+            println!(
+                "rt: miss in period {}: response_us={} start_us={} job_us={}",
+                periods,
+                timer::us_from_ticks(response),
+                timer::us_from_ticks(start.saturating_sub(release)),
+                timer::us_from_ticks(end - start)
+            );
+        }
+    }
+    timer::disable();
+    gic::irq_disable();
+
+    println!(
+        "rt: max_response_us={} max_release_latency_us={}",
+        timer::us_from_ticks(max_response),
+        timer::us_from_ticks(MAX_LATENCY.load(Ordering::Relaxed))
+    );
+    println!("rt periods={} misses={}", periods, misses);
+    ensure!(misses == 0, "misses={}", misses);
+    Ok(())
+}
