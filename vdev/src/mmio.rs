@@ -74,7 +74,7 @@ pub enum AbortError {
 }
 
 /// Decodes a stage-2 data abort: `esr` from `ESR_EL2`, `hpfar` from `HPFAR_EL2` (its FIPA
-/// field, bits [43:4], holds IPA[51:12]) and `far` from `FAR_EL2` (for the page offset).
+/// field, bits 43 to 4, holds IPA bits 51 to 12) and `far` from `FAR_EL2` (for the page offset).
 pub fn decode_data_abort(esr: u64, hpfar: u64, far: u64) -> Result<MmioAccess, AbortError> {
     if trap_kind(esr) != TrapKind::DataAbort {
         return Err(AbortError::NotDataAbort);
