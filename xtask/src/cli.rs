@@ -1,4 +1,4 @@
-//! Command-line parsing for `cargo xtask`: a hand-written parser, so xtask builds with no
+//! Command-line parsing for `cargo xtask`: a hand-written parser, so xtask builds with few
 //! dependencies and in seconds.
 
 use crate::Error;
@@ -37,6 +37,47 @@ pub enum Command {
     Sim { scenario: String, args: Vec<String> },
     /// Run the criterion benches, all of them or one group.
     Bench { only: Option<Bench> },
+    /// Build the EL2 image and boot it on QEMU.
+    Qemu(QemuArgs),
+}
+
+/// The `--cpu` QEMU runs when none is given.
+pub const DEFAULT_QEMU_CPU: &str = "cortex-a57";
+/// The `--smp` when neither it nor a scenario gives the number of cores.
+pub const DEFAULT_QEMU_SMP: u32 = 2;
+/// The `--timeout` (seconds) when none is given.
+pub const DEFAULT_QEMU_TIMEOUT_SECS: u64 = 60;
+/// The most cores `--smp` accepts (a scenario's board has at most 64).
+pub const MAX_QEMU_SMP: u32 = 64;
+
+/// The arguments of `cargo xtask qemu`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuArgs {
+    /// Checked with the scenario loader; not passed to the hypervisor yet.
+    pub scenario: Option<String>,
+    /// `--smp N`; `None`: the scenario's `board.cores`, else [`DEFAULT_QEMU_SMP`].
+    pub smp: Option<u32>,
+    /// `--cpu NAME`.
+    pub cpu: String,
+    /// `--timeout SECONDS`.
+    pub timeout_secs: u64,
+    /// `--icount`: deterministic instruction counting (`-icount shift=4,sleep=off`).
+    pub icount: bool,
+    /// `--append ARGS`: the hypervisor's boot arguments (`/chosen/bootargs`).
+    pub append: Option<String>,
+}
+
+impl Default for QemuArgs {
+    fn default() -> QemuArgs {
+        QemuArgs {
+            scenario: None,
+            smp: None,
+            cpu: DEFAULT_QEMU_CPU.into(),
+            timeout_secs: DEFAULT_QEMU_TIMEOUT_SECS,
+            icount: false,
+            append: None,
+        }
+    }
 }
 
 /// The text of `cargo xtask help`.
@@ -52,6 +93,16 @@ COMMANDS:
   sim SCENARIO [ARGS..]  run hvsim (release) on SCENARIO; ARGS go to hvsim:
                          --policy P, --duration D, --trace FILE, --report-json FILE
   bench [NAME]           run the criterion benches, all or one group (NAME below)
+  qemu [SCENARIO] [--smp N] [--cpu NAME] [--timeout SECONDS] [--icount] [--append ARGS]
+                         build the EL2 hypervisor (release) and boot it on qemu-system-aarch64;
+                         exits with QEMU's status (0 only when the hypervisor ended cleanly).
+                         --smp: cores (default: the scenario's board.cores, else 2);
+                         --cpu: QEMU CPU model (default cortex-a57; `max` for the newest features);
+                         --timeout: kill QEMU and fail after SECONDS (default 60);
+                         --icount: deterministic time (-icount shift=4,sleep=off);
+                         --append: boot arguments for the hypervisor (e.g. hv.selftest=panic).
+                         SCENARIO is loaded and validated but not passed to the hypervisor yet:
+                         the scenario manifest arrives next
   help                   print this list
 
 BENCH NAMES:
@@ -63,15 +114,16 @@ BENCH NAMES:
     s.push_str(
         "
 SCENARIO is a path (relative to the current or the workspace directory) or a name in scenarios/.
-`test` and `demo` add the aarch64-unknown-none-softfloat target with rustup when it is missing;
-`test` installs qemu-system-arm with apt-get (as root) when it runs QEMU tests. See docs/xtask.md.
+`test`, `demo` and `qemu` add the aarch64-unknown-none-softfloat target with rustup when it is
+missing; `test` (when it runs QEMU tests) and `qemu` install qemu-system-arm with apt-get (as root).
+See docs/xtask.md and, for the hypervisor's boot and exit codes, docs/platform.md.
 ",
     );
     s
 }
 
 fn command_names() -> &'static str {
-    "demo, test, sim, bench, help"
+    "demo, test, sim, bench, qemu, help"
 }
 
 fn bench_names() -> String {
@@ -137,8 +189,73 @@ where
                 ))),
             }
         }
+        "qemu" => {
+            if wants_help(rest) {
+                return Ok(Command::Help);
+            }
+            parse_qemu(rest).map(Command::Qemu)
+        }
         other => Err(Error::usage(format!("unknown command `{other}`; commands: {}", command_names()))),
     }
+}
+
+fn parse_qemu(args: &[String]) -> Result<QemuArgs, Error> {
+    let mut q = QemuArgs::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        // `--flag=value` and `--flag value` both work.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |what: &str| -> Result<String, Error> {
+            match inline.clone().or_else(|| it.next().cloned()) {
+                Some(v) if !v.is_empty() => Ok(v),
+                _ => Err(Error::usage(format!("`qemu {flag}` needs {what}"))),
+            }
+        };
+        match flag {
+            "--smp" => {
+                let v = value("a number of cores")?;
+                match v.parse::<u32>() {
+                    Ok(n) if (1..=MAX_QEMU_SMP).contains(&n) => q.smp = Some(n),
+                    _ => {
+                        return Err(Error::usage(format!(
+                            "`qemu --smp` takes a number of cores from 1 to {MAX_QEMU_SMP}, not `{v}`"
+                        )))
+                    }
+                }
+            }
+            "--cpu" => {
+                let v = value("a QEMU CPU model (cortex-a57, max, ...)")?;
+                if v.starts_with('-') || v.contains(char::is_whitespace) {
+                    return Err(Error::usage(format!("`qemu --cpu` takes a QEMU CPU model, not `{v}`")));
+                }
+                q.cpu = v;
+            }
+            "--timeout" => {
+                let v = value("a number of seconds")?;
+                match v.parse::<u64>() {
+                    Ok(n) if n > 0 => q.timeout_secs = n,
+                    _ => {
+                        return Err(Error::usage(format!(
+                            "`qemu --timeout` takes a whole number of seconds above 0, not `{v}`"
+                        )))
+                    }
+                }
+            }
+            "--append" => q.append = Some(value("the hypervisor's boot arguments")?),
+            "--icount" if inline.is_none() => q.icount = true,
+            s if s.starts_with('-') => {
+                return Err(Error::usage(format!(
+                    "`qemu` does not take `{arg}`; it takes [SCENARIO] --smp N --cpu NAME --timeout SECONDS --icount --append ARGS"
+                )))
+            }
+            _ if q.scenario.is_none() => q.scenario = Some(arg.clone()),
+            _ => return Err(Error::usage(format!("`qemu` takes at most one SCENARIO, got `{arg}` too"))),
+        }
+    }
+    Ok(q)
 }
 
 #[cfg(test)]
@@ -160,7 +277,7 @@ mod tests {
     fn unknown_command_lists_the_commands() {
         let e = err(&["frobnicate"]);
         assert!(e.contains("unknown command `frobnicate`"), "{e}");
-        for name in ["demo", "test", "sim", "bench", "help"] {
+        for name in ["demo", "test", "sim", "bench", "qemu", "help"] {
             assert!(e.contains(name), "{e} lacks {name}");
         }
     }
@@ -209,10 +326,74 @@ mod tests {
         assert!(err(&["bench", "sched", "sim"]).contains("at most one"));
     }
 
+    fn qemu(args: &[&str]) -> QemuArgs {
+        let mut all = vec!["qemu"];
+        all.extend_from_slice(args);
+        match parse(all.iter().copied()).unwrap() {
+            Command::Qemu(q) => q,
+            other => panic!("{args:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn qemu_defaults() {
+        let q = qemu(&[]);
+        assert_eq!(q, QemuArgs::default());
+        assert_eq!((q.smp, q.cpu.as_str(), q.timeout_secs, q.icount), (None, "cortex-a57", 60, false));
+        assert_eq!(q.scenario, None);
+        assert_eq!(q.append, None);
+    }
+
+    #[test]
+    fn qemu_takes_every_option_in_any_order() {
+        let q = qemu(&["--icount", "--smp", "4", "phone-dual", "--cpu", "max", "--timeout", "5", "--append", "a=b c"]);
+        assert_eq!(
+            q,
+            QemuArgs {
+                scenario: Some("phone-dual".into()),
+                smp: Some(4),
+                cpu: "max".into(),
+                timeout_secs: 5,
+                icount: true,
+                append: Some("a=b c".into()),
+            }
+        );
+        let q = qemu(&["--smp=8", "--cpu=cortex-a57", "--timeout=120"]);
+        assert_eq!((q.smp, q.cpu.as_str(), q.timeout_secs), (Some(8), "cortex-a57", 120));
+    }
+
+    #[test]
+    fn qemu_help() {
+        assert_eq!(parse(["qemu", "--help"]).unwrap(), Command::Help);
+        assert_eq!(parse(["qemu", "--smp", "2", "-h"]).unwrap(), Command::Help);
+    }
+
+    #[test]
+    fn qemu_rejects_bad_values() {
+        for (args, needle) in [
+            (&["qemu", "--smp"][..], "needs a number of cores"),
+            (&["qemu", "--smp", "0"], "from 1 to 64"),
+            (&["qemu", "--smp", "65"], "from 1 to 64"),
+            (&["qemu", "--smp", "two"], "not `two`"),
+            (&["qemu", "--smp="], "needs a number of cores"),
+            (&["qemu", "--timeout", "0"], "above 0"),
+            (&["qemu", "--timeout", "1.5"], "not `1.5`"),
+            (&["qemu", "--cpu"], "needs a QEMU CPU model"),
+            (&["qemu", "--cpu", "--icount"], "not `--icount`"),
+            (&["qemu", "--icount=yes"], "does not take `--icount=yes`"),
+            (&["qemu", "--gdb"], "does not take `--gdb`"),
+            (&["qemu", "a.toml", "b.toml"], "at most one SCENARIO"),
+            (&["qemu", "--append"], "needs the hypervisor's boot arguments"),
+        ] {
+            let e = err(args);
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+
     #[test]
     fn help_mentions_every_command_and_bench() {
         let h = help();
-        for word in ["demo", "test", "sim", "bench", "help", "--quick"] {
+        for word in ["demo", "test", "sim", "bench", "qemu", "--smp", "--icount", "help", "--quick"] {
             assert!(h.contains(word), "help lacks {word}");
         }
         for b in BENCHES {

@@ -1,11 +1,13 @@
 //! `cargo xtask`: the project's build, run, test and bench tasks (see docs/xtask.md).
 //!
-//! Plain std, no dependencies: every task is a list of commands that xtask prints, runs from
-//! the workspace root with the cargo that started it, and streams.
+//! Plain std and one dependency, `vcpu-runtime` (std) to validate scenarios: every task is a
+//! list of commands that xtask prints, runs from the workspace root with the cargo that started
+//! it, and streams.
 #![forbid(unsafe_code)]
 
 mod cli;
 mod exec;
+mod qemu;
 mod setup;
 mod tasks;
 
@@ -73,6 +75,7 @@ fn run(command: Command, ctx: &Ctx) -> Result<(), Error> {
         Command::Demo { scenario } => tasks::demo(ctx, scenario.as_deref()),
         Command::Sim { scenario, args } => tasks::sim(ctx, &scenario, &args),
         Command::Bench { only } => tasks::bench(ctx, only),
+        Command::Qemu(args) => qemu::qemu(ctx, &args),
     }
 }
 

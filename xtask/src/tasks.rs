@@ -1,4 +1,4 @@
-//! The commands: `test`, `demo`, `sim`, `bench`.
+//! The commands: `test`, `demo`, `sim`, `bench` (`qemu` is in qemu.rs).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use crate::Error;
 pub const EL2_CRATES: &[&str] = &["platform/qemu-virt", "guests"];
 
 /// Where the EL2 builds go, relative to the workspace root (kept apart from host builds).
-const EL2_TARGET_DIR: &str = "target/el2";
+pub const EL2_TARGET_DIR: &str = "target/el2";
 
 /// Loom's `--cfg loom` would rebuild every dependency, so loom gets its own target directory.
 const LOOM_TARGET_DIR: &str = "target/loom";
@@ -90,7 +90,8 @@ pub fn test_plan(root: &Path, quick: bool) -> Plan {
             EL2_TARGET_DIR,
         ]),
     ));
-    steps.push(Step::run("test", Cmd::cargo(["test", "--workspace"])));
+    // hw-tests boot QEMU: they run in their own step below, after QEMU is ensured.
+    steps.push(Step::run("test", Cmd::cargo(["test", "--workspace", "--exclude", "hw-tests"])));
     steps.push(Step::run("test vcpu-runtime/std", Cmd::cargo(["test", "-p", "vcpu-runtime", "--features", "std"])));
     if quick {
         plan.skipped.push(("loom".into(), "--quick".into()));
@@ -312,6 +313,7 @@ mod tests {
                 "loom"
             ]
         );
+        assert_eq!(plan.steps[5].rerun_line(), "cargo test --workspace --exclude hw-tests");
         let loom = &plan.steps[7];
         assert_eq!(
             loom.rerun_line(),

@@ -1,0 +1,176 @@
+//! The hypervisor image for QEMU's `virt` board (`-M virt,virtualization=on,gic-version=3`).
+//!
+//! Today it boots: the boot core reads the device tree, turns on the final EL2 identity map,
+//! prints the board's facts, starts every CPU of `/cpus` with PSCI `CPU_ON`, waits until all
+//! have reported in, and ends the run with exit status 0 through semihosting. Every core prints
+//! `core N online (mpidr 0x...)` and a trace line `T <ns> core cN online`.
+//!
+//! All the unsafe code is in `platform-aarch64`; this crate only has its entry glue (the
+//! `Board` implementation and `entry!`).
+#![no_std]
+#![no_main]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+mod devicetree;
+mod selftest;
+
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use platform_aarch64::entry::{Board, BootInfo, DtbSource};
+use platform_aarch64::layout::MAX_CORES;
+use platform_aarch64::{cpu, exit_code, fail, mmu, println, semihosting, smp, timer};
+use smccc::Smc;
+use vcpu_runtime::trace::{CoreState, TraceEvent, TraceKind};
+use vcpu_runtime::{CoreId, Nanos};
+
+/// QEMU's `virt` machine.
+struct QemuVirt;
+
+/// RAM starts here on QEMU's virt board; everything below is devices (flash, GIC, UART, RTC,
+/// GPIO, virtio-mmio, PCIe windows).
+const RAM_BASE: usize = 0x4000_0000;
+
+/// How long the boot core waits for the secondaries to report in before failing the run
+/// (`hv.online-timeout-ms=N` in the boot arguments overrides it).
+const ONLINE_TIMEOUT: Nanos = Nanos::from_secs(10);
+
+// SAFETY: these are the addresses of QEMU's virt machine (hw/arm/virt.c, `base_memmap`): the
+// PL011 UART0 at 0x0900_0000 (below 1 GiB, so device memory in the boot map), used by nothing
+// but the console, and RAM from 0x4000_0000 (1 GiB aligned). memory.ld links the image at
+// 0x4020_0000, inside the first GiB of RAM and 2 MiB above its start.
+#[allow(unsafe_code)]
+unsafe impl Board for QemuVirt {
+    const NAME: &'static str = "QEMU virt";
+    const PL011_BASE: usize = 0x0900_0000;
+    const RAM_BASE: usize = RAM_BASE;
+
+    fn main(boot: BootInfo) -> ! {
+        boot_main(boot)
+    }
+
+    fn secondary_main(core: CoreId) -> ! {
+        report_online(core);
+        smp::park()
+    }
+}
+
+platform_aarch64::entry!(QemuVirt);
+
+fn boot_main(boot: BootInfo) -> ! {
+    let facts = match devicetree::read(boot.dtb) {
+        Ok(facts) => facts,
+        Err(e) => fail!("device tree: {e}"),
+    };
+    let image = mmu::image_layout();
+    let Some(ram) = facts.ram.iter().find(|r| r.start <= image.start && image.end <= r.end).cloned() else {
+        fail!("no RAM region of the device tree holds the image ({:#x}..{:#x})", image.start, image.end);
+    };
+    let devices: Range<usize> = 0..RAM_BASE;
+    if let Err(e) = mmu::init(ram.clone(), core::slice::from_ref(&devices)) {
+        fail!("EL2 identity map: {e}");
+    }
+
+    let ram_mib: usize = facts.ram.iter().map(|r| r.len()).sum::<usize>() >> 20;
+    println!("hypervisor {}: energy-aware SMP hypervisor, EL2, on {}", env!("CARGO_PKG_VERSION"), QemuVirt::NAME);
+    println!(
+        "board: {}, {} core{}, RAM {} MiB at {:#x}, device tree at {:#x} (from {})",
+        facts.compatible.unwrap_or("(no compatible)"),
+        facts.cpus.len(),
+        if facts.cpus.len() == 1 { "" } else { "s" },
+        ram_mib,
+        ram.start,
+        boot.dtb.as_ptr() as usize,
+        match boot.dtb_source {
+            DtbSource::X0 => "x0",
+            DtbSource::RamBase => "the start of RAM",
+        }
+    );
+    println!(
+        "cpu: {}, PA {} bits (EL2 map uses {}), VMID {} bits, timer {} Hz",
+        cpu::midr(),
+        cpu::pa_bits(),
+        cpu::mapped_pa_bits(),
+        cpu::vmid_bits(),
+        timer::frequency_hz()
+    );
+    match facts.chosen {
+        Some(c) => println!(
+            "chosen: bootargs \"{}\", stdout-path \"{}\"",
+            c.bootargs.unwrap_or(""),
+            c.stdout_path.unwrap_or("")
+        ),
+        None => println!("chosen: no /chosen node"),
+    }
+    println!(
+        "mmu: EL2 identity map on, caches on: image {:#x}..{:#x}, RAM {:#x}..{:#x} write-back, devices {:#x}..{:#x} nGnRE",
+        image.start, image.end, ram.start, ram.end, devices.start, devices.end
+    );
+
+    // PSCI: at EL2 only SMC reaches the firmware (an HVC would come back to this hypervisor).
+    let psci = match facts.psci_method {
+        Some("smc") => smccc::psci::version::<Smc>(),
+        Some(other) => fail!("/psci method is \"{other}\"; at EL2 only \"smc\" reaches the firmware"),
+        None => fail!("no /psci node: cannot start the secondary cores"),
+    };
+    match psci {
+        Ok(v) => println!("psci: version {}.{} over smc", v.major, v.minor),
+        Err(e) => fail!("PSCI_VERSION failed: {e:?}"),
+    }
+
+    // Core ids in boot order: the boot core is core 0, the others follow in device-tree order.
+    let me = smp::current_mpidr();
+    if !facts.cpus.contains(&me) {
+        fail!("the boot core (mpidr {me:#x}) is not in /cpus {:x?}", facts.cpus);
+    }
+    let mut cores: Vec<u64> = Vec::with_capacity(facts.cpus.len());
+    cores.push(me);
+    cores.extend(facts.cpus.iter().copied().filter(|m| *m != me));
+    if cores.len() > MAX_CORES {
+        println!("note: /cpus lists {} CPUs; this image runs at most {MAX_CORES}, the rest stay off", cores.len());
+        cores.truncate(MAX_CORES);
+    }
+
+    let bootargs = facts.chosen.and_then(|c| c.bootargs).unwrap_or("");
+    selftest::configure(bootargs, cores.len());
+    report_online(CoreId(0));
+    selftest::on_boot_core();
+    for (k, mpidr) in cores.iter().enumerate().skip(1) {
+        if let Err(e) = smp::start_secondary::<Smc>(CoreId(k as u16), *mpidr) {
+            fail!("{e}");
+        }
+    }
+    let n = cores.len();
+    let timeout = boot_arg(bootargs, "hv.online-timeout-ms=")
+        .and_then(|v| v.parse().ok())
+        .map(Nanos::from_millis)
+        .unwrap_or(ONLINE_TIMEOUT);
+    if let Err(mask) = smp::wait_online(n, timeout) {
+        for (k, mpidr) in cores.iter().enumerate().filter(|(k, _)| mask & (1 << k) == 0) {
+            println!("FAIL: core {k} (mpidr {mpidr:#x}) did not come online");
+        }
+        fail!("{} of {n} cores came online within {} ms", mask.count_ones(), timeout.as_millis());
+    }
+    println!("all {n} cores online");
+    semihosting::exit(exit_code::SUCCESS)
+}
+
+/// The value of the boot argument starting with `prefix` (`name=`), if present.
+fn boot_arg<'a>(bootargs: &'a str, prefix: &str) -> Option<&'a str> {
+    bootargs.split_ascii_whitespace().find_map(|arg| arg.strip_prefix(prefix))
+}
+
+/// Prints that the calling core is up, as a console line and a trace event, and tells the boot
+/// core.
+fn report_online(core: CoreId) {
+    if selftest::hangs(core) {
+        smp::park();
+    }
+    println!("core {} online (mpidr {:#x})", core.0, smp::current_mpidr());
+    let event = TraceEvent { at: timer::now(), kind: TraceKind::CoreState { core, state: CoreState::Online } };
+    println!("{event}");
+    selftest::before_counted_online(core);
+    smp::report_online();
+}
