@@ -8,8 +8,8 @@
 //!
 //! QEMU runs one at a time (a lock), so the real-time guest is not disturbed by another QEMU
 //! even when the test harness runs tests in parallel. Set `GUESTS_QEMU` to use another QEMU
-//! binary. Without QEMU, a debug build (the plain `cargo test --workspace`) skips with a message;
-//! a release build (`cargo xtask test`'s hw-tests step, which installs QEMU first) fails.
+//! binary. Without QEMU the tests fail: they run in `cargo xtask test`'s hw-tests step, which
+//! installs QEMU first.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -46,16 +46,12 @@ fn qemu() -> Option<PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join("qemu-system-aarch64")).find(|p| p.is_file())
 }
 
-/// Whether the test can run; in a debug build without QEMU, says why it skips.
-fn have_qemu(test: &str) -> bool {
-    if qemu().is_some() {
-        return true;
+/// Fails the test when QEMU is missing: these tests run in `cargo xtask test`'s hw-tests step,
+/// which installs QEMU first; a missing QEMU is a broken set-up, never a reason to skip.
+fn require_qemu() {
+    if qemu().is_none() {
+        panic!("no qemu-system-aarch64 on PATH: install qemu-system-arm (cargo xtask test does) or set GUESTS_QEMU");
     }
-    if cfg!(debug_assertions) {
-        eprintln!("guests_native::{test}: skipped: no qemu-system-aarch64 on PATH (cargo xtask test installs it)");
-        return false;
-    }
-    panic!("no qemu-system-aarch64 on PATH: install qemu-system-arm (cargo xtask test does) or set GUESTS_QEMU");
 }
 
 /// Builds every guest once per test binary; returns the directory holding the ELF files.
@@ -167,7 +163,7 @@ fn run_guest_with(guest: &str, extra: &[&str]) -> Run {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let elf = guests_dir().join(guest);
     assert!(elf.is_file(), "no guest ELF at {}", elf.display());
-    let qemu = qemu().expect("checked by have_qemu");
+    let qemu = qemu().expect("checked by require_qemu");
     let _lock = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
 
     let start = Instant::now();
@@ -226,9 +222,7 @@ fn run_and_check(guest: &str, check: impl Fn(&Run) -> Result<(), String>) -> Run
 
 #[test]
 fn counter() {
-    if !have_qemu("counter") {
-        return;
-    }
+    require_qemu();
     run_and_check("counter", |run| {
         let steps = run.field("counter: steps=", "steps").ok_or("no `counter: steps=` line")?;
         for step in 1..=steps {
@@ -243,10 +237,22 @@ fn counter() {
 }
 
 #[test]
+fn bench() {
+    require_qemu();
+    run_and_check("bench", |run| {
+        for op in ["0 (baseline)", "1 (null)", "2 (sgi-self)", "3 (ipi-send)", "4 (yield)"] {
+            let line = format!("bench: op {op} ran ");
+            if !run.lines().any(|l| l.starts_with(&line)) {
+                return Err(format!("no `{line}` line"));
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
 fn smp() {
-    if !have_qemu("smp") {
-        return;
-    }
+    require_qemu();
     run_and_check("smp", |run| {
         let secondaries = run.field("smp: secondaries=", "secondaries").ok_or("no `smp: secondaries=` line")?;
         if secondaries != (SMP - 1) as u64 {
@@ -274,9 +280,7 @@ fn smp() {
 
 #[test]
 fn rt() {
-    if !have_qemu("rt") {
-        return;
-    }
+    require_qemu();
     let check = |run: &Run| -> Result<(), String> {
         let periods = run.field("rt periods=", "periods").ok_or("no `rt periods=` line")?;
         let misses = run.field("rt periods=", "misses").ok_or("no `misses=` on the `rt periods=` line")?;
@@ -315,9 +319,7 @@ fn rt() {
 
 #[test]
 fn dirtier() {
-    if !have_qemu("dirtier") {
-        return;
-    }
+    require_qemu();
     run_and_check("dirtier", |run| {
         let rounds = run.field("dirtier: done", "rounds").ok_or("no `dirtier: done` line")?;
         for round in 1..=rounds {
@@ -332,9 +334,7 @@ fn dirtier() {
 
 #[test]
 fn misbehave() {
-    if !have_qemu("misbehave") {
-        return;
-    }
+    require_qemu();
     run_and_check("misbehave", |run| {
         if !run.has_line("misbehave: platform=bare-qemu") {
             return Err("the guest did not see bare QEMU".into());

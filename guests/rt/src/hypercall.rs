@@ -11,6 +11,11 @@ use core::sync::atomic::{AtomicU8, Ordering};
 pub const HV_NULL: u32 = 0xC600_0000;
 /// `HV_MARK`: x1 = marker id, x2 = value; the hypervisor emits a trace `mark` event.
 pub const HV_MARK: u32 = 0xC600_0001;
+/// `HV_YIELD`: gives the physical core to another runnable vCPU, if any.
+pub const HV_YIELD: u32 = 0xC600_0002;
+/// `HV_BENCH`: x1 = phase (0 start, 1 stop), x2 = operation id, x3 = iterations; the
+/// hypervisor counts its own (EL2) retired instructions between start and stop.
+pub const HV_BENCH: u32 = 0xC600_0003;
 /// SMCCC `NOT_SUPPORTED` as the raw x0.
 pub const NOT_SUPPORTED: u64 = -1i64 as u64;
 
@@ -25,6 +30,20 @@ pub fn hv_mark(id: u32, value: u64) -> u64 {
     args[0] = u64::from(id);
     args[1] = value;
     smccc::hvc64(HV_MARK, args)[0]
+}
+
+/// `HV_YIELD`; returns the raw x0.
+pub fn hv_yield() -> u64 {
+    smccc::hvc64(HV_YIELD, [0; 17])[0]
+}
+
+/// `HV_BENCH(phase, op, iterations)`; returns the raw x0.
+pub fn hv_bench(phase: u64, op: u64, iterations: u64) -> u64 {
+    let mut args = [0; 17];
+    args[0] = phase;
+    args[1] = op;
+    args[2] = iterations;
+    smccc::hvc64(HV_BENCH, args)[0]
 }
 
 /// Where the guest runs, as told by `HV_NULL`'s answer.
