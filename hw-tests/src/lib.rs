@@ -4,24 +4,40 @@
 //! directory `target/el2`, as `cargo xtask qemu` does); [`run`] boots it with a
 //! [`QemuConfig`], kills QEMU after the timeout, and returns a [`Run`]: the exit code, the
 //! console output, how long it took. The `Run` helpers check the exit code, patterns that must
-//! or must not appear (the [`FAILURE_PATTERNS`]), and the trace lines.
+//! or must not appear (the [`FAILURE_PATTERNS`]), the guests' results, the trace lines and the
+//! `stat vcpu` lines.
 //!
-//! The QEMU command line is the one `cargo xtask qemu` uses (xtask/src/qemu.rs): keep the two
-//! in step.
+//! With a scenario ([`QemuConfig::scenario`]), [`manifest`] builds the test guests once, writes
+//! the scenario's manifest as `cargo xtask qemu SCENARIO` does (xtask/src/manifest.rs) and QEMU
+//! loads it at [`MANIFEST_ADDR`].
+//!
+//! The QEMU command line is the one `cargo xtask qemu` uses (xtask/src/qemu.rs), and manifests
+//! are built the same way: keep the two in step.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use vcpu_runtime::manifest::{elf_image, encode, GuestImage};
+use vcpu_runtime::scenario::Payload;
 use vcpu_runtime::trace::{self, TraceEvent};
 
 /// Text that must not appear in a clean run's output: the hypervisor prints these words only
 /// when something went wrong (`panic on core ...`, `EL2 exception on core ...`, `FAIL: ...`).
+/// Guest lines (`[name] ...`) are held to [`GUEST_FAILURE_PATTERNS`] instead: a guest may
+/// print "exception" when it reports one it took on purpose (`misbehave`).
 pub const FAILURE_PATTERNS: &[&str] = &["panic", "exception", "FAIL"];
+
+/// Text that must not appear in a guest's lines in a clean run.
+pub const GUEST_FAILURE_PATTERNS: &[&str] = &["panic", "RESULT: FAIL", "UNEXPECTED"];
+
+/// Where QEMU loads a scenario manifest (xtask/src/manifest.rs, platform/qemu-virt/src/main.rs).
+pub const MANIFEST_ADDR: u64 = 0x4400_0000;
 
 /// The target of the EL2 image.
 pub const EL2_TARGET: &str = "aarch64-unknown-none-softfloat";
@@ -81,12 +97,33 @@ pub struct QemuConfig {
     pub icount: bool,
     /// `-append`: the hypervisor's boot arguments.
     pub append: Option<String>,
+    /// A scenario manifest to load at [`MANIFEST_ADDR`].
+    pub manifest: Option<PathBuf>,
 }
 
 impl QemuConfig {
     /// `smp` cores of model `cpu`, a 60 s timeout, no icount, no boot arguments.
     pub fn new(smp: u32, cpu: &str) -> QemuConfig {
-        QemuConfig { smp, cpu: cpu.into(), timeout: Duration::from_secs(60), icount: false, append: None }
+        QemuConfig {
+            smp,
+            cpu: cpu.into(),
+            timeout: Duration::from_secs(60),
+            icount: false,
+            append: None,
+            manifest: None,
+        }
+    }
+
+    /// With the manifest of this scenario (a file in `scenarios/`, by name): see [`manifest`].
+    pub fn scenario(mut self, name: &str) -> QemuConfig {
+        self.manifest = Some(manifest(name));
+        self
+    }
+
+    /// With this manifest file.
+    pub fn manifest_file(mut self, path: &Path) -> QemuConfig {
+        self.manifest = Some(path.to_path_buf());
+        self
     }
 
     /// With these boot arguments.
@@ -126,11 +163,92 @@ impl QemuConfig {
             args.extend(["-icount".into(), "shift=4,sleep=off".into()]);
         }
         args.extend(["-kernel".into(), image.display().to_string()]);
+        if let Some(manifest) = &self.manifest {
+            args.extend([
+                "-device".into(),
+                format!("loader,file={},addr={MANIFEST_ADDR:#x},force-raw=on", manifest.display()),
+            ]);
+        }
         if let Some(append) = &self.append {
             args.extend(["-append".into(), append.clone()]);
         }
         args
     }
+}
+
+/// The test guests, built once per test process (`cargo build --release` in `guests/`, as
+/// `cargo xtask qemu` does); returns the directory holding their ELF files.
+pub fn guests_dir() -> &'static Path {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let root = workspace_root();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let start = Instant::now();
+        // Inside guests/ so that its .cargo/config.toml applies; without what the outer cargo
+        // may have set for host builds.
+        let out = Command::new(cargo)
+            .args(["build", "--release", "--target", EL2_TARGET, "--target-dir", "../target/el2"])
+            .current_dir(root.join("guests"))
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("CARGO_TARGET_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("could not run cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "building guests/ failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        eprintln!("hw-tests: built guests/ in {:.1}s", start.elapsed().as_secs_f64());
+        Ok(root.join("target/el2").join(EL2_TARGET).join("release"))
+    });
+    match built {
+        Ok(dir) => dir,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The manifest of `scenarios/NAME.toml`, written once per test process to
+/// `target/el2/manifests/hw-tests-NAME.manifest`: each `test-image` payload is a file, or else
+/// a test guest named by its last path component (`image = "counter"`), as in
+/// `cargo xtask qemu` (xtask/src/manifest.rs).
+pub fn manifest(name: &str) -> PathBuf {
+    static MANIFESTS: OnceLock<Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
+    let mut made = MANIFESTS.get_or_init(|| Mutex::new(BTreeMap::new())).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = made.get(name) {
+        return path.clone();
+    }
+    let root = workspace_root();
+    let file = root.join("scenarios").join(format!("{name}.toml"));
+    let scenario = vcpu_runtime::scenario::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let bin = guests_dir();
+    let images: Vec<GuestImage> = scenario
+        .guests
+        .iter()
+        .map(|g| match &g.payload {
+            Payload::TestImage { image } => {
+                let given = root.join(image);
+                let path = if given.is_file() { given } else { bin.join(given.file_name().unwrap_or_default()) };
+                let bytes = std::fs::read(&path)
+                    .unwrap_or_else(|e| panic!("guest `{}`: cannot read {}: {e}", g.name, path.display()));
+                elf_image(&bytes).unwrap_or_else(|e| panic!("guest `{}`: {}: {e}", g.name, path.display()))
+            }
+            other => panic!("guest `{}`: payload {other:?} cannot run on the hypervisor", g.name),
+        })
+        .collect();
+    let bytes = encode(&scenario, &images).unwrap_or_else(|e| panic!("manifest of {name}: {e}"));
+    let dir = root.join("target/el2/manifests");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let path = dir.join(format!("hw-tests-{name}.manifest"));
+    std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    made.insert(name.to_string(), path.clone());
+    path
 }
 
 /// One QEMU run.
@@ -207,9 +325,51 @@ impl Run {
         self.output.lines().map(|l| l.trim_end_matches('\r'))
     }
 
-    /// The lines holding one of the [`FAILURE_PATTERNS`].
+    /// The lines holding one of the [`FAILURE_PATTERNS`] (guest lines: one of the
+    /// [`GUEST_FAILURE_PATTERNS`]).
     pub fn failure_lines(&self) -> Vec<&str> {
-        self.lines().filter(|l| FAILURE_PATTERNS.iter().any(|p| l.contains(p))).collect()
+        self.lines()
+            .filter(|l| {
+                let patterns = if l.starts_with('[') { GUEST_FAILURE_PATTERNS } else { FAILURE_PATTERNS };
+                patterns.iter().any(|p| l.contains(p))
+            })
+            .collect()
+    }
+
+    /// The console lines of guest `name` (printed as `[name] line`), without the prefix.
+    pub fn guest_lines<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let prefix = format!("[{name}] ");
+        self.lines().filter_map(move |l| l.strip_prefix(prefix.as_str()))
+    }
+
+    /// Panics unless guest `name` printed `RESULT: PASS`.
+    #[track_caller]
+    pub fn assert_guest_passed(&self, name: &str) {
+        if !self.guest_lines(name).any(|l| l == "RESULT: PASS") {
+            self.fail(&format!("guest `{name}` did not print RESULT: PASS"));
+        }
+    }
+
+    /// Panics unless guest `name` printed a line containing `pattern`.
+    #[track_caller]
+    pub fn assert_guest_line(&self, name: &str, pattern: &str) {
+        if !self.guest_lines(name).any(|l| l.contains(pattern)) {
+            self.fail(&format!("guest `{name}` printed no line containing `{pattern}`"));
+        }
+    }
+
+    /// The `stat vcpu GUEST/INDEX key=value ...` lines the hypervisor prints at the end.
+    pub fn stats(&self) -> Vec<VcpuStat> {
+        self.lines().filter_map(VcpuStat::parse).collect()
+    }
+
+    /// The stat line of vCPU `index` of guest `guest`; panics if there is none.
+    #[track_caller]
+    pub fn stat(&self, guest: &str, index: u16) -> VcpuStat {
+        match self.stats().into_iter().find(|s| s.guest == guest && s.index == index) {
+            Some(s) => s,
+            None => self.fail(&format!("no `stat vcpu {guest}/{index}` line")),
+        }
     }
 
     /// Panics, showing the run, unless QEMU ended by itself with `code`.
@@ -281,8 +441,37 @@ impl Run {
     }
 
     #[track_caller]
-    fn fail(&self, what: &str) -> ! {
+    pub fn fail(&self, what: &str) -> ! {
         panic!("{what}\ncommand: {}\n{}\n--- output ---\n{}\n--- end ---", self.command, self.summary(), self.output);
+    }
+}
+
+/// One `stat vcpu GUEST/INDEX key=value ...` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VcpuStat {
+    pub guest: String,
+    pub index: u16,
+    pub fields: BTreeMap<String, String>,
+}
+
+impl VcpuStat {
+    /// Reads a stat line; `None` for any other line.
+    pub fn parse(line: &str) -> Option<VcpuStat> {
+        let rest = line.strip_prefix("stat vcpu ")?;
+        let mut words = rest.split_ascii_whitespace();
+        let (guest, index) = words.next()?.rsplit_once('/')?;
+        let fields = words.filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Some(VcpuStat { guest: guest.to_string(), index: index.parse().ok()?, fields })
+    }
+
+    /// A numeric field (`cpu_ns`, `runs`, ...); 0 when missing.
+    pub fn get(&self, key: &str) -> u64 {
+        self.fields.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
+    /// The `state=` field.
+    pub fn state(&self) -> &str {
+        self.fields.get("state").map(String::as_str).unwrap_or("")
     }
 }
 
@@ -311,6 +500,28 @@ mod tests {
         );
         let c = QemuConfig { icount: true, ..QemuConfig::new(1, "cortex-a57") };
         assert!(c.qemu_args(Path::new("img")).join(" ").contains("-icount shift=4,sleep=off -kernel img"));
+        let c = QemuConfig::new(1, "cortex-a57").manifest_file(Path::new("m.manifest"));
+        assert!(c
+            .qemu_args(Path::new("img"))
+            .join(" ")
+            .ends_with("-kernel img -device loader,file=m.manifest,addr=0x44000000,force-raw=on"));
+    }
+
+    #[test]
+    fn guest_lines_and_stats() {
+        let r = run_with(
+            "[misbehave] step: abort-injected exception ec=0x25 ok\r\n[misbehave] RESULT: PASS\r\n\
+             stat vcpu misbehave/0 cpu_ns=1200 runs=3 state=stopped\r\n",
+            Some(0),
+        );
+        r.assert_clean();
+        r.assert_guest_passed("misbehave");
+        r.assert_guest_line("misbehave", "abort-injected");
+        let s = r.stat("misbehave", 0);
+        assert_eq!((s.get("cpu_ns"), s.get("runs"), s.state()), (1200, 3, "stopped"));
+        assert!(std::panic::catch_unwind(|| r.assert_guest_passed("counter")).is_err());
+        let failed = run_with("[counter] RESULT: FAIL misses=3\n", Some(0));
+        assert_eq!(failed.failure_lines().len(), 1);
     }
 
     #[test]

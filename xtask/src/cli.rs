@@ -53,7 +53,7 @@ pub const MAX_QEMU_SMP: u32 = 64;
 /// The arguments of `cargo xtask qemu`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuArgs {
-    /// Checked with the scenario loader; not passed to the hypervisor yet.
+    /// The scenario whose guests the hypervisor runs (its manifest is loaded beside the image).
     pub scenario: Option<String>,
     /// `--smp N`; `None`: the scenario's `board.cores`, else [`DEFAULT_QEMU_SMP`].
     pub smp: Option<u32>,
@@ -101,8 +101,9 @@ COMMANDS:
                          --timeout: kill QEMU and fail after SECONDS (default 60);
                          --icount: deterministic time (-icount shift=4,sleep=off);
                          --append: boot arguments for the hypervisor (e.g. hv.selftest=panic).
-                         SCENARIO is loaded and validated but not passed to the hypervisor yet:
-                         the scenario manifest arrives next
+                         With SCENARIO, the test guests are built too and the scenario's manifest
+                         (target/el2/manifests/NAME.manifest) is loaded beside the image: the
+                         hypervisor runs its guests; without, it only checks its boot
   help                   print this list
 
 BENCH NAMES:

@@ -7,6 +7,7 @@
 
 mod cli;
 mod exec;
+mod manifest;
 mod qemu;
 mod setup;
 mod tasks;

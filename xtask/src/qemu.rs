@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::{QemuArgs, DEFAULT_QEMU_SMP};
 use crate::exec::{describe, Cmd, Ctx};
+use crate::manifest::{guests_build_cmd, loader_arg, write_manifest};
 use crate::setup::{ensure_qemu, ensure_target, EL2_TARGET};
 use crate::tasks::{resolve_scenario, EL2_TARGET_DIR};
 use crate::Error;
@@ -29,8 +30,9 @@ pub fn build_cmd() -> Cmd {
     Cmd::cargo(["build", "--release", "--target", EL2_TARGET, "--target-dir", &target_dir]).in_dir(IMAGE_CRATE)
 }
 
-/// The QEMU command line for `image` (hw-tests builds the same one: keep them in step).
-pub fn qemu_cmd(image: &str, smp: u32, cpu: &str, icount: bool, append: Option<&str>) -> Cmd {
+/// The QEMU command line for `image`, with the scenario `manifest` loaded beside it when there
+/// is one (hw-tests builds the same one: keep them in step).
+pub fn qemu_cmd(image: &str, manifest: Option<&str>, smp: u32, cpu: &str, icount: bool, append: Option<&str>) -> Cmd {
     let smp = smp.to_string();
     let mut args: Vec<&str> = vec![
         "-M",
@@ -52,6 +54,10 @@ pub fn qemu_cmd(image: &str, smp: u32, cpu: &str, icount: bool, append: Option<&
         args.extend(["-icount", "shift=4,sleep=off"]);
     }
     args.extend(["-kernel", image]);
+    let loader = manifest.map(loader_arg);
+    if let Some(loader) = &loader {
+        args.extend(["-device", loader]);
+    }
     if let Some(append) = append {
         args.extend(["-append", append]);
     }
@@ -74,21 +80,25 @@ pub fn exit_meaning(code: i32) -> &'static str {
 pub fn qemu(ctx: &Ctx, args: &QemuArgs) -> Result<(), Error> {
     ensure_target(ctx)?;
     let mut smp = args.smp;
+    let mut scenario = None;
     if let Some(given) = &args.scenario {
-        let scenario = resolve_scenario(ctx, given)?;
-        let loaded = vcpu_runtime::scenario::load(&ctx.root.join(&scenario)).map_err(|e| Error::new(e.to_string()))?;
-        println!(
-            "xtask: qemu: scenario {scenario} is valid ({} cores, {} guests); it is not passed to the hypervisor \
-             yet (the scenario manifest arrives next)",
-            loaded.board.cores,
-            loaded.guests.len()
-        );
+        let path = resolve_scenario(ctx, given)?;
+        let loaded = vcpu_runtime::scenario::load(&ctx.root.join(&path)).map_err(|e| Error::new(e.to_string()))?;
+        println!("xtask: qemu: scenario {path}: {} cores, {} guests", loaded.board.cores, loaded.guests.len());
         smp = smp.or(Some(u32::from(loaded.board.cores)));
+        scenario = Some(loaded);
     }
     let smp = smp.unwrap_or(DEFAULT_QEMU_SMP);
+    let manifest = match &scenario {
+        Some(scenario) => {
+            guests_build_cmd().run(ctx)?;
+            Some(write_manifest(ctx, scenario)?.to_string_lossy().into_owned())
+        }
+        None => None,
+    };
     build_cmd().run(ctx)?;
     ensure_qemu(ctx)?;
-    let cmd = qemu_cmd(&image_path(), smp, &args.cpu, args.icount, args.append.as_deref());
+    let cmd = qemu_cmd(&image_path(), manifest.as_deref(), smp, &args.cpu, args.icount, args.append.as_deref());
     let timeout = Duration::from_secs(args.timeout_secs);
     println!("xtask: running (timeout {}s) {}", args.timeout_secs, cmd.display());
     let start = Instant::now();
@@ -142,16 +152,22 @@ mod tests {
 
     #[test]
     fn command_line() {
-        let c = qemu_cmd("target/el2/x/hypervisor", 4, "cortex-a57", false, None);
+        let c = qemu_cmd("target/el2/x/hypervisor", None, 4, "cortex-a57", false, None);
         assert_eq!(
             c.display(),
             "qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 -cpu cortex-a57 -smp 4 -m 1G \
              -nographic -nic none -no-reboot -semihosting-config enable=on,target=native \
              -kernel target/el2/x/hypervisor"
         );
-        let c = qemu_cmd("img", 1, "max", true, Some("hv.selftest=panic"));
+        let c = qemu_cmd("img", None, 1, "max", true, Some("hv.selftest=panic"));
         assert!(
             c.display().ends_with("-icount shift=4,sleep=off -kernel img -append hv.selftest=panic"),
+            "{}",
+            c.display()
+        );
+        let c = qemu_cmd("img", Some("m.manifest"), 2, "cortex-a57", false, None);
+        assert!(
+            c.display().ends_with("-kernel img -device loader,file=m.manifest,addr=0x44000000,force-raw=on"),
             "{}",
             c.display()
         );

@@ -15,7 +15,7 @@ use core::arch::global_asm;
 use vcpu_runtime::CoreId;
 
 use crate::layout::{MAX_CORES, PAGE_SIZE, STACK_SLOT_SIZE};
-use crate::{console, heap, mmu, timer};
+use crate::{console, gic, heap, mmu, timer};
 
 /// HCR_EL2 while no guest runs: EL1 is AArch64 (RW); no VHE (E2H = 0), no traps, no stage 2.
 const HCR_EL2_HOST: u64 = 1 << 31;
@@ -44,7 +44,11 @@ const _: () = assert!(STACK_SLOT_SIZE >> 32 == 0 && STACK_SLOT_SIZE % PAGE_SIZE 
 ///    accesses that UART;
 /// 2. `RAM_BASE` is the start of RAM, 1 GiB aligned, and the image is linked inside the first
 ///    GiB of RAM, at least [`MAX_DTB_SIZE`] above `RAM_BASE` (the boot map covers exactly that
-///    GiB as normal memory, and the device tree may occupy the space below the image).
+///    GiB as normal memory, and the device tree may occupy the space below the image);
+/// 3. `GICD_BASE` and `GICR_BASE` are the physical addresses of a GICv3 distributor and of its
+///    first redistributor (the frames follow each other up to the one whose `GICR_TYPER.Last`
+///    is set), below [`mmu::BOOT_DEVICE_END`] and inside the device regions the board gives
+///    [`mmu::init`], and nothing else accesses them.
 pub unsafe trait Board {
     /// The board's name, for the banner.
     const NAME: &'static str;
@@ -53,6 +57,10 @@ pub unsafe trait Board {
     /// Physical address where RAM starts; the firmware's device tree is found there when the
     /// boot argument does not point to one.
     const RAM_BASE: usize;
+    /// Physical address of the GICv3 distributor.
+    const GICD_BASE: usize;
+    /// Physical address of the first GICv3 redistributor.
+    const GICR_BASE: usize;
 
     /// The boot core's main function, called with the MMU on (boot map), the console, heap and
     /// timer ready, on core 0.
@@ -117,6 +125,9 @@ pub fn boot_core<B: Board>(boot_arg: usize) -> ! {
     // below `mmu::BOOT_DEVICE_END`, so device memory in the boot map; `mmu::init` refuses a
     // final map whose device regions do not cover it.
     unsafe { console::init(B::PL011_BASE) };
+    // SAFETY: `B: Board` promises that these are the GIC's distributor and redistributors,
+    // device memory the board maps, used by nothing but the `gic` module.
+    unsafe { gic::set_bases(B::GICD_BASE, B::GICR_BASE) };
     let Some(boot) = find_dtb::<B>(boot_arg) else {
         crate::fail!("no flattened device tree in x0 ({boot_arg:#x}) or at the start of RAM ({:#x})", B::RAM_BASE);
     };

@@ -1,11 +1,12 @@
 //! The EL2 exception vector table (`src/asm/vectors.S`) and its report handler.
 //!
 //! The table has its own 16 entries rather than `aarch64-rt`'s: the guest world switch needs
-//! the lower-EL entries to save a whole vCPU context, not a call frame. Today every entry
+//! the lower-EL entries to save a whole vCPU context, not a call frame. The four lower-EL
+//! AArch64 entries are guest exits (`src/asm/guest.S`, [`crate::guest`]); every other entry
 //! saves an [`ExceptionFrame`] and reports it: the exception class, ESR_EL2, ELR_EL2 and
 //! FAR_EL2, which core and which vector, then ends the run with
-//! [`exit_code::EXCEPTION`](crate::exit_code::EXCEPTION). No exception is expected yet: no
-//! interrupt is unmasked and no guest runs.
+//! [`exit_code::EXCEPTION`](crate::exit_code::EXCEPTION). None of those is expected: EL2 runs
+//! with interrupts masked and polls the GIC.
 
 use core::arch::global_asm;
 use core::fmt;

@@ -1,11 +1,18 @@
 //! The aarch64 EL2 platform of the hypervisor: what runs between the reset vector and the
 //! runtime's core loop, and the hardware duties the runtime asks of it.
 //!
-//! Today: the EL2 entry points ([`entry`]), per-core stacks ([`layout`]), the EL2 exception
-//! vector table ([`exceptions`]), the EL2 stage-1 identity map with caches on ([`mmu`]),
-//! secondary bring-up with PSCI `CPU_ON` ([`smp`]), a console that never interleaves lines
-//! ([`console`], [`println!`]), the generic timer ([`timer`]), semihosting exit
-//! ([`semihosting`]), a heap, and a panic handler that reports the core and fails the run.
+//! The boot platform: the EL2 entry points ([`entry`]), per-core stacks ([`layout`]), the EL2
+//! exception vector table ([`exceptions`]), the EL2 stage-1 identity map with caches on
+//! ([`mmu`]), secondary bring-up with PSCI `CPU_ON` ([`smp`]), a console that never interleaves
+//! lines ([`console`], [`println!`]), the generic timer and the EL2 timer ([`timer`]),
+//! semihosting exit ([`semihosting`]), a heap, and a panic handler that reports the core and
+//! fails the run.
+//!
+//! The hypervisor: RAM handed out in disjoint regions ([`ram`]), the vCPU context and world
+//! switch ([`guest`]), stage-2 tables ([`stage2`]), the physical GIC and the virtual CPU
+//! interface ([`gic`]), system register access ([`sysreg`]), and, in safe code over all of
+//! these, VMs built from the scenario manifest and the core loop that runs them with the
+//! portable runtime ([`hyp`]).
 //!
 //! A board crate (such as `platform/qemu-virt`) implements [`entry::Board`] and names it with
 //! [`entry!`]; everything it needs beyond that is safe code. All of the hypervisor's `unsafe`
@@ -20,12 +27,18 @@ pub mod console;
 pub mod cpu;
 pub mod entry;
 pub mod exceptions;
+pub mod gic;
+pub mod guest;
 mod heap;
+pub mod hyp;
 pub mod layout;
 pub mod mmu;
 mod panic;
+pub mod ram;
 pub mod semihosting;
 pub mod smp;
+pub mod stage2;
+pub mod sysreg;
 pub mod timer;
 
 pub use vcpu_runtime::{CoreId, Instant};

@@ -73,6 +73,9 @@ pub static BOOT_TABLE: BootTable = {
 
 /// Physical address of the final map's root table; 0 until [`init`] has built it.
 static FINAL_ROOT: AtomicUsize = AtomicUsize::new(0);
+/// The RAM the final map covers (written before `FINAL_ROOT`, read after it).
+static RAM_START: AtomicUsize = AtomicUsize::new(0);
+static RAM_END: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" {
     // Both in src/asm/entry.S.
@@ -216,9 +219,19 @@ pub fn init(ram: Range<usize>, devices: &[Range<usize>]) -> Result<(), MmuError>
     let root = map.root_address().0;
     // The tables must outlive every core that uses them: they are never freed.
     Box::leak(Box::new(map));
+    RAM_START.store(ram.start, Ordering::Relaxed);
+    RAM_END.store(ram.end, Ordering::Relaxed);
     FINAL_ROOT.store(root, Ordering::Release);
     switch_this_core();
     Ok(())
+}
+
+/// The RAM the final map covers as normal memory, once [`init`] has built it.
+pub fn ram_range() -> Option<Range<usize>> {
+    if !is_initialised() {
+        return None;
+    }
+    Some(RAM_START.load(Ordering::Relaxed)..RAM_END.load(Ordering::Relaxed))
 }
 
 /// Whether [`init`] has built the final map.

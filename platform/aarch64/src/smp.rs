@@ -133,3 +133,14 @@ pub fn park() -> ! {
         aarch64_cpu::asm::wfe();
     }
 }
+
+/// Wakes every core waiting in [`wait_for_event`] (`SEV`), after the caller's earlier stores.
+pub fn wake_all() {
+    crate::sysreg::dsb_ish();
+    aarch64_cpu::asm::sev();
+}
+
+/// Waits for an event (`WFE`): a [`wake_all`], an interrupt, or a spurious wake-up.
+pub fn wait_for_event() {
+    aarch64_cpu::asm::wfe();
+}

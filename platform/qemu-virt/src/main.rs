@@ -1,9 +1,12 @@
 //! The hypervisor image for QEMU's `virt` board (`-M virt,virtualization=on,gic-version=3`).
 //!
-//! Today it boots: the boot core reads the device tree, turns on the final EL2 identity map,
-//! prints the board's facts, starts every CPU of `/cpus` with PSCI `CPU_ON`, waits until all
-//! have reported in, and ends the run with exit status 0 through semihosting. Every core prints
-//! `core N online (mpidr 0x...)` and a trace line `T <ns> core cN online`.
+//! The boot core reads the device tree, turns on the final EL2 identity map, prints the board's
+//! facts, starts every CPU of `/cpus` with PSCI `CPU_ON` and waits until all have reported in.
+//! Every core prints `core N online (mpidr 0x...)` and a trace line `T <ns> core cN online`.
+//! Then, if QEMU's loader put a scenario manifest at [`MANIFEST_ADDR`], the boot core parses it
+//! (a bad one fails the run with the parser's message) and hands it, the cores and the guest
+//! RAM pool to `platform_aarch64::hyp`, which runs the guests on every core; without one, the
+//! run was a boot check and ends with exit status 0 through semihosting.
 //!
 //! All the unsafe code is in `platform-aarch64`; this crate only has its entry glue (the
 //! `Board` implementation and `entry!`).
@@ -21,8 +24,9 @@ use core::ops::Range;
 
 use platform_aarch64::entry::{Board, BootInfo, DtbSource};
 use platform_aarch64::layout::MAX_CORES;
-use platform_aarch64::{cpu, exit_code, fail, mmu, println, semihosting, smp, timer};
+use platform_aarch64::{cpu, exit_code, fail, hyp, mmu, println, ram, semihosting, smp, timer};
 use smccc::Smc;
+use vcpu_runtime::manifest::{self, Manifest};
 use vcpu_runtime::trace::{CoreState, TraceEvent, TraceKind};
 use vcpu_runtime::{CoreId, Nanos};
 
@@ -33,19 +37,32 @@ struct QemuVirt;
 /// GPIO, virtio-mmio, PCIe windows).
 const RAM_BASE: usize = 0x4000_0000;
 
+/// Where QEMU's loader puts the scenario manifest (`cargo xtask qemu SCENARIO`:
+/// `-device loader,file=...,addr=0x44000000,force-raw=on`; xtask/src/manifest.rs has the same
+/// numbers): above the image, which memory.ld links at 0x4020_0000 with at most 62 MiB.
+const MANIFEST_ADDR: usize = 0x4400_0000;
+/// The region reserved for the manifest; guest RAM comes after it.
+const MANIFEST_MAX: usize = 128 << 20;
+/// Where the guest RAM pool starts: right after the manifest's region, up to the end of RAM.
+const GUEST_POOL: usize = MANIFEST_ADDR + MANIFEST_MAX;
+
 /// How long the boot core waits for the secondaries to report in before failing the run
 /// (`hv.online-timeout-ms=N` in the boot arguments overrides it).
 const ONLINE_TIMEOUT: Nanos = Nanos::from_secs(10);
 
 // SAFETY: these are the addresses of QEMU's virt machine (hw/arm/virt.c, `base_memmap`): the
 // PL011 UART0 at 0x0900_0000 (below 1 GiB, so device memory in the boot map), used by nothing
-// but the console, and RAM from 0x4000_0000 (1 GiB aligned). memory.ld links the image at
-// 0x4020_0000, inside the first GiB of RAM and 2 MiB above its start.
+// but the console; RAM from 0x4000_0000 (1 GiB aligned), memory.ld linking the image at
+// 0x4020_0000, inside the first GiB of RAM and 2 MiB above its start; the GICv3 distributor at
+// 0x0800_0000 and its redistributors from 0x080A_0000 (`gic-version=3`), inside the device
+// region 0..1 GiB that `boot_main` maps, used only by the platform's `gic` module.
 #[allow(unsafe_code)]
 unsafe impl Board for QemuVirt {
     const NAME: &'static str = "QEMU virt";
     const PL011_BASE: usize = 0x0900_0000;
     const RAM_BASE: usize = RAM_BASE;
+    const GICD_BASE: usize = 0x0800_0000;
+    const GICR_BASE: usize = 0x080A_0000;
 
     fn main(boot: BootInfo) -> ! {
         boot_main(boot)
@@ -53,7 +70,7 @@ unsafe impl Board for QemuVirt {
 
     fn secondary_main(core: CoreId) -> ! {
         report_online(core);
-        smp::park()
+        hyp::secondary(core)
     }
 }
 
@@ -154,7 +171,63 @@ fn boot_main(boot: BootInfo) -> ! {
         fail!("{} of {n} cores came online within {} ms", mask.count_ones(), timeout.as_millis());
     }
     println!("all {n} cores online");
-    semihosting::exit(exit_code::SUCCESS)
+
+    let Some(bytes) = find_manifest() else {
+        // No scenario: the run was a boot check.
+        semihosting::exit(exit_code::SUCCESS)
+    };
+    let manifest = match Manifest::parse(bytes) {
+        Ok(m) => m,
+        Err(e) => fail!("{e}"),
+    };
+    println!(
+        "manifest: scenario \"{}\", {} guest{}, {} cores, duration {} ms, timeslice {} us",
+        manifest.name,
+        manifest.guest_count,
+        if manifest.guest_count == 1 { "" } else { "s" },
+        manifest.cores,
+        manifest.policy.duration.as_millis(),
+        manifest.policy.timeslice.as_micros()
+    );
+    for g in manifest.guests() {
+        println!(
+            "manifest: guest {} \"{}\": {} vCPU{}, {} MiB, weight {}, entry {:#x}, {} segment{}",
+            g.vm.0,
+            g.name,
+            g.vcpus,
+            if g.vcpus == 1 { "" } else { "s" },
+            g.memory_mib,
+            g.weight,
+            g.entry_ipa,
+            g.segments().len(),
+            if g.segments().len() == 1 { "" } else { "s" }
+        );
+    }
+    let Some(free) = ram::free_ram().filter(|f| f.end > GUEST_POOL) else {
+        fail!("no RAM above {GUEST_POOL:#x} for the guests (give QEMU -m 1G or more)");
+    };
+    let pool = match ram::claim(GUEST_POOL..free.end) {
+        Ok(pool) => pool,
+        Err(e) => fail!("guest RAM pool: {e}"),
+    };
+    hyp::start(manifest, &cores, pool)
+}
+
+/// The scenario manifest QEMU's loader placed at [`MANIFEST_ADDR`], if its magic is there. The
+/// whole reserved region is claimed (guest RAM must come after it) and handed to the parser,
+/// which reads only as far as the manifest's header says.
+fn find_manifest() -> Option<&'static [u8]> {
+    let free = ram::free_ram()?;
+    let end = (MANIFEST_ADDR + MANIFEST_MAX).min(free.end);
+    if end < MANIFEST_ADDR + manifest::HEADER_LEN {
+        return None;
+    }
+    let region = match ram::claim(MANIFEST_ADDR..end) {
+        Ok(region) => region,
+        Err(e) => fail!("manifest region: {e}"),
+    };
+    let bytes = region.into_static();
+    bytes.starts_with(&manifest::MAGIC).then_some(bytes)
 }
 
 /// The value of the boot argument starting with `prefix` (`name=`), if present.

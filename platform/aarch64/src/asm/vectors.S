@@ -4,10 +4,10 @@
 //   {frame_size}: size of `ExceptionFrame`; {handler}: the Rust report function;
 //   {stack_shift}: log2 of the stack size; {overflow}: the flag added to the kind on overflow.
 //
-// Today every entry saves the interrupted state as an `ExceptionFrame` on the current stack and
-// calls the Rust handler, which reports it and ends the run. The four "lower EL, AArch64"
-// entries are where guests will come in: the world switch replaces their targets
-// (__el2_lower_a64_sync/irq/fiq/serror, at the end of this file) with its guest-exit path.
+// Every entry but the four "lower EL, AArch64" ones saves the interrupted state as an
+// `ExceptionFrame` on the current stack and calls the Rust handler, which reports it and ends
+// the run. The four lower-EL AArch64 entries are guest exits: they branch to the world switch
+// (__el2_lower_a64_sync/irq/fiq/serror in src/asm/guest.S).
 
 .macro save_frame_and_report, kind
     sub sp, sp, #{frame_size}
@@ -67,7 +67,7 @@ __el2_vectors:
 .balign 0x80
     checked_save_frame_and_report 7
 
-// Lower EL using AArch64 (kinds 8-11): guest exits. THE WORLD SWITCH HOOKS IN HERE.
+// Lower EL using AArch64: guest exits, to the world switch (src/asm/guest.S).
 .balign 0x80
     b __el2_lower_a64_sync
 .balign 0x80
@@ -119,14 +119,5 @@ __el2_report:
 0:  wfe
     b 0b
 
-// Guest exits, for now reported like the hypervisor's own exceptions (no guest runs yet).
-// The world switch replaces these four with: save the guest's registers into its vCPU context,
-// restore the hypervisor's, and return into the run loop with the exit reason.
-__el2_lower_a64_sync:
-    save_frame_and_report 8
-__el2_lower_a64_irq:
-    save_frame_and_report 9
-__el2_lower_a64_fiq:
-    save_frame_and_report 10
-__el2_lower_a64_serror:
-    save_frame_and_report 11
+// The four "lower EL, AArch64" targets, __el2_lower_a64_sync/irq/fiq/serror, are the world
+// switch's guest-exit path, in src/asm/guest.S.

@@ -1,0 +1,351 @@
+//! What a guest's synchronous exit means, and the answer: WFI/WFE, HVC (PSCI through
+//! `vdev::psci`, the hypervisor's own calls), trapped SMC, trapped system registers (the SGI
+//! registers of the GIC), and data aborts on the emulated devices (`vdev::mmio` decodes them;
+//! the UART, GICD and GICR models answer). Anything the hypervisor cannot or will not do gets an
+//! architectural answer in the guest (an injected abort or undefined instruction, or
+//! `NOT_SUPPORTED`) and a `fault` trace event.
+
+use core::cell::Cell;
+
+use vcpu_runtime::trace::{FaultKind, PsciCall, StopReason, TraceEvent, TraceKind};
+use vcpu_runtime::{AffinityState, CoreId, ExitReason, PowerOnError, TraceSink, VcpuId};
+use vdev::mmio::{decode_data_abort, trap_kind, MmioAccess, TrapKind};
+use vdev::psci::{self, func, PsciOutcome, PsciVm};
+use vdev::uart::UartError;
+
+use super::core_loop::Core;
+use super::vm::{Vcpu, Vm, GICR_BASE, UART_BASE, UART_INTID, UART_SIZE};
+use super::{Hypervisor, Printable};
+use crate::guest::{self, GuestRegs, Syndrome, VcpuContext};
+use crate::timer;
+
+/// `HV_NULL` (docs/guest-abi.md).
+pub const HV_NULL: u32 = 0xC600_0000;
+/// `HV_MARK`: x1 = marker id, x2 = value.
+pub const HV_MARK: u32 = 0xC600_0001;
+/// `HV_YIELD`: gives the core to any other runnable vCPU.
+pub const HV_YIELD: u32 = 0xC600_0002;
+/// SMCCC `NOT_SUPPORTED` as a register value.
+const NOT_SUPPORTED: u64 = -1i64 as u64;
+
+/// What the core does after an exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Action {
+    /// Enter the vCPU again.
+    Resume,
+    /// Give the core back to the runtime with this exit reason.
+    Exit(ExitReason),
+}
+
+/// Handles a synchronous exit of `vcpu` (its context is loaded; `ctx.regs` holds its registers).
+pub(super) fn handle(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, ctx: &mut VcpuContext, syn: Syndrome) -> Action {
+    let regs = &mut ctx.regs;
+    match trap_kind(syn.esr) {
+        TrapKind::Wfx { wfe: false } => {
+            regs.pc += 4;
+            wfi(vm, vcpu)
+        }
+        TrapKind::Wfx { wfe: true } => {
+            regs.pc += 4;
+            if core.others_runnable(vcpu.id) {
+                Action::Exit(ExitReason::Yield)
+            } else {
+                Action::Resume
+            }
+        }
+        // ELR_EL2 already points past the HVC.
+        TrapKind::Hvc { .. } => hvc(core, vm, vcpu, regs),
+        TrapKind::Smc { .. } => {
+            // Trapped by HCR_EL2.TSC; ELR_EL2 points at the SMC. There is no firmware.
+            regs.x[0] = NOT_SUPPORTED;
+            regs.pc += 4;
+            core.fault(vm, vcpu, FaultKind::UndefinedSmc);
+            Action::Resume
+        }
+        TrapKind::SysReg { iss } => sysreg(core, vm, vcpu, regs, iss),
+        TrapKind::DataAbort => data_abort(core, vm, vcpu, regs, syn),
+        TrapKind::InstructionAbort => {
+            guest::inject_instruction_abort(regs, syn.far);
+            core.fault(vm, vcpu, FaultKind::StageTwoAbort);
+            Action::Resume
+        }
+        TrapKind::FpSimd | TrapKind::Other { .. } => {
+            guest::inject_undef(regs);
+            core.fault(vm, vcpu, FaultKind::Other(((syn.esr >> 26) & 0x3f) as u32));
+            Action::Resume
+        }
+    }
+}
+
+/// WFI (and PSCI CPU_SUSPEND): back to the guest at once if an interrupt is pending for it
+/// (the list registers were synced into the model at the exit), else it blocks.
+fn wfi(vm: &Vm, vcpu: &Vcpu) -> Action {
+    if vm.vgic_peek().has_pending(vcpu.index) {
+        Action::Resume
+    } else {
+        Action::Exit(ExitReason::Wfi)
+    }
+}
+
+/// A trapped system register access (EC 0x18): the guest's writes to the SGI generation
+/// registers go to the vGIC; anything else gets an undefined instruction.
+fn sysreg(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, iss: u32) -> Action {
+    let op0 = (iss >> 20) & 3;
+    let op2 = (iss >> 17) & 7;
+    let op1 = (iss >> 14) & 7;
+    let crn = (iss >> 10) & 0xf;
+    let rt = ((iss >> 5) & 0x1f) as usize;
+    let crm = (iss >> 1) & 0xf;
+    let read = iss & 1 == 1;
+    // ICC_SGI1R_EL1 (op2 5), ICC_ASGI1R_EL1 (6), ICC_SGI0R_EL1 (7): S3_0_C12_C11_<op2>.
+    if !read && op0 == 3 && op1 == 0 && crn == 12 && crm == 11 && (5..=7).contains(&op2) {
+        let value = if rt == 31 { 0 } else { regs.x[rt] };
+        let fx = {
+            let mut vgic = vm.vgic();
+            if op2 == 5 {
+                vgic.send_sgi(vcpu.index, value)
+            } else {
+                vgic.send_sgi_group0(vcpu.index, value)
+            }
+        };
+        core.dispatch(vm, fx, Some(vcpu.id));
+        regs.pc += 4;
+        return Action::Resume;
+    }
+    guest::inject_undef(regs);
+    core.fault(vm, vcpu, FaultKind::Other(0x18));
+    Action::Resume
+}
+
+/// An HVC: the hypervisor's calls, PSCI, or `NOT_SUPPORTED`.
+fn hvc(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs) -> Action {
+    let function = regs.x[0] as u32;
+    match function {
+        HV_NULL => regs.x[0] = 0,
+        HV_MARK => {
+            let event =
+                TraceEvent { at: timer::now(), kind: TraceKind::Mark { id: regs.x[1] as u32, value: regs.x[2] } };
+            core.hyp.trace().emit(event);
+            regs.x[0] = 0;
+        }
+        HV_YIELD => {
+            regs.x[0] = 0;
+            return Action::Exit(ExitReason::Yield);
+        }
+        f if psci::is_psci(f) => return psci_call(core, vm, vcpu, regs),
+        _ => {
+            regs.x[0] = NOT_SUPPORTED;
+            core.fault(vm, vcpu, FaultKind::UndefinedHypercall);
+        }
+    }
+    Action::Resume
+}
+
+/// The PSCI view of one VM for `vdev::psci`.
+struct PsciView<'a> {
+    hyp: &'a Hypervisor,
+    vm: &'a Vm,
+    me: CoreId,
+    /// A CPU_ON made a vCPU of this core runnable: the runtime should decide soon.
+    local_poll: Cell<bool>,
+}
+
+impl PsciVm for PsciView<'_> {
+    fn vcpu_by_mpidr(&self, mpidr: u64) -> Option<VcpuId> {
+        if mpidr & !0xff != 0 {
+            return None;
+        }
+        self.vm.vcpu_id(mpidr as u16)
+    }
+
+    fn is_ram(&self, ipa: u64) -> bool {
+        self.vm.is_ram(ipa, 4)
+    }
+
+    fn power_on(&self, vcpu: VcpuId, entry: u64, context: u64) -> Result<(), PowerOnError> {
+        let target = self.hyp.vcpu(vcpu);
+        // The slot is written under its lock together with the request, so the owner, which
+        // takes it under the same lock when it first runs the vCPU, always finds it.
+        let mut slot = target.boot.lock();
+        let owner = self.hyp.sys.request_power_on(vcpu)?;
+        *slot = Some((entry, context));
+        drop(slot);
+        if owner == self.me {
+            self.local_poll.set(true);
+        } else {
+            self.hyp.kick_core(owner, true);
+        }
+        Ok(())
+    }
+
+    fn affinity_info(&self, vcpu: VcpuId) -> Option<AffinityState> {
+        self.hyp.sys.affinity_info(vcpu)
+    }
+}
+
+fn psci_name(function: u32) -> PsciCall {
+    match function & !func::SMC64 {
+        func::PSCI_VERSION => PsciCall::Version,
+        func::PSCI_FEATURES => PsciCall::Features,
+        func::CPU_ON => PsciCall::CpuOn,
+        func::CPU_OFF => PsciCall::CpuOff,
+        func::CPU_SUSPEND => PsciCall::CpuSuspend,
+        func::AFFINITY_INFO => PsciCall::AffinityInfo,
+        func::MIGRATE_INFO_TYPE => PsciCall::MigrateInfoType,
+        func::SYSTEM_OFF => PsciCall::SystemOff,
+        func::SYSTEM_RESET => PsciCall::SystemReset,
+        _ => PsciCall::Other(function),
+    }
+}
+
+fn psci_call(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs) -> Action {
+    let function = regs.x[0] as u32;
+    let view = PsciView { hyp: core.hyp, vm, me: core.me, local_poll: Cell::new(false) };
+    let outcome = psci::handle([regs.x[0], regs.x[1], regs.x[2], regs.x[3]], &view);
+    if view.local_poll.get() {
+        core.poll = true;
+    }
+    let result = match outcome {
+        PsciOutcome::Return(r) => r as i32,
+        _ => 0,
+    };
+    let event = TraceEvent {
+        at: timer::now(),
+        kind: TraceKind::GuestPsci { vm: vm.id, vcpu: vcpu.id, call: psci_name(function), result },
+    };
+    core.hyp.trace().emit(event);
+    match outcome {
+        PsciOutcome::Return(r) => {
+            regs.x[0] = r as u64;
+            Action::Resume
+        }
+        PsciOutcome::Suspend => {
+            regs.x[0] = 0;
+            wfi(vm, vcpu)
+        }
+        PsciOutcome::CpuOff => Action::Exit(ExitReason::PsciCpuOff),
+        PsciOutcome::SystemOff => {
+            core.stop_vm(vm, StopReason::SystemOff, vcpu.id);
+            Action::Exit(ExitReason::Stop(vm.stop_reason()))
+        }
+        PsciOutcome::SystemReset => {
+            // Restarting a guest from its image is not supported yet: it stops.
+            core.stop_vm(vm, StopReason::SystemReset, vcpu.id);
+            Action::Exit(ExitReason::Stop(vm.stop_reason()))
+        }
+    }
+}
+
+/// What an emulated device made of an access.
+enum Outcome {
+    /// Done; a read gives its value. `misuse`: the device ignored it (a reserved or read-only
+    /// register), worth a `device` fault event.
+    Done { value: Option<u64>, misuse: bool },
+    /// The access is refused: the guest gets a synchronous external abort.
+    Abort(FaultKind),
+}
+
+/// A stage-2 data abort: an emulated device's register, or an access outside anything the
+/// guest has (an abort is injected).
+fn data_abort(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, syn: Syndrome) -> Action {
+    let write = syn.esr & (1 << 6) != 0;
+    let il32 = syn.esr & (1 << 25) != 0;
+    let access = match decode_data_abort(syn.esr, syn.hpfar, syn.far) {
+        Ok(a) => a,
+        Err(_) => {
+            // No syndrome to emulate with, an external abort, or a fault on the guest's own
+            // stage-1 walk (its tables outside its RAM).
+            guest::inject_data_abort(regs, syn.far, write, il32);
+            core.fault(vm, vcpu, FaultKind::StageTwoAbort);
+            return Action::Resume;
+        }
+    };
+    let value = if access.write { access.store_value(reg(regs, access.reg)) } else { 0 };
+    let outcome = if (UART_BASE..UART_BASE + UART_SIZE).contains(&access.ipa) {
+        uart(core, vm, &access, access.ipa - UART_BASE, value)
+    } else if vm.gicd_range().contains(&access.ipa) {
+        gic(core, vm, vcpu, &access, access.ipa - vm.gicd_range().start, value, false)
+    } else if vm.gicr_range().contains(&access.ipa) {
+        gic(core, vm, vcpu, &access, access.ipa - GICR_BASE, value, true)
+    } else {
+        Outcome::Abort(FaultKind::StageTwoAbort)
+    };
+    match outcome {
+        Outcome::Done { value, misuse } => {
+            if let Some(v) = value {
+                if access.reg != 31 {
+                    regs.x[usize::from(access.reg)] = access.load_value(v);
+                }
+            }
+            if misuse {
+                core.fault(vm, vcpu, FaultKind::DeviceMisuse);
+            }
+            regs.pc += 4;
+        }
+        Outcome::Abort(fault) => {
+            guest::inject_data_abort(regs, syn.far, access.write, il32);
+            core.fault(vm, vcpu, fault);
+        }
+    }
+    Action::Resume
+}
+
+/// A general-purpose register as a store's source (x31 is XZR).
+fn reg(regs: &GuestRegs, n: u8) -> u64 {
+    regs.x.get(usize::from(n)).copied().unwrap_or(0)
+}
+
+fn uart(core: &mut Core<'_>, vm: &Vm, access: &MmioAccess, offset: u64, value: u64) -> Outcome {
+    let mut uart = vm.uart.lock();
+    if !access.write {
+        return match uart.read(offset, access.size) {
+            Ok(v) => Outcome::Done { value: Some(v), misuse: false },
+            Err(_) => Outcome::Abort(FaultKind::DeviceMisuse),
+        };
+    }
+    let result = uart.write(offset, access.size, value, |line| crate::println!("[{}] {}", vm.name, Printable(line)));
+    let line = uart.irq_line();
+    drop(uart);
+    let fx = vm.vgic().set_level(UART_INTID, None, line);
+    core.dispatch(vm, fx, None);
+    match result {
+        Ok(()) => Outcome::Done { value: None, misuse: false },
+        Err(UartError::ReadOnly { .. }) => Outcome::Done { value: None, misuse: true },
+        Err(_) => Outcome::Abort(FaultKind::DeviceMisuse),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gic(
+    core: &mut Core<'_>,
+    vm: &Vm,
+    vcpu: &Vcpu,
+    access: &MmioAccess,
+    offset: u64,
+    value: u64,
+    redistributor: bool,
+) -> Outcome {
+    let mut vgic = vm.vgic();
+    if !access.write {
+        let before = vgic.ignored_accesses().0;
+        let read =
+            if redistributor { vgic.redist_read(offset, access.size) } else { vgic.dist_read(offset, access.size) };
+        return match read {
+            Ok(v) => Outcome::Done { value: Some(v), misuse: vgic.ignored_accesses().0 > before },
+            Err(_) => Outcome::Abort(FaultKind::DeviceMisuse),
+        };
+    }
+    let written = if redistributor {
+        vgic.redist_write(offset, access.size, value)
+    } else {
+        vgic.dist_write(offset, access.size, value)
+    };
+    drop(vgic);
+    match written {
+        Ok(fx) => {
+            core.dispatch(vm, fx, Some(vcpu.id));
+            Outcome::Done { value: None, misuse: fx.ignored }
+        }
+        Err(_) => Outcome::Abort(FaultKind::DeviceMisuse),
+    }
+}

@@ -1,0 +1,354 @@
+//! The hypervisor proper: VMs built from the scenario manifest, and on every core the loop that
+//! asks the runtime what to run and runs it.
+//!
+//! [`start`] runs on the boot core once every core is online: it builds the VMs (guest RAM,
+//! stage 2, vGIC, UART), the runtime (`vcpu_runtime::build`), publishes the [`Hypervisor`] and
+//! enters the core loop; [`secondary`] is where every other core waits for it and then enters
+//! the same loop (`core.rs`). Guest exits are handled in `exits.rs`.
+//!
+//! The run ends when every guest has stopped or the scenario's duration has passed: every core
+//! leaves its loop and hands in its vCPUs' statistics, and the boot core prints them (`stat vcpu
+//! ...` lines) and exits with status 0 through semihosting.
+//!
+//! Everything here is safe code over the platform's primitives ([`crate::guest`],
+//! [`crate::gic`], [`crate::stage2`], [`crate::timer`]).
+
+mod core_loop;
+mod exits;
+pub mod vm;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use spin::{Mutex, Once};
+use vcpu_runtime::manifest::Manifest;
+use vcpu_runtime::trace::TraceEvent;
+use vcpu_runtime::vcpu::PPM;
+use vcpu_runtime::{
+    CoreId, CoreMask, CoreRuntime, Instant, Nanos, Reservation, RuntimeConfig, SchedParams, System, TraceSink,
+    VcpuConfig, VcpuId, VcpuState, VcpuStats,
+};
+
+use crate::ram::RamRegion;
+use crate::{exit_code, gic, println, semihosting, smp, stage2, timer};
+use vm::{Vcpu, Vm};
+
+/// Per-core shared state.
+#[derive(Debug)]
+pub struct CoreShared {
+    /// The core's MPIDR affinity (for IPIs).
+    pub mpidr: u64,
+    /// Set before a kick IPI when the kicked core must poll its runtime (a wake-up, a CPU_ON,
+    /// a hand-over); a kick without it only makes the running vCPU exit (its list registers are
+    /// refilled).
+    pub poll: AtomicBool,
+}
+
+/// Everything the cores share once the scenario is set up.
+pub struct Hypervisor {
+    pub sys: System,
+    pub vms: Vec<Vm>,
+    /// Indexed by `VcpuId`.
+    pub vcpus: Vec<Vcpu>,
+    pub cores: Vec<CoreShared>,
+    runtimes: Mutex<Vec<Option<CoreRuntime>>>,
+    pub start: Instant,
+    /// When the scenario's duration is over.
+    pub end: Instant,
+    /// The run is ending: every core leaves its loop.
+    ending: AtomicBool,
+    /// VMs whose every vCPU has stopped.
+    stopped_vms: AtomicUsize,
+    /// Bit `k`: core `k` has left its loop and handed in its statistics.
+    done: AtomicU64,
+    stats: Mutex<Vec<(VcpuId, VcpuStats, VcpuState)>>,
+    trace_events: AtomicU64,
+    /// List registers per core (`ICH_VTR_EL2`).
+    pub lrs: usize,
+}
+
+static HYP: Once<&'static Hypervisor> = Once::new();
+
+/// Prints trace events on the console, one line each.
+pub struct ConsoleTrace<'h> {
+    hyp: &'h Hypervisor,
+}
+
+impl TraceSink for ConsoleTrace<'_> {
+    fn emit(&mut self, event: TraceEvent) {
+        self.hyp.trace_events.fetch_add(1, Ordering::Relaxed);
+        println!("{event}");
+    }
+}
+
+impl Hypervisor {
+    pub fn trace(&self) -> ConsoleTrace<'_> {
+        ConsoleTrace { hyp: self }
+    }
+
+    pub fn vcpu(&self, id: VcpuId) -> &Vcpu {
+        &self.vcpus[id.index()]
+    }
+
+    pub fn vm_of(&self, id: VcpuId) -> &Vm {
+        &self.vms[self.vcpus[id.index()].vm.index()]
+    }
+
+    /// Sends `core` a kick IPI; with `poll`, it also polls its runtime.
+    pub fn kick_core(&self, core: CoreId, poll: bool) {
+        let Some(c) = self.cores.get(core.index()) else { return };
+        if poll {
+            c.poll.store(true, Ordering::Release);
+        }
+        gic::send_sgi(gic::SGI_KICK, c.mpidr);
+    }
+
+    /// Whether the run is ending.
+    pub fn ending(&self) -> bool {
+        self.ending.load(Ordering::Acquire)
+    }
+
+    /// Ends the run: every core leaves its loop (the others are kicked).
+    pub fn begin_ending(&self, me: CoreId) {
+        if !self.ending.swap(true, Ordering::AcqRel) {
+            for k in 0..self.cores.len() {
+                if k != me.index() {
+                    self.kick_core(CoreId(k as u16), true);
+                }
+            }
+        }
+    }
+
+    /// A VM's vCPU stopped; when it was the VM's last, the VM is done, and when that was the
+    /// last VM, the run ends.
+    pub fn vcpu_stopped(&self, me: CoreId, vm: &Vm) {
+        let stopped = vm.stopped.fetch_add(1, Ordering::AcqRel) + 1;
+        if stopped < vm.vcpus {
+            return;
+        }
+        let mut uart = vm.uart.lock();
+        uart.flush(|line| println!("[{}] {}", vm.name, Printable(line)));
+        drop(uart);
+        println!("guest {}: stopped ({})", vm.name, vm.stop_reason().word());
+        if self.stopped_vms.fetch_add(1, Ordering::AcqRel) + 1 == self.vms.len() {
+            self.begin_ending(me);
+        }
+    }
+}
+
+/// Guest output bytes as text: printable ASCII as is, anything else as `?`.
+pub struct Printable<'a>(pub &'a [u8]);
+
+impl core::fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        use core::fmt::Write;
+        match core::str::from_utf8(self.0) {
+            Ok(s) if s.chars().all(|c| !c.is_control() || c == '\t') => f.write_str(s),
+            _ => {
+                for &b in self.0 {
+                    f.write_char(if (0x20..0x7f).contains(&b) { b as char } else { '?' })?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The runtime configuration of the manifest's guests on `cores` cores: each guest's vCPUs in
+/// order, the first runnable, the others parked until the guest's `CPU_ON`. A guest whose
+/// affinity is every core of the scenario's board (the default, "any core") may run on any core
+/// of the machine, also when it has more cores than the board.
+pub fn runtime_config(manifest: &Manifest<'_>, cores: u16) -> RuntimeConfig {
+    let board = CoreMask::first(usize::from(manifest.cores));
+    let p = &manifest.policy;
+    let params = SchedParams {
+        timeslice: p.timeslice,
+        min_granularity: p.min_granularity,
+        rt_bound_ppm: u64::from(p.rt_utilization_bound_percent) * (PPM / 100),
+        util_half_life: p.util_half_life,
+        ..SchedParams::default()
+    };
+    let mut vcpus = Vec::new();
+    for g in manifest.guests() {
+        for i in 0..g.vcpus {
+            vcpus.push(VcpuConfig {
+                vm: g.vm,
+                index_in_vm: i,
+                weight: g.weight,
+                reservation: g.reservation.map(|r| Reservation { budget: r.budget, period: r.period }),
+                affinity: if g.affinity == board { CoreMask::ALL } else { g.affinity },
+                starts_parked: i > 0,
+            });
+        }
+    }
+    RuntimeConfig { cores, params, vcpus }
+}
+
+/// Builds the VMs of `manifest` with RAM from `pool`, and the runtime for the cores whose
+/// MPIDR affinities are `cores` (core `k` is `cores[k]`, the boot core first), then runs the
+/// boot core's loop. Called on the boot core once every core is online.
+pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) -> ! {
+    let fail = |what: String| -> ! {
+        crate::fail!("{what}");
+    };
+    if let Err(e) = gic::init_distributor() {
+        fail(format!("{e}"));
+    }
+    let n_cores = cores.len() as u16;
+    if manifest.cores != n_cores {
+        println!(
+            "note: the scenario is for {} core{}, the machine has {n_cores}: running on {n_cores} (guests allowed on any core of the board may use all of them)",
+            manifest.cores,
+            if manifest.cores == 1 { "" } else { "s" }
+        );
+    }
+    let priority_bits = gic::virtual_priority_bits();
+    let mut vms = Vec::new();
+    let mut vcpus = Vec::new();
+    for guest in manifest.guests() {
+        let vmid = guest.vm.0 + 1;
+        if vmid > stage2::MAX_VMID {
+            fail(format!("guest {} (`{}`): more than {} guests", guest.vm.0, guest.name, stage2::MAX_VMID));
+        }
+        let first = VcpuId(vcpus.len() as u16);
+        let vm = match Vm::build(&guest, first, vmid, &mut pool, priority_bits) {
+            Ok(vm) => vm,
+            Err(e) => fail(format!("guest {} (`{}`): {e}", guest.vm.0, guest.name)),
+        };
+        println!(
+            "vm {} \"{}\": {} vCPU{}, RAM {} MiB at IPA {:#x} (PA {:#x}), VMID {}, entry {:#x}",
+            vm.id.0,
+            vm.name,
+            vm.vcpus,
+            if vm.vcpus == 1 { "" } else { "s" },
+            guest.memory_mib,
+            vm.ram_ipa.start,
+            vm.ram_pa().start,
+            vmid,
+            guest.entry_ipa
+        );
+        vcpus.extend(vm.make_vcpus(&guest));
+        vms.push(vm);
+    }
+    let config = runtime_config(&manifest, n_cores);
+    let now = timer::now();
+    let (sys, runtimes) = match vcpu_runtime::build(&config, now) {
+        Ok(built) => built,
+        Err(e) => fail(format!("runtime: {e}")),
+    };
+    let duration = manifest.policy.duration;
+    let hyp: &'static Hypervisor = alloc::boxed::Box::leak(alloc::boxed::Box::new(Hypervisor {
+        sys,
+        vms,
+        vcpus,
+        cores: cores.iter().map(|&mpidr| CoreShared { mpidr, poll: AtomicBool::new(false) }).collect(),
+        runtimes: Mutex::new(runtimes.into_iter().map(Some).collect()),
+        start: now,
+        end: if duration == Nanos::ZERO { Instant::NEVER } else { now + duration },
+        ending: AtomicBool::new(false),
+        stopped_vms: AtomicUsize::new(0),
+        done: AtomicU64::new(0),
+        stats: Mutex::new(Vec::new()),
+        trace_events: AtomicU64::new(0),
+        lrs: gic::num_lrs().min(vdev::vgic::MAX_LRS),
+    }));
+    println!(
+        "hypervisor: scenario \"{}\": {} guest{}, {} vCPUs on {n_cores} core{}, duration {} ms",
+        manifest.name,
+        hyp.vms.len(),
+        if hyp.vms.len() == 1 { "" } else { "s" },
+        hyp.vcpus.len(),
+        if n_cores == 1 { "" } else { "s" },
+        duration.as_millis()
+    );
+    HYP.call_once(|| hyp);
+    smp::wake_all();
+    core_loop::run(hyp, CoreId(0))
+}
+
+/// A secondary core's part: waits until the boot core has set the scenario up, then runs its
+/// core loop. Without a scenario it waits for good (the boot core ends the run).
+pub fn secondary(core: CoreId) -> ! {
+    loop {
+        if let Some(hyp) = HYP.get() {
+            core_loop::run(hyp, core)
+        }
+        smp::wait_for_event();
+    }
+}
+
+impl Hypervisor {
+    /// Takes this core's runtime (once).
+    fn take_runtime(&self, core: CoreId) -> Option<CoreRuntime> {
+        self.runtimes.lock().get_mut(core.index()).and_then(Option::take)
+    }
+
+    /// This core has left its loop: hands in its vCPUs' statistics. The boot core then waits for
+    /// the others, prints everything and ends the run; the others wait to be switched off.
+    fn finish(&self, me: CoreId, rt: &CoreRuntime) -> ! {
+        {
+            let mut stats = self.stats.lock();
+            for v in rt.vcpus() {
+                stats.push((v.id(), *v.stats(), v.state()));
+            }
+        }
+        self.done.fetch_or(1 << me.index(), Ordering::AcqRel);
+        if me.index() != 0 {
+            smp::park();
+        }
+        let all = if self.cores.len() >= 64 { u64::MAX } else { (1u64 << self.cores.len()) - 1 };
+        let since = timer::now();
+        while self.done.load(Ordering::Acquire) & all != all {
+            if timer::now().since(since) > Nanos::from_secs(2) {
+                let missing = all & !self.done.load(Ordering::Acquire);
+                crate::fail!("cores {missing:#x} did not leave their loops at the end of the run");
+            }
+            core::hint::spin_loop();
+        }
+        let elapsed = timer::now().since(self.start);
+        for vm in &self.vms {
+            let mut uart = vm.uart.lock();
+            uart.flush(|line| println!("[{}] {}", vm.name, Printable(line)));
+        }
+        let mut stats = self.stats.lock();
+        stats.sort_by_key(|(id, _, _)| *id);
+        for (id, s, state) in stats.iter() {
+            let vcpu = self.vcpu(*id);
+            let vm = &self.vms[vcpu.vm.index()];
+            println!(
+                "stat vcpu {}/{} cpu_ns={} runs={} wakeups={} preemptions={} migrations={} wake_latency_max_ns={} state={}",
+                vm.name,
+                vcpu.index,
+                s.cpu_time.as_nanos(),
+                s.runs,
+                s.wakeups,
+                s.preemptions,
+                s.migrations,
+                s.wake_latency_max.as_nanos(),
+                state_word(*state)
+            );
+        }
+        let stopped = self.stopped_vms.load(Ordering::Acquire);
+        println!(
+            "hypervisor: {} after {} ms: {stopped} of {} guests stopped, {} trace events",
+            if stopped == self.vms.len() { "all guests stopped" } else { "scenario duration elapsed" },
+            elapsed.as_millis(),
+            self.vms.len(),
+            self.trace_events.load(Ordering::Relaxed)
+        );
+        semihosting::exit(exit_code::SUCCESS)
+    }
+}
+
+fn state_word(state: VcpuState) -> &'static str {
+    match state {
+        VcpuState::Runnable => "runnable",
+        VcpuState::Running => "running",
+        VcpuState::Blocked => "blocked",
+        VcpuState::Parked => "parked",
+        VcpuState::Migrating => "migrating",
+        VcpuState::Stopped => "stopped",
+    }
+}

@@ -1,0 +1,272 @@
+//! VMs and vCPUs: guest RAM, stage-2 map, emulated devices and the per-vCPU context, built from
+//! the manifest's guest records.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
+
+use spin::Mutex;
+use vcpu_runtime::manifest::{GuestEntry, GuestKind, GUEST_RAM_BASE};
+use vcpu_runtime::trace::StopReason;
+use vcpu_runtime::{VcpuId, VmId};
+use vdev::uart::Pl011;
+use vdev::vgic::{Vgic, VgicConfig, GICD_SIZE, GICR_STRIDE};
+
+use crate::guest::VcpuContext;
+use crate::ram::RamRegion;
+use crate::stage2::{Stage2Error, Stage2Map};
+
+/// The emulated devices of every guest (docs/guest-abi.md).
+pub const UART_BASE: u64 = 0x0900_0000;
+pub const UART_SIZE: u64 = 0x1000;
+pub const GICD_BASE: u64 = 0x0800_0000;
+pub const GICR_BASE: u64 = 0x080A_0000;
+/// The UART's interrupt: SPI 1.
+pub const UART_INTID: u32 = 33;
+/// SPIs each guest's GIC has (INTIDs 32..96).
+pub const GUEST_SPIS: u16 = 64;
+/// Guest RAM is placed at physical addresses aligned to this (stage 2 maps it in 2 MiB blocks).
+pub const RAM_ALIGN: usize = 2 << 20;
+
+/// No timer armed ([`Vcpu::timer_deadline`]).
+pub const NO_DEADLINE: u64 = u64::MAX;
+
+/// One VM.
+pub struct Vm {
+    pub id: VmId,
+    pub name: String,
+    /// Its vCPUs are `first_vcpu .. first_vcpu + vcpus` in the runtime's numbering.
+    pub first_vcpu: VcpuId,
+    pub vcpus: u16,
+    /// Guest RAM, as the guest sees it.
+    pub ram_ipa: Range<u64>,
+    /// The RAM the VM was given. It is only sliced while the VM is built; afterwards the guest
+    /// owns its contents and the hypervisor does not look at them.
+    ram: RamRegion,
+    /// `VTTBR_EL2` of its stage-2 map (the tables live for the rest of the run).
+    pub vttbr: u64,
+    /// The interrupt controller model; reach it with [`Vm::vgic`] (or [`Vm::vgic_peek`]).
+    vgic: Mutex<Vgic>,
+    /// Bumped at every locked use of the model that may change it: a vCPU whose list
+    /// registers are empty and whose last fill found nothing to deliver need not look at the
+    /// model again at its next entry while this stays the same.
+    vgic_epoch: AtomicU64,
+    pub uart: Mutex<Pl011>,
+    /// Set once the VM is being stopped (SYSTEM_OFF, SYSTEM_RESET, a fatal fault): its vCPUs
+    /// stop at their next exit or entry.
+    pub stopping: AtomicBool,
+    stop_reason: AtomicU8,
+    /// vCPUs that have stopped.
+    pub stopped: AtomicU16,
+}
+
+impl fmt::Debug for Vm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vm").field("id", &self.id).field("name", &self.name).field("ram", &self.ram).finish()
+    }
+}
+
+/// One vCPU.
+pub struct Vcpu {
+    pub id: VcpuId,
+    pub vm: VmId,
+    /// Its index in the VM (its `MPIDR_EL1.Aff0`, its redistributor).
+    pub index: u16,
+    /// Registers and system state. Locked by the core that runs the vCPU, for the whole run.
+    pub ctx: Mutex<VcpuContext>,
+    /// A pending PSCI `CPU_ON`: (entry, context id). Written by the caller with the runtime's
+    /// `request_power_on` under this lock, taken by the owner when it next runs the vCPU.
+    pub boot: Mutex<Option<(u64, u64)>>,
+    /// When its virtual timer fires (ns of the counter), while it is not running; [`NO_DEADLINE`]
+    /// if its timer is off or it is running. Its owner's core loop wakes it then.
+    pub timer_deadline: AtomicU64,
+}
+
+impl fmt::Debug for Vcpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vcpu").field("id", &self.id).field("vm", &self.vm).field("index", &self.index).finish()
+    }
+}
+
+/// Why a VM could not be built.
+#[derive(Debug)]
+pub enum VmError {
+    /// Not a test image (no payload, or Linux).
+    Kind(GuestKind),
+    /// The guest RAM pool is too small.
+    NoRam {
+        want_mib: u32,
+        left: usize,
+    },
+    /// A segment does not fit its RAM (the manifest reader checks this; kept for safety).
+    Segment {
+        ipa: u64,
+    },
+    Stage2(Stage2Error),
+    Vgic(vdev::vgic::VgicError),
+}
+
+impl fmt::Display for VmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmError::Kind(k) => write!(f, "payload kind {k:?} cannot be booted (test images only, for now)"),
+            VmError::NoRam { want_mib, left } => {
+                write!(f, "{want_mib} MiB of RAM wanted, {} MiB left in the guest pool", left >> 20)
+            }
+            VmError::Segment { ipa } => write!(f, "segment at {ipa:#x} lies outside guest RAM"),
+            VmError::Stage2(e) => write!(f, "{e}"),
+            VmError::Vgic(e) => write!(f, "vGIC: {e:?}"),
+        }
+    }
+}
+
+impl Vm {
+    /// Builds the VM of a manifest guest: takes its RAM from `pool` (2 MiB aligned), zeroes it,
+    /// copies the image's segments in, cleans it to the point of coherency (the vCPU starts with
+    /// its MMU off), and maps it at stage 2 with VMID `vmid`.
+    pub fn build(
+        guest: &GuestEntry<'_>,
+        first_vcpu: VcpuId,
+        vmid: u16,
+        pool: &mut RamRegion,
+        priority_bits: u8,
+    ) -> Result<Vm, VmError> {
+        if guest.kind != GuestKind::TestImage {
+            return Err(VmError::Kind(guest.kind));
+        }
+        let bytes = guest.memory_mib as usize * (1 << 20);
+        let skip = pool.range().start.next_multiple_of(RAM_ALIGN) - pool.range().start;
+        let no_ram = VmError::NoRam { want_mib: guest.memory_mib, left: pool.len().saturating_sub(skip) };
+        if skip.checked_add(bytes).is_none_or(|n| n > pool.len()) {
+            return Err(no_ram);
+        }
+        // The alignment gap is left unused.
+        let _ = pool.split_off_front(skip);
+        let mut ram = pool.split_off_front(bytes).ok_or(no_ram)?;
+        let mem = ram.as_mut_slice();
+        mem.fill(0);
+        for seg in guest.segments() {
+            let start = seg.ipa.checked_sub(GUEST_RAM_BASE).ok_or(VmError::Segment { ipa: seg.ipa })? as usize;
+            let dest = mem.get_mut(start..start + seg.data.len()).ok_or(VmError::Segment { ipa: seg.ipa })?;
+            dest.copy_from_slice(seg.data);
+        }
+        ram.clean_to_poc();
+
+        let ram_ipa = GUEST_RAM_BASE..guest.ram_end();
+        let mut stage2 = Stage2Map::new(vmid).map_err(VmError::Stage2)?;
+        stage2.map_ram(ram_ipa.clone(), ram.range().start as u64).map_err(VmError::Stage2)?;
+        let vttbr = stage2.vttbr();
+        // The tables must outlive every vCPU that runs on them: never freed.
+        core::mem::forget(stage2);
+
+        let config = VgicConfig { vcpus: guest.vcpus, spis: GUEST_SPIS, priority_bits: priority_bits.clamp(4, 8) };
+        let vgic = Vgic::new(config).map_err(VmError::Vgic)?;
+        Ok(Vm {
+            id: guest.vm,
+            name: String::from(guest.name),
+            first_vcpu,
+            vcpus: guest.vcpus,
+            ram_ipa,
+            ram,
+            vttbr,
+            vgic: Mutex::new(vgic),
+            vgic_epoch: AtomicU64::new(0),
+            uart: Mutex::new(Pl011::new()),
+            stopping: AtomicBool::new(false),
+            stop_reason: AtomicU8::new(0),
+            stopped: AtomicU16::new(0),
+        })
+    }
+
+    /// The vCPUs of a VM built from `guest`: vCPU 0 starts at the image's entry point with
+    /// x0 = 0 (test images get no device tree); the others wait, at reset, for a `CPU_ON`.
+    pub fn make_vcpus(&self, guest: &GuestEntry<'_>) -> Vec<Vcpu> {
+        (0..self.vcpus)
+            .map(|i| Vcpu {
+                id: VcpuId(self.first_vcpu.0 + i),
+                vm: self.id,
+                index: i,
+                ctx: Mutex::new(VcpuContext::new(vmpidr(i), if i == 0 { guest.entry_ipa } else { 0 }, 0)),
+                boot: Mutex::new(None),
+                timer_deadline: AtomicU64::new(NO_DEADLINE),
+            })
+            .collect()
+    }
+
+    /// The RAM region backing the guest's memory (for reports).
+    pub fn ram_pa(&self) -> Range<usize> {
+        self.ram.range()
+    }
+
+    /// Whether `[ipa, ipa + len)` is guest RAM.
+    pub fn is_ram(&self, ipa: u64, len: u64) -> bool {
+        ipa >= self.ram_ipa.start && ipa.checked_add(len).is_some_and(|end| end <= self.ram_ipa.end)
+    }
+
+    /// The VM's vCPU with this index.
+    pub fn vcpu_id(&self, index: u16) -> Option<VcpuId> {
+        (index < self.vcpus).then_some(VcpuId(self.first_vcpu.0 + index))
+    }
+
+    /// Marks the VM as stopping for `reason`; returns whether this call did it (the first).
+    pub fn begin_stop(&self, reason: StopReason) -> bool {
+        let first = !self.stopping.swap(true, Ordering::SeqCst);
+        if first {
+            self.stop_reason.store(reason_code(reason), Ordering::Release);
+        }
+        first
+    }
+
+    /// Why the VM is stopping (SYSTEM_OFF when not said).
+    pub fn stop_reason(&self) -> StopReason {
+        match self.stop_reason.load(Ordering::Acquire) {
+            1 => StopReason::SystemReset,
+            2 => StopReason::Fault,
+            3 => StopReason::Halted,
+            _ => StopReason::SystemOff,
+        }
+    }
+
+    /// The interrupt controller model, locked, for a use that may change it (the epoch moves).
+    pub fn vgic(&self) -> spin::MutexGuard<'_, Vgic> {
+        let guard = self.vgic.lock();
+        self.vgic_epoch.fetch_add(1, Ordering::AcqRel);
+        guard
+    }
+
+    /// The interrupt controller model, locked, for reading only (the epoch stays).
+    pub fn vgic_peek(&self) -> spin::MutexGuard<'_, Vgic> {
+        self.vgic.lock()
+    }
+
+    /// The model's epoch (see `vgic_epoch`).
+    pub fn vgic_epoch(&self) -> u64 {
+        self.vgic_epoch.load(Ordering::Acquire)
+    }
+
+    /// The guest physical range of the emulated redistributors.
+    pub fn gicr_range(&self) -> Range<u64> {
+        GICR_BASE..GICR_BASE + u64::from(self.vcpus) * GICR_STRIDE
+    }
+
+    /// The guest physical range of the emulated distributor.
+    pub fn gicd_range(&self) -> Range<u64> {
+        GICD_BASE..GICD_BASE + GICD_SIZE
+    }
+}
+
+fn reason_code(reason: StopReason) -> u8 {
+    match reason {
+        StopReason::SystemOff => 0,
+        StopReason::SystemReset => 1,
+        StopReason::Fault => 2,
+        StopReason::Halted => 3,
+    }
+}
+
+/// `VMPIDR_EL2` of vCPU `index`: Aff0 = index, bit 31 (RES1) set, U = 0.
+pub fn vmpidr(index: u16) -> u64 {
+    (1 << 31) | u64::from(index & 0xff)
+}

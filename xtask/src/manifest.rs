@@ -1,0 +1,150 @@
+//! The scenario manifest of `cargo xtask qemu SCENARIO`: every guest's payload resolved to an
+//! ELF file, read with `vcpu_runtime::manifest::elf_image`, and the whole scenario written with
+//! `vcpu_runtime::manifest::encode` to `target/el2/manifests/NAME.manifest`. QEMU loads it at
+//! [`MANIFEST_ADDR`] (`-device loader,...,force-raw=on`) and the hypervisor parses it at boot
+//! (docs/platform.md, *Memory map of the hypervisor*).
+//!
+//! hw-tests builds manifests the same way (hw-tests/src/lib.rs): keep the two in step.
+
+use std::path::{Path, PathBuf};
+
+use vcpu_runtime::manifest::{elf_image, encode, GuestImage};
+use vcpu_runtime::scenario::{Payload, Scenario};
+
+use crate::exec::{Cmd, Ctx};
+use crate::setup::EL2_TARGET;
+use crate::tasks::EL2_TARGET_DIR;
+use crate::Error;
+
+/// Where QEMU loads the manifest: above the hypervisor image (linked at `0x4020_0000`, at most
+/// 62 MiB), at the start of a region of [`MANIFEST_MAX`] bytes reserved for it. Guest RAM comes
+/// after that region. The hypervisor has the same constants (platform/qemu-virt/src/main.rs).
+pub const MANIFEST_ADDR: u64 = 0x4400_0000;
+/// The most bytes of manifest the hypervisor accepts.
+pub const MANIFEST_MAX: u64 = 128 << 20;
+
+/// The test guests' workspace.
+pub const GUESTS_CRATE: &str = "guests";
+
+/// `cargo build --release` of the test guests, run inside `guests/` (for its .cargo/config.toml).
+pub fn guests_build_cmd() -> Cmd {
+    let up = "../".repeat(Path::new(GUESTS_CRATE).components().count());
+    let target_dir = format!("{up}{EL2_TARGET_DIR}");
+    Cmd::cargo(["build", "--release", "--target", EL2_TARGET, "--target-dir", &target_dir]).in_dir(GUESTS_CRATE)
+}
+
+/// Where the built test guests are, relative to the workspace root.
+pub fn guest_bin_dir() -> PathBuf {
+    Path::new(EL2_TARGET_DIR).join(EL2_TARGET).join("release")
+}
+
+/// The ELF file of a `test-image` payload. `image` is the path as the scenario loader resolved
+/// it (against the scenario's directory): a file there wins; otherwise its last component names
+/// a test guest binary in `bin_dir` (`image = "counter"` is `guests/counter`).
+pub fn resolve_image(image: &Path, bin_dir: &Path) -> Result<PathBuf, String> {
+    if image.is_file() {
+        return Ok(image.to_path_buf());
+    }
+    let name = image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let built = bin_dir.join(&name);
+    if !name.is_empty() && built.is_file() {
+        return Ok(built);
+    }
+    let mut known: Vec<String> = std::fs::read_dir(bin_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_file() && e.path().extension().is_none())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "hypervisor")
+        .collect();
+    known.sort();
+    Err(format!(
+        "image `{}` is neither a file nor a test guest (built test guests: {})",
+        image.display(),
+        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+    ))
+}
+
+/// Every guest's image, in scenario order. Guests without a payload and Linux guests are
+/// refused: the hypervisor boots test images only, so far.
+pub fn guest_images(scenario: &Scenario, root: &Path, bin_dir: &Path) -> Result<Vec<GuestImage>, String> {
+    let mut images = Vec::new();
+    for (i, guest) in scenario.guests.iter().enumerate() {
+        let field = format!("guests[{i}] (`{}`)", guest.name);
+        let image = match &guest.payload {
+            Payload::TestImage { image } => {
+                let path = resolve_image(&root.join(image), bin_dir).map_err(|e| format!("{field}: {e}"))?;
+                let bytes =
+                    std::fs::read(&path).map_err(|e| format!("{field}: cannot read {}: {e}", path.display()))?;
+                elf_image(&bytes).map_err(|e| format!("{field}: {}: {e}", path.display()))?
+            }
+            Payload::Linux { .. } => {
+                return Err(format!("{field}: kind = \"linux\" is not supported by the hypervisor yet"));
+            }
+            Payload::None => {
+                return Err(format!(
+                    "{field}: kind = \"none\": a simulator-only guest has nothing to boot on QEMU (give it a \
+                     `kind = \"test-image\"` payload)"
+                ));
+            }
+        };
+        images.push(image);
+    }
+    Ok(images)
+}
+
+/// Writes the manifest of `scenario` to `target/el2/manifests/NAME.manifest` (the guests must
+/// be built) and returns its path relative to the workspace root.
+pub fn write_manifest(ctx: &Ctx, scenario: &Scenario) -> Result<PathBuf, Error> {
+    let images = guest_images(scenario, &ctx.root, &ctx.root.join(guest_bin_dir())).map_err(Error::new)?;
+    let bytes = encode(scenario, &images).map_err(|e| Error::new(format!("manifest: {e}")))?;
+    if bytes.len() as u64 > MANIFEST_MAX {
+        return Err(Error::new(format!(
+            "manifest: {} bytes, more than the {} MiB the hypervisor reserves for it",
+            bytes.len(),
+            MANIFEST_MAX >> 20
+        )));
+    }
+    let dir = Path::new(EL2_TARGET_DIR).join("manifests");
+    std::fs::create_dir_all(ctx.root.join(&dir))
+        .map_err(|e| Error::new(format!("cannot create {}: {e}", dir.display())))?;
+    let path = dir.join(format!("{}.manifest", scenario.name));
+    std::fs::write(ctx.root.join(&path), &bytes)
+        .map_err(|e| Error::new(format!("cannot write {}: {e}", path.display())))?;
+    println!("xtask: qemu: wrote {} ({} bytes, {} guests)", path.display(), bytes.len(), scenario.guests.len());
+    Ok(path)
+}
+
+/// The QEMU argument that loads the manifest at [`MANIFEST_ADDR`].
+pub fn loader_arg(manifest: &str) -> String {
+    format!("loader,file={manifest},addr={MANIFEST_ADDR:#x},force-raw=on")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_resolve_to_files_or_built_guests() {
+        let tmp = std::env::temp_dir().join(format!("xtask-manifest-{}", std::process::id()));
+        let bin = tmp.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("counter"), b"elf").unwrap();
+        std::fs::write(tmp.join("own.elf"), b"elf").unwrap();
+        assert_eq!(resolve_image(&tmp.join("own.elf"), &bin).unwrap(), tmp.join("own.elf"));
+        assert_eq!(resolve_image(&tmp.join("scenarios/counter"), &bin).unwrap(), bin.join("counter"));
+        let err = resolve_image(&tmp.join("scenarios/nope"), &bin).unwrap_err();
+        assert!(err.contains("neither a file nor a test guest") && err.contains("counter"), "{err}");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn loader_and_build_commands() {
+        assert_eq!(loader_arg("m.bin"), "loader,file=m.bin,addr=0x44000000,force-raw=on");
+        assert_eq!(
+            guests_build_cmd().rerun_line(),
+            "cd guests && cargo build --release --target aarch64-unknown-none-softfloat --target-dir ../target/el2"
+        );
+    }
+}
