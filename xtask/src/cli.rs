@@ -22,6 +22,7 @@ pub struct Bench {
 pub const BENCHES: &[Bench] = &[
     Bench { name: "sched", package: "vcpu-runtime", about: "run queues and scheduler decisions" },
     Bench { name: "sim", package: "platform-sim", about: "simulator throughput" },
+    Bench { name: "qemu", package: "", about: "hypervisor path lengths in EL2 instructions (QEMU, -icount)" },
 ];
 
 /// What the user asked for.

@@ -8,6 +8,7 @@
 mod cli;
 mod exec;
 mod manifest;
+mod pathlen;
 mod qemu;
 mod setup;
 mod tasks;

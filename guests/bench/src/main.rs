@@ -38,6 +38,8 @@ const TIMEOUT_MS: u64 = 5_000;
 static SELF_TAKEN: AtomicU32 = AtomicU32::new(0);
 static OTHER_TAKEN: AtomicU32 = AtomicU32::new(0);
 static SECONDARY_UP: AtomicBool = AtomicBool::new(false);
+/// vCPU 1 has seen mode 1 and yields.
+static YIELDING: AtomicBool = AtomicBool::new(false);
 /// What vCPU 1 does: 0 wait for SGIs, 1 yield until told to stop, 2 stop.
 static MODE: AtomicU32 = AtomicU32::new(0);
 
@@ -87,6 +89,7 @@ fn secondary(_context: u64) -> ! {
         match MODE.load(Ordering::Acquire) {
             0 => gic::wait_for_interrupt(),
             1 => {
+                YIELDING.store(true, Ordering::Release);
                 hypercall::hv_yield();
             }
             _ => {
@@ -124,6 +127,9 @@ fn main(_x0: u64) -> Result<(), Fail> {
             wait_for("vCPU 1 to take the SGI", || OTHER_TAKEN.load(Ordering::Acquire) as u64 > i)
         })?;
         MODE.store(1, Ordering::Release);
+        // vCPU 1 sleeps in WFI: wake it so it sees the new mode, and start once it yields.
+        gic::send_sgi(SGI_OTHER, 1);
+        wait_for("vCPU 1 to start yielding", || YIELDING.load(Ordering::Acquire))?;
         measure(4, "yield", |_| {
             core::hint::black_box(hypercall::hv_yield());
             Ok(())

@@ -33,6 +33,7 @@ mod heap;
 pub mod hyp;
 pub mod layout;
 pub mod mmu;
+pub mod pmu;
 mod panic;
 pub mod ram;
 pub mod semihosting;

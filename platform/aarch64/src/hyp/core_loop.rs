@@ -42,6 +42,10 @@ pub(super) struct Core<'h> {
     /// Something this core's runtime must decide about happened (a local wake-up or CPU_ON):
     /// the running vCPU goes back to the runtime at its next exit.
     pub poll: bool,
+    /// Guest exits taken on this core.
+    pub exits: u64,
+    /// A running `HV_BENCH` window: operation, iterations, exits at its start.
+    pub bench: Option<(u64, u64, u64)>,
 }
 
 /// Sets this core up for guests and runs its loop.
@@ -65,6 +69,8 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
         fill_epoch: 0,
         timer_line: false,
         poll: false,
+        exits: 0,
+        bench: None,
     };
     core.main_loop()
 }
@@ -265,6 +271,7 @@ impl Core<'_> {
         let reason = loop {
             self.vgic_enter(vm, vcpu);
             let kind = guest::enter(&mut ctx.regs);
+            self.exits += 1;
             let syndrome = guest::syndrome();
             self.vgic_exit(vm, vcpu);
             let action = match kind {

@@ -25,6 +25,9 @@ pub const HV_NULL: u32 = 0xC600_0000;
 pub const HV_MARK: u32 = 0xC600_0001;
 /// `HV_YIELD`: gives the core to any other runnable vCPU.
 pub const HV_YIELD: u32 = 0xC600_0002;
+/// `HV_BENCH`: x1 = phase (0 start, 1 stop), x2 = operation, x3 = iterations; counts the
+/// hypervisor's own instructions on this core in between.
+pub const HV_BENCH: u32 = 0xC600_0003;
 /// SMCCC `NOT_SUPPORTED` as a register value.
 const NOT_SUPPORTED: u64 = -1i64 as u64;
 
@@ -131,6 +134,29 @@ fn hvc(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs) -> Actio
         HV_YIELD => {
             regs.x[0] = 0;
             return Action::Exit(ExitReason::Yield);
+        }
+        HV_BENCH => {
+            let (phase, op, iterations) = (regs.x[1], regs.x[2], regs.x[3]);
+            regs.x[0] = 0;
+            match phase {
+                0 => {
+                    core.bench = Some((op, iterations, core.exits));
+                    // Last: everything after this is part of the window.
+                    crate::pmu::start_el2_instruction_count();
+                }
+                1 => {
+                    // First: everything before this is part of the window.
+                    let count = crate::pmu::stop_el2_instruction_count();
+                    match core.bench.take() {
+                        Some((started, n, exits)) if started == op && n == iterations => crate::println!(
+                            "bench op={op} iterations={iterations} el2_instructions={count} exits={}",
+                            core.exits - exits
+                        ),
+                        _ => regs.x[0] = NOT_SUPPORTED,
+                    }
+                }
+                _ => regs.x[0] = NOT_SUPPORTED,
+            }
         }
         f if psci::is_psci(f) => return psci_call(core, vm, vcpu, regs),
         _ => {
