@@ -29,14 +29,21 @@ pub struct Operation {
 }
 
 pub const OPERATIONS: &[Operation] = &[
-    Operation { op: 0, name: "baseline", per_iteration: 1, goal: None, about: "empty loop (subtracted from the others)" },
+    Operation {
+        op: 0,
+        name: "baseline",
+        per_iteration: 1,
+        goal: None,
+        about: "empty loop (subtracted from the others)",
+    },
     Operation { op: 1, name: "null hypercall", per_iteration: 1, goal: Some(60), about: "HV_NULL, entry to return" },
     Operation {
         op: 2,
         name: "virtual interrupt injection",
         per_iteration: 1,
         goal: Some(200),
-        about: "SGI to self: the trapped ICC_SGI1R write, injection through a list register; the guest's EOI does not trap",
+        about:
+            "SGI to self: the trapped ICC_SGI1R write, injection through a list register; the guest's EOI does not trap",
     },
     Operation {
         op: 3,
@@ -187,6 +194,9 @@ bench op=4 iterations=1000 el2_instructions=1000120 exits=2002
 /// The scenarios the measurement runs, and the operations taken from each: vCPU 1 on another
 /// core for the IPI, on the same core for the switch.
 const SCENARIOS: &[(&str, &[u32])] = &[("bench-spread", &[1, 2, 3]), ("bench-onecore", &[4])];
+/// The hypervisor prints no per-switch scheduling trace lines while measuring (a console line
+/// costs thousands of instructions); every other trace event stays on.
+const TRACE_ARG: &str = "hv.trace=events";
 /// Runs of each scenario that must agree.
 const RUNS: usize = 3;
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
@@ -212,7 +222,7 @@ pub fn run(ctx: &crate::exec::Ctx) -> Result<(), crate::Error> {
             u32::from(scenario.board.cores),
             "cortex-a57",
             true,
-            None,
+            Some(TRACE_ARG),
         );
         let mut runs = Vec::new();
         for run in 1..=RUNS {
@@ -237,7 +247,9 @@ pub fn run(ctx: &crate::exec::Ctx) -> Result<(), crate::Error> {
         let figures = figures(&runs).map_err(|e| Error::new(format!("{name}: {e}")))?;
         all.extend(figures.into_iter().filter(|f| ops.contains(&f.op)));
     }
-    println!("\nEL2 path lengths (cortex-a57, -icount shift=4,sleep=off, {RUNS} identical runs, baseline subtracted):\n");
+    println!(
+        "\nEL2 path lengths (cortex-a57, -icount shift=4,sleep=off, {TRACE_ARG}, {RUNS} identical runs, baseline subtracted):\n"
+    );
     print!("{}", Table(&all));
     for f in &all {
         if let Some(o) = OPERATIONS.iter().find(|o| o.op == f.op) {

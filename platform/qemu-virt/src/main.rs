@@ -172,6 +172,13 @@ fn boot_main(boot: BootInfo) -> ! {
     }
     println!("all {n} cores online");
 
+    if let Some(value) = boot_arg(bootargs, "hv.trace=") {
+        match hyp::TraceLevel::from_arg(value) {
+            Some(level) => hyp::set_trace_level(level),
+            None => fail!("hv.trace={value}: unknown trace level; use all, events or off"),
+        }
+    }
+
     let Some(bytes) = find_manifest() else {
         // No scenario: the run was a boot check.
         semihosting::exit(exit_code::SUCCESS)

@@ -24,7 +24,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use spin::{Mutex, Once};
 use vcpu_runtime::manifest::Manifest;
-use vcpu_runtime::trace::TraceEvent;
+use vcpu_runtime::trace::{TraceEvent, TraceKind};
 use vcpu_runtime::vcpu::PPM;
 use vcpu_runtime::{
     CoreId, CoreMask, CoreRuntime, Instant, Nanos, Reservation, RuntimeConfig, SchedParams, System, TraceSink,
@@ -71,13 +71,56 @@ pub struct Hypervisor {
 
 static HYP: Once<&'static Hypervisor> = Once::new();
 
-/// Prints trace events on the console, one line each.
+/// Which trace events reach the console (boot argument `hv.trace=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TraceLevel {
+    /// Every event (the default).
+    All = 0,
+    /// All but the per-switch scheduling events (`run`, `pre`, `blk`, `wake`), which cost a
+    /// console line each on the hot path.
+    Events = 1,
+    /// None.
+    Off = 2,
+}
+
+impl TraceLevel {
+    /// Parses the value of `hv.trace=`.
+    pub fn from_arg(value: &str) -> Option<TraceLevel> {
+        match value {
+            "all" => Some(TraceLevel::All),
+            "events" => Some(TraceLevel::Events),
+            "off" => Some(TraceLevel::Off),
+            _ => None,
+        }
+    }
+}
+
+static TRACE_LEVEL: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(TraceLevel::All as u8);
+
+/// Sets which trace events are printed (before the cores start running guests).
+pub fn set_trace_level(level: TraceLevel) {
+    TRACE_LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// Prints trace events on the console, one line each, as the trace level allows.
 pub struct ConsoleTrace<'h> {
     hyp: &'h Hypervisor,
 }
 
 impl TraceSink for ConsoleTrace<'_> {
     fn emit(&mut self, event: TraceEvent) {
+        let level = TRACE_LEVEL.load(Ordering::Relaxed);
+        let scheduling = matches!(
+            event.kind,
+            TraceKind::VcpuRun { .. }
+                | TraceKind::VcpuPreempt { .. }
+                | TraceKind::VcpuBlock { .. }
+                | TraceKind::VcpuWake { .. }
+        );
+        if level == TraceLevel::Off as u8 || (level == TraceLevel::Events as u8 && scheduling) {
+            return;
+        }
         self.hyp.trace_events.fetch_add(1, Ordering::Relaxed);
         println!("{event}");
     }
