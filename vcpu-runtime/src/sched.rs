@@ -1026,30 +1026,14 @@ impl CoreRuntime {
                 return Err(SetReservationError::Invalid);
             }
             // One atomic step, so a concurrent admission on this core cannot slip in between.
-            if let Err(e) = sys.reserve_replacing(self.core, old_ppm, r.bandwidth_ppm()) {
-                trace.emit(TraceEvent {
-                    at: now,
-                    kind: TraceKind::Reservation {
-                        core: self.core,
-                        vcpu,
-                        budget: r.budget,
-                        period: r.period,
-                        admitted: false,
-                    },
-                });
-                return Err(SetReservationError::Admission(e));
-            }
-            self.vcpus[idx].rt = Some(RtServer { res: r, deadline: now + r.period, remaining: r.budget });
+            let admitted = sys.reserve_replacing(self.core, old_ppm, r.bandwidth_ppm());
+            let (core, budget, period) = (self.core, r.budget, r.period);
             trace.emit(TraceEvent {
                 at: now,
-                kind: TraceKind::Reservation {
-                    core: self.core,
-                    vcpu,
-                    budget: r.budget,
-                    period: r.period,
-                    admitted: true,
-                },
+                kind: TraceKind::Reservation { core, vcpu, budget, period, admitted: admitted.is_ok() },
             });
+            admitted.map_err(SetReservationError::Admission)?;
+            self.vcpus[idx].rt = Some(RtServer { res: r, deadline: now + r.period, remaining: r.budget });
         } else {
             sys.release(self.core, old_ppm);
             self.vcpus[idx].rt = None;

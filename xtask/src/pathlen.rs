@@ -150,47 +150,6 @@ impl fmt::Display for Table<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const LOG: &str = "[bench] bench: op 0 (baseline) ran 1000 iterations
-bench op=0 iterations=1000 el2_instructions=120 exits=2
-T 123 mark m0 v0 id=1 val=2
-bench op=1 iterations=1000 el2_instructions=48120 exits=1002
-bench op=4 iterations=1000 el2_instructions=1000120 exits=2002
-";
-
-    #[test]
-    fn parses_bench_lines_only() {
-        let s = parse(LOG);
-        assert_eq!(s.len(), 3);
-        assert_eq!(s[1], Sample { op: 1, iterations: 1000, el2_instructions: 48120, exits: 1002 });
-        assert!(parse("bench op=x iterations=1").is_empty());
-    }
-
-    #[test]
-    fn figures_subtract_the_baseline_and_divide_switches() {
-        let f = figures(&[parse(LOG), parse(LOG)]).unwrap();
-        assert_eq!(f[0].instructions, 48.0);
-        assert_eq!(f[0].exits, 1.0);
-        assert!(f[0].meets_goal());
-        assert_eq!(f[1].name, "vCPU switch, full state");
-        assert_eq!(f[1].instructions, 500.0);
-        assert_eq!(f[1].exits, 1.0);
-        let table = Table(&f).to_string();
-        assert!(table.contains("null hypercall") && table.contains("<= 60"), "{table}");
-    }
-
-    #[test]
-    fn runs_that_disagree_are_refused() {
-        let other = LOG.replace("48120", "48121");
-        let err = figures(&[parse(LOG), parse(&other)]).unwrap_err();
-        assert!(err.contains("run 2 counted differently"), "{err}");
-        assert!(figures(&[parse("bench op=1 iterations=10 el2_instructions=5 exits=1")]).is_err());
-    }
-}
-
 /// The scenarios the measurement runs, and the operations taken from each: vCPU 1 on another
 /// core for the IPI, on the same core for the switch.
 const SCENARIOS: &[(&str, &[u32])] = &[("bench-spread", &[1, 2, 3]), ("bench-onecore", &[4])];
@@ -257,4 +216,45 @@ pub fn run(ctx: &crate::exec::Ctx) -> Result<(), crate::Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = "[bench] bench: op 0 (baseline) ran 1000 iterations
+bench op=0 iterations=1000 el2_instructions=120 exits=2
+T 123 mark m0 v0 id=1 val=2
+bench op=1 iterations=1000 el2_instructions=48120 exits=1002
+bench op=4 iterations=1000 el2_instructions=1000120 exits=2002
+";
+
+    #[test]
+    fn parses_bench_lines_only() {
+        let s = parse(LOG);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[1], Sample { op: 1, iterations: 1000, el2_instructions: 48120, exits: 1002 });
+        assert!(parse("bench op=x iterations=1").is_empty());
+    }
+
+    #[test]
+    fn figures_subtract_the_baseline_and_divide_switches() {
+        let f = figures(&[parse(LOG), parse(LOG)]).unwrap();
+        assert_eq!(f[0].instructions, 48.0);
+        assert_eq!(f[0].exits, 1.0);
+        assert!(f[0].meets_goal());
+        assert_eq!(f[1].name, "vCPU switch, full state");
+        assert_eq!(f[1].instructions, 500.0);
+        assert_eq!(f[1].exits, 1.0);
+        let table = Table(&f).to_string();
+        assert!(table.contains("null hypercall") && table.contains("<= 60"), "{table}");
+    }
+
+    #[test]
+    fn runs_that_disagree_are_refused() {
+        let other = LOG.replace("48120", "48121");
+        let err = figures(&[parse(LOG), parse(&other)]).unwrap_err();
+        assert!(err.contains("run 2 counted differently"), "{err}");
+        assert!(figures(&[parse("bench op=1 iterations=10 el2_instructions=5 exits=1")]).is_err());
+    }
 }

@@ -228,7 +228,7 @@ impl Simulator {
             self.now = t;
             self.events += 1;
             match what {
-                Next::Core(c) => self.core_event(c, trace, observer),
+                Next::Core(c) => self.interrupt(c, trace, observer),
                 Next::Arrival(i) => self.arrival(i, trace, observer),
             }
         }
@@ -279,7 +279,9 @@ impl Simulator {
         }
     }
 
-    fn core_event(&mut self, c: usize, trace: &mut impl TraceSink, observer: &mut impl SimObserver) {
+    /// Ends the run of whatever core `c` is running now: the vCPU exits with WFI if its work is
+    /// done, else preempted. Returns false if the core is off.
+    fn stop_running(&mut self, c: usize, trace: &mut impl TraceSink, observer: &mut impl SimObserver) -> bool {
         match self.activity[c] {
             CoreActivity::Running { vcpu, since, .. } => {
                 self.consume(vcpu, since, self.now);
@@ -292,9 +294,10 @@ impl Simulator {
                 self.exit(c, vcpu, reason, trace);
             }
             CoreActivity::Idle { since, .. } => observer.core_idle(CoreId(c as u16), since, self.now),
-            CoreActivity::Off { .. } => return,
+            // An off core takes no interrupts: its mailbox is closed and it owns nothing.
+            CoreActivity::Off { .. } => return false,
         }
-        self.decide(c, trace, observer);
+        true
     }
 
     fn exit(&mut self, c: usize, vcpu: VcpuId, reason: ExitReason, trace: &mut impl TraceSink) {
@@ -352,24 +355,12 @@ impl Simulator {
         }
     }
 
-    /// An interrupt reaches core `c`: whatever it runs exits, and it decides again.
+    /// An interrupt (or its own timer) reaches core `c`: whatever it runs exits, and it decides
+    /// again.
     fn interrupt(&mut self, c: usize, trace: &mut impl TraceSink, observer: &mut impl SimObserver) {
-        match self.activity[c] {
-            CoreActivity::Running { vcpu, since, .. } => {
-                self.consume(vcpu, since, self.now);
-                observer.vcpu_ran(CoreId(c as u16), vcpu, since, self.now);
-                let reason = if self.vcpus[vcpu.index()].pending == Nanos::ZERO {
-                    ExitReason::Wfi
-                } else {
-                    ExitReason::Preempted
-                };
-                self.exit(c, vcpu, reason, trace);
-            }
-            CoreActivity::Idle { since, .. } => observer.core_idle(CoreId(c as u16), since, self.now),
-            // An off core takes no interrupts: its mailbox is closed and it owns nothing.
-            CoreActivity::Off { .. } => return,
+        if self.stop_running(c, trace, observer) {
+            self.decide(c, trace, observer);
         }
-        self.decide(c, trace, observer);
     }
 
     fn arrival(&mut self, i: usize, trace: &mut impl TraceSink, observer: &mut impl SimObserver) {
@@ -415,12 +406,7 @@ impl Simulator {
     /// Takes core `c` offline between runs (hands its vCPUs over, then it powers off).
     pub fn take_offline(&mut self, c: usize, trace: &mut impl TraceSink) -> Result<(), String> {
         let now = self.now;
-        if let CoreActivity::Running { vcpu, since, .. } = self.activity[c] {
-            self.consume(vcpu, since, now);
-            let reason =
-                if self.vcpus[vcpu.index()].pending == Nanos::ZERO { ExitReason::Wfi } else { ExitReason::Preempted };
-            self.exit(c, vcpu, reason, trace);
-        }
+        self.stop_running(c, trace, &mut ());
         let r = self.cores[c].handle(&self.sys, Event::CoreGoingOffline, now, trace).map_err(|e| e.to_string());
         self.decide(c, trace, &mut ());
         r
