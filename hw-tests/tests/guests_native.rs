@@ -12,13 +12,12 @@
 //! installs QEMU first.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const TARGET: &str = "aarch64-unknown-none-softfloat";
 /// How long one guest may run before QEMU is killed.
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// vCPUs given to every guest.
@@ -32,10 +31,6 @@ const RT_ATTEMPTS: usize = 3;
 /// skips idle time, so the host's load cannot delay anything and `misses=0` is deterministic for
 /// a correct guest.
 const RT_ICOUNT: &[&str] = &["-icount", "shift=3,sleep=off"];
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("hw-tests has a parent").to_path_buf()
-}
 
 /// The QEMU binary, if there is one.
 fn qemu() -> Option<PathBuf> {
@@ -51,45 +46,6 @@ fn qemu() -> Option<PathBuf> {
 fn require_qemu() {
     if qemu().is_none() {
         panic!("no qemu-system-aarch64 on PATH: install qemu-system-arm (cargo xtask test does) or set GUESTS_QEMU");
-    }
-}
-
-/// Builds every guest once per test binary; returns the directory holding the ELF files.
-fn guests_dir() -> &'static Path {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let root = repo_root();
-        let target_dir = root.join("target/el2");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let start = Instant::now();
-        // Run inside guests/ so that its .cargo/config.toml applies; drop what the outer cargo may
-        // have set for host builds.
-        let output = Command::new(cargo)
-            .current_dir(root.join("guests"))
-            .args(["build", "--release", "--target", TARGET, "--target-dir"])
-            .arg(&target_dir)
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .env_remove("CARGO_TARGET_DIR")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "building guests/ failed ({}):\n{}{}",
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        eprintln!("guests_native: built guests/ in {:.1}s", start.elapsed().as_secs_f64());
-        Ok(target_dir.join(TARGET).join("release"))
-    });
-    match built {
-        Ok(dir) => dir,
-        Err(e) => panic!("{e}"),
     }
 }
 
@@ -161,7 +117,7 @@ fn run_guest(guest: &str) -> Run {
 /// [`run_guest`] with extra QEMU arguments.
 fn run_guest_with(guest: &str, extra: &[&str]) -> Run {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let elf = guests_dir().join(guest);
+    let elf = hw_tests::guests_dir().join(guest);
     assert!(elf.is_file(), "no guest ELF at {}", elf.display());
     let qemu = qemu().expect("checked by require_qemu");
     let _lock = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
