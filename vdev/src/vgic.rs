@@ -261,6 +261,13 @@ pub struct Vgic {
     any_target: u16,
     /// vCPU `v`'s SGIs and PPIs at `v * 32 ..`, then the SPIs.
     irqs: Vec<Irq>,
+    /// The interrupts that want a list register ([`Vgic::wants_lr`]), exactly: bit `i` of
+    /// `want_private[v]` is vCPU `v`'s INTID `i`, bit `k % 64` of `want_spi[k / 64]` is SPI
+    /// `32 + k`. Kept up to date by [`Vgic::refresh`] after every change of an interrupt's
+    /// state (and of `GICD_CTLR`), so that delivery (`fill_lrs`, `overflow`, `has_pending`)
+    /// looks only at these instead of scanning every interrupt.
+    want_private: Vec<u32>,
+    want_spi: Vec<u64>,
     ignored_reads: Cell<u64>,
     ignored_writes: u64,
 }
@@ -290,6 +297,7 @@ impl Vgic {
             let intid = if slot < private { (slot % 32) as u32 } else { (slot - private) as u32 + 32 };
             *irq = Irq::reset(intid);
         }
+        // Nothing is pending or active at reset: nothing wants a list register.
         Vgic {
             vcpus: config.vcpus,
             spis: config.spis,
@@ -299,6 +307,8 @@ impl Vgic {
             sleep: vec![true; usize::from(config.vcpus)],
             any_target: 0,
             irqs,
+            want_private: vec![0; usize::from(config.vcpus)],
+            want_spi: vec![0; usize::from(config.spis).div_ceil(64)],
             ignored_reads: Cell::new(0),
             ignored_writes: 0,
         }
@@ -395,6 +405,34 @@ impl Vgic {
         !irq.in_lr && (irq.active || self.deliverable(irq))
     }
 
+    /// After a change to the interrupt in `slot` (or to `GICD_CTLR`): its bit in the want
+    /// sets follows [`Vgic::wants_lr`].
+    fn refresh(&mut self, slot: usize) {
+        let want = self.wants_lr(&self.irqs[slot]);
+        self.set_want(slot, want);
+    }
+
+    /// Sets the want bit of the interrupt in `slot` (which must be what `wants_lr` says).
+    fn set_want(&mut self, slot: usize, want: bool) {
+        let private = self.private_len();
+        if slot < private {
+            let (vcpu, bit) = (slot / PRIVATE_COUNT as usize, slot % PRIVATE_COUNT as usize);
+            let word = &mut self.want_private[vcpu];
+            *word = (*word & !(1 << bit)) | (u32::from(want) << bit);
+        } else {
+            let k = slot - private;
+            let word = &mut self.want_spi[k / 64];
+            *word = (*word & !(1 << (k % 64))) | (u64::from(want) << (k % 64));
+        }
+    }
+
+    /// [`Vgic::refresh`] of every interrupt (after `GICD_CTLR` or a restore).
+    fn refresh_all(&mut self) {
+        for slot in 0..self.irqs.len() {
+            self.refresh(slot);
+        }
+    }
+
     /// After a change to the interrupt in `slot`: kick whoever must look at it again.
     fn touch(&self, slot: usize, fx: &mut Effects) {
         let irq = &self.irqs[slot];
@@ -405,18 +443,29 @@ impl Vgic {
         }
     }
 
-    /// Calls `f` with every slot that belongs to `vcpu` now: its SGIs and PPIs, then the SPIs
-    /// it is the target of.
-    fn for_each_slot_of(&self, vcpu: u16, mut f: impl FnMut(usize, &Irq) -> bool) {
+    /// Calls `f` with every slot that wants a list register of `vcpu` now ([`Vgic::wants_lr`]
+    /// and targeted at it): its SGIs and PPIs, then the SPIs, each in INTID order, until `f`
+    /// returns false. Only the want sets are visited: the cost follows the number of
+    /// interrupts in flight, not the number of interrupts.
+    fn for_each_wanting(&self, vcpu: u16, mut f: impl FnMut(usize, &Irq) -> bool) {
         let base = usize::from(vcpu) * PRIVATE_COUNT as usize;
-        for slot in base..base + PRIVATE_COUNT as usize {
+        let mut bits = self.want_private[usize::from(vcpu)];
+        while bits != 0 {
+            let slot = base + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
             if !f(slot, &self.irqs[slot]) {
                 return;
             }
         }
-        for slot in self.private_len()..self.irqs.len() {
-            if self.target(slot) == Some(vcpu) && !f(slot, &self.irqs[slot]) {
-                return;
+        let private = self.private_len();
+        for (w, &word) in self.want_spi.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let slot = private + w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if self.target(slot) == Some(vcpu) && !f(slot, &self.irqs[slot]) {
+                    return;
+                }
             }
         }
     }
@@ -451,13 +500,18 @@ impl Vgic {
             return Effects::IGNORED;
         };
         let irq = &mut self.irqs[slot];
-        let rising = level && !irq.level;
+        if level == irq.level {
+            return Effects::NONE;
+        }
         irq.level = level;
-        if !rising {
+        if !level {
+            // A level interrupt may stop being pending.
+            self.refresh(slot);
             return Effects::NONE;
         }
         if irq.edge {
             irq.latch = true;
+            self.refresh(slot);
             return self.kick_if_enabled(slot);
         }
         // A level interrupt already in an LR is either pending there or active (and will be
@@ -465,6 +519,7 @@ impl Vgic {
         if irq.in_lr || irq.latch {
             return Effects::NONE;
         }
+        self.refresh(slot);
         self.kick_if_enabled(slot)
     }
 
@@ -476,6 +531,7 @@ impl Vgic {
             return Effects::IGNORED;
         };
         self.irqs[slot].latch = true;
+        self.refresh(slot);
         self.kick_if_enabled(slot)
     }
 
@@ -533,12 +589,13 @@ impl Vgic {
             let aff2 = (value >> 32) & 0xFF;
             let aff3 = (value >> 48) & 0xFF;
             let rs = ((value >> 44) & 0xF) as u16;
-            let list = (value & 0xFFFF) as u16;
+            let mut list = value & 0xFFFF;
             let mut set = VcpuSet::EMPTY;
             if aff1 | aff2 | aff3 == 0 {
-                for bit in 0..16u16 {
-                    let aff0 = rs * 16 + bit;
-                    if list & (1 << bit) != 0 && aff0 < self.vcpus {
+                while list != 0 {
+                    let aff0 = rs * 16 + list.trailing_zeros() as u16;
+                    list &= list - 1;
+                    if aff0 < self.vcpus {
                         set.insert(aff0);
                     }
                 }
@@ -552,6 +609,7 @@ impl Vgic {
                 continue;
             }
             self.irqs[slot].latch = true;
+            self.refresh(slot);
             fx = fx.merge(self.kick_if_enabled(slot));
         }
         fx
@@ -568,8 +626,8 @@ impl Vgic {
             return false;
         }
         let mut found = false;
-        self.for_each_slot_of(vcpu, |_, irq| {
-            found = !irq.in_lr && self.deliverable(irq);
+        self.for_each_wanting(vcpu, |_, irq| {
+            found = self.deliverable(irq);
             !found
         });
         found
@@ -584,10 +642,8 @@ impl Vgic {
             return false;
         }
         let mut waiting = 0usize;
-        self.for_each_slot_of(vcpu, |_, irq| {
-            if self.wants_lr(irq) {
-                waiting += 1;
-            }
+        self.for_each_wanting(vcpu, |_, _| {
+            waiting += 1;
             waiting <= free_lrs
         });
         waiting > free_lrs
@@ -608,28 +664,37 @@ impl Vgic {
         if vcpu >= self.vcpus || cap == 0 {
             return 0;
         }
+        // The common case (QEMU has 4 list registers) sorts in a smaller array.
+        if cap <= 4 {
+            self.fill_best::<4>(vcpu, cap, out)
+        } else {
+            self.fill_best::<MAX_LRS>(vcpu, cap, out)
+        }
+    }
+
+    /// [`Vgic::fill_lrs`] for `cap` ≤ `N`.
+    fn fill_best<const N: usize>(&mut self, vcpu: u16, cap: usize, out: &mut [Lr]) -> usize {
         // The `cap` best candidates, kept sorted by key (insertion into a small array).
-        let mut best = [(u64::MAX, 0usize); MAX_LRS];
+        // Sort key: not active, then priority, then slot (which orders this vCPU's interrupts
+        // as their INTIDs do: its SGIs and PPIs, then the SPIs); the slot is the low 32 bits.
+        let mut best = [0u64; N];
         let mut n = 0usize;
-        self.for_each_slot_of(vcpu, |slot, irq| {
-            if !self.wants_lr(irq) {
-                return true;
-            }
-            let key = (u64::from(!irq.active) << 40) | (u64::from(irq.priority) << 32) | u64::from(self.intid_of(slot));
-            if n == cap && key >= best[cap - 1].0 {
+        self.for_each_wanting(vcpu, |slot, irq| {
+            let key = (u64::from(!irq.active) << 40) | (u64::from(irq.priority) << 32) | slot as u64;
+            if n == cap && key >= best[cap - 1] {
                 return true;
             }
             let mut i = if n == cap { cap - 1 } else { n };
-            while i > 0 && best[i - 1].0 > key {
+            while i > 0 && best[i - 1] > key {
                 best[i] = best[i - 1];
                 i -= 1;
             }
-            best[i] = (key, slot);
+            best[i] = key;
             n = (n + 1).min(cap);
             true
         });
-        for (k, &(_, slot)) in best[..n].iter().enumerate() {
-            out[k] = self.load(vcpu, slot);
+        for (k, &key) in best[..n].iter().enumerate() {
+            out[k] = self.load(vcpu, key as u32 as usize);
         }
         n
     }
@@ -662,7 +727,10 @@ impl Vgic {
         irq.in_lr = true;
         irq.lr = flags;
         irq.owner = vcpu;
-        Lr { intid, priority: irq.priority, state, group1: irq.group1, hw: None, eoi_maintenance: !irq.edge }
+        let lr = Lr { intid, priority: irq.priority, state, group1: irq.group1, hw: None, eoi_maintenance: !irq.edge };
+        // In an LR now: it wants none.
+        self.set_want(slot, false);
+        lr
     }
 
     /// Takes back an interrupt the platform read out of one of `vcpu`'s list registers at
@@ -689,8 +757,10 @@ impl Vgic {
         irq.active |= lr_act;
         irq.in_lr = false;
         irq.lr = 0;
+        let want = self.wants_lr(&self.irqs[slot]);
+        self.set_want(slot, want);
         let mut fx = Effects::NONE;
-        if self.wants_lr(&self.irqs[slot]) {
+        if want {
             if let Some(t) = self.target(slot) {
                 if t != vcpu {
                     fx.kick.insert(t);
@@ -771,6 +841,7 @@ impl Vgic {
         self.ctlr = state.gicd_ctlr & (CTLR_GRP0 | CTLR_GRP1);
         self.sleep.copy_from_slice(&state.processor_sleep);
         self.recompute_any_target();
+        self.refresh_all();
         Ok(())
     }
 

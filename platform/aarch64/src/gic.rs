@@ -275,12 +275,22 @@ pub fn virtual_priority_bits() -> u8 {
 }
 
 /// Active-priority registers per group (`ICH_AP0R<n>`/`ICH_AP1R<n>`): 1, 2 or 4, from
-/// `ICH_VTR_EL2.PREbits` + 1 = 5, 6 or 7.
+/// `ICH_VTR_EL2.PREbits` + 1 = 5, 6 or 7. Read from the hardware once (every core has the
+/// same); every vCPU load and unload asks.
 pub fn num_aprs() -> usize {
-    match ((ich_vtr_el2() >> 26) & 0x7) + 1 {
-        7 => 4,
-        6 => 2,
-        _ => 1,
+    use core::sync::atomic::{AtomicUsize, Ordering};
+    static APRS: AtomicUsize = AtomicUsize::new(0);
+    match APRS.load(Ordering::Relaxed) {
+        0 => {
+            let n = match ((ich_vtr_el2() >> 26) & 0x7) + 1 {
+                7 => 4,
+                6 => 2,
+                _ => 1,
+            };
+            APRS.store(n, Ordering::Relaxed);
+            n
+        }
+        n => n,
     }
 }
 

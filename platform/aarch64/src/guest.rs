@@ -17,6 +17,9 @@
 
 use core::arch::global_asm;
 use core::mem::offset_of;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::layout::MAX_CORES;
 
 use crate::gic;
 use crate::sysreg::{isb, sysreg_read, sysreg_write};
@@ -123,6 +126,17 @@ pub struct GicCpuState {
     pub ap1r: [u64; 4],
 }
 
+/// What the vGIC glue (`hyp/core_loop.rs`) remembers of a vCPU's last list-register fill, so
+/// that an entry after the vCPU is loaded again can skip the model as an entry of a vCPU that
+/// stayed loaded does: the fill found nothing to load and nothing left behind (`clean`), at
+/// model epoch `epoch`, with the virtual timer's line at `timer_line`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LrMemo {
+    pub clean: bool,
+    pub epoch: u64,
+    pub timer_line: bool,
+}
+
 /// Everything of a vCPU that is not in its VM's shared state.
 #[derive(Debug, Clone)]
 pub struct VcpuContext {
@@ -131,6 +145,8 @@ pub struct VcpuContext {
     pub gic: GicCpuState,
     /// `VMPIDR_EL2`: what the guest reads as `MPIDR_EL1`.
     pub vmpidr: u64,
+    /// The vGIC glue's memo of the last fill (not guest state).
+    pub lr_memo: LrMemo,
 }
 
 /// PSTATE of a vCPU at reset: EL1h, D, A, I and F masked.
@@ -139,8 +155,13 @@ pub const PSTATE_EL1H_MASKED: u64 = 0x3c5;
 impl VcpuContext {
     /// A vCPU at reset with this `MPIDR_EL1`: it will start at `entry` with `x0`.
     pub fn new(vmpidr: u64, entry: u64, x0: u64) -> VcpuContext {
-        let mut ctx =
-            VcpuContext { regs: GuestRegs::default(), el1: El1State::reset(), gic: GicCpuState::default(), vmpidr };
+        let mut ctx = VcpuContext {
+            regs: GuestRegs::default(),
+            el1: El1State::reset(),
+            gic: GicCpuState::default(),
+            vmpidr,
+            lr_memo: LrMemo::default(),
+        };
         ctx.reset(entry, x0);
         ctx
     }
@@ -154,6 +175,7 @@ impl VcpuContext {
         self.regs.pstate = PSTATE_EL1H_MASKED;
         self.el1 = El1State::reset();
         self.gic = GicCpuState::default();
+        self.lr_memo = LrMemo::default();
     }
 }
 
@@ -172,11 +194,27 @@ pub enum ExitKind {
 
 const HOST_FRAME: usize = 14 * 8;
 
+/// `HV_NULL` (docs/guest-abi.md), which the world switch answers itself.
+pub const HV_NULL: u32 = 0xC600_0000;
+
+/// Per core (indexed by `TPIDR_EL2`, the core index): the `HV_NULL` calls the world switch
+/// answered without leaving its exception vector (`guest.S`). Written only by that core's
+/// vector code, read by that core.
+static FAST_EXITS: [AtomicU64; MAX_CORES] = [const { AtomicU64::new(0) }; MAX_CORES];
+
+/// Guest exits this core answered in the exception vector itself (see [`FAST_EXITS`]); they do
+/// not come back from [`enter`].
+pub fn fast_exits(core: usize) -> u64 {
+    FAST_EXITS.get(core).map_or(0, |c| c.load(Ordering::Relaxed))
+}
+
 global_asm!(
     include_str!("asm/guest.S"),
     regs_pc = const offset_of!(GuestRegs, pc),
     host_frame = const HOST_FRAME,
     el1_vregs = const offset_of!(El1State, vregs),
+    hv_null = const HV_NULL,
+    fast_exits = sym FAST_EXITS,
 );
 
 const _: () = {

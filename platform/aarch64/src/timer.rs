@@ -7,10 +7,26 @@ use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTPCT_EL0};
 use vcpu_runtime::Instant;
 
 static FREQUENCY_HZ: AtomicU64 = AtomicU64::new(0);
+/// Nanoseconds per counter tick when that is a whole number (16 at QEMU's 62.5 MHz), else 0:
+/// then [`now`] and the conversions multiply or divide by it, which gives exactly what the
+/// general 128-bit formulas give, without a 128-bit division on every exit.
+static NANOS_PER_TICK: AtomicU64 = AtomicU64::new(0);
 
 /// Reads the counter frequency once, on the boot core.
 pub(crate) fn init() {
-    FREQUENCY_HZ.store(CNTFRQ_EL0.get(), Ordering::Relaxed);
+    let hz = CNTFRQ_EL0.get();
+    FREQUENCY_HZ.store(hz, Ordering::Relaxed);
+    if hz != 0 && hz <= NANOS_PER_SEC && NANOS_PER_SEC % hz == 0 {
+        NANOS_PER_TICK.store(NANOS_PER_SEC / hz, Ordering::Relaxed);
+    }
+}
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// [`NANOS_PER_TICK`] if it applies to `frequency_hz` (the counter's own frequency).
+fn whole_nanos_per_tick(frequency_hz: u64) -> Option<u64> {
+    let k = NANOS_PER_TICK.load(Ordering::Relaxed);
+    (k != 0 && frequency_hz == FREQUENCY_HZ.load(Ordering::Relaxed)).then_some(k)
 }
 
 /// The system counter's frequency in Hz (62.5 MHz on QEMU's virt board).
@@ -33,25 +49,41 @@ pub fn ticks_to_nanos(ticks: u64, frequency_hz: u64) -> u64 {
     if frequency_hz == 0 {
         return 0;
     }
+    if let Some(k) = whole_nanos_per_tick(frequency_hz) {
+        // ticks · 10^9 / f = ticks · k exactly; the cast below keeps the low 64 bits as well.
+        return ticks.wrapping_mul(k);
+    }
     (u128::from(ticks) * 1_000_000_000 / u128::from(frequency_hz)) as u64
 }
 
 /// Monotonic time since the counter started (machine reset), in nanoseconds: the clock of the
 /// trace events.
 pub fn now() -> Instant {
-    Instant(ticks_to_nanos(ticks(), frequency_hz()))
+    Instant(own_ticks_to_nanos(ticks()))
+}
+
+/// [`ticks_to_nanos`] at the counter's own frequency.
+fn own_ticks_to_nanos(ticks: u64) -> u64 {
+    match NANOS_PER_TICK.load(Ordering::Relaxed) {
+        0 => ticks_to_nanos(ticks, frequency_hz()),
+        k => ticks.wrapping_mul(k),
+    }
 }
 
 /// Converts nanoseconds to counter ticks at `frequency_hz`, rounding up (so a deadline in ticks
 /// is never earlier than the one in nanoseconds).
 pub fn nanos_to_ticks(nanos: u64, frequency_hz: u64) -> u64 {
+    if let Some(k) = whole_nanos_per_tick(frequency_hz) {
+        // ⌈nanos · f / 10^9⌉ = ⌈nanos / k⌉, never more than u64::MAX.
+        return nanos.div_ceil(k);
+    }
     let t = (u128::from(nanos) * u128::from(frequency_hz)).div_ceil(1_000_000_000);
     t.min(u128::from(u64::MAX)) as u64
 }
 
 /// The instant at which the system counter reads `ticks`.
 pub fn instant_of_ticks(ticks: u64) -> Instant {
-    Instant(ticks_to_nanos(ticks, frequency_hz()))
+    Instant(own_ticks_to_nanos(ticks))
 }
 
 crate::sysreg::sysreg_write!(fn write_cnthp_cval_el2 = "cnthp_cval_el2");
@@ -59,7 +91,11 @@ crate::sysreg::sysreg_write!(fn write_cnthp_ctl_el2 = "cnthp_ctl_el2");
 
 /// Arms the EL2 physical timer (CNTHP, PPI 26) to fire at `at` (at once if `at` is past).
 pub fn arm_hyp_timer(at: Instant) {
-    write_cnthp_cval_el2(nanos_to_ticks(at.as_nanos(), frequency_hz()));
+    let ticks = match NANOS_PER_TICK.load(Ordering::Relaxed) {
+        0 => nanos_to_ticks(at.as_nanos(), frequency_hz()),
+        k => at.as_nanos().div_ceil(k),
+    };
+    write_cnthp_cval_el2(ticks);
     write_cnthp_ctl_el2(1);
     barrier::isb(barrier::SY);
 }

@@ -320,6 +320,7 @@ impl Vgic {
                     // Kick every vCPU with something to load or to refresh; rare.
                     let before = self.kick_all_interested();
                     self.ctlr = new;
+                    self.refresh_all();
                     fx = before.merge(self.kick_all_interested());
                 }
             }
@@ -366,6 +367,7 @@ impl Vgic {
         let before = self.irqs[slot];
         f(&mut self.irqs[slot]);
         if self.irqs[slot] != before {
+            self.refresh(slot);
             self.touch(slot, fx);
         }
     }

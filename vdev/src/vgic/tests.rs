@@ -857,9 +857,24 @@ fn arb_op() -> impl Strategy<Value = Op> {
 /// The platform side of the test: four list registers per vCPU (as QEMU has).
 const LRS: usize = 4;
 
+/// The INTIDs `fill_lrs(vcpu, free)` should hand out, from a scan of every interrupt: those
+/// that want an LR, active first, then by priority, then by INTID.
+fn scan_fill(v: &Vgic, vcpu: u16, free: usize) -> Vec<u32> {
+    let mut keys: Vec<(bool, u8, u32)> = (0..v.irqs.len())
+        .filter(|&s| v.target(s) == Some(vcpu) && v.wants_lr(&v.irqs[s]))
+        .map(|s| (!v.irqs[s].active, v.irqs[s].priority, v.intid_of(s)))
+        .collect();
+    keys.sort();
+    keys.iter().take(free.min(MAX_LRS)).map(|k| k.2).collect()
+}
+
 struct Harness {
     v: Vgic,
     held: Vec<Vec<Lr>>,
+    /// What the last operation returned: the kick set, and the vCPU that is not kicked about
+    /// its own interrupts (the one whose LRs were synced: it refills at entry anyway). `None`
+    /// for an operation whose kicks the check does not cover (save and restore).
+    fx: Option<(VcpuSet, Option<u16>)>,
 }
 
 impl Harness {
@@ -868,42 +883,59 @@ impl Harness {
         self.v.irqs[slot].edge
     }
 
-    fn sync_all(&mut self, vcpu: u16) {
+    fn sync_all(&mut self, vcpu: u16) -> Effects {
+        let mut fx = Effects::NONE;
         for lr in core::mem::take(&mut self.held[usize::from(vcpu)]) {
-            assert!(!self.v.sync_lr(vcpu, lr).ignored, "an LR the model handed out is taken back");
+            let got = self.v.sync_lr(vcpu, lr);
+            assert!(!got.ignored, "an LR the model handed out is taken back");
+            fx = fx.merge(got);
         }
+        fx
+    }
+
+    /// The slots that want an LR of each vCPU.
+    fn wanting(&self) -> Vec<Vec<usize>> {
+        let v = &self.v;
+        (0..v.vcpus)
+            .map(|c| (0..v.irqs.len()).filter(|&s| v.target(s) == Some(c) && v.wants_lr(&v.irqs[s])).collect())
+            .collect()
     }
 
     fn apply(&mut self, op: Op) {
         let nv = self.v.vcpus;
+        self.fx = Some((VcpuSet::EMPTY, None));
+        let mut kicked = |fx: Effects| self.fx = Some((fx.kick, None));
         match op {
             Op::DistWrite(o, s, val) => {
-                let _ = self.v.dist_write(o, s, val);
+                kicked(self.v.dist_write(o, s, val).unwrap_or(Effects::NONE));
             }
             Op::DistRead(o, s) => {
                 let _ = self.v.dist_read(o, s);
             }
             Op::RedistWrite(o, s, val) => {
-                let _ = self.v.redist_write(o, s, val);
+                kicked(self.v.redist_write(o, s, val).unwrap_or(Effects::NONE));
             }
             Op::RedistRead(o, s) => {
                 let _ = self.v.redist_read(o, s);
             }
             Op::SetLevel(i, c, l) => {
-                let _ = self.v.set_level(i, Some(c), l);
+                kicked(self.v.set_level(i, Some(c), l));
             }
             Op::Edge(i, c) => {
-                let _ = self.v.inject_edge(i, Some(c));
+                kicked(self.v.inject_edge(i, Some(c)));
             }
             Op::Sgi(c, val) => {
-                let _ = self.v.send_sgi(c, val);
+                kicked(self.v.send_sgi(c, val));
             }
             Op::Fill(c, free) => {
                 let held = self.held.get(usize::from(c)).map_or(0, Vec::len);
                 let free = free.min(LRS - held);
+                let expect = if c < nv { scan_fill(&self.v, c, free) } else { Vec::new() };
                 let mut out = [Lr::INVALID; LRS];
                 let n = self.v.fill_lrs(c, free, &mut out);
                 assert!(n <= free);
+                let got: Vec<u32> = out[..n].iter().map(|lr| lr.intid).collect();
+                assert_eq!(got, expect, "fill_lrs picks as a full scan");
                 for lr in &out[..n] {
                     assert_ne!(lr.state, LrState::Invalid);
                     assert!(lr.hw.is_none());
@@ -949,14 +981,18 @@ impl Harness {
                     return;
                 }
                 let lr = lrs.swap_remove(i % lrs.len());
-                assert!(!self.v.sync_lr(c, lr).ignored);
+                let fx = self.v.sync_lr(c, lr);
+                assert!(!fx.ignored);
+                self.fx = Some((fx.kick, Some(c)));
             }
             Op::SyncAll(c) => {
                 if c < nv {
-                    self.sync_all(c);
+                    let fx = self.sync_all(c);
+                    self.fx = Some((fx.kick, Some(c)));
                 }
             }
             Op::SaveRestore => {
+                self.fx = None;
                 for c in 0..nv {
                     self.sync_all(c);
                 }
@@ -991,6 +1027,26 @@ impl Harness {
             }
         }
         assert_eq!(in_lr, self.held.iter().map(Vec::len).sum::<usize>());
+        // The want sets are exact, so delivery that looks only at them misses nothing.
+        for (slot, irq) in v.irqs.iter().enumerate() {
+            let bit = if slot < v.private_len() {
+                v.want_private[slot / 32] & (1 << (slot % 32)) != 0
+            } else {
+                let k = slot - v.private_len();
+                v.want_spi[k / 64] & (1 << (k % 64)) != 0
+            };
+            assert_eq!(bit, v.wants_lr(irq), "want bit of INTID {}", v.intid_of(slot));
+        }
+        // has_pending and overflow agree with a scan of every interrupt.
+        for c in 0..v.vcpus {
+            let mine: Vec<usize> = (0..v.irqs.len()).filter(|&s| v.target(s) == Some(c)).collect();
+            let pending = mine.iter().any(|&s| !v.irqs[s].in_lr && v.deliverable(&v.irqs[s]));
+            assert_eq!(v.has_pending(c), pending);
+            let waiting = mine.iter().filter(|&&s| v.wants_lr(&v.irqs[s])).count();
+            for free in 0..=LRS {
+                assert_eq!(v.overflow(c, free), waiting > free);
+            }
+        }
         for (slot, irq) in v.irqs.iter().enumerate() {
             assert_eq!(irq.priority & !v.prio_mask, 0);
             assert_eq!(irq.route & !IROUTER_MASK, 0);
@@ -1028,10 +1084,22 @@ proptest! {
                 v.dist_write(0x6000 + 8 * intid, 8, intid % u64::from(vcpus)).unwrap();
             }
         }
-        let mut h = Harness { v, held: vec![Vec::new(); usize::from(vcpus)] };
+        let mut h = Harness { v, held: vec![Vec::new(); usize::from(vcpus)], fx: None };
         for op in ops {
-            h.apply(op);
+            let before = h.wanting();
+            h.apply(op.clone());
             h.check();
+            // Whoever gains an interrupt that wants a list register is kicked (the platform's
+            // fast path relies on it), but a vCPU about its own synced interrupts.
+            if let Some((kick, exempt)) = h.fx {
+                for (c, now) in h.wanting().iter().enumerate() {
+                    let c = c as u16;
+                    let gained = now.iter().any(|s| !before[usize::from(c)].contains(s));
+                    if gained && Some(c) != exempt {
+                        prop_assert!(kick.contains(c), "vCPU {} gained an interrupt without a kick ({:?})", c, op);
+                    }
+                }
+            }
         }
         // Everything given back: nothing stays in an LR.
         for c in 0..vcpus {
@@ -1044,8 +1112,10 @@ proptest! {
         // and nothing that has a vCPU stays active.
         for _ in 0..8 {
             for c in 0..vcpus {
+                let expect = scan_fill(&h.v, c, MAX_LRS);
                 let mut out = [Lr::INVALID; MAX_LRS];
                 let n = h.v.fill_lrs(c, MAX_LRS, &mut out);
+                prop_assert_eq!(out[..n].iter().map(|lr| lr.intid).collect::<Vec<_>>(), expect);
                 for lr in &out[..n] {
                     prop_assert!(!h.v.sync_lr(c, with_state(*lr, LrState::Invalid)).ignored);
                 }

@@ -13,6 +13,12 @@
 //   (vectors.S branches here): push the guest's x0/x1, note the kind, save the guest's x2-x30,
 //   x0/x1, ELR_EL2 and SPSR_EL2 into the GuestRegs, pop the host frame and return from
 //   __hv_guest_enter.
+//   The sync entry first answers HV_NULL itself (an HVC, EC 0x16, with w0 = {hv_null}): x0 = 0
+//   and straight back to the guest (ELR_EL2 already points past the HVC), counting the exit in
+//   {fast_exits}[TPIDR_EL2]. Nothing else is touched, so this is as if the call had not
+//   trapped, which is all HV_NULL means: whatever the hypervisor must look at meanwhile (a
+//   kick, its timer, the end of the run) is a physical IRQ, which the guest takes to EL2 right
+//   after the ERET.
 // __hv_el1_save(x0 = &mut El1State) / __hv_el1_restore(x0 = &El1State)
 //   the EL1/EL0 system registers, the virtual timer and FP/SIMD of a vCPU (see El1State for the
 //   order). Save also disables the virtual timer (CNTV_CTL_EL0 = 0), so that a vCPU that is not
@@ -64,7 +70,30 @@ __hv_guest_enter:
 .global __el2_lower_a64_sync
 __el2_lower_a64_sync:
     stp x0, x1, [sp, #-16]!
-    mov x1, #0
+    mov w1, #({hv_null} & 0xffff)
+    movk w1, #({hv_null} >> 16), lsl #16
+    cmp w0, w1
+    b.ne 1f
+    mrs x1, esr_el2
+    ubfx x1, x1, #26, #6
+    cmp x1, #0x16
+    b.ne 1f
+    // HV_NULL: count it, answer 0, back to the guest with x1 as it was.
+    mrs x1, tpidr_el2
+    adrp x0, {fast_exits}
+    add x0, x0, :lo12:{fast_exits}
+    add x0, x0, x1, lsl #3
+    ldr x1, [x0]
+    add x1, x1, #1
+    str x1, [x0]
+    ldr x1, [sp, #8]
+    add sp, sp, #16
+    mov x0, xzr
+    eret
+    // Not reached; stops straight-line speculation past the ERET.
+    dsb nsh
+    isb
+1:  mov x1, #0
     b __hv_guest_exit
 
 .global __el2_lower_a64_irq

@@ -16,33 +16,47 @@
 
 use vcpu_runtime::trace::{FaultKind, StopReason, TraceEvent, TraceKind};
 use vcpu_runtime::{CoreId, CoreRuntime, Decision, Event, ExitReason, Instant, VcpuId, VcpuState};
-use vdev::vgic::{decode_ich_lr, encode_ich_lr, Effects, Lr, MAX_LRS};
+use vdev::vgic::{decode_ich_lr, encode_ich_lr, Effects, Lr};
 
 use super::exits::{self, Action};
 use super::vm::{Vcpu, Vm, NO_DEADLINE};
 use super::Hypervisor;
-use crate::guest::{self, ExitKind, VcpuContext};
+use crate::guest::{self, ExitKind, LrMemo, VcpuContext};
 use crate::{fail, gic, smp, stage2, timer};
+use spin::MutexGuard;
 
 /// One core's private state in the loop.
 pub(super) struct Core<'h> {
     pub hyp: &'h Hypervisor,
     pub me: CoreId,
     pub rt: CoreRuntime,
+    /// The vCPU whose run ended last and is still loaded (its context locked, its state in the
+    /// hardware), if it may run again: when the runtime picks it again right away, it is
+    /// entered without saving and restoring its state; when anything else comes first, it is
+    /// put away ([`Core::put_away`]). Its timer deadline was noted when its run ended, as for
+    /// a vCPU that was put away.
+    kept: Option<(VcpuId, MutexGuard<'h, VcpuContext>)>,
     /// The physical PPI 27 was acknowledged and left active for the loaded vCPU.
     vtimer_active: bool,
-    /// List registers filled at the last entry.
+    /// List registers filled at the last entry. The others are empty (0): every list register
+    /// is cleared at the exit after it was filled, so all are empty before each entry.
     lrs_used: usize,
-    /// The loaded vCPU's last fill found nothing to deliver (no LR used, no overflow), at model
-    /// epoch `fill_epoch`, with its timer's line at `timer_line`: while all of that holds and its
-    /// LRs are empty, an entry need not look at the model.
+    /// The loaded vCPU's last fill found nothing to deliver (no LR used, no overflow), at its
+    /// interrupt epoch (`Vcpu::vgic_epoch`) `fill_epoch`, with its timer's line at
+    /// `timer_line`: while all of that holds and its LRs are empty, an entry need not look at
+    /// the model. Kept with the vCPU (`VcpuContext::lr_memo`) while it is not loaded.
     fill_clean: bool,
     fill_epoch: u64,
     timer_line: bool,
+    /// The model's level of the loaded vCPU's timer interrupt is `timer_line` (only this
+    /// core's glue drives it while the vCPU is loaded): true once the glue has set it since the
+    /// load (the timer's deadline may have raised it while the vCPU was not loaded).
+    timer_synced: bool,
     /// Something this core's runtime must decide about happened (a local wake-up or CPU_ON):
     /// the running vCPU goes back to the runtime at its next exit.
     pub poll: bool,
-    /// Guest exits taken on this core.
+    /// Guest exits taken on this core that came back from `guest::enter` (see
+    /// [`Core::exit_count`] for all of them).
     pub exits: u64,
     /// A running `HV_BENCH` window: operation, iterations, exits at its start.
     pub bench: Option<(u64, u64, u64)>,
@@ -63,11 +77,13 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
         hyp,
         me,
         rt,
+        kept: None,
         vtimer_active: false,
         lrs_used: 0,
         fill_clean: false,
         fill_epoch: 0,
         timer_line: false,
+        timer_synced: false,
         poll: false,
         exits: 0,
         bench: None,
@@ -86,6 +102,7 @@ impl Core<'_> {
         loop {
             let now = timer::now();
             if self.hyp.ending() || now >= self.hyp.end {
+                self.put_away();
                 self.hyp.begin_ending(self.me);
                 self.hyp.finish(self.me, &self.rt);
             }
@@ -105,8 +122,14 @@ impl Core<'_> {
                     self.after_exit(vcpu, reason);
                     self.send_kicks();
                 }
-                Decision::Idle { until } => self.idle(until.unwrap_or(Instant::NEVER)),
-                Decision::PowerOff => smp::park(),
+                Decision::Idle { until } => {
+                    self.put_away();
+                    self.idle(until.unwrap_or(Instant::NEVER))
+                }
+                Decision::PowerOff => {
+                    self.put_away();
+                    smp::park()
+                }
             }
         }
     }
@@ -176,24 +199,30 @@ impl Core<'_> {
     /// After the runtime took the exit: a stopped vCPU is counted; a vCPU of a stopping VM that
     /// just parked is asked to come back on, so that it stops too.
     fn after_exit(&mut self, vcpu: VcpuId, reason: ExitReason) {
-        let vm = self.hyp.vm_of(vcpu);
         match reason {
             // Halted: the run is ending anyway; the VM did not stop by itself.
             ExitReason::Stop(StopReason::Halted) => {}
-            ExitReason::Stop(_) => self.hyp.vcpu_stopped(self.me, vm),
-            ExitReason::PsciCpuOff if vm.stopping.load(core::sync::atomic::Ordering::SeqCst) => {
+            ExitReason::Stop(_) => self.hyp.vcpu_stopped(self.me, self.hyp.vm_of(vcpu)),
+            ExitReason::PsciCpuOff if self.hyp.vm_of(vcpu).stopping.load(core::sync::atomic::Ordering::SeqCst) => {
                 let _ = self.hyp.sys.request_power_on(vcpu);
             }
             _ => {}
         }
     }
 
-    /// Makes every vCPU of `vm` in `fx.kick` look at its interrupts: a blocked one is woken, one
-    /// running on another core is made to exit. `current` (the vCPU this core runs) refills at
-    /// its next entry anyway.
+    /// Makes every vCPU of `vm` in `fx.kick` look at its interrupts: its interrupt epoch moves
+    /// (so its next entry fills its list registers), then a blocked one is woken and one running
+    /// on another core is made to exit. `current` (the vCPU this core runs) refills at its next
+    /// entry anyway.
+    ///
+    /// The model kicks every vCPU that gains an interrupt to load (its property tests check it),
+    /// but the one whose list registers it just took back, which refills anyway: so a vCPU
+    /// whose epoch did not move since its last fill has nothing new. The epoch moves before the
+    /// wake-up or the IPI, so a vCPU that read the old value is made to look again.
     pub fn dispatch(&mut self, vm: &Vm, fx: Effects, current: Option<VcpuId>) {
         for index in fx.kick.iter() {
             if let Some(id) = vm.vcpu_id(index) {
+                self.hyp.vcpu(id).vgic_epoch.fetch_add(1, core::sync::atomic::Ordering::AcqRel);
                 if Some(id) != current {
                     self.kick_vcpu(id);
                 }
@@ -243,6 +272,11 @@ impl Core<'_> {
         self.hyp.trace().emit(event);
     }
 
+    /// Guest exits taken on this core, those the world switch answered itself included.
+    pub fn exit_count(&self) -> u64 {
+        self.exits + guest::fast_exits(self.me.index())
+    }
+
     /// Whether another vCPU of this core is runnable (a WFE may yield to it).
     pub fn others_runnable(&self, vcpu: VcpuId) -> bool {
         self.rt.vcpus().iter().any(|v| v.id() != vcpu && v.state() == VcpuState::Runnable)
@@ -255,18 +289,39 @@ impl Core<'_> {
         let vcpu = hyp.vcpu(id);
         let vm = &hyp.vms[vcpu.vm.index()];
         if vm.stopping.load(Ordering::SeqCst) {
+            self.put_away();
             return ExitReason::Stop(vm.stop_reason());
         }
         if hyp.ending() {
+            self.put_away();
             return ExitReason::Stop(StopReason::Halted);
         }
-        let mut ctx = vcpu.ctx.lock();
-        if let Some((entry, x0)) = vcpu.boot.lock().take() {
-            ctx.reset(entry, x0);
-        }
+        let mut ctx = match self.kept.take() {
+            // Picked again right away: still loaded, as its last run left it (a runnable vCPU
+            // has no CPU_ON waiting in its boot slot).
+            Some((kept, ctx)) if kept == id => ctx,
+            kept => {
+                if let Some((_, ctx)) = kept {
+                    self.put_away_vcpu(ctx);
+                }
+                let mut ctx = vcpu.ctx.lock();
+                if let Some((entry, x0)) = vcpu.boot.lock().take() {
+                    ctx.reset(entry, x0);
+                }
+                guest::load(&ctx, vm.vttbr);
+                let memo = ctx.lr_memo;
+                self.fill_clean = memo.clean;
+                self.fill_epoch = memo.epoch;
+                self.timer_line = memo.timer_line;
+                self.timer_synced = false;
+                if memo.clean {
+                    // As that fill left it (no overflow); `unload` turned the interface off.
+                    gic::set_ich_hcr(gic::ICH_HCR_EN);
+                }
+                ctx
+            }
+        };
         vcpu.timer_deadline.store(NO_DEADLINE, Ordering::Release);
-        guest::load(&ctx, vm.vttbr);
-        self.fill_clean = false;
         timer::arm_hyp_timer(until);
         let reason = loop {
             self.vgic_enter(vm, vcpu);
@@ -292,7 +347,8 @@ impl Core<'_> {
                 break ExitReason::Stop(vm.stop_reason());
             }
             // The run is over (every other guest stopped, or the scenario's time is up).
-            if hyp.ending() || timer::now() >= hyp.end {
+            // (`end_ticks` is `end` in counter ticks: the same test without a conversion.)
+            if hyp.ending() || timer::ticks() >= hyp.end_ticks {
                 break ExitReason::Stop(StopReason::Halted);
             }
             if let Some(reason) = leaving {
@@ -303,27 +359,47 @@ impl Core<'_> {
             }
         };
         timer::disarm_hyp_timer();
-        self.unload(vcpu, &mut ctx, reason);
+        match reason {
+            // Off the core for good (or until a CPU_ON): put away now, no deadline.
+            ExitReason::Stop(_) | ExitReason::PsciCpuOff => {
+                self.put_away_vcpu(ctx);
+                vcpu.timer_deadline.store(NO_DEADLINE, Ordering::Release);
+            }
+            // It may be picked again at once: kept loaded until the runtime has decided. Its
+            // deadline is noted now, from the live timer, as `put_away` would from the saved.
+            _ => {
+                let ctl = guest::vtimer_ctl();
+                let deadline = if ctl & 0b11 == 0b01 {
+                    timer::instant_of_ticks(guest::vtimer_cval()).as_nanos()
+                } else {
+                    NO_DEADLINE
+                };
+                vcpu.timer_deadline.store(deadline, Ordering::Release);
+                self.kept = Some((id, ctx));
+            }
+        }
         reason
     }
 
-    /// Takes the vCPU off the core: saves its state, lets go of the physical timer interrupt,
-    /// and notes its timer deadline for the core loop.
-    fn unload(&mut self, vcpu: &Vcpu, ctx: &mut VcpuContext, reason: ExitReason) {
-        guest::unload(ctx);
+    /// Puts away the vCPU kept loaded since its last run, if any (before anything else runs
+    /// or the core idles).
+    fn put_away(&mut self) {
+        if let Some((_, ctx)) = self.kept.take() {
+            self.put_away_vcpu(ctx);
+        }
+    }
+
+    /// Takes a loaded vCPU off the core: saves its state, lets go of the physical timer
+    /// interrupt, and unlocks its context. (Its timer deadline is noted when its run ends.)
+    fn put_away_vcpu(&mut self, mut ctx: MutexGuard<'_, VcpuContext>) {
+        // The last exit emptied the list registers (`vgic_exit`).
+        ctx.lr_memo = LrMemo { clean: self.fill_clean, epoch: self.fill_epoch, timer_line: self.timer_line };
+        guest::unload(&mut ctx);
         if self.vtimer_active {
             // The saved vCPU's timer is disabled in the hardware now: its line is low.
             gic::deactivate(gic::PPI_VTIMER);
             self.vtimer_active = false;
         }
-        let ctl = ctx.el1.cntv_ctl;
-        let armed = ctl & 0b11 == 0b01;
-        let deadline = match reason {
-            ExitReason::Stop(_) | ExitReason::PsciCpuOff => NO_DEADLINE,
-            _ if armed => timer::instant_of_ticks(ctx.el1.cntv_cval).as_nanos(),
-            _ => NO_DEADLINE,
-        };
-        vcpu.timer_deadline.store(deadline, core::sync::atomic::Ordering::Release);
     }
 
     /// A physical IRQ ended the guest's run: acknowledges everything pending. The run goes back
@@ -363,26 +439,50 @@ impl Core<'_> {
             gic::deactivate(gic::PPI_VTIMER);
             self.vtimer_active = false;
         }
-        // Nothing in the LRs, nothing was deliverable at the last fill, and nothing changed
-        // since: the LRs stay empty (and ICH_HCR_EL2 as that fill set it).
-        if self.lrs_used == 0 && self.fill_clean && line == self.timer_line && vm.vgic_epoch() == self.fill_epoch {
+        // Nothing in the LRs, nothing was deliverable at the last fill, and nothing new for
+        // this vCPU since (its epoch): the LRs stay empty (and ICH_HCR_EL2 as that fill set it).
+        let epoch = &vcpu.vgic_epoch;
+        if self.lrs_used == 0
+            && self.fill_clean
+            && line == self.timer_line
+            && epoch.load(core::sync::atomic::Ordering::Acquire) == self.fill_epoch
+        {
             return;
         }
-        let mut lrs = [Lr::INVALID; MAX_LRS];
+        // Filled a few at a time (the model hands out the best first, so the order is the same
+        // as in one call); only the filled ones are written, the others are empty already.
+        let mut chunk = [Lr::INVALID; 4];
         let (n, overflow, epoch) = {
             let mut vgic = vm.vgic();
             // A private interrupt: only this vCPU can be kicked, and it is about to enter.
-            let _ = vgic.set_level(gic::PPI_VTIMER, Some(vcpu.index), line);
-            let n = vgic.fill_lrs(vcpu.index, self.hyp.lrs, &mut lrs);
-            (n, vgic.overflow(vcpu.index, 0), vm.vgic_epoch())
+            if !self.timer_synced || line != self.timer_line {
+                let _ = vgic.set_level(gic::PPI_VTIMER, Some(vcpu.index), line);
+            }
+            let mut n = 0;
+            // Whether the model may have more than the list registers took.
+            let mut more = true;
+            while n < self.hyp.lrs {
+                let asked = chunk.len().min(self.hyp.lrs - n);
+                let got = vgic.fill_lrs(vcpu.index, asked, &mut chunk);
+                for (i, lr) in chunk[..got].iter().enumerate() {
+                    gic::write_lr(n + i, encode_ich_lr(lr));
+                }
+                n += got;
+                if got < asked {
+                    // It handed out fewer than asked for: nothing is left behind.
+                    more = false;
+                    break;
+                }
+            }
+            // Read under the lock: a change this fill did not see is made after it, and its
+            // epoch bump comes later still.
+            (n, more && vgic.overflow(vcpu.index, 0), epoch.load(core::sync::atomic::Ordering::Acquire))
         };
-        for (i, lr) in lrs.iter().enumerate().take(self.hyp.lrs) {
-            gic::write_lr(i, if i < n { encode_ich_lr(lr) } else { 0 });
-        }
         self.lrs_used = n;
         self.fill_clean = n == 0 && !overflow;
         self.fill_epoch = epoch;
         self.timer_line = line;
+        self.timer_synced = true;
         gic::set_ich_hcr(gic::ICH_HCR_EN | if overflow { gic::ICH_HCR_UIE } else { 0 });
     }
 
@@ -393,22 +493,22 @@ impl Core<'_> {
             return;
         }
         gic::set_ich_hcr(0);
-        let mut lrs = [0u64; MAX_LRS];
-        for (i, lr) in lrs.iter_mut().enumerate().take(self.lrs_used) {
-            *lr = gic::read_lr(i);
-            gic::write_lr(i, 0);
-        }
         let mut fx = Effects::NONE;
         {
             let mut vgic = vm.vgic();
-            for lr in &lrs[..self.lrs_used] {
-                fx = fx.merge(vgic.sync_lr(vcpu.index, decode_ich_lr(*lr)));
+            for i in 0..self.lrs_used {
+                let lr = gic::read_lr(i);
+                gic::write_lr(i, 0);
+                fx = fx.merge(vgic.sync_lr(vcpu.index, decode_ich_lr(lr)));
             }
-            fx = fx.merge(vgic.set_level(gic::PPI_VTIMER, Some(vcpu.index), line));
+            if !self.timer_synced || line != self.timer_line {
+                fx = fx.merge(vgic.set_level(gic::PPI_VTIMER, Some(vcpu.index), line));
+            }
         }
         self.lrs_used = 0;
         self.fill_clean = false;
         self.timer_line = line;
+        self.timer_synced = true;
         self.dispatch(vm, fx, Some(vcpu.id));
     }
 }

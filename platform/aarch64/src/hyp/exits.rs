@@ -19,8 +19,9 @@ use super::{Hypervisor, Printable};
 use crate::guest::{self, GuestRegs, Syndrome, VcpuContext};
 use crate::timer;
 
-/// `HV_NULL` (docs/guest-abi.md).
-pub const HV_NULL: u32 = 0xC600_0000;
+/// `HV_NULL` (docs/guest-abi.md). The world switch answers it in the exception vector
+/// (`guest::HV_NULL`); it is handled here too, should it ever come this way.
+pub const HV_NULL: u32 = guest::HV_NULL;
 /// `HV_MARK`: x1 = marker id, x2 = value.
 pub const HV_MARK: u32 = 0xC600_0001;
 /// `HV_YIELD`: gives the core to any other runnable vCPU.
@@ -83,7 +84,7 @@ pub(super) fn handle(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, ctx: &mut VcpuCo
 /// WFI (and PSCI CPU_SUSPEND): back to the guest at once if an interrupt is pending for it
 /// (the list registers were synced into the model at the exit), else it blocks.
 fn wfi(vm: &Vm, vcpu: &Vcpu) -> Action {
-    if vm.vgic_peek().has_pending(vcpu.index) {
+    if vm.vgic().has_pending(vcpu.index) {
         Action::Resume
     } else {
         Action::Exit(ExitReason::Wfi)
@@ -140,7 +141,7 @@ fn hvc(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs) -> Actio
             regs.x[0] = 0;
             match phase {
                 0 => {
-                    core.bench = Some((op, iterations, core.exits));
+                    core.bench = Some((op, iterations, core.exit_count()));
                     // Last: everything after this is part of the window.
                     crate::pmu::start_el2_instruction_count();
                 }
@@ -150,7 +151,7 @@ fn hvc(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs) -> Actio
                     match core.bench.take() {
                         Some((started, n, exits)) if started == op && n == iterations => crate::println!(
                             "bench op={op} iterations={iterations} el2_instructions={count} exits={}",
-                            core.exits - exits
+                            core.exit_count() - exits
                         ),
                         _ => regs.x[0] = NOT_SUPPORTED,
                     }
@@ -351,8 +352,8 @@ fn gic(
     value: u64,
     redistributor: bool,
 ) -> Outcome {
-    let mut vgic = vm.vgic();
     if !access.write {
+        let vgic = vm.vgic();
         let before = vgic.ignored_accesses().0;
         let read =
             if redistributor { vgic.redist_read(offset, access.size) } else { vgic.dist_read(offset, access.size) };
@@ -361,6 +362,7 @@ fn gic(
             Err(_) => Outcome::Abort(FaultKind::DeviceMisuse),
         };
     }
+    let mut vgic = vm.vgic();
     let written = if redistributor {
         vgic.redist_write(offset, access.size, value)
     } else {

@@ -57,6 +57,9 @@ pub struct Hypervisor {
     pub start: Instant,
     /// When the scenario's duration is over.
     pub end: Instant,
+    /// `end` in counter ticks, rounded up: `timer::ticks() >= end_ticks` exactly when
+    /// `timer::now() >= end`.
+    pub end_ticks: u64,
     /// The run is ending: every core leaves its loop.
     ending: AtomicBool,
     /// VMs whose every vCPU has stopped.
@@ -282,6 +285,7 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
         Err(e) => fail(format!("runtime: {e}")),
     };
     let duration = manifest.policy.duration;
+    let end = if duration == Nanos::ZERO { Instant::NEVER } else { now + duration };
     let hyp: &'static Hypervisor = alloc::boxed::Box::leak(alloc::boxed::Box::new(Hypervisor {
         sys,
         vms,
@@ -289,7 +293,8 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
         cores: cores.iter().map(|&mpidr| CoreShared { mpidr, poll: AtomicBool::new(false) }).collect(),
         runtimes: Mutex::new(runtimes.into_iter().map(Some).collect()),
         start: now,
-        end: if duration == Nanos::ZERO { Instant::NEVER } else { now + duration },
+        end,
+        end_ticks: timer::nanos_to_ticks(end.as_nanos(), timer::frequency_hz()),
         ending: AtomicBool::new(false),
         stopped_vms: AtomicUsize::new(0),
         done: AtomicU64::new(0),

@@ -47,12 +47,8 @@ pub struct Vm {
     ram: RamRegion,
     /// `VTTBR_EL2` of its stage-2 map (the tables live for the rest of the run).
     pub vttbr: u64,
-    /// The interrupt controller model; reach it with [`Vm::vgic`] (or [`Vm::vgic_peek`]).
+    /// The interrupt controller model; reach it with [`Vm::vgic`].
     vgic: Mutex<Vgic>,
-    /// Bumped at every locked use of the model that may change it: a vCPU whose list
-    /// registers are empty and whose last fill found nothing to deliver need not look at the
-    /// model again at its next entry while this stays the same.
-    vgic_epoch: AtomicU64,
     pub uart: Mutex<Pl011>,
     /// Set once the VM is being stopped (SYSTEM_OFF, SYSTEM_RESET, a fatal fault): its vCPUs
     /// stop at their next exit or entry.
@@ -82,6 +78,11 @@ pub struct Vcpu {
     /// When its virtual timer fires (ns of the counter), while it is not running; [`NO_DEADLINE`]
     /// if its timer is off or it is running. Its owner's core loop wakes it then.
     pub timer_deadline: AtomicU64,
+    /// Moves whenever the interrupt model gives this vCPU something new to load: bumped for
+    /// every vCPU in an `Effects::kick` set (`Core::dispatch`) before it is woken or kicked. A
+    /// vCPU whose list registers are empty and whose last fill found nothing need not look at
+    /// the model again at its next entry while this stays the same.
+    pub vgic_epoch: AtomicU64,
 }
 
 impl fmt::Debug for Vcpu {
@@ -172,7 +173,6 @@ impl Vm {
             ram,
             vttbr,
             vgic: Mutex::new(vgic),
-            vgic_epoch: AtomicU64::new(0),
             uart: Mutex::new(Pl011::new()),
             stopping: AtomicBool::new(false),
             stop_reason: AtomicU8::new(0),
@@ -191,6 +191,7 @@ impl Vm {
                 ctx: Mutex::new(VcpuContext::new(vmpidr(i), if i == 0 { guest.entry_ipa } else { 0 }, 0)),
                 boot: Mutex::new(None),
                 timer_deadline: AtomicU64::new(NO_DEADLINE),
+                vgic_epoch: AtomicU64::new(0),
             })
             .collect()
     }
@@ -229,21 +230,9 @@ impl Vm {
         }
     }
 
-    /// The interrupt controller model, locked, for a use that may change it (the epoch moves).
+    /// The interrupt controller model, locked.
     pub fn vgic(&self) -> spin::MutexGuard<'_, Vgic> {
-        let guard = self.vgic.lock();
-        self.vgic_epoch.fetch_add(1, Ordering::AcqRel);
-        guard
-    }
-
-    /// The interrupt controller model, locked, for reading only (the epoch stays).
-    pub fn vgic_peek(&self) -> spin::MutexGuard<'_, Vgic> {
         self.vgic.lock()
-    }
-
-    /// The model's epoch (see `vgic_epoch`).
-    pub fn vgic_epoch(&self) -> u64 {
-        self.vgic_epoch.load(Ordering::Acquire)
     }
 
     /// The guest physical range of the emulated redistributors.
