@@ -75,7 +75,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Result<(), Fail> {
     let deadline = timer::now() + timer::ticks_from_us(TIMEOUT_MS * 1000);
     while !cond() {
         ensure!(timer::now() < deadline, "timed out waiting for {}", what);
-        core::hint::spin_loop();
+        guest_rt::relax();
     }
     Ok(())
 }

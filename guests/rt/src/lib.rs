@@ -159,6 +159,13 @@ pub fn finish(result: Result<(), Fail>) -> ! {
     halt()
 }
 
+/// A busy-wait hint (`yield`). Under QEMU's one-core-at-a-time TCG it also lets the other
+/// vCPUs' cores run, where `spin_loop` (an `isb`) does not.
+pub fn relax() {
+    // SAFETY: `yield` is a hint; it touches no memory and no register.
+    unsafe { core::arch::asm!("yield", options(nomem, nostack, preserves_flags)) };
+}
+
 /// Stops this vCPU for good: IRQs masked, waiting for interrupts that never come.
 pub fn halt() -> ! {
     gic::irq_disable();
