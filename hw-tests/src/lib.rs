@@ -37,7 +37,7 @@ pub const FAILURE_PATTERNS: &[&str] = &["panic", "exception", "FAIL"];
 pub const GUEST_FAILURE_PATTERNS: &[&str] = &["panic", "RESULT: FAIL", "UNEXPECTED"];
 
 /// Where QEMU loads a scenario manifest (xtask/src/manifest.rs, platform/qemu-virt/src/main.rs).
-pub const MANIFEST_ADDR: u64 = 0x4400_0000;
+pub use vcpu_runtime::manifest::QEMU_VIRT_ADDR as MANIFEST_ADDR;
 
 /// The target of the EL2 image.
 pub const EL2_TARGET: &str = "aarch64-unknown-none-softfloat";

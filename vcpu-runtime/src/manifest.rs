@@ -23,6 +23,9 @@ pub const GUEST_LEN: usize = 256;
 pub const MAX_SEGMENTS: usize = 4;
 /// The largest manifest the reader accepts.
 pub const MAX_LEN: u64 = 1 << 31;
+/// Where `cargo xtask` has QEMU load the manifest on the `virt` board (`-device loader`), and
+/// where the hypervisor looks for it: above the image, below guest RAM (docs/platform.md).
+pub const QEMU_VIRT_ADDR: u64 = 0x4400_0000;
 /// Where guest RAM starts in every guest's physical address space (see `docs/guest-abi.md`).
 pub const GUEST_RAM_BASE: u64 = 0x4000_0000;
 

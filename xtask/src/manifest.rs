@@ -1,7 +1,7 @@
 //! The scenario manifest of `cargo xtask qemu SCENARIO`: every guest's payload resolved to an
 //! ELF file, read with `vcpu_runtime::manifest::elf_image`, and the whole scenario written with
 //! `vcpu_runtime::manifest::encode` to `target/el2/manifests/NAME.manifest`. QEMU loads it at
-//! [`MANIFEST_ADDR`] (`-device loader,...,force-raw=on`) and the hypervisor parses it at boot
+//! `vcpu_runtime::manifest::QEMU_VIRT_ADDR` (`-device loader,...,force-raw=on`) and the hypervisor parses it at boot
 //! (docs/platform.md, *Memory map of the hypervisor*).
 //!
 //! hw-tests builds manifests the same way (hw-tests/src/lib.rs): keep the two in step.
@@ -16,11 +16,10 @@ use crate::setup::EL2_TARGET;
 use crate::tasks::EL2_TARGET_DIR;
 use crate::Error;
 
-/// Where QEMU loads the manifest: above the hypervisor image (linked at `0x4020_0000`, at most
-/// 62 MiB), at the start of a region of [`MANIFEST_MAX`] bytes reserved for it. Guest RAM comes
-/// after that region. The hypervisor has the same constants (platform/qemu-virt/src/main.rs).
-pub const MANIFEST_ADDR: u64 = 0x4400_0000;
-/// The most bytes of manifest the hypervisor accepts.
+/// The most bytes of manifest the hypervisor accepts: the region reserved for it from
+/// `vcpu_runtime::manifest::QEMU_VIRT_ADDR`, above the hypervisor image (linked at `0x4020_0000`,
+/// at most 62 MiB); guest RAM comes after it. The hypervisor has the same limit
+/// (platform/qemu-virt/src/main.rs).
 pub const MANIFEST_MAX: u64 = 128 << 20;
 
 /// The test guests' workspace.
@@ -116,11 +115,6 @@ pub fn write_manifest(ctx: &Ctx, scenario: &Scenario) -> Result<PathBuf, Error> 
     Ok(path)
 }
 
-/// The QEMU argument that loads the manifest at [`MANIFEST_ADDR`].
-pub fn loader_arg(manifest: &str) -> String {
-    format!("loader,file={manifest},addr={MANIFEST_ADDR:#x},force-raw=on")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,8 +134,7 @@ mod tests {
     }
 
     #[test]
-    fn loader_and_build_commands() {
-        assert_eq!(loader_arg("m.bin"), "loader,file=m.bin,addr=0x44000000,force-raw=on");
+    fn build_command() {
         assert_eq!(
             guests_build_cmd().rerun_line(),
             "cd guests && cargo build --release --target aarch64-unknown-none-softfloat --target-dir ../target/el2"

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::{QemuArgs, DEFAULT_QEMU_SMP};
 use crate::exec::{describe, Cmd, Ctx};
-use crate::manifest::{guests_build_cmd, loader_arg, write_manifest};
+use crate::manifest::{guests_build_cmd, write_manifest};
 use crate::setup::{ensure_qemu, ensure_target, EL2_TARGET};
 use crate::tasks::{resolve_scenario, EL2_TARGET_DIR};
 use crate::Error;
@@ -31,37 +31,17 @@ pub fn build_cmd() -> Cmd {
 }
 
 /// The QEMU command line for `image`, with the scenario `manifest` loaded beside it when there
-/// is one (hw-tests builds the same one: keep them in step).
+/// is one: the same one the hw-tests run (`hw_tests::QemuConfig::qemu_args`).
 pub fn qemu_cmd(image: &str, manifest: Option<&str>, smp: u32, cpu: &str, icount: bool, append: Option<&str>) -> Cmd {
-    let smp = smp.to_string();
-    let mut args: Vec<&str> = vec![
-        "-M",
-        "virt,virtualization=on,gic-version=3",
-        "-cpu",
-        cpu,
-        "-smp",
-        &smp,
-        "-m",
-        "1G",
-        "-nographic",
-        "-nic",
-        "none",
-        "-no-reboot",
-        "-semihosting-config",
-        "enable=on,target=native",
-    ];
-    if icount {
-        args.extend(["-icount", "shift=4,sleep=off"]);
+    let mut config = hw_tests::QemuConfig::new(smp, cpu);
+    config.icount = icount;
+    if let Some(m) = manifest {
+        config = config.manifest_file(std::path::Path::new(m));
     }
-    args.extend(["-kernel", image]);
-    let loader = manifest.map(loader_arg);
-    if let Some(loader) = &loader {
-        args.extend(["-device", loader]);
+    if let Some(a) = append {
+        config = config.append(a);
     }
-    if let Some(append) = append {
-        args.extend(["-append", append]);
-    }
-    Cmd::new("qemu-system-aarch64", args)
+    Cmd::new("qemu-system-aarch64", config.qemu_args(std::path::Path::new(image)))
 }
 
 /// What the hypervisor's exit statuses mean (platform/aarch64's `exit_code`).

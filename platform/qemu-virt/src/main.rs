@@ -38,9 +38,9 @@ struct QemuVirt;
 const RAM_BASE: usize = 0x4000_0000;
 
 /// Where QEMU's loader puts the scenario manifest (`cargo xtask qemu SCENARIO`:
-/// `-device loader,file=...,addr=0x44000000,force-raw=on`; xtask/src/manifest.rs has the same
+/// `-device loader,file=...,addr=0x44000000,force-raw=on`; xtask and hw-tests use the same
 /// numbers): above the image, which memory.ld links at 0x4020_0000 with at most 62 MiB.
-const MANIFEST_ADDR: usize = 0x4400_0000;
+const MANIFEST_ADDR: usize = vcpu_runtime::manifest::QEMU_VIRT_ADDR as usize;
 /// The region reserved for the manifest; guest RAM comes after it.
 const MANIFEST_MAX: usize = 128 << 20;
 /// Where the guest RAM pool starts: right after the manifest's region, up to the end of RAM.
