@@ -69,7 +69,8 @@ pub enum PsciOutcome {
     CpuOff,
     /// SYSTEM_OFF: stop this guest (the others go on).
     SystemOff,
-    /// SYSTEM_RESET: stop this guest, to be restarted from its image if the platform can.
+    /// SYSTEM_RESET: restart this guest from its image (the platform turns every vCPU off, loads
+    /// the image again and starts the boot vCPU).
     SystemReset,
 }
 

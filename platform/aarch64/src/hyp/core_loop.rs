@@ -206,6 +206,7 @@ impl Core<'_> {
             ExitReason::PsciCpuOff if self.hyp.vm_of(vcpu).stopping.load(core::sync::atomic::Ordering::SeqCst) => {
                 let _ = self.hyp.sys.request_power_on(vcpu);
             }
+            ExitReason::PsciCpuOff if self.hyp.vm_of(vcpu).is_resetting() => self.finish_reset(self.hyp.vm_of(vcpu)),
             _ => {}
         }
     }
@@ -265,6 +266,62 @@ impl Core<'_> {
         }
     }
 
+    /// The first step of a `SYSTEM_RESET` of `vm` by `caller`: every other vCPU is woken or
+    /// made to exit, and turns itself off when it next comes to run (`run_vcpu`).
+    pub fn quiesce_vm(&mut self, vm: &Vm, caller: VcpuId) {
+        for index in 0..vm.vcpus {
+            match vm.vcpu_id(index) {
+                Some(id) if id != caller => self.kick_vcpu(id),
+                _ => {}
+            }
+        }
+    }
+
+    /// A vCPU of a resetting VM turned off. If it was the last one on, this core loads the
+    /// image again, resets the VM's devices and starts vCPU 0 at the entry point, as at boot;
+    /// the guest starts its other vCPUs with `CPU_ON` again.
+    fn finish_reset(&mut self, vm: &Vm) {
+        use super::vm::{RESET_LOADING, RESET_NONE, RESET_QUIESCING};
+        use core::sync::atomic::Ordering;
+        let sys = &self.hyp.sys;
+        let all_off = (0..vm.vcpus)
+            .filter_map(|i| vm.vcpu_id(i))
+            .all(|id| sys.affinity_info(id) == Some(vcpu_runtime::AffinityState::Off));
+        if !all_off
+            || vm.resetting.compare_exchange(RESET_QUIESCING, RESET_LOADING, Ordering::SeqCst, Ordering::SeqCst).is_err()
+        {
+            return;
+        }
+        if let Err(e) = vm.reload() {
+            fail!("guest {}: reset: {e}", vm.name);
+        }
+        for index in 0..vm.vcpus {
+            let Some(id) = vm.vcpu_id(index) else { continue };
+            let vcpu = self.hyp.vcpu(id);
+            vcpu.timer_deadline.store(NO_DEADLINE, Ordering::Release);
+            *vcpu.boot.lock() = None;
+            // A fill made before the reset must not be trusted after it.
+            vcpu.vgic_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        stage2::forget_vm(vm.vttbr);
+        crate::println!("guest {}: reset, restarting at {:#x}", vm.name, vm.entry_ipa);
+        vm.resetting.store(RESET_NONE, Ordering::SeqCst);
+        let Some(boot_vcpu) = vm.vcpu_id(0) else { return };
+        let mut slot = self.hyp.vcpu(boot_vcpu).boot.lock();
+        match sys.request_power_on(boot_vcpu) {
+            Ok(owner) => {
+                *slot = Some((vm.entry_ipa, 0));
+                drop(slot);
+                if owner == self.me {
+                    self.poll = true;
+                } else {
+                    self.hyp.kick_core(owner, true);
+                }
+            }
+            Err(e) => fail!("guest {}: reset: cannot start vCPU 0: {e:?}", vm.name),
+        }
+    }
+
     /// Emits a `fault` trace event.
     pub fn fault(&mut self, vm: &Vm, vcpu: &Vcpu, fault: FaultKind) {
         let event = TraceEvent { at: timer::now(), kind: TraceKind::GuestFault { vm: vm.id, vcpu: vcpu.id, fault } };
@@ -295,6 +352,12 @@ impl Core<'_> {
         if hyp.ending() {
             self.put_away();
             return ExitReason::Stop(StopReason::Halted);
+        }
+        if vm.is_resetting() {
+            // Off until the reset starts the guest again (a CPU_ON of its old life is void).
+            self.put_away();
+            vcpu.boot.lock().take();
+            return ExitReason::PsciCpuOff;
         }
         let mut ctx = match self.kept.take() {
             // Picked again right away: still loaded, as its last run left it (a runnable vCPU
@@ -345,6 +408,9 @@ impl Core<'_> {
             };
             if vm.stopping.load(Ordering::SeqCst) {
                 break ExitReason::Stop(vm.stop_reason());
+            }
+            if vm.is_resetting() {
+                break ExitReason::PsciCpuOff;
             }
             // The run is over (every other guest stopped, or the scenario's time is up).
             // (`end_ticks` is `end` in counter ticks: the same test without a conversion.)

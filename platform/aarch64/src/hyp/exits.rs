@@ -256,9 +256,16 @@ fn psci_call(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs) ->
             Action::Exit(ExitReason::Stop(vm.stop_reason()))
         }
         PsciOutcome::SystemReset => {
-            // Restarting a guest from its image is not supported yet: it stops.
-            core.stop_vm(vm, StopReason::SystemReset, vcpu.id);
-            Action::Exit(ExitReason::Stop(vm.stop_reason()))
+            // Every vCPU turns itself off; the last to go loads the image again and starts
+            // vCPU 0 (`Core::finish_reset`).
+            if vm.begin_reset() {
+                core.quiesce_vm(vm, vcpu.id);
+            }
+            if vm.stopping.load(core::sync::atomic::Ordering::SeqCst) {
+                Action::Exit(ExitReason::Stop(vm.stop_reason()))
+            } else {
+                Action::Exit(ExitReason::PsciCpuOff)
+            }
         }
     }
 }

@@ -42,9 +42,13 @@ pub struct Vm {
     pub vcpus: u16,
     /// Guest RAM, as the guest sees it.
     pub ram_ipa: Range<u64>,
-    /// The RAM the VM was given. It is only sliced while the VM is built; afterwards the guest
-    /// owns its contents and the hypervisor does not look at them.
-    ram: RamRegion,
+    /// The RAM the VM was given. The guest owns its contents; the hypervisor writes them only
+    /// when it builds the VM and when it loads the image again at a reset (every vCPU off).
+    ram: Mutex<RamRegion>,
+    /// The image, kept to load it again at a `SYSTEM_RESET`: (IPA, bytes, bytes in RAM).
+    segments: Vec<(u64, &'static [u8], u64)>,
+    /// Where vCPU 0 starts.
+    pub entry_ipa: u64,
     /// `VTTBR_EL2` of its stage-2 map (the tables live for the rest of the run).
     pub vttbr: u64,
     /// The interrupt controller model; reach it with [`Vm::vgic`].
@@ -56,7 +60,17 @@ pub struct Vm {
     stop_reason: AtomicU8,
     /// vCPUs that have stopped.
     pub stopped: AtomicU16,
+    /// A `SYSTEM_RESET` in progress: [`RESET_NONE`], [`RESET_QUIESCING`] (its vCPUs turn off at
+    /// their next exit or entry) or [`RESET_LOADING`] (one core loads the image again).
+    pub resetting: AtomicU8,
 }
+
+/// No reset in progress ([`Vm::resetting`]).
+pub const RESET_NONE: u8 = 0;
+/// Every vCPU turns itself off at its next exit or entry.
+pub const RESET_QUIESCING: u8 = 1;
+/// Every vCPU is off; the core that saw it last loads the image and starts vCPU 0.
+pub const RESET_LOADING: u8 = 2;
 
 impl fmt::Debug for Vm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -128,7 +142,7 @@ impl Vm {
     /// copies the image's segments in, cleans it to the point of coherency (the vCPU starts with
     /// its MMU off), and maps it at stage 2 with VMID `vmid`.
     pub fn build(
-        guest: &GuestEntry<'_>,
+        guest: &GuestEntry<'static>,
         first_vcpu: VcpuId,
         vmid: u16,
         pool: &mut RamRegion,
@@ -146,14 +160,9 @@ impl Vm {
         // The alignment gap is left unused.
         let _ = pool.split_off_front(skip);
         let mut ram = pool.split_off_front(bytes).ok_or(no_ram)?;
-        let mem = ram.as_mut_slice();
-        mem.fill(0);
-        for seg in guest.segments() {
-            let start = seg.ipa.checked_sub(GUEST_RAM_BASE).ok_or(VmError::Segment { ipa: seg.ipa })? as usize;
-            let dest = mem.get_mut(start..start + seg.data.len()).ok_or(VmError::Segment { ipa: seg.ipa })?;
-            dest.copy_from_slice(seg.data);
-        }
-        ram.clean_to_poc();
+        ram.as_mut_slice().fill(0);
+        let segments: Vec<_> = guest.segments().iter().map(|s| (s.ipa, s.data, s.mem_len)).collect();
+        load_image(&mut ram, &segments)?;
 
         let ram_ipa = GUEST_RAM_BASE..guest.ram_end();
         let mut stage2 = Stage2Map::new(vmid).map_err(VmError::Stage2)?;
@@ -170,14 +179,38 @@ impl Vm {
             first_vcpu,
             vcpus: guest.vcpus,
             ram_ipa,
-            ram,
+            ram: Mutex::new(ram),
+            segments,
+            entry_ipa: guest.entry_ipa,
             vttbr,
             vgic: Mutex::new(vgic),
             uart: Mutex::new(Pl011::new()),
             stopping: AtomicBool::new(false),
             stop_reason: AtomicU8::new(0),
             stopped: AtomicU16::new(0),
+            resetting: AtomicU8::new(RESET_NONE),
         })
+    }
+
+    /// Starts a `SYSTEM_RESET`; returns whether this call did (no reset or stop was under way).
+    pub fn begin_reset(&self) -> bool {
+        !self.stopping.load(Ordering::SeqCst)
+            && self.resetting.compare_exchange(RESET_NONE, RESET_QUIESCING, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    }
+
+    /// Whether a reset is under way: a vCPU of this VM that comes to run turns itself off.
+    pub fn is_resetting(&self) -> bool {
+        self.resetting.load(Ordering::SeqCst) != RESET_NONE
+    }
+
+    /// Loads the image into guest RAM again (the rest of RAM keeps its contents, as RAM does
+    /// through a warm reset) and resets the emulated devices, which drops every pending
+    /// interrupt. Only while every vCPU is off ([`RESET_LOADING`]): nobody runs on the RAM.
+    pub fn reload(&self) -> Result<(), VmError> {
+        load_image(&mut self.ram.lock(), &self.segments)?;
+        self.vgic().reset();
+        *self.uart.lock() = Pl011::new();
+        Ok(())
     }
 
     /// The vCPUs of a VM built from `guest`: vCPU 0 starts at the image's entry point with
@@ -198,7 +231,7 @@ impl Vm {
 
     /// The RAM region backing the guest's memory (for reports).
     pub fn ram_pa(&self) -> Range<usize> {
-        self.ram.range()
+        self.ram.lock().range()
     }
 
     /// Whether `[ipa, ipa + len)` is guest RAM.
@@ -244,6 +277,23 @@ impl Vm {
     pub fn gicd_range(&self) -> Range<u64> {
         GICD_BASE..GICD_BASE + GICD_SIZE
     }
+}
+
+/// Copies the image's segments into `ram` (zero-filling each segment's tail) and cleans it to the
+/// point of coherency, as a vCPU starts with its MMU off.
+fn load_image(ram: &mut RamRegion, segments: &[(u64, &[u8], u64)]) -> Result<(), VmError> {
+    let mem = ram.as_mut_slice();
+    for &(ipa, data, mem_len) in segments {
+        let start = ipa.checked_sub(GUEST_RAM_BASE).ok_or(VmError::Segment { ipa })? as usize;
+        let len = usize::try_from(mem_len.max(data.len() as u64)).map_err(|_| VmError::Segment { ipa })?;
+        let end = start.checked_add(len).ok_or(VmError::Segment { ipa })?;
+        let dest = mem.get_mut(start..end).ok_or(VmError::Segment { ipa })?;
+        let (copied, zeroed) = dest.split_at_mut(data.len());
+        copied.copy_from_slice(data);
+        zeroed.fill(0);
+    }
+    ram.clean_to_poc();
+    Ok(())
 }
 
 fn reason_code(reason: StopReason) -> u8 {
