@@ -24,7 +24,8 @@ use guest_rt::{ensure, fail, mem, println, Fail};
 guest_rt::guest_main!(main);
 
 /// `.data`, never zero-initialised: its initial value comes from the image.
-static IMAGE_WORD: AtomicU64 = AtomicU64::new(0x5EED_0F_1A6E);
+static IMAGE_WORD: AtomicU64 = AtomicU64::new(IMAGE_INITIAL);
+const IMAGE_INITIAL: u64 = 0x5EED_1A6E;
 /// What the first boot leaves in it before the reset.
 const DIRTY: u64 = 0xD1E7;
 /// Written with the boot counter so that a wiped or random scratch word is not taken for one.
@@ -37,7 +38,7 @@ fn main(_x0: u64) -> Result<(), Fail> {
         return Err(fail!("no scratch RAM"));
     };
     let image_word = IMAGE_WORD.swap(DIRTY, Ordering::AcqRel);
-    ensure!(image_word == 0x5EED_0F_1A6E, "the image was not loaded again: .data holds {image_word:#x}");
+    ensure!(image_word == IMAGE_INITIAL, "the image was not loaded again: .data holds {image_word:#x}");
     let boots = if scratch[0] & !0xff == MAGIC { scratch[0] & 0xff } else { 0 };
     match boots {
         0 => {
