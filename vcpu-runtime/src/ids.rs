@@ -48,7 +48,7 @@ impl fmt::Display for VcpuId {
 }
 
 /// The set of physical cores a vCPU may run on (up to [`CoreMask::MAX_CORES`] cores).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, Default)]
 pub struct CoreMask(pub u64);
 
 impl CoreMask {
