@@ -397,7 +397,11 @@ impl Governor {
         self.order.extend(0..self.loads.len());
         let loads = &self.loads;
         self.order.sort_by(|&a, &b| {
-            (loads[b].reserved_ppm, loads[b].demand, loads[a].id).cmp(&(loads[a].reserved_ppm, loads[a].demand, loads[b].id))
+            (loads[b].reserved_ppm, loads[b].demand, loads[a].id).cmp(&(
+                loads[a].reserved_ppm,
+                loads[a].demand,
+                loads[b].id,
+            ))
         });
         let mut ok = true;
         // First pass: vCPUs that may stay where they are, stay (in demand order).
@@ -544,9 +548,8 @@ impl Governor {
         let cores = self.off_streak.len();
         let mut plan = Plan { keep: target, predicted_uw, ..Plan::default() };
         plan.power_on = CoreMask(target.0 & !online.0);
-        let movable = |g: &Governor, i: usize| {
-            g.last_moved[i].is_none_or(|t| now.since(t) >= g.config.min_move_interval)
-        };
+        let movable =
+            |g: &Governor, i: usize| g.last_moved[i].is_none_or(|t| now.since(t) >= g.config.min_move_interval);
         for c in (0..cores).map(|c| CoreId(c as u16)) {
             if online.contains(c) && !target.contains(c) {
                 self.off_streak[c.index()] = self.off_streak[c.index()].saturating_add(1);
@@ -915,10 +918,12 @@ mod tests {
     #[test]
     fn bad_configurations_are_refused() {
         let board = Board::quad();
-        let e = Governor::new(GovernorConfig::new(GovernorPolicy::Spread, Nanos::from_millis(10)), &vcpus(1, 8), 8, &board)
-            .unwrap_err();
+        let e =
+            Governor::new(GovernorConfig::new(GovernorPolicy::Spread, Nanos::from_millis(10)), &vcpus(1, 8), 8, &board)
+                .unwrap_err();
         assert_eq!(e.to_string(), "the energy model describes 4 cores, the board has 8");
-        let e = Governor::new(GovernorConfig::new(GovernorPolicy::Spread, Nanos::ZERO), &vcpus(1, 4), 4, &board).unwrap_err();
+        let e = Governor::new(GovernorConfig::new(GovernorPolicy::Spread, Nanos::ZERO), &vcpus(1, 4), 4, &board)
+            .unwrap_err();
         assert_eq!(e, GovernorError::Period);
     }
 }
