@@ -96,6 +96,9 @@ pub struct GovernorConfig {
     pub hotplug_up_ppm: u32,
     /// `hotplug`: take the last core off when the load would fit the others below this (ppm).
     pub hotplug_down_ppm: u32,
+    /// Cores never powered off: the hypervisor keeps its boot core on (it runs the governor
+    /// and ends the run).
+    pub always_on: CoreMask,
 }
 
 impl GovernorConfig {
@@ -110,6 +113,7 @@ impl GovernorConfig {
             switch_margin_ppm: 10_000,
             hotplug_up_ppm: 800_000,
             hotplug_down_ppm: 300_000,
+            always_on: CoreMask::single(CoreId(0)),
         }
     }
 }
@@ -311,7 +315,7 @@ impl Governor {
             }
             return target;
         }
-        let last = target.iter().last();
+        let last = target.iter().filter(|&c| !self.config.always_on.contains(c)).last();
         if let Some(last) = last.filter(|_| target.count() > 1) {
             let rest = target.without(last);
             if total * 1_000_000 < cap_of(rest) * u64::from(self.config.hotplug_down_ppm) {
@@ -347,15 +351,16 @@ impl Governor {
                 }
             }
         };
+        let always = self.config.always_on.0;
         if cores <= EXHAUSTIVE_CORES {
-            for bits in 1..(1u64 << cores) {
+            for bits in (1..(1u64 << cores)).filter(|b| b & always == always & ((1u64 << cores) - 1)) {
                 consider(self, CoreMask(bits));
             }
         } else {
             // Cheapest work first (busy power per capacity), then growing prefixes.
             let mut by_cost: Vec<CoreId> = (0..cores).map(|c| CoreId(c as u16)).collect();
             by_cost.sort_by_key(|&c| (costs.busy_power_uw(c) * 1024 / u64::from(costs.capacity(c).max(1)), c));
-            let mut set = CoreMask::NONE;
+            let mut set = CoreMask(always & CoreMask::first(cores).0);
             for c in by_cost {
                 set = set.with(c);
                 consider(self, set);
@@ -567,6 +572,7 @@ impl Governor {
                 off = off.with(c);
             }
         }
+        off = CoreMask(off.0 & !self.config.always_on.0);
         // Never everything off.
         if off == online {
             off = off.without(online.iter().next().unwrap_or(CoreId(0)));
@@ -722,9 +728,29 @@ mod tests {
             .collect()
     }
 
+    /// A governor that may power any core off.
     fn governor(policy: GovernorPolicy, configs: &[VcpuConfig], board: &Board) -> Governor {
         let cores = board.core_count();
-        Governor::new(GovernorConfig::new(policy, Nanos::from_millis(10)), configs, cores, board).unwrap()
+        let config =
+            GovernorConfig { always_on: CoreMask::NONE, ..GovernorConfig::new(policy, Nanos::from_millis(10)) };
+        Governor::new(config, configs, cores, board).unwrap()
+    }
+
+    #[test]
+    fn always_on_cores_stay_on() {
+        let board = Board::quad();
+        for policy in GovernorPolicy::ALL {
+            let config = GovernorConfig::new(policy, Nanos::from_millis(10));
+            assert_eq!(config.always_on, CoreMask::single(CoreId(0)), "the default keeps the boot core");
+            let mut gov = Governor::new(config, &vcpus(2, 4), 4, &board).unwrap();
+            let mut loads =
+                Loads { online: CoreMask::first(4), vcpus: vec![(CoreId(2), true, 5), (CoreId(3), true, 5)] };
+            run(&mut gov, &mut loads, &board, 10);
+            assert!(loads.online.contains(CoreId(0)), "{policy}: {:?}", loads.online);
+            if matches!(policy, GovernorPolicy::Consolidate | GovernorPolicy::Hotplug) {
+                assert_eq!(loads.online, CoreMask::single(CoreId(0)), "{policy}: everything on the boot core");
+            }
+        }
     }
 
     /// Runs `periods` governor periods, applying each plan; returns the last plan.

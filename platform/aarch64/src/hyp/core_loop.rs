@@ -278,7 +278,7 @@ impl Core<'_> {
     }
 
     /// A vCPU of a resetting VM turned off. If it was the last one on, this core loads the
-    /// image again, resets the VM's devices and starts vCPU 0 at the entry point, as at boot;
+    /// image (and data blob) again, resets the VM's devices and starts vCPU 0 at the entry point, as at boot;
     /// the guest starts its other vCPUs with `CPU_ON` again.
     fn finish_reset(&mut self, vm: &Vm) {
         use super::vm::{RESET_LOADING, RESET_NONE, RESET_QUIESCING};
@@ -310,7 +310,7 @@ impl Core<'_> {
         let mut slot = self.hyp.vcpu(boot_vcpu).boot.lock();
         match sys.request_power_on(boot_vcpu) {
             Ok(owner) => {
-                *slot = Some((vm.entry_ipa, 0));
+                *slot = Some((vm.entry_ipa, vm.boot_x0));
                 drop(slot);
                 if owner == self.me {
                     self.poll = true;

@@ -30,6 +30,13 @@ pub const GUEST_SPIS: u16 = 64;
 /// Guest RAM is placed at physical addresses aligned to this (stage 2 maps it in 2 MiB blocks).
 pub const RAM_ALIGN: usize = 2 << 20;
 
+/// A test image's data blob (the manifest's `initrd` field: the demand player's schedule) is
+/// placed at the base of guest RAM, below the image (linked at `0x4008_0000`), and its address
+/// is vCPU 0's `x0` (docs/guest-abi.md).
+pub const TEST_DATA_IPA: u64 = GUEST_RAM_BASE;
+/// The most a test image's data blob may hold.
+pub const TEST_DATA_MAX: usize = 0x8_0000;
+
 /// No timer armed ([`Vcpu::timer_deadline`]).
 pub const NO_DEADLINE: u64 = u64::MAX;
 
@@ -47,8 +54,9 @@ pub struct Vm {
     ram: Mutex<RamRegion>,
     /// The image, kept to load it again at a `SYSTEM_RESET`: (IPA, bytes, bytes in RAM).
     segments: Vec<(u64, &'static [u8], u64)>,
-    /// Where vCPU 0 starts.
+    /// Where vCPU 0 starts, and its `x0` (the data blob's address, or 0).
     pub entry_ipa: u64,
+    pub boot_x0: u64,
     /// `VTTBR_EL2` of its stage-2 map (the tables live for the rest of the run).
     pub vttbr: u64,
     /// The interrupt controller model; reach it with [`Vm::vgic`].
@@ -110,6 +118,8 @@ impl fmt::Debug for Vcpu {
 pub enum VmError {
     /// Not a test image (no payload, or Linux).
     Kind(GuestKind),
+    /// A test image's data blob is larger than [`TEST_DATA_MAX`].
+    Data { len: usize },
     /// The guest RAM pool is too small.
     NoRam {
         want_mib: u32,
@@ -131,6 +141,9 @@ impl fmt::Display for VmError {
                 write!(f, "{want_mib} MiB of RAM wanted, {} MiB left in the guest pool", left >> 20)
             }
             VmError::Segment { ipa } => write!(f, "segment at {ipa:#x} lies outside guest RAM"),
+            VmError::Data { len } => {
+                write!(f, "the data blob (initrd) of a test image is {len} bytes, at most {TEST_DATA_MAX} fit below the image")
+            }
             VmError::Stage2(e) => write!(f, "{e}"),
             VmError::Vgic(e) => write!(f, "vGIC: {e:?}"),
         }
@@ -161,7 +174,13 @@ impl Vm {
         let _ = pool.split_off_front(skip);
         let mut ram = pool.split_off_front(bytes).ok_or(no_ram)?;
         ram.as_mut_slice().fill(0);
-        let segments: Vec<_> = guest.segments().iter().map(|s| (s.ipa, s.data, s.mem_len)).collect();
+        if guest.initrd.len() > TEST_DATA_MAX {
+            return Err(VmError::Data { len: guest.initrd.len() });
+        }
+        let mut segments: Vec<_> = guest.segments().iter().map(|s| (s.ipa, s.data, s.mem_len)).collect();
+        if !guest.initrd.is_empty() {
+            segments.push((TEST_DATA_IPA, guest.initrd, guest.initrd.len() as u64));
+        }
         load_image(&mut ram, &segments)?;
 
         let ram_ipa = GUEST_RAM_BASE..guest.ram_end();
@@ -182,6 +201,7 @@ impl Vm {
             ram: Mutex::new(ram),
             segments,
             entry_ipa: guest.entry_ipa,
+            boot_x0: if guest.initrd.is_empty() { 0 } else { TEST_DATA_IPA },
             vttbr,
             vgic: Mutex::new(vgic),
             uart: Mutex::new(Pl011::new()),
@@ -214,14 +234,19 @@ impl Vm {
     }
 
     /// The vCPUs of a VM built from `guest`: vCPU 0 starts at the image's entry point with
-    /// x0 = 0 (test images get no device tree); the others wait, at reset, for a `CPU_ON`.
+    /// x0 = the data blob's address, or 0 (test images get no device tree); the others wait,
+    /// at reset, for a `CPU_ON`.
     pub fn make_vcpus(&self, guest: &GuestEntry<'_>) -> Vec<Vcpu> {
         (0..self.vcpus)
             .map(|i| Vcpu {
                 id: VcpuId(self.first_vcpu.0 + i),
                 vm: self.id,
                 index: i,
-                ctx: Mutex::new(VcpuContext::new(vmpidr(i), if i == 0 { guest.entry_ipa } else { 0 }, 0)),
+                ctx: Mutex::new(if i == 0 {
+                    VcpuContext::new(vmpidr(i), guest.entry_ipa, self.boot_x0)
+                } else {
+                    VcpuContext::new(vmpidr(i), 0, 0)
+                }),
                 boot: Mutex::new(None),
                 timer_deadline: AtomicU64::new(NO_DEADLINE),
                 vgic_epoch: AtomicU64::new(0),
