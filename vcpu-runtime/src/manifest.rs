@@ -17,8 +17,8 @@ use crate::time::Nanos;
 use crate::vcpu::Reservation;
 
 pub const MAGIC: [u8; 8] = *b"HVMANIF\0";
-pub const VERSION: u32 = 1;
-pub const HEADER_LEN: usize = 128;
+pub const VERSION: u32 = 2;
+pub const HEADER_LEN: usize = 160;
 pub const GUEST_LEN: usize = 256;
 pub const MAX_SEGMENTS: usize = 4;
 /// The largest manifest the reader accepts.
@@ -102,6 +102,8 @@ pub struct Manifest<'a> {
     pub cores: u16,
     pub guest_count: u16,
     pub policy: ManifestPolicy,
+    /// The board's energy profile (`board.energy_profile`), resolved by the `power` crate.
+    pub energy_profile: &'a str,
 }
 
 /// What is wrong with a manifest.
@@ -321,11 +323,12 @@ impl<'a> Manifest<'a> {
             ));
         }
         let name = r.name("name", 96, 32)?;
+        let energy_profile = r.name("energy_profile", 128, 32)?;
         let records_end = HEADER_LEN as u64 + guest_count as u64 * GUEST_LEN as u64;
         if records_end > total {
             return Err(err(None, "guest_count", Problem::Truncated { need: records_end, have: total }));
         }
-        let manifest = Manifest { bytes, name, cores, guest_count, policy };
+        let manifest = Manifest { bytes, name, cores, guest_count, policy, energy_profile };
         for g in 0..guest_count {
             manifest.guest(g)?;
         }
@@ -494,6 +497,8 @@ pub fn encode(scenario: &Scenario, images: &[GuestImage]) -> Result<Vec<u8>, Enc
     out[92] = governor_to(p.governor);
     let name = name_field(&scenario.name, 32)?;
     put(&mut out, 96, &name);
+    let profile = name_field(&scenario.board.energy_profile, 32)?;
+    put(&mut out, 128, &profile);
     // Blobs go after the records; remember where each lands.
     let append = |out: &mut Vec<u8>, data: &[u8]| -> (u64, u64) {
         if data.is_empty() {
@@ -719,8 +724,12 @@ mod tests {
         check(&reseal(b), "affinity", Some(0));
         assert_eq!(
             Manifest::parse(&b"HVMANIF\0"[..]).unwrap_err().to_string(),
-            "manifest: header: truncated: needs 128 bytes, has 8"
+            "manifest: header: truncated: needs 160 bytes, has 8"
         );
+        // No energy profile.
+        let mut b = good.clone();
+        b[128..160].fill(0);
+        check(&reseal(b), "energy_profile", None);
     }
 
     #[test]
