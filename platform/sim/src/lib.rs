@@ -10,6 +10,7 @@
 
 pub mod demand;
 pub mod report;
+pub mod timeline;
 
 use std::collections::VecDeque;
 use std::fmt;
