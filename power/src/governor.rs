@@ -58,6 +58,8 @@ pub trait LoadView {
     fn vcpu_placement(&self, vcpu: VcpuId) -> (CoreId, bool);
     /// The vCPU's utilization at `now` on its owner core, in [`UTIL_ONE`] units.
     fn vcpu_utilization(&self, vcpu: VcpuId, now: Instant) -> u32;
+    /// How many times the vCPU has woken up so far (a running count).
+    fn vcpu_wakeups(&self, vcpu: VcpuId) -> u64;
 }
 
 impl LoadView for System {
@@ -73,6 +75,10 @@ impl LoadView for System {
 
     fn vcpu_utilization(&self, vcpu: VcpuId, now: Instant) -> u32 {
         System::vcpu_utilization(self, vcpu, now)
+    }
+
+    fn vcpu_wakeups(&self, vcpu: VcpuId) -> u64 {
+        System::vcpu_wakeups(self, vcpu)
     }
 }
 
@@ -148,6 +154,8 @@ struct VcpuLoad {
     reserved_ppm: u64,
     affinity: CoreMask,
     active: bool,
+    /// Wake-ups per second over the last period: each one ends an idle gap of its core.
+    wakes_per_s: u64,
 }
 
 /// The governor of one system.
@@ -158,6 +166,9 @@ pub struct Governor {
     statics: Vec<(CoreMask, u64)>,
     /// When the governor last moved each vCPU.
     last_moved: Vec<Option<Instant>>,
+    /// Each vCPU's wake-up count at the last decision, and when that was.
+    last_wakeups: Vec<u64>,
+    last_decision: Option<Instant>,
     /// Per core: consecutive periods the plan has wanted it off.
     off_streak: Vec<u32>,
     /// Per core: the periods of wanting it off that cover its off state's minimum residency.
@@ -193,6 +204,23 @@ impl core::fmt::Display for GovernorError {
     }
 }
 
+/// The idle state `policy` puts a core in for a rest predicted to last `predicted`: `spread`
+/// and `hotplug` use WFI only (state 0), `race-to-idle` the deepest state, `consolidate` the
+/// deepest state whose minimum residency the prediction covers.
+pub fn idle_state(policy: GovernorPolicy, core: CoreId, predicted: Nanos, costs: &impl PowerCosts) -> usize {
+    let n = costs.idle_state_count(core);
+    if n == 0 {
+        return 0;
+    }
+    match policy {
+        GovernorPolicy::Spread | GovernorPolicy::Hotplug => 0,
+        GovernorPolicy::RaceToIdle => n - 1,
+        GovernorPolicy::Consolidate => {
+            (0..n).rev().find(|&s| costs.idle_min_residency(core, s) <= predicted).unwrap_or(0)
+        }
+    }
+}
+
 /// Subsets of at most this many cores are searched exhaustively; bigger boards try the
 /// cheapest-first prefixes only.
 const EXHAUSTIVE_CORES: usize = 10;
@@ -219,6 +247,8 @@ impl Governor {
                 .map(|v| (v.affinity.and(CoreMask::first(cores)), v.reservation.map_or(0, |r| r.bandwidth_ppm())))
                 .collect(),
             last_moved: vec![None; n],
+            last_wakeups: vec![0; n],
+            last_decision: None,
             off_streak: vec![0; cores],
             min_streak: (0..cores)
                 .map(|c| {
@@ -244,17 +274,7 @@ impl Governor {
     /// and `hotplug` use WFI only (state 0), `race-to-idle` the deepest state, `consolidate`
     /// the deepest state whose minimum residency the prediction covers.
     pub fn idle_state(&self, core: CoreId, predicted: Nanos, costs: &impl PowerCosts) -> usize {
-        let n = costs.idle_state_count(core);
-        if n == 0 {
-            return 0;
-        }
-        match self.config.policy {
-            GovernorPolicy::Spread | GovernorPolicy::Hotplug => 0,
-            GovernorPolicy::RaceToIdle => n - 1,
-            GovernorPolicy::Consolidate => {
-                (0..n).rev().find(|&s| costs.idle_min_residency(core, s) <= predicted).unwrap_or(0)
-            }
-        }
+        idle_state(self.config.policy, core, predicted, costs)
     }
 
     /// Decides one period at `now`.
@@ -283,6 +303,8 @@ impl Governor {
     /// Reads each vCPU's demand and placement.
     fn read_loads(&mut self, sys: &impl LoadView, now: Instant, costs: &impl PowerCosts) {
         self.loads.clear();
+        let elapsed = self.last_decision.map_or(self.config.period, |t| now.since(t)).as_nanos().max(1);
+        self.last_decision = Some(now);
         for (i, &(affinity, reserved_ppm)) in self.statics.iter().enumerate() {
             let id = VcpuId(i as u16);
             let (owner, active) = sys.vcpu_placement(id);
@@ -294,7 +316,11 @@ impl Governor {
             if !active {
                 demand = 0;
             }
-            self.loads.push(VcpuLoad { id, owner, demand, reserved_ppm, affinity, active });
+            let wakeups = sys.vcpu_wakeups(id);
+            let wakes = wakeups.saturating_sub(self.last_wakeups[i]);
+            self.last_wakeups[i] = wakeups;
+            let wakes_per_s = (u128::from(wakes) * 1_000_000_000 / u128::from(elapsed)) as u64;
+            self.loads.push(VcpuLoad { id, owner, demand, reserved_ppm, affinity, active, wakes_per_s });
         }
     }
 
@@ -518,11 +544,11 @@ impl Governor {
     fn power_of(&self, set: CoreMask, costs: &impl PowerCosts) -> u64 {
         let cores = self.off_streak.len();
         let mut load = [0u64; CoreMask::MAX_CORES];
-        let mut vcpus_on = [0u32; CoreMask::MAX_CORES];
+        let mut wakes = [0u64; CoreMask::MAX_CORES];
         for (i, l) in self.loads.iter().enumerate() {
             if l.active {
                 load[self.assign[i].index()] += l.demand;
-                vcpus_on[self.assign[i].index()] += 1;
+                wakes[self.assign[i].index()] += l.wakes_per_s;
             }
         }
         let mut total = 0u64;
@@ -534,10 +560,23 @@ impl Governor {
             let cap = u64::from(costs.capacity(c).max(1)) * u64::from(UTIL_ONE) / u64::from(CAPACITY_SCALE);
             let busy = load[c.index()].min(cap);
             let idle = cap - busy;
-            // The idle gaps: the idle share of a period, split by the wake-ups of the vCPUs on it.
-            let gap = Nanos(self.config.period.as_nanos() * idle / cap / u64::from(vcpus_on[c.index()].max(1)));
+            // The idle gaps: the idle share of a second, split by the wake-ups of the vCPUs on it
+            // (a core without wake-ups rests a whole period at least).
+            let idle_ns_per_s = 1_000_000_000 * idle / cap;
+            let gap = match wakes[c.index()] {
+                0 => Nanos(idle_ns_per_s.max(self.config.period.as_nanos())),
+                w => Nanos(idle_ns_per_s / w),
+            };
             let state = self.idle_state(c, gap, costs);
-            total += (costs.busy_power_uw(c) * busy + costs.idle_power_uw(c, state) * idle) / cap;
+            // Entering a state deeper than WFI costs its break-even energy per gap: what WFI
+            // would have saved over its minimum residency (docs/governor.md).
+            let entries = wakes[c.index()].max(1);
+            let wfi = costs.idle_power_uw(c, 0);
+            let deep = costs.idle_power_uw(c, state);
+            let penalty = wfi.saturating_sub(deep) * costs.idle_min_residency(c, state).as_nanos().min(idle_ns_per_s)
+                / 1_000_000_000
+                * entries;
+            total += (costs.busy_power_uw(c) * busy + deep * idle) / cap + penalty.min(wfi.saturating_sub(deep));
         }
         for k in 0..costs.cluster_count() {
             let on = (0..cores).any(|c| set.contains(CoreId(c as u16)) && costs.cluster_of(CoreId(c as u16)) == k);
@@ -695,6 +734,9 @@ mod tests {
         }
         fn vcpu_utilization(&self, vcpu: VcpuId, _now: Instant) -> u32 {
             self.vcpus[vcpu.index()].2 * UTIL_ONE / 100
+        }
+        fn vcpu_wakeups(&self, _vcpu: VcpuId) -> u64 {
+            0
         }
     }
 

@@ -727,6 +727,7 @@ impl CoreRuntime {
                 let state = self.vcpus[idx].state;
                 if matches!(state, VcpuState::Blocked | VcpuState::Parked) {
                     if let Some(old) = sys.consume_requests(self.vcpus[idx].id) {
+                        sys.count_wakeup(self.vcpus[idx].id);
                         self.became_runnable(idx, now, old == VcpuState::Parked, trace);
                     }
                 }
@@ -747,6 +748,7 @@ impl CoreRuntime {
                 self.vcpus.push(sched);
                 let idx = self.vcpus.len() - 1;
                 if after == VcpuState::Runnable && before != VcpuState::Runnable {
+                    sys.count_wakeup(sched.id);
                     self.became_runnable(idx, now, before == VcpuState::Parked, trace);
                 }
                 if !self.online {

@@ -77,6 +77,8 @@ pub(crate) struct VcpuShared {
     /// The vCPU's utilization as last published by its owner, and when.
     util: AtomicU32,
     util_stamp: AtomicU64,
+    /// Times the vCPU became runnable, counted by its owner (the governor's idle-gap estimate).
+    wakeups: AtomicU64,
 }
 
 /// A message between cores.
@@ -169,6 +171,7 @@ impl System {
                 word: AtomicU32::new(with_state(with_owner(0, owner), state)),
                 util: AtomicU32::new(0),
                 util_stamp: AtomicU64::new(0),
+                wakeups: AtomicU64::new(0),
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
@@ -315,6 +318,11 @@ impl System {
         Ewma::with_value(stamp, util).decayed_to(self.decay, now)
     }
 
+    /// How many times the vCPU has become runnable (woken from WFI or powered on) so far.
+    pub fn vcpu_wakeups(&self, vcpu: VcpuId) -> u64 {
+        self.vcpus.get(vcpu.index()).map_or(0, |s| s.wakeups.load(Ordering::Relaxed))
+    }
+
     /// The core's busy utilization as last published by the core.
     pub fn core_utilization(&self, core: CoreId) -> u32 {
         self.cores[core.index()].util.load(Ordering::Relaxed)
@@ -456,6 +464,12 @@ impl System {
         let shared = &self.vcpus[vcpu.index()];
         shared.util.store(util.value(), Ordering::Relaxed);
         shared.util_stamp.store(util.last_update().as_nanos(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_wakeup(&self, vcpu: VcpuId) {
+        if let Some(shared) = self.vcpus.get(vcpu.index()) {
+            shared.wakeups.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn publish_core_util(&self, core: CoreId, util: u32) {

@@ -205,6 +205,18 @@ pub fn init_this_core(mpidr: u64) -> Result<(), GicError> {
     Ok(())
 }
 
+/// Before this core turns itself off: its CPU interface stops signalling Group 1 and its
+/// redistributor is marked asleep (GICR_WAKER.ProcessorSleep), as the GICv3 power-down
+/// sequence asks, so the distributor does not target a core that is gone. [`init_this_core`]
+/// undoes it when the core comes back.
+pub fn disable_this_core(mpidr: u64) -> Result<(), GicError> {
+    let rd = redistributor_of(mpidr)?;
+    write_icc_igrpen1_el1(0);
+    isb();
+    write32(rd + GICR_WAKER, read32(rd + GICR_WAKER) | WAKER_PROCESSOR_SLEEP);
+    wait(rd + GICR_WAKER, "GICR_WAKER.ChildrenAsleep", |v| v & WAKER_CHILDREN_ASLEEP != 0)
+}
+
 /// Acknowledges the highest-priority pending Group 1 interrupt of this core, if there is one.
 /// Each one acknowledged must be ended with [`eoi`], and then deactivated with [`deactivate`]
 /// (now or later).

@@ -100,6 +100,36 @@ pub fn start_secondary<C: smccc::Call>(core: CoreId, mpidr: u64) -> Result<(), S
     })
 }
 
+/// Starts again a core that was started once ([`start_secondary`]) and has since turned itself
+/// off with [`power_off_self`]: PSCI `CPU_ON` with the same entry point and core id, so it
+/// comes back through `__hv_secondary_entry` onto its own stack slot. PSCI answers
+/// `ALREADY_ON` while the core has not finished turning off; the caller retries later.
+pub fn restart_secondary<C: smccc::Call>(core: CoreId, mpidr: u64) -> Result<(), StartError> {
+    if core.0 == 0 || usize::from(core.0) >= MAX_CORES {
+        return Err(StartError::NoStackSlot { core });
+    }
+    if STARTED.load(Ordering::Acquire) & (1u64 << core.0) == 0 {
+        // Never started: its first start goes through `start_secondary`.
+        return Err(StartError::NoStackSlot { core });
+    }
+    let entry = __hv_secondary_entry as *const () as usize as u64;
+    psci::cpu_on::<C>(mpidr, entry, u64::from(core.0)).map_err(|error| StartError::Psci { core, mpidr, error })
+}
+
+/// Turns the calling core off with PSCI `CPU_OFF` (which only ever turns off its caller). On
+/// success it does not return: the core comes back, if ever, at `__hv_secondary_entry` with a
+/// fresh stack. It returns the error when the firmware refuses (`DENIED`, or `NOT_SUPPORTED`
+/// on a platform without the call).
+pub fn power_off_self<C: smccc::Call>() -> psci::Error {
+    ONLINE.fetch_and(!(1u64 << current_core_index()), Ordering::AcqRel);
+    let result = psci::cpu_off::<C>();
+    ONLINE.fetch_or(1 << current_core_index(), Ordering::AcqRel);
+    match result {
+        Ok(()) => psci::Error::NotSupported,
+        Err(e) => e,
+    }
+}
+
 /// Records that the calling core is up (for [`wait_online`]).
 pub fn report_online() {
     ONLINE.fetch_or(1 << current_core_index(), Ordering::Release);

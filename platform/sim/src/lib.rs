@@ -9,6 +9,7 @@
 //! CPU time, wake-up latency, job response times and deadline misses per vCPU.
 
 pub mod demand;
+pub mod energy;
 pub mod report;
 pub mod timeline;
 
@@ -32,6 +33,9 @@ pub trait SimObserver {
     fn core_idle(&mut self, _core: CoreId, _from: Instant, _to: Instant) {}
     /// `core` was off from `from` to `to`.
     fn core_off(&mut self, _core: CoreId, _from: Instant, _to: Instant) {}
+    /// `core` starts to rest at `at` and expects to be woken at `wake` (its runtime's timer or
+    /// the next timer of a vCPU it owns), as an idle governor would predict from its timers.
+    fn idle_predicted(&mut self, _core: CoreId, _at: Instant, _wake: Instant) {}
 }
 
 /// Observes nothing.
@@ -324,7 +328,17 @@ impl Simulator {
                 self.vcpus[vcpu.index()].running_on = Some(CoreId(c as u16));
                 CoreActivity::Running { vcpu, since: now, until: until.max(now) }
             }
-            Decision::Idle { until } => CoreActivity::Idle { since: now, until },
+            Decision::Idle { until } => {
+                // The next arrival of a vCPU this core owns stands for the guest's timer.
+                let mut wake = until.unwrap_or(Instant::NEVER);
+                for v in self.cores[c].vcpus() {
+                    if let Some(a) = self.vcpus[v.id().index()].next {
+                        wake = wake.min(a.at);
+                    }
+                }
+                observer.idle_predicted(CoreId(c as u16), now, wake);
+                CoreActivity::Idle { since: now, until }
+            }
             Decision::PowerOff => CoreActivity::Off { since: now },
         };
         self.set_activity(c, activity);
@@ -406,28 +420,55 @@ impl Simulator {
 
     /// Takes core `c` offline between runs (hands its vCPUs over, then it powers off).
     pub fn take_offline(&mut self, c: usize, trace: &mut impl TraceSink) -> Result<(), String> {
+        self.take_offline_observed(c, trace, &mut ())
+    }
+
+    /// [`Simulator::take_offline`], telling `observer` how the core's activity ended.
+    pub fn take_offline_observed(
+        &mut self,
+        c: usize,
+        trace: &mut impl TraceSink,
+        observer: &mut impl SimObserver,
+    ) -> Result<(), String> {
         let now = self.now;
-        self.stop_running(c, trace, &mut ());
+        self.stop_running(c, trace, observer);
         let r = self.cores[c].handle(&self.sys, Event::CoreGoingOffline, now, trace).map_err(|e| e.to_string());
-        self.decide(c, trace, &mut ());
+        self.decide(c, trace, observer);
         r
     }
 
     /// Brings core `c` back online.
     pub fn bring_online(&mut self, c: usize, trace: &mut impl TraceSink) {
-        let CoreActivity::Off { .. } = self.activity[c] else {
+        self.bring_online_observed(c, trace, &mut ())
+    }
+
+    /// [`Simulator::bring_online`], telling `observer` how the core's off time ended.
+    pub fn bring_online_observed(&mut self, c: usize, trace: &mut impl TraceSink, observer: &mut impl SimObserver) {
+        let CoreActivity::Off { since } = self.activity[c] else {
             // Already on: nothing to do (and deciding now would abandon what it runs).
             return;
         };
         let now = self.now;
+        observer.core_off(CoreId(c as u16), since, now);
         let _ = self.cores[c].handle(&self.sys, Event::CoreOnline, now, trace);
-        self.decide(c, trace, &mut ());
+        self.decide(c, trace, observer);
     }
 
     /// Asks for a vCPU to move to `dest` (handled by its owner at once, as after an IPI).
     pub fn request_move(&mut self, vcpu: VcpuId, dest: CoreId, trace: &mut impl TraceSink) -> Result<(), String> {
+        self.request_move_observed(vcpu, dest, trace, &mut ())
+    }
+
+    /// [`Simulator::request_move`], telling `observer` how the owner's activity ended.
+    pub fn request_move_observed(
+        &mut self,
+        vcpu: VcpuId,
+        dest: CoreId,
+        trace: &mut impl TraceSink,
+        observer: &mut impl SimObserver,
+    ) -> Result<(), String> {
         let owner = self.sys.request_move(vcpu, dest).map_err(|e| e.to_string())?;
-        self.interrupt(owner.index(), trace, &mut ());
+        self.interrupt(owner.index(), trace, observer);
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
-//! `hvsim SCENARIO.toml [--duration D] [--trace FILE] [--report-json FILE] [--policy P]`:
-//! simulates a scenario on the host and prints the report.
+//! `hvsim SCENARIO.toml [--duration D] [--trace FILE] [--report-json FILE] [--policy P]
+//! [--timeline PREFIX]`: simulates a scenario on the host under a power policy and prints the
+//! report, the energy report and where the timeline files went.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -7,22 +8,32 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant as WallClock;
 
-use platform_sim::Simulator;
-use vcpu_runtime::scenario::{self, parse_duration};
+use platform_sim::energy;
+use platform_sim::timeline::Timeline;
+use vcpu_runtime::scenario::{self, parse_duration, GovernorPolicy};
 use vcpu_runtime::trace::TraceEvent;
 use vcpu_runtime::{Instant, TraceSink};
 
-const USAGE: &str = "usage: hvsim SCENARIO.toml [--duration D] [--trace FILE] [--report-json FILE] [--policy spread]
+const USAGE: &str =
+    "usage: hvsim SCENARIO.toml [--duration D] [--trace FILE] [--report-json FILE] [--policy P] [--timeline PREFIX]
   --duration D        simulate D instead of the scenario's duration (e.g. 10s, 500ms, 24h)
   --trace FILE        write every trace event, one line each (docs/trace-format.md)
-  --report-json FILE  write the report as JSON
-  --policy P          power policy; only `spread` (all cores on) exists until the energy governor lands";
+  --report-json FILE  write the report and the energy report as JSON
+  --policy P          power policy: spread, hotplug, race-to-idle or consolidate (default: the
+                      scenario's policy.governor)
+  --timeline PREFIX   write the timeline to PREFIX.json (Perfetto) and PREFIX.png (default:
+                      target/sim/SCENARIO-POLICY); runs of more than 5 million events skip it";
+
+/// Runs with more trace events than this write no timeline (the events are kept in memory).
+const TIMELINE_MAX_EVENTS: usize = 5_000_000;
 
 struct Args {
     scenario: PathBuf,
     duration: Option<vcpu_runtime::Nanos>,
     trace: Option<PathBuf>,
     report_json: Option<PathBuf>,
+    policy: Option<GovernorPolicy>,
+    timeline: Option<PathBuf>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -30,6 +41,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut duration = None;
     let mut trace = None;
     let mut report_json = None;
+    let mut policy = None;
+    let mut timeline = None;
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
@@ -41,10 +54,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--report-json" => report_json = Some(PathBuf::from(value("--report-json")?)),
             "--policy" => {
                 let p = value("--policy")?;
-                if p != "spread" {
-                    return Err(format!("--policy {p}: unknown policy; available: spread"));
-                }
+                policy = Some(GovernorPolicy::from_name(&p).ok_or_else(|| {
+                    format!("--policy {p}: unknown policy; available: spread, hotplug, race-to-idle, consolidate")
+                })?);
             }
+            "--timeline" => timeline = Some(PathBuf::from(value("--timeline")?)),
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             s => {
@@ -54,7 +68,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
         }
     }
-    Ok(Args { scenario: scenario.ok_or("no scenario given")?, duration, trace, report_json })
+    Ok(Args { scenario: scenario.ok_or("no scenario given")?, duration, trace, report_json, policy, timeline })
 }
 
 struct FileSink(BufWriter<File>, Option<std::io::Error>);
@@ -69,38 +83,95 @@ impl TraceSink for FileSink {
     }
 }
 
+/// Keeps the events for the timeline (up to a bound) and writes them to the trace file.
+struct Sinks {
+    file: Option<FileSink>,
+    events: Vec<TraceEvent>,
+    dropped: bool,
+}
+
+impl TraceSink for Sinks {
+    fn emit(&mut self, event: TraceEvent) {
+        if let Some(f) = &mut self.file {
+            f.emit(event);
+        }
+        if self.events.len() < TIMELINE_MAX_EVENTS {
+            self.events.push(event);
+        } else {
+            self.dropped = true;
+        }
+    }
+}
+
 fn run(args: Args) -> Result<bool, String> {
     let mut scenario = scenario::load(&args.scenario).map_err(|e| e.to_string())?;
     if let Some(d) = args.duration {
         scenario.duration = d;
     }
-    let mut sim = Simulator::from_scenario(&scenario).map_err(|e| format!("{}: {e}", args.scenario.display()))?;
-    let end = Instant::ZERO + scenario.duration;
-    let wall = WallClock::now();
-    match &args.trace {
+    let policy = args.policy.unwrap_or(scenario.policy.governor);
+    let file = match &args.trace {
         Some(path) => {
             let file = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let mut sink = FileSink(BufWriter::new(file), None);
-            sim.run_until(end, &mut sink, &mut ());
-            if let Some(e) = sink.1.take() {
-                return Err(format!("{}: {e}", path.display()));
-            }
-            sink.0.flush().map_err(|e| format!("{}: {e}", path.display()))?;
+            Some(FileSink(BufWriter::new(file), None))
         }
-        None => sim.run_until(end, &mut (), &mut ()),
-    }
+        None => None,
+    };
+    let mut sinks = Sinks { file, events: Vec::new(), dropped: false };
+    let wall = WallClock::now();
+    let run = energy::run(&scenario, policy, &mut sinks).map_err(|e| format!("{}: {e}", args.scenario.display()))?;
     let took = wall.elapsed();
-    let report = sim.report();
+    if let (Some(mut f), Some(path)) = (sinks.file.take(), &args.trace) {
+        if let Some(e) = f.1.take() {
+            return Err(format!("{}: {e}", path.display()));
+        }
+        f.0.flush().map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let report = &run.report;
     print!("{report}");
+    println!("{}", run.energy);
     println!("simulated in {:.3} s of wall time", took.as_secs_f64());
     if let Some(path) = &args.trace {
         println!("trace: {}", path.display());
     }
+    if sinks.dropped {
+        println!("timeline: skipped, the run has more than {TIMELINE_MAX_EVENTS} trace events");
+    } else {
+        let prefix = args
+            .timeline
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("target/sim/{}-{}", scenario.name, policy.name())));
+        let (json, png) = write_timeline(&sinks.events, &scenario, report, &run.energy, &prefix)?;
+        println!("timeline: {} (Perfetto, ui.perfetto.dev) and {}", json.display(), png.display());
+    }
     if let Some(path) = &args.report_json {
-        std::fs::write(path, report.to_json()).map_err(|e| format!("{}: {e}", path.display()))?;
+        let both = serde_json::json!({ "report": report, "energy": run.energy });
+        std::fs::write(path, both.to_string()).map_err(|e| format!("{}: {e}", path.display()))?;
         println!("report: {}", path.display());
     }
     Ok(report.violations.is_empty())
+}
+
+/// Writes the run's Perfetto JSON and PNG timeline next to `prefix`.
+fn write_timeline(
+    events: &[TraceEvent],
+    scenario: &scenario::Scenario,
+    report: &platform_sim::report::Report,
+    energy: &energy::EnergyReport,
+    prefix: &std::path::Path,
+) -> Result<(PathBuf, PathBuf), String> {
+    if let Some(dir) = prefix.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let end = Instant::ZERO + scenario.duration;
+    let timeline = Timeline::new(events, usize::from(scenario.board.cores), end)
+        .with_vcpu_names(report.vcpus.iter().map(|v| (vcpu_runtime::VcpuId(v.id), v.name.clone())))
+        .with_title(format!("{} under {}: {:.3} J", scenario.name, energy.policy, energy.energy_uj as f64 / 1e6));
+    let json = prefix.with_extension("json");
+    let png = prefix.with_extension("png");
+    let open = |p: &PathBuf| File::create(p).map(BufWriter::new).map_err(|e| format!("{}: {e}", p.display()));
+    timeline.write_perfetto_json(open(&json)?).map_err(|e| format!("{}: {e}", json.display()))?;
+    timeline.write_png(open(&png)?, 1600).map_err(|e| format!("{}: {e}", png.display()))?;
+    Ok((json, png))
 }
 
 fn main() -> ExitCode {

@@ -19,6 +19,7 @@ use vcpu_runtime::{CoreId, CoreRuntime, Decision, Event, ExitReason, Instant, Vc
 use vdev::vgic::{decode_ich_lr, encode_ich_lr, Effects, Lr};
 
 use super::exits::{self, Action};
+use super::power;
 use super::vm::{Vcpu, Vm, NO_DEADLINE};
 use super::Hypervisor;
 use crate::guest::{self, ExitKind, LrMemo, VcpuContext};
@@ -62,33 +63,79 @@ pub(super) struct Core<'h> {
     pub bench: Option<(u64, u64, u64)>,
 }
 
-/// Sets this core up for guests and runs its loop.
+/// Sets this core up for guests and runs its loop; when the governor has it drain, it gives its
+/// runtime back and turns itself off (docs/governor.md). A core that PSCI refuses to turn off
+/// waits in WFI until the governor wants it again, and goes round once more; one that did turn
+/// off comes back through the secondary entry, here, with a fresh stack.
 pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
+    use core::sync::atomic::Ordering;
     let Some(shared) = hyp.cores.get(me.index()) else { smp::park() };
-    if let Err(e) = gic::init_this_core(shared.mpidr) {
-        fail!("core {}: {e}", me.0);
+    loop {
+        if let Err(e) = gic::init_this_core(shared.mpidr) {
+            fail!("core {}: {e}", me.0);
+        }
+        guest::init_this_core();
+        if let Err(e) = stage2::init_this_core() {
+            fail!("core {}: {e}", me.0);
+        }
+        let Some(rt) = hyp.take_runtime(me) else { smp::park() };
+        let mut core = Core {
+            hyp,
+            me,
+            rt,
+            kept: None,
+            vtimer_active: false,
+            lrs_used: 0,
+            fill_clean: false,
+            fill_epoch: 0,
+            timer_line: false,
+            timer_synced: false,
+            poll: false,
+            exits: 0,
+            bench: None,
+        };
+        if shared.power.load(Ordering::Acquire) == power::STARTING {
+            let now = timer::now();
+            if let Some(book) = hyp.power.accounts.get(me.index()) {
+                book.lock().back_on(me, now);
+            }
+            if let Err(e) = core.rt.handle(&hyp.sys, Event::CoreOnline, now, &mut hyp.trace()) {
+                fail!("core {}: back on: {e}", me.0);
+            }
+            shared.power.store(power::ON, Ordering::Release);
+        }
+        core.main_loop();
+        // Drained: every vCPU was handed over. The runtime waits in the hypervisor for the core
+        // to come back.
+        let now = timer::now();
+        if let Some(book) = hyp.power.accounts.get(me.index()) {
+            book.lock().going_off(me, now);
+        }
+        hyp.give_back_runtime(me, core.rt);
+        if let Err(e) = gic::disable_this_core(shared.mpidr) {
+            fail!("core {}: {e}", me.0);
+        }
+        shared.power.store(power::OFF, Ordering::Release);
+        let error = smp::power_off_self::<smccc::Smc>();
+        // Still here: PSCI refused. Park in WFI until the governor wants the core again.
+        if let Some(book) = hyp.power.accounts.get(me.index()) {
+            book.lock().cpu_off_refused += 1;
+        }
+        crate::println!("power: core {}: PSCI CPU_OFF refused ({error}): parking in WFI", me.0);
+        // Awake again, so that the governor's kick ends the WFI.
+        if let Err(e) = gic::init_this_core(shared.mpidr) {
+            fail!("core {}: {e}", me.0);
+        }
+        if shared.power.compare_exchange(power::OFF, power::PARKED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            while shared.power.load(Ordering::Acquire) == power::PARKED && !hyp.ending() {
+                aarch64_cpu::asm::wfi();
+            }
+        }
+        if hyp.ending() {
+            smp::park();
+        }
+        shared.power.store(power::STARTING, Ordering::Release);
     }
-    guest::init_this_core();
-    if let Err(e) = stage2::init_this_core() {
-        fail!("core {}: {e}", me.0);
-    }
-    let Some(rt) = hyp.take_runtime(me) else { smp::park() };
-    let mut core = Core {
-        hyp,
-        me,
-        rt,
-        kept: None,
-        vtimer_active: false,
-        lrs_used: 0,
-        fill_clean: false,
-        fill_epoch: 0,
-        timer_line: false,
-        timer_synced: false,
-        poll: false,
-        exits: 0,
-        bench: None,
-    };
-    core.main_loop()
 }
 
 /// The virtual timer's interrupt line, from a `CNTV_CTL_EL0` value: enabled, not masked, and
@@ -98,7 +145,9 @@ fn vtimer_line(ctl: u64) -> bool {
 }
 
 impl Core<'_> {
-    fn main_loop(&mut self) -> ! {
+    /// Runs the core until it has drained and its runtime decides it powers off.
+    fn main_loop(&mut self) {
+        use core::sync::atomic::Ordering;
         loop {
             let now = timer::now();
             if self.hyp.ending() || now >= self.hyp.end {
@@ -106,13 +155,32 @@ impl Core<'_> {
                 self.hyp.begin_ending(self.me);
                 self.hyp.finish(self.me, &self.rt);
             }
+            if self.me.index() == 0 && self.hyp.govern(self.me, now) {
+                self.poll = true;
+            }
+            let shared = &self.hyp.cores[self.me.index()];
+            if shared.power.load(Ordering::Acquire) == power::DRAIN {
+                // The vCPU kept loaded goes back to memory before anyone else may take it.
+                self.put_away();
+                match self.rt.handle(&self.hyp.sys, Event::CoreGoingOffline, now, &mut self.hyp.trace()) {
+                    // The next decision is PowerOff.
+                    Ok(()) => {}
+                    Err(e) => {
+                        crate::println!("power: core {} stays on: {e}", self.me.0);
+                        shared.power.store(power::ON, Ordering::Release);
+                    }
+                }
+            }
             self.fire_timers(now);
             self.poll = false;
             let decision = self.rt.next(&self.hyp.sys, now, &mut self.hyp.trace());
             self.send_kicks();
             match decision {
                 Decision::Run { vcpu, until } => {
-                    let until = until.min(self.next_timer()).min(self.hyp.end);
+                    let mut until = until.min(self.next_timer()).min(self.hyp.end);
+                    if self.me.index() == 0 {
+                        until = until.min(self.hyp.next_governor_tick());
+                    }
                     let reason = self.run_vcpu(vcpu, until);
                     let now = timer::now();
                     let event = Event::Exit { vcpu, reason };
@@ -128,7 +196,7 @@ impl Core<'_> {
                 }
                 Decision::PowerOff => {
                     self.put_away();
-                    smp::park()
+                    return;
                 }
             }
         }
@@ -178,13 +246,21 @@ impl Core<'_> {
 
     /// Nothing to run: waits for an interrupt, or until `until` or the next timer deadline.
     fn idle(&mut self, until: Instant) {
-        let wake = until.min(self.next_timer()).min(self.hyp.end);
+        let mut wake = until.min(self.next_timer()).min(self.hyp.end);
+        if self.me.index() == 0 {
+            wake = wake.min(self.hyp.next_governor_tick());
+        }
         if wake != Instant::NEVER {
             timer::arm_hyp_timer(wake);
         }
+        // What the core did since its last booking (deciding) is booked with the rest that
+        // follows, in the idle state the policy picks for the rest predicted (until the timer).
+        let start = timer::now();
+        let state = self.hyp.power.idle_state(self.me, wake.since(start));
         if !self.poll {
             aarch64_cpu::asm::wfi();
         }
+        self.hyp.book(self.me, power::AcctState::Idle { state }, None, timer::now());
         // The timer's line is level: drop it before acknowledging, or it fires again at once.
         timer::disarm_hyp_timer();
         while let Some(intid) = gic::ack() {
@@ -288,7 +364,10 @@ impl Core<'_> {
             .filter_map(|i| vm.vcpu_id(i))
             .all(|id| sys.affinity_info(id) == Some(vcpu_runtime::AffinityState::Off));
         if !all_off
-            || vm.resetting.compare_exchange(RESET_QUIESCING, RESET_LOADING, Ordering::SeqCst, Ordering::SeqCst).is_err()
+            || vm
+                .resetting
+                .compare_exchange(RESET_QUIESCING, RESET_LOADING, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
         {
             return;
         }
@@ -425,6 +504,12 @@ impl Core<'_> {
             }
         };
         timer::disarm_hyp_timer();
+        self.hyp.book(
+            self.me,
+            power::AcctState::Busy { opp: self.hyp.power.opp(self.me) },
+            Some((id, vcpu.vm)),
+            timer::now(),
+        );
         match reason {
             // Off the core for good (or until a CPU_ON): put away now, no deadline.
             ExitReason::Stop(_) | ExitReason::PsciCpuOff => {

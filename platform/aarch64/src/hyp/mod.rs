@@ -15,12 +15,13 @@
 
 mod core_loop;
 mod exits;
+pub mod power;
 pub mod vm;
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use spin::{Mutex, Once};
 use vcpu_runtime::manifest::Manifest;
@@ -44,6 +45,10 @@ pub struct CoreShared {
     /// a hand-over); a kick without it only makes the running vCPU exit (its list registers are
     /// refilled).
     pub poll: AtomicBool,
+    /// Its power state ([`power::ON`], [`power::DRAIN`], ...; docs/governor.md).
+    pub power: AtomicU8,
+    /// `CPU_ON` attempts that failed in a row.
+    pub cpu_on_failures: AtomicU32,
 }
 
 /// Everything the cores share once the scenario is set up.
@@ -70,6 +75,8 @@ pub struct Hypervisor {
     trace_events: AtomicU64,
     /// List registers per core (`ICH_VTR_EL2`).
     pub lrs: usize,
+    /// The governor, the energy model and every core's energy book.
+    pub power: power::Power,
 }
 
 static HYP: Once<&'static Hypervisor> = Once::new();
@@ -280,6 +287,18 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
     }
     let config = runtime_config(&manifest, n_cores);
     let now = timer::now();
+    let model = match ::power::EnergyModel::for_board(manifest.energy_profile, n_cores) {
+        Ok(m) => m,
+        Err(e) => fail(format!("energy profile: {e}")),
+    };
+    let mut governor =
+        ::power::governor::GovernorConfig::new(manifest.policy.governor, manifest.policy.governor_period);
+    governor.min_move_interval = manifest.policy.min_migration_interval;
+    governor.rt_bound_ppm = u64::from(manifest.policy.rt_utilization_bound_percent) * (PPM / 100);
+    let power_setup = match power::Power::new(model, governor, &config.vcpus, vms.len(), n_cores.into(), now) {
+        Ok(p) => p,
+        Err(e) => fail(format!("governor: {e}")),
+    };
     let (sys, runtimes) = match vcpu_runtime::build(&config, now) {
         Ok(built) => built,
         Err(e) => fail(format!("runtime: {e}")),
@@ -290,7 +309,15 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
         sys,
         vms,
         vcpus,
-        cores: cores.iter().map(|&mpidr| CoreShared { mpidr, poll: AtomicBool::new(false) }).collect(),
+        cores: cores
+            .iter()
+            .map(|&mpidr| CoreShared {
+                mpidr,
+                poll: AtomicBool::new(false),
+                power: AtomicU8::new(power::ON),
+                cpu_on_failures: AtomicU32::new(0),
+            })
+            .collect(),
         runtimes: Mutex::new(runtimes.into_iter().map(Some).collect()),
         start: now,
         end,
@@ -301,6 +328,7 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
         stats: Mutex::new(Vec::new()),
         trace_events: AtomicU64::new(0),
         lrs: gic::num_lrs().min(vdev::vgic::MAX_LRS),
+        power: power_setup,
     }));
     println!(
         "hypervisor: scenario \"{}\": {} guest{}, {} vCPUs on {n_cores} core{}, duration {} ms",
@@ -333,6 +361,25 @@ impl Hypervisor {
         self.runtimes.lock().get_mut(core.index()).and_then(Option::take)
     }
 
+    /// A core that turns itself off leaves its runtime here, until it is back.
+    fn give_back_runtime(&self, core: CoreId, rt: CoreRuntime) {
+        if let Some(slot) = self.runtimes.lock().get_mut(core.index()) {
+            *slot = Some(rt);
+        }
+    }
+
+    /// Cores that are off (or parked after a refused `CPU_OFF`), as a bit mask: they take no
+    /// part in the end of the run; their runtimes wait in `runtimes`.
+    fn off_cores(&self) -> u64 {
+        let mut mask = 0;
+        for (k, c) in self.cores.iter().enumerate() {
+            if matches!(c.power.load(Ordering::Acquire), power::OFF | power::PARKED) {
+                mask |= 1 << k;
+            }
+        }
+        mask
+    }
+
     /// This core has left its loop: hands in its vCPUs' statistics. The boot core then waits for
     /// the others, prints everything and ends the run; the others wait to be switched off.
     fn finish(&self, me: CoreId, rt: &CoreRuntime) -> ! {
@@ -348,14 +395,27 @@ impl Hypervisor {
         }
         let all = if self.cores.len() >= 64 { u64::MAX } else { (1u64 << self.cores.len()) - 1 };
         let since = timer::now();
-        while self.done.load(Ordering::Acquire) & all != all {
+        while (self.done.load(Ordering::Acquire) | self.off_cores()) & all != all {
             if timer::now().since(since) > Nanos::from_secs(2) {
-                let missing = all & !self.done.load(Ordering::Acquire);
+                let missing = all & !(self.done.load(Ordering::Acquire) | self.off_cores());
                 crate::fail!("cores {missing:#x} did not leave their loops at the end of the run");
             }
             core::hint::spin_loop();
         }
-        let elapsed = timer::now().since(self.start);
+        let end = timer::now();
+        // The off cores' vCPUs (none: a core hands them all over before it goes off) and
+        // statistics.
+        for k in 0..self.cores.len() {
+            if self.done.load(Ordering::Acquire) & (1 << k) == 0 {
+                if let Some(rt) = self.take_runtime(CoreId(k as u16)) {
+                    let mut stats = self.stats.lock();
+                    for v in rt.vcpus() {
+                        stats.push((v.id(), *v.stats(), v.state()));
+                    }
+                }
+            }
+        }
+        let elapsed = end.since(self.start);
         for vm in &self.vms {
             let mut uart = vm.uart.lock();
             uart.flush(|line| println!("[{}] {}", vm.name, Printable(line)));
@@ -378,6 +438,7 @@ impl Hypervisor {
                 state_word(*state)
             );
         }
+        self.energy_report(end);
         let stopped = self.stopped_vms.load(Ordering::Acquire);
         println!(
             "hypervisor: {} after {} ms: {stopped} of {} guests stopped, {} trace events",

@@ -119,7 +119,9 @@ pub enum VmError {
     /// Not a test image (no payload, or Linux).
     Kind(GuestKind),
     /// A test image's data blob is larger than [`TEST_DATA_MAX`].
-    Data { len: usize },
+    Data {
+        len: usize,
+    },
     /// The guest RAM pool is too small.
     NoRam {
         want_mib: u32,

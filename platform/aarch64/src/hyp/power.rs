@@ -1,0 +1,295 @@
+//! Physical core power: the governor's period on the boot core, carrying its plans out (vCPU
+//! moves, cores draining and turning themselves off with PSCI `CPU_OFF`, `CPU_ON` of cores that
+//! are needed again, with retries), the WFI fallback when `CPU_OFF` is refused, and the energy
+//! accounting of every core's time (docs/governor.md).
+//!
+//! A core's power state ([`CoreShared::power`]) moves:
+//! `ON → DRAIN` (the governor asks) `→ OFF` (the core drained, gave its runtime back and is
+//! calling `CPU_OFF`) `→ STARTING` (the governor's `CPU_ON` went through) `→ ON` (the core is
+//! back in its loop). When `CPU_OFF` is refused the core goes `OFF → PARKED` and waits in WFI;
+//! the governor turns it `PARKED → STARTING` and kicks it. A drain the runtime refuses (the last
+//! core, a vCPU that cannot move) goes back to `ON`.
+
+use core::sync::atomic::Ordering;
+
+use power::governor::{idle_state, Governor, GovernorConfig, Plan};
+pub use power::CoreState as AcctState;
+use power::{Accounting, EnergyModel};
+use spin::Mutex;
+use vcpu_runtime::{CoreId, CoreMask, Instant, Nanos, VcpuId};
+
+use super::Hypervisor;
+use crate::{println, smp, timer};
+
+/// On and running its loop.
+pub const ON: u8 = 0;
+/// Asked to drain and turn itself off.
+pub const DRAIN: u8 = 1;
+/// Off (or calling `CPU_OFF`).
+pub const OFF: u8 = 2;
+/// `CPU_OFF` was refused: waiting in WFI for the governor.
+pub const PARKED: u8 = 3;
+/// Being started again.
+pub const STARTING: u8 = 4;
+
+/// `CPU_ON` attempts on a core that answer `ALREADY_ON` (it has not finished turning off)
+/// before the governor reports the core as stuck; it keeps retrying every period.
+const CPU_ON_REPORT_AFTER: u32 = 10;
+
+/// The governor's state, used by the boot core only.
+pub struct GovernorState {
+    pub governor: Governor,
+    pub next: Instant,
+    /// Plans carried out, and how many cores they powered off and on.
+    pub periods: u64,
+    pub cpu_on_retries: u64,
+}
+
+/// Power management shared by the cores.
+pub struct Power {
+    pub model: EnergyModel,
+    pub config: GovernorConfig,
+    pub governor: Mutex<GovernorState>,
+    /// One book per core, written by that core only (so never contended but at the end).
+    pub accounts: alloc::vec::Vec<Mutex<CoreBook>>,
+}
+
+/// One core's energy book: its intervals go to `acct` back to back from `mark`.
+pub struct CoreBook {
+    pub acct: Accounting,
+    pub mark: Instant,
+    pub last: Option<AcctState>,
+    /// `CPU_OFF` refused (the core parked in WFI instead), how often.
+    pub cpu_off_refused: u64,
+    /// When the core last turned off.
+    pub off_since: Instant,
+    /// The core is off: its time from `mark` on is off time.
+    pub off: bool,
+}
+
+impl CoreBook {
+    /// Books `[mark, to)` as `state` (busy intervals charged to `vcpu` of `vm`), and counts a
+    /// transition when the state changes.
+    pub fn book(&mut self, core: CoreId, state: AcctState, owner: Option<(VcpuId, vcpu_runtime::VmId)>, to: Instant) {
+        let from = self.mark;
+        if to < from {
+            return;
+        }
+        // Hypervisor time with no vCPU (between runs) is booked as WFI.
+        let state = match (state, owner) {
+            (AcctState::Busy { .. }, None) => AcctState::Idle { state: 0 },
+            _ => state,
+        };
+        let _ = self.acct.book(core, state, owner, from, to);
+        self.last = Some(state);
+        self.mark = to;
+    }
+}
+
+impl CoreBook {
+    /// The core is about to turn off at `now`: what it did since its mark (draining) is booked
+    /// as WFI; from here on its time is off time.
+    pub fn going_off(&mut self, core: CoreId, now: Instant) {
+        self.book(core, AcctState::Idle { state: 0 }, None, now);
+        self.off = true;
+        self.off_since = now;
+    }
+
+    /// The core is back at `now`: its off time is booked.
+    pub fn back_on(&mut self, core: CoreId, now: Instant) {
+        if self.off {
+            self.book(core, AcctState::Off, None, now);
+            self.off = false;
+        }
+    }
+}
+
+impl Power {
+    /// Power management for `cores` cores with `model`, the runtime's vCPUs and VMs.
+    pub fn new(
+        model: EnergyModel,
+        config: GovernorConfig,
+        vcpus: &[vcpu_runtime::VcpuConfig],
+        vms: usize,
+        cores: usize,
+        now: Instant,
+    ) -> Result<Power, power::governor::GovernorError> {
+        let governor = Governor::new(config, vcpus, cores, &model)?;
+        let accounts = (0..cores)
+            .map(|_| {
+                Mutex::new(CoreBook {
+                    acct: Accounting::new(&model, vcpus.len(), vms, now),
+                    mark: now,
+                    last: None,
+                    cpu_off_refused: 0,
+                    off_since: now,
+                    off: false,
+                })
+            })
+            .collect();
+        Ok(Power {
+            governor: Mutex::new(GovernorState { governor, next: now + config.period, periods: 0, cpu_on_retries: 0 }),
+            model,
+            config,
+            accounts,
+        })
+    }
+
+    /// The OPP cores run at (the hypervisor does not scale frequencies): the fastest.
+    pub fn opp(&self, core: CoreId) -> usize {
+        self.model.opp_count(core).saturating_sub(1)
+    }
+
+    /// The idle state a core enters for a rest predicted to last `predicted`, by the policy.
+    pub fn idle_state(&self, core: CoreId, predicted: Nanos) -> usize {
+        idle_state(self.config.policy, core, predicted, &self.model)
+    }
+}
+
+impl Hypervisor {
+    /// The boot core, at the top of its loop: runs the governor when its period is due and
+    /// carries the plan out. Returns whether this core should poll its runtime (a move of one
+    /// of its own vCPUs).
+    pub(super) fn govern(&self, me: CoreId, now: Instant) -> bool {
+        let mut g = self.power.governor.lock();
+        if now < g.next {
+            return false;
+        }
+        g.next = now + self.power.config.period;
+        g.periods += 1;
+        let plan = g.governor.decide(&self.sys, now, &self.power.model);
+        let poll = self.carry_out(me, &plan, &mut g);
+        drop(g);
+        poll
+    }
+
+    /// The governor's next period, for the boot core's timer.
+    pub(super) fn next_governor_tick(&self) -> Instant {
+        self.power.governor.lock().next
+    }
+
+    fn carry_out(&self, me: CoreId, plan: &Plan, g: &mut GovernorState) -> bool {
+        let mut poll = false;
+        for &(vcpu, dest) in &plan.moves {
+            // Refused moves (the vCPU is in flight, the destination went away) wait for the
+            // next period's plan.
+            if let Ok(owner) = self.sys.request_move(vcpu, dest) {
+                if owner == me {
+                    poll = true;
+                } else {
+                    self.kick_core(owner, true);
+                }
+            }
+        }
+        for core in plan.power_off.iter() {
+            let Some(shared) = self.cores.get(core.index()) else { continue };
+            if core != me && shared.power.compare_exchange(ON, DRAIN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                self.kick_core(core, true);
+            }
+        }
+        for core in plan.power_on.iter() {
+            self.power_on(core, g);
+        }
+        poll
+    }
+
+    /// Brings an off (or parked) core back: `CPU_ON`, retried at the next period while PSCI
+    /// says the core is still on its way off.
+    fn power_on(&self, core: CoreId, g: &mut GovernorState) {
+        let Some(shared) = self.cores.get(core.index()) else { return };
+        if shared.power.compare_exchange(PARKED, STARTING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.kick_core(core, true);
+            return;
+        }
+        if shared.power.compare_exchange(OFF, STARTING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return;
+        }
+        match smp::restart_secondary::<smccc::Smc>(core, shared.mpidr) {
+            Ok(()) => shared.cpu_on_failures.store(0, Ordering::Relaxed),
+            Err(e) => {
+                // Not off yet (ALREADY_ON), or PSCI refused: try again next period. A core that
+                // turned to PARKED meanwhile is taken care of then too.
+                let _ = shared.power.compare_exchange(STARTING, OFF, Ordering::AcqRel, Ordering::Acquire);
+                g.cpu_on_retries += 1;
+                let failures = shared.cpu_on_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures == CPU_ON_REPORT_AFTER {
+                    println!("power: core {}: CPU_ON failing ({e}), retrying every period", core.0);
+                }
+            }
+        }
+    }
+
+    /// Books `[mark, to)` of core `me` as `state`.
+    pub(super) fn book(&self, me: CoreId, state: AcctState, owner: Option<(VcpuId, vcpu_runtime::VmId)>, to: Instant) {
+        if let Some(book) = self.power.accounts.get(me.index()) {
+            book.lock().book(me, state, owner, to);
+        }
+    }
+
+    /// Prints the energy report: per core its residency in each state, transitions and
+    /// energy, then per VM and in total (docs/governor.md, *Report*).
+    pub(super) fn energy_report(&self, end: Instant) {
+        let power = &self.power;
+        let mut total_uj = 0u64;
+        let mut vm_uj = alloc::vec![0u64; self.vms.len()];
+        println!(
+            "energy: profile {} governor {} period {} ms, {} cores",
+            power.model.name(),
+            power.config.policy,
+            power.config.period.as_millis(),
+            self.cores.len()
+        );
+        for (k, book) in power.accounts.iter().enumerate() {
+            let core = CoreId(k as u16);
+            let mut b = book.lock();
+            // Close the last interval at the end of the run: off for a core that is off, else
+            // the time since its last run or rest, in the hypervisor's loop, as WFI.
+            if b.mark < end {
+                let state = if b.off { AcctState::Off } else { AcctState::Idle { state: 0 } };
+                b.book(core, state, None, end);
+            }
+            let acct = &b.acct;
+            let busy: Nanos = (0..power.model.opp_count(core))
+                .map(|o| acct.residency(core, AcctState::Busy { opp: o }))
+                .fold(Nanos::ZERO, |a, r| a + r);
+            let idle: Nanos = (0..power.model.core_type(core).idle_states.len())
+                .map(|s| acct.residency(core, AcctState::Idle { state: s }))
+                .fold(Nanos::ZERO, |a, r| a + r);
+            let off = acct.residency(core, AcctState::Off);
+            let energy = acct.core_energy(core).total();
+            let uj = energy.as_microjoules();
+            total_uj += uj;
+            println!(
+                "energy core={} busy_ns={} idle_ns={} off_ns={} sum_ns={} run_ns={} transitions={} cpu_off_refused={} energy_uj={}",
+                k,
+                busy.as_nanos(),
+                idle.as_nanos(),
+                off.as_nanos(),
+                acct.residency_sum(core).as_nanos(),
+                end.since(acct.start()).as_nanos(),
+                acct.transition_count(core),
+                b.cpu_off_refused,
+                uj
+            );
+            for (i, vm) in self.vms.iter().enumerate() {
+                vm_uj[i] += acct.vm_energy(vm.id).as_microjoules();
+            }
+        }
+        for (vm, uj) in self.vms.iter().zip(&vm_uj) {
+            println!("energy vm={} energy_uj={}", vm.name, uj);
+        }
+        let g = power.governor.lock();
+        println!(
+            "energy total_uj={} governor_periods={} cpu_on_retries={} online_at_end={:#x}",
+            total_uj,
+            g.periods,
+            g.cpu_on_retries,
+            self.sys.online_cores().and(CoreMask::first(self.cores.len())).0
+        );
+    }
+}
+
+/// The time now, for the books.
+pub fn now() -> Instant {
+    timer::now()
+}
