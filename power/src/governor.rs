@@ -419,11 +419,10 @@ impl Governor {
                 * u64::from(self.config.headroom_ppm)
                 / 1_000_000
         };
-        // A vCPU alone on a core of the biggest type fits it whatever its demand (it cannot use
-        // more than one core); on a smaller core it must fit the headroom, or it is a misfit
-        // that belongs on a bigger core.
-        let max_cap = (0..self.off_streak.len()).map(|c| costs.capacity(CoreId(c as u16))).max().unwrap_or(0);
-        let alone_fits = |load: u64, c: CoreId| load == 0 && costs.capacity(c) == max_cap;
+        // A vCPU alone on a core fits it whatever its demand: it cannot use more than one core,
+        // and on a smaller core it only runs slower, which costs less energy than a big core
+        // (the headroom is about vCPUs sharing a core, not about one vCPU's speed).
+        let alone_fits = |load: u64, _c: CoreId| load == 0;
         self.order.clear();
         self.order.extend(0..self.loads.len());
         let loads = &self.loads;
@@ -932,9 +931,17 @@ mod tests {
         let mut loads = Loads { online: CoreMask::first(8), vcpus: (0..4).map(|i| (CoreId(4 + i), true, 5)).collect() };
         run(&mut gov, &mut loads, &board, 4);
         assert!(loads.online.iter().all(|c| c.index() < 4), "big cluster off: {:?}", loads.online);
-        // A heavy vCPU needs a big core: 60 % of a big core is 150 % of a little one.
-        loads.vcpus[0].2 = 60 * 1024 / 400;
-        loads.vcpus[0].2 = loads.vcpus[0].2.min(100);
+        // One vCPU saturating a little core stays there: slower, but cheaper than a big core.
+        loads.vcpus[0].2 = 100;
+        run(&mut gov, &mut loads, &board, 3);
+        assert!(loads.online.iter().all(|c| c.index() < 4), "{:?}", loads.vcpus);
+        // Four saturated vCPUs and four more at 50 % do not fit the little cluster's headroom:
+        // the big cluster comes on.
+        for v in &mut loads.vcpus {
+            v.2 = 100;
+        }
+        loads.vcpus.extend((0..4).map(|i| (CoreId(i), true, 50)));
+        let mut gov = governor(GovernorPolicy::Consolidate, &vcpus(8, 8), &board);
         let plan = run(&mut gov, &mut loads, &board, 3);
         assert!(loads.online.iter().any(|c| c.index() >= 4), "{plan:?} {:?}", loads.vcpus);
     }

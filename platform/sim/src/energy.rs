@@ -145,7 +145,10 @@ pub struct EnergyReport {
     pub cores: Vec<CoreEnergyReport>,
     /// Per VM, by name.
     pub vms: Vec<(String, u64)>,
+    /// Deadline misses of every periodic job.
     pub deadline_misses: u64,
+    /// Deadline misses of the vCPUs with a real-time reservation.
+    pub rt_misses: u64,
     pub wake_latency_max_ns: u64,
     pub wake_latency_avg_ns: u64,
     pub migrations: u64,
@@ -269,6 +272,12 @@ fn energy_report(
         cores,
         vms,
         deadline_misses: report.total_deadline_misses(),
+        rt_misses: report
+            .vcpus
+            .iter()
+            .filter(|v| scenario.guests.get(usize::from(v.vm)).is_some_and(|g| g.reservation.is_some()))
+            .map(|v| v.deadline_misses)
+            .sum(),
         wake_latency_max_ns: report.vcpus.iter().map(|v| v.wake_latency_max_ns).max().unwrap_or(0),
         wake_latency_avg_ns: if wakeups == 0 { 0 } else { (latency_sum / u128::from(wakeups)) as u64 },
         migrations: counts.migrations,
@@ -312,8 +321,9 @@ impl fmt::Display for EnergyReport {
         }
         write!(
             f,
-            "  deadline misses {}, wake latency avg {} max {}, migrations {}, cores off {} on {}",
+            "  deadline misses {} (real-time {}), wake latency avg {} max {}, migrations {}, cores off {} on {}",
             self.deadline_misses,
+            self.rt_misses,
             Nanos(self.wake_latency_avg_ns),
             Nanos(self.wake_latency_max_ns),
             self.migrations,

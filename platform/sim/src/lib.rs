@@ -12,6 +12,7 @@ pub mod demand;
 pub mod energy;
 pub mod report;
 pub mod timeline;
+pub mod traces;
 
 use std::collections::VecDeque;
 use std::fmt;

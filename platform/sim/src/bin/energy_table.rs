@@ -1,0 +1,221 @@
+//! `energy-table [--out FILE] [--duration D] [--profile P --cores N]...`: the policy table of
+//! `cargo xtask bench energy`. Every built-in trace (`platform_sim::traces`) at 10, 25, 50 and
+//! 75 % of each board, under every policy, simulated; prints the table and the acceptance
+//! verdicts, and writes them as Markdown (docs/energy-table.md).
+//!
+//! Acceptance (issue 4): at ≤ 25 % utilization `consolidate` uses ≥ 5 % less energy than the best
+//! baseline on every trace; at no utilization is it more than 1 % worse than the best baseline;
+//! no deadline misses where reservations were admitted.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::Instant as WallClock;
+
+use platform_sim::energy::{self, EnergyReport};
+use platform_sim::traces::{self, TRACES};
+use vcpu_runtime::scenario::{parse_duration, GovernorPolicy};
+use vcpu_runtime::Nanos;
+
+const UTILIZATIONS: [u32; 4] = [10, 25, 50, 75];
+/// At or below this utilization consolidate must save this much against the best baseline.
+const LIGHT_PERCENT: u32 = 25;
+const LIGHT_SAVING_PERCENT: f64 = 5.0;
+/// Nowhere may it be worse than the best baseline by more than this.
+const WORST_PERCENT: f64 = 1.0;
+
+struct Row {
+    board: String,
+    trace: &'static str,
+    util: u32,
+    runs: Vec<EnergyReport>,
+}
+
+impl Row {
+    fn energy(&self, policy: GovernorPolicy) -> f64 {
+        self.runs.iter().find(|r| r.policy == policy.name()).map_or(f64::NAN, |r| r.energy_uj as f64)
+    }
+    /// Consolidate against the best baseline, in percent (positive: consolidate saves).
+    fn saving(&self) -> (f64, GovernorPolicy) {
+        let (best, policy) = [GovernorPolicy::Spread, GovernorPolicy::Hotplug, GovernorPolicy::RaceToIdle]
+            .into_iter()
+            .map(|p| (self.energy(p), p))
+            .fold((f64::INFINITY, GovernorPolicy::Spread), |a, b| if b.0 < a.0 { b } else { a });
+        ((best - self.energy(GovernorPolicy::Consolidate)) / best * 100.0, policy)
+    }
+}
+
+fn main() -> ExitCode {
+    let mut out = None;
+    let mut duration = Nanos::from_secs(20);
+    let mut boards: Vec<(String, u16)> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_default();
+        match a.as_str() {
+            "--out" => out = Some(value()),
+            "--duration" => match parse_duration(&value()) {
+                Ok(d) => duration = d,
+                Err(e) => return usage(&format!("--duration: {e}")),
+            },
+            "--board" => {
+                let v = value();
+                let Some((profile, cores)) = v.split_once(':') else { return usage("--board PROFILE:CORES") };
+                let Ok(cores) = cores.parse() else { return usage("--board PROFILE:CORES") };
+                boards.push((profile.to_string(), cores));
+            }
+            _ => return usage(&format!("unknown argument {a}")),
+        }
+    }
+    if boards.is_empty() {
+        boards = vec![("phone-dual".into(), 2), ("sd410".into(), 4), ("hikey960".into(), 8)];
+    }
+    let total = boards.len() * TRACES.len() * UTILIZATIONS.len() * GovernorPolicy::ALL.len();
+    let wall = WallClock::now();
+    let mut done = 0;
+    let mut rows = Vec::new();
+    for (profile, cores) in &boards {
+        for trace in TRACES {
+            for util in UTILIZATIONS {
+                let Some(scenario) = traces::scenario(trace, profile, *cores, util, duration) else {
+                    eprintln!("energy-table: {trace} cannot reach {util} % on {cores} cores: skipped");
+                    done += GovernorPolicy::ALL.len();
+                    continue;
+                };
+                let mut runs = Vec::new();
+                for policy in GovernorPolicy::ALL {
+                    progress(done, total, &format!("{profile} {trace} {util}% {policy}"));
+                    match energy::run(&scenario, policy, &mut ()) {
+                        Ok(r) => {
+                            if !r.report.violations.is_empty() {
+                                eprintln!(
+                                    "\nenergy-table: {}: runtime invariants violated: {:?}",
+                                    scenario.name, r.report.violations
+                                );
+                                return ExitCode::FAILURE;
+                            }
+                            runs.push(r.energy)
+                        }
+                        Err(e) => {
+                            eprintln!("\nenergy-table: {}: {e}", scenario.name);
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                    done += 1;
+                }
+                rows.push(Row { board: format!("{profile} ({cores} cores)"), trace, util, runs });
+            }
+        }
+    }
+    progress(total, total, "done");
+    eprintln!();
+    let (table, ok) = render(&rows, duration, wall.elapsed().as_secs_f64());
+    print!("{table}");
+    if let Some(path) = out {
+        if let Err(e) = std::fs::write(&path, &table) {
+            eprintln!("energy-table: {path}: {e}");
+            return ExitCode::FAILURE;
+        }
+        println!("energy-table: written to {path}");
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn usage(e: &str) -> ExitCode {
+    eprintln!("energy-table: {e}\nusage: energy-table [--out FILE] [--duration D] [--board PROFILE:CORES]...");
+    ExitCode::from(2)
+}
+
+/// A progress bar on stderr: `[#####.....] 12/160 what`.
+fn progress(done: usize, total: usize, what: &str) {
+    let width = 30;
+    let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
+    eprint!("\r[{}{}] {done}/{total} {what:<40}", "#".repeat(filled), ".".repeat(width - filled));
+    let _ = std::io::stderr().flush();
+}
+
+/// The Markdown table and the verdicts; whether every criterion holds.
+fn render(rows: &[Row], duration: Nanos, wall_s: f64) -> (String, bool) {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Energy table (`cargo xtask bench energy`)\n");
+    let _ = writeln!(
+        s,
+        "Generated by `cargo xtask bench energy` (the `energy-table` binary of `platform/sim`): every built-in \
+         trace (docs/governor.md) at 10, 25, 50 and 75 % of the board, {duration} simulated per run, under each \
+         policy, energy from the board's energy model (docs/energy-models.md). Energy in joules; \
+         *saving* is consolidate against the best of spread, hotplug and race-to-idle. Misses are the \
+         deadline misses of the vCPUs with a reservation (spread/hotplug/race-to-idle/consolidate); latency is the mean and worst wake-up latency under consolidate; moves and \
+         core off/on counts are consolidate's. {} runs in {wall_s:.1} s of wall time.\n",
+        rows.len() * GovernorPolicy::ALL.len()
+    );
+    let _ = writeln!(
+        s,
+        "| board | trace | util | spread J | hotplug J | race-to-idle J | consolidate J | saving | misses (s/h/r/c) | latency avg / max | moves | cores off/on |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut ok = true;
+    let mut failures = Vec::new();
+    for r in rows {
+        let (saving, best) = r.saving();
+        let c = r.runs.iter().find(|x| x.policy == "consolidate");
+        let misses: Vec<String> = GovernorPolicy::ALL
+            .iter()
+            .map(|p| r.runs.iter().find(|x| x.policy == p.name()).map_or("-".into(), |x| x.rt_misses.to_string()))
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} % | {:.3} | {:.3} | {:.3} | {:.3} | {:+.1} % (vs {}) | {} | {} / {} | {} | {}/{} |",
+            r.board,
+            r.trace,
+            r.util,
+            r.energy(GovernorPolicy::Spread) / 1e6,
+            r.energy(GovernorPolicy::Hotplug) / 1e6,
+            r.energy(GovernorPolicy::RaceToIdle) / 1e6,
+            r.energy(GovernorPolicy::Consolidate) / 1e6,
+            saving,
+            best,
+            misses.join("/"),
+            c.map_or("-".into(), |c| Nanos(c.wake_latency_avg_ns).to_string()),
+            c.map_or("-".into(), |c| Nanos(c.wake_latency_max_ns).to_string()),
+            c.map_or(0, |c| c.migrations),
+            c.map_or(0, |c| c.core_off),
+            c.map_or(0, |c| c.core_on),
+        );
+        if r.util <= LIGHT_PERCENT && saving < LIGHT_SAVING_PERCENT {
+            failures.push(format!(
+                "{} {} at {} %: consolidate saves {saving:.1} %, less than {LIGHT_SAVING_PERCENT} %",
+                r.board, r.trace, r.util
+            ));
+        }
+        if saving < -WORST_PERCENT {
+            failures.push(format!(
+                "{} {} at {} %: consolidate is {:.1} % worse than {best}",
+                r.board, r.trace, r.util, -saving
+            ));
+        }
+        if c.is_some_and(|c| c.rt_misses > 0) {
+            failures.push(format!("{} {} at {} %: consolidate missed real-time deadlines", r.board, r.trace, r.util));
+        }
+    }
+    let _ = writeln!(s, "\n## Acceptance\n");
+    let _ = writeln!(
+        s,
+        "- at ≤ {LIGHT_PERCENT} % utilization consolidate saves ≥ {LIGHT_SAVING_PERCENT} % against the best baseline, on every trace;\n\
+         - at no utilization is it more than {WORST_PERCENT} % worse than the best baseline;\n\
+         - no deadline misses of reserved vCPUs under consolidate (their reservations were all admitted).\n"
+    );
+    if failures.is_empty() {
+        let _ = writeln!(s, "**All criteria hold.**");
+    } else {
+        ok = false;
+        let _ = writeln!(s, "**Not met:**\n");
+        for f in failures {
+            let _ = writeln!(s, "- {f}");
+        }
+    }
+    (s, ok)
+}
