@@ -23,6 +23,11 @@ pub const BENCHES: &[Bench] = &[
     Bench { name: "sched", package: "vcpu-runtime", about: "run queues and scheduler decisions" },
     Bench { name: "sim", package: "platform-sim", about: "simulator throughput" },
     Bench { name: "qemu", package: "", about: "hypervisor path lengths in EL2 instructions (QEMU, -icount)" },
+    Bench {
+        name: "energy",
+        package: "",
+        about: "energy of every power policy on the built-in phone traces (simulator)",
+    },
 ];
 
 /// What the user asked for.

@@ -270,6 +270,19 @@ pub fn bench(ctx: &Ctx, only: Option<Bench>) -> Result<(), Error> {
         println!("xtask: bench {}: {}", b.name, b.about);
         if b.name == "qemu" {
             crate::pathlen::run(ctx)?;
+        } else if b.name == "energy" {
+            Cmd::cargo([
+                "run",
+                "--release",
+                "-p",
+                "platform-sim",
+                "--bin",
+                "energy-table",
+                "--",
+                "--out",
+                "docs/energy-table.md",
+            ])
+            .run(ctx)?;
         } else {
             Cmd::cargo(["bench", "-p", b.package]).run(ctx)?;
         }
