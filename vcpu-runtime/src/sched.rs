@@ -978,6 +978,14 @@ impl CoreRuntime {
             until = next_replenish.map_or(end, |r| r.min(end));
         } else {
             self.util.advance(sys.decay, now, false);
+            // The vCPU that ran last is runnable but throttled (its budget is spent until its
+            // replenishment): it leaves the core now, and its next run is a new one.
+            if let Some(prev) = self.last_run.take() {
+                if let Some(p) = self.vcpus.iter_mut().find(|p| p.id == prev && p.state == VcpuState::Runnable) {
+                    p.stats.preemptions += 1;
+                    trace.emit(TraceEvent { at: now, kind: TraceKind::VcpuPreempt { core: self.core, vcpu: prev } });
+                }
+            }
             return Decision::Idle { until: next_replenish };
         }
         let idx = pick.unwrap_or(0);

@@ -1081,3 +1081,18 @@ fn a_yield_hands_the_core_to_a_runnable_peer() {
     );
     assert_eq!(sched(core, V0).stats().preemptions, 1);
 }
+
+/// A reservation alone on its core, always busy: each period it runs its budget, is throttled
+/// (the core idles) and runs again at the replenishment. The trace shows every one of those runs
+/// (`run` at the start, `pre` when it is throttled), so a timeline drawn from it is right.
+#[test]
+fn a_throttled_reservation_leaves_the_core_in_the_trace() {
+    let (sys, mut cores) = system(1, vec![reserved(0, ms(2), ms(10))]);
+    let mut events: Vec<TraceEvent> = Vec::new();
+    drive(&sys, &mut cores[0], Instant::ZERO, at_ms(100), &mut events, &mut busy);
+    let runs = events.iter().filter(|e| matches!(e.kind, TraceKind::VcpuRun { vcpu: V0, .. })).count();
+    let pres = events.iter().filter(|e| matches!(e.kind, TraceKind::VcpuPreempt { vcpu: V0, .. })).count();
+    assert_eq!(runs, 10, "one run per period: {events:?}");
+    assert!(pres >= 9, "throttled at the end of each period's budget: {pres}");
+    assert_eq!(cpu(&cores[0], V0), ms(20));
+}
