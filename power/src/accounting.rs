@@ -599,3 +599,18 @@ mod tests {
         assert_eq!(pieces.core_energy(big), whole.core_energy(big));
     }
 }
+#[cfg(test)]
+mod book_tests {
+    use super::*;
+    #[test]
+    fn alternating_book_counts_transitions() {
+        let m = EnergyModel::for_board("generic", 4).unwrap();
+        let mut a = Accounting::new(&m, 2, 1, Instant::ZERO);
+        let top = m.opp_count(CoreId(0)) - 1;
+        for k in 0..5u64 {
+            a.book(CoreId(0), CoreState::Busy { opp: top }, None, Instant(k * 10), Instant(k * 10 + 5)).unwrap();
+            a.book(CoreId(0), CoreState::Idle { state: 0 }, None, Instant(k * 10 + 5), Instant(k * 10 + 10)).unwrap();
+        }
+        assert_eq!(a.transition_count(CoreId(0)), 9);
+    }
+}

@@ -615,6 +615,54 @@ impl Vgic {
         fx
     }
 
+    /// Fast path of a guest's `ICC_SGI1R_EL1` write that targets only the sender: when SGI
+    /// `intid` of `vcpu` can go straight into a free list register — enabled, its group
+    /// enabled, and neither pending, active nor in an LR already — it is marked as loaded (as
+    /// [`Vgic::fill_lrs`] would) and the LR to write is returned. `None`: nothing changed, use
+    /// [`Vgic::send_sgi`].
+    ///
+    /// The caller must know that nothing else waits for an LR of `vcpu` (its last fill left
+    /// nothing behind and no kick came since), so loading this one keeps the LRs holding the
+    /// best interrupts; the hardware orders those by priority itself.
+    pub fn send_sgi_to_self_direct(&mut self, vcpu: u16, intid: u32) -> Option<Lr> {
+        if vcpu >= self.vcpus || intid >= SGI_COUNT {
+            return None;
+        }
+        let slot = usize::from(vcpu) * PRIVATE_COUNT as usize + intid as usize;
+        let irq = self.irqs[slot];
+        if !irq.enabled || !irq.group1 || !self.group_enabled(&irq) || irq.in_lr || irq.active || irq.latch {
+            return None;
+        }
+        let irq = &mut self.irqs[slot];
+        irq.in_lr = true;
+        irq.lr = LR_P;
+        irq.owner = vcpu;
+        Some(Lr {
+            intid,
+            priority: irq.priority,
+            state: LrState::Pending,
+            group1: true,
+            hw: None,
+            eoi_maintenance: false,
+        })
+    }
+
+    /// Fast path of [`Vgic::sync_lr`] for a list register the hardware reports empty
+    /// (`ICH_ELRSR_EL2`): the guest took and ended `intid`. For an edge interrupt with nothing
+    /// new since it was loaded (no new edge, no register write on it), that is the whole sync:
+    /// it is out of the LR and wants none. Returns false, changing nothing, in every other
+    /// case; then sync it with [`Vgic::sync_lr`] and an invalid LR.
+    pub fn retire_consumed(&mut self, vcpu: u16, intid: u32) -> bool {
+        let Some(slot) = self.slot(vcpu, intid) else { return false };
+        let irq = &mut self.irqs[slot];
+        if !irq.in_lr || irq.owner != vcpu || !irq.edge || irq.latch || irq.active || irq.lr != LR_P {
+            return false;
+        }
+        irq.in_lr = false;
+        irq.lr = 0;
+        true
+    }
+
     // ----- delivery -----
 
     /// Whether `vcpu` has an interrupt `fill_lrs` would hand out as pending: the wake-up test

@@ -1146,3 +1146,49 @@ proptest! {
         prop_assert_eq!(encode_ich_lr(&lr), raw & kept);
     }
 }
+
+/// The self-SGI fast path and the consumed-LR fast path leave the model exactly as the general
+/// path does (send, fill, sync of an empty LR), and refuse whenever the general path would do
+/// something else.
+#[test]
+fn vgic_self_sgi_fast_paths_match_the_general_path() {
+    let mut fast = booted(2, 32);
+    for intid in [1, 5] {
+        enable_private(&mut fast, 1, intid);
+    }
+    set_priority(&mut fast, 0, 0x40);
+    let mut slow = fast.clone();
+    // SGI 5 from vCPU 1 to itself: Aff0 = 1 in TargetList bit 1.
+    let lr = fast.send_sgi_to_self_direct(1, 5).expect("a free, enabled SGI goes straight in");
+    assert_eq!(vcpus(slow.send_sgi(1, 5 << 24 | 0b10).kick), [1]);
+    assert_eq!(fill(&mut slow, 1, 4), [lr]);
+    assert_eq!(fast.save(), slow.save());
+    // In an LR now: a second one takes the general path (it latches behind the first).
+    assert!(fast.send_sgi_to_self_direct(1, 5).is_none());
+    // The guest takes and ends it; the LR comes back empty.
+    assert!(fast.retire_consumed(1, 5));
+    assert!(slow.sync_lr(1, with_state(lr, LrState::Invalid)).kick.is_empty());
+    assert_eq!(fast.save(), slow.save());
+    assert!(!fast.retire_consumed(1, 5), "not in an LR any more");
+
+    // Refusals: disabled, pending already, active, group off, not an SGI, no such vCPU.
+    assert!(fast.send_sgi_to_self_direct(1, 2).is_none(), "SGI 2 is disabled");
+    let _ = fast.send_sgi(0, 1 << 24 | 0b10);
+    assert!(fast.send_sgi_to_self_direct(1, 1).is_none(), "SGI 1 is pending already");
+    assert!(fast.send_sgi_to_self_direct(1, 16).is_none());
+    assert!(fast.send_sgi_to_self_direct(7, 1).is_none());
+    let mut off = booted(2, 32);
+    enable_private(&mut off, 0, 3);
+    dwrite(&mut off, 0, 0x10);
+    assert!(off.send_sgi_to_self_direct(0, 3).is_none(), "Group 1 disabled in GICD_CTLR");
+
+    // A consumed LR with something new since is synced the general way.
+    let mut v = booted(1, 32);
+    enable_private(&mut v, 0, 4);
+    let lr = v.send_sgi_to_self_direct(0, 4).unwrap();
+    let _ = v.send_sgi(0, 4 << 24 | 0b1);
+    assert!(!v.retire_consumed(0, 4), "a new edge came while it was in the LR");
+    let fx = v.sync_lr(0, with_state(lr, LrState::Invalid));
+    assert!(!fx.ignored);
+    assert_eq!(fill(&mut v, 0, 4).len(), 1, "the second edge is delivered");
+}

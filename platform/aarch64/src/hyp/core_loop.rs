@@ -39,9 +39,18 @@ pub(super) struct Core<'h> {
     kept: Option<(VcpuId, MutexGuard<'h, VcpuContext>)>,
     /// The physical PPI 27 was acknowledged and left active for the loaded vCPU.
     vtimer_active: bool,
-    /// List registers filled at the last entry. The others are empty (0): every list register
-    /// is cleared at the exit after it was filled, so all are empty before each entry.
+    /// List registers filled at the last entry. The others are empty (0 or invalid): every
+    /// list register is cleared or found consumed at the exit after it was filled, so all are
+    /// empty before each fill.
     lrs_used: usize,
+    /// The INTID loaded into each used list register.
+    lr_intid: [u32; vdev::vgic::MAX_LRS],
+    /// The last fill (or direct load) left nothing behind in the model for the loaded vCPU: every
+    /// interrupt that wanted an LR got one.
+    nothing_waiting: bool,
+    /// The LRs hold exactly what the model gave since the last exit (a direct load in an exit
+    /// handler): the next entry need not fill them while the epoch and the timer's line hold.
+    lrs_fresh: bool,
     /// The loaded vCPU's last fill found nothing to deliver (no LR used, no overflow), at its
     /// interrupt epoch (`Vcpu::vgic_epoch`) `fill_epoch`, with its timer's line at
     /// `timer_line`: while all of that holds and its LRs are empty, an entry need not look at
@@ -61,6 +70,11 @@ pub(super) struct Core<'h> {
     pub exits: u64,
     /// A running `HV_BENCH` window: operation, iterations, exits at its start.
     pub bench: Option<(u64, u64, u64)>,
+    /// Energy booking without a lock on the switch path: the end of what was accounted last,
+    /// the end of the last run when runs wait to be handed in, and each vCPU's run time since.
+    book_mark: Instant,
+    runs_end: Option<Instant>,
+    vcpu_busy: alloc::vec::Vec<u64>,
 }
 
 /// Sets this core up for guests and runs its loop; when the governor has it drain, it gives its
@@ -86,6 +100,9 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
             kept: None,
             vtimer_active: false,
             lrs_used: 0,
+            lr_intid: [0; vdev::vgic::MAX_LRS],
+            nothing_waiting: false,
+            lrs_fresh: false,
             fill_clean: false,
             fill_epoch: 0,
             timer_line: false,
@@ -93,12 +110,16 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
             poll: false,
             exits: 0,
             bench: None,
+            book_mark: hyp.power.accounts.get(me.index()).map_or(hyp.start, |b| b.lock().mark),
+            runs_end: None,
+            vcpu_busy: alloc::vec![0; hyp.vcpus.len()],
         };
         if shared.power.load(Ordering::Acquire) == power::STARTING {
             let now = timer::now();
             if let Some(book) = hyp.power.accounts.get(me.index()) {
                 book.lock().back_on(me, now);
             }
+            core.book_mark = now;
             if let Err(e) = core.rt.handle(&hyp.sys, Event::CoreOnline, now, &mut hyp.trace()) {
                 fail!("core {}: back on: {e}", me.0);
             }
@@ -108,6 +129,7 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
         // Drained: every vCPU was handed over. The runtime waits in the hypervisor for the core
         // to come back.
         let now = timer::now();
+        core.hand_in_runs();
         if let Some(book) = hyp.power.accounts.get(me.index()) {
             book.lock().going_off(me, now);
         }
@@ -152,6 +174,7 @@ impl Core<'_> {
             let now = timer::now();
             if self.hyp.ending() || now >= self.hyp.end {
                 self.put_away();
+                self.hand_in_runs();
                 self.hyp.begin_ending(self.me);
                 self.hyp.finish(self.me, &self.rt);
             }
@@ -260,7 +283,15 @@ impl Core<'_> {
         if !self.poll {
             aarch64_cpu::asm::wfi();
         }
-        self.hyp.book(self.me, power::AcctState::Idle { state }, None, timer::now());
+        let end = timer::now();
+        if let Some(book) = self.hyp.power.accounts.get(self.me.index()) {
+            let mut book = book.lock();
+            if let Some(runs_end) = self.runs_end.take() {
+                book.book_runs(self.me, self.hyp.power.opp(self.me), runs_end, &mut self.vcpu_busy);
+            }
+            book.book(self.me, power::AcctState::Idle { state }, None, end);
+        }
+        self.book_mark = end;
         // The timer's line is level: drop it before acknowledging, or it fires again at once.
         timer::disarm_hyp_timer();
         while let Some(intid) = gic::ack() {
@@ -504,12 +535,13 @@ impl Core<'_> {
             }
         };
         timer::disarm_hyp_timer();
-        self.hyp.book(
-            self.me,
-            power::AcctState::Busy { opp: self.hyp.power.opp(self.me) },
-            Some((id, vcpu.vm)),
-            timer::now(),
-        );
+        // The run (and the deciding before it) is this vCPU's; booked when the core rests.
+        let end = timer::now();
+        if let Some(t) = self.vcpu_busy.get_mut(id.index()) {
+            *t += end.since(self.book_mark).as_nanos();
+        }
+        self.book_mark = end;
+        self.runs_end = Some(end);
         match reason {
             // Off the core for good (or until a CPU_ON): put away now, no deadline.
             ExitReason::Stop(_) | ExitReason::PsciCpuOff => {
@@ -530,6 +562,13 @@ impl Core<'_> {
             }
         }
         reason
+    }
+
+    /// Hands the runs collected since the last rest in to the core's energy book.
+    fn hand_in_runs(&mut self) {
+        if let (Some(runs_end), Some(book)) = (self.runs_end.take(), self.hyp.power.accounts.get(self.me.index())) {
+            book.lock().book_runs(self.me, self.hyp.power.opp(self.me), runs_end, &mut self.vcpu_busy);
+        }
     }
 
     /// Puts away the vCPU kept loaded since its last run, if any (before anything else runs
@@ -593,13 +632,14 @@ impl Core<'_> {
         // Nothing in the LRs, nothing was deliverable at the last fill, and nothing new for
         // this vCPU since (its epoch): the LRs stay empty (and ICH_HCR_EL2 as that fill set it).
         let epoch = &vcpu.vgic_epoch;
-        if self.lrs_used == 0
-            && self.fill_clean
+        if ((self.lrs_used == 0 && self.fill_clean) || self.lrs_fresh)
             && line == self.timer_line
             && epoch.load(core::sync::atomic::Ordering::Acquire) == self.fill_epoch
         {
+            self.lrs_fresh = false;
             return;
         }
+        self.lrs_fresh = false;
         // Filled a few at a time (the model hands out the best first, so the order is the same
         // as in one call); only the filled ones are written, the others are empty already.
         let mut chunk = [Lr::INVALID; 4];
@@ -617,6 +657,7 @@ impl Core<'_> {
                 let got = vgic.fill_lrs(vcpu.index, asked, &mut chunk);
                 for (i, lr) in chunk[..got].iter().enumerate() {
                     gic::write_lr(n + i, encode_ich_lr(lr));
+                    self.lr_intid[n + i] = lr.intid;
                 }
                 n += got;
                 if got < asked {
@@ -631,6 +672,7 @@ impl Core<'_> {
         };
         self.lrs_used = n;
         self.fill_clean = n == 0 && !overflow;
+        self.nothing_waiting = !overflow;
         self.fill_epoch = epoch;
         self.timer_line = line;
         self.timer_synced = true;
@@ -641,6 +683,9 @@ impl Core<'_> {
     fn vgic_exit(&mut self, vm: &Vm, vcpu: &Vcpu) {
         let line = vtimer_line(guest::vtimer_ctl());
         if self.lrs_used == 0 && line == self.timer_line {
+            return;
+        }
+        if line == self.timer_line && self.retire_consumed_lrs(vm, vcpu) {
             return;
         }
         gic::set_ich_hcr(0);
@@ -661,5 +706,70 @@ impl Core<'_> {
         self.timer_line = line;
         self.timer_synced = true;
         self.dispatch(vm, fx, Some(vcpu.id));
+    }
+
+    /// The common exit after an interrupt was taken: every used list register is empty
+    /// (`ICH_ELRSR_EL2`), the guest took and ended what was in them. When the model confirms
+    /// each was a plain edge interrupt with nothing new since (`Vgic::retire_consumed`),
+    /// that is the whole sync; and if the last fill left nothing behind, nothing waits now
+    /// either, so the next entry needs no fill while the epoch holds. Returns false, having
+    /// changed nothing the general sync does not redo, when it cannot.
+    fn retire_consumed_lrs(&mut self, vm: &Vm, vcpu: &Vcpu) -> bool {
+        let used = (1u64 << self.lrs_used) - 1;
+        if self.lrs_used == 0 || gic::ich_elrsr() & used != used {
+            return false;
+        }
+        let mut vgic = vm.vgic();
+        // All or none: a refusal leaves the model as it was for the general sync.
+        let n = self.lrs_used;
+        let mut retired = 0;
+        while retired < n && vgic.retire_consumed(vcpu.index, self.lr_intid[retired]) {
+            retired += 1;
+        }
+        if retired < n {
+            // Sync the rest the general way, here, under the same lock (the empty LRs read as
+            // invalid).
+            let mut fx = Effects::NONE;
+            for i in retired..n {
+                let lr = gic::read_lr(i);
+                fx = fx.merge(vgic.sync_lr(vcpu.index, decode_ich_lr(lr)));
+            }
+            drop(vgic);
+            gic::set_ich_hcr(0);
+            for i in 0..n {
+                gic::write_lr(i, 0);
+            }
+            self.lrs_used = 0;
+            self.fill_clean = false;
+            self.dispatch(vm, fx, Some(vcpu.id));
+            return true;
+        }
+        drop(vgic);
+        self.lrs_used = 0;
+        self.fill_clean = self.nothing_waiting;
+        true
+    }
+
+    /// An `ICC_SGI1R_EL1` write of the loaded vCPU that targets only itself, when its list
+    /// registers are empty and nothing waits for them: the SGI goes straight into LR 0 under
+    /// one lock, without a kick (the vCPU is here) and without a fill at the entry. Returns
+    /// false when the general path must send it.
+    pub fn send_sgi_to_self(&mut self, vm: &Vm, vcpu: &Vcpu, intid: u32) -> bool {
+        if self.lrs_used != 0
+            || !self.fill_clean
+            || !self.timer_synced
+            || self.hyp.lrs == 0
+            || vcpu.vgic_epoch.load(core::sync::atomic::Ordering::Acquire) != self.fill_epoch
+        {
+            return false;
+        }
+        let Some(lr) = vm.vgic().send_sgi_to_self_direct(vcpu.index, intid) else { return false };
+        gic::write_lr(0, encode_ich_lr(&lr));
+        self.lr_intid[0] = intid;
+        self.lrs_used = 1;
+        self.fill_clean = false;
+        self.nothing_waiting = true;
+        self.lrs_fresh = true;
+        true
     }
 }

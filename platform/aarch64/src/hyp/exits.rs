@@ -104,6 +104,14 @@ fn sysreg(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, iss: 
     // ICC_SGI1R_EL1 (op2 5), ICC_ASGI1R_EL1 (6), ICC_SGI0R_EL1 (7): S3_0_C12_C11_<op2>.
     if !read && op0 == 3 && op1 == 0 && crn == 12 && crm == 11 && (5..=7).contains(&op2) {
         let value = if rt == 31 { 0 } else { regs.x[rt] };
+        if op2 == 5 {
+            if let Some(intid) = sgi_to_self_only(value, vcpu.index) {
+                if core.send_sgi_to_self(vm, vcpu, intid) {
+                    regs.pc += 4;
+                    return Action::Resume;
+                }
+            }
+        }
         let fx = {
             let mut vgic = vm.vgic();
             if op2 == 5 {
@@ -119,6 +127,17 @@ fn sysreg(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, iss: 
     guest::inject_undef(regs);
     core.fault(vm, vcpu, FaultKind::Other(0x18));
     Action::Resume
+}
+
+/// The SGI of an `ICC_SGI1R_EL1` value that targets exactly the sender (`index`, affinity
+/// 0.0.0.index): IRM = 0, Aff3..Aff1 = 0, the range selector and TargetList naming only it.
+fn sgi_to_self_only(value: u64, index: u16) -> Option<u32> {
+    let aff = value & (0xff << 48 | 0xff << 32 | 0xff << 16);
+    let irm = value & (1 << 40);
+    let rs = (value >> 44) & 0xf;
+    let list = value & 0xffff;
+    (aff == 0 && irm == 0 && rs == u64::from(index / 16) && list == 1 << (index % 16))
+        .then_some(((value >> 24) & 0xf) as u32)
 }
 
 /// An HVC: the hypervisor's calls, PSCI, or `NOT_SUPPORTED`.

@@ -39,7 +39,6 @@ const CPU_ON_REPORT_AFTER: u32 = 10;
 /// The governor's state, used by the boot core only.
 pub struct GovernorState {
     pub governor: Governor,
-    pub next: Instant,
     /// Plans carried out, and how many cores they powered off and on.
     pub periods: u64,
     pub cpu_on_retries: u64,
@@ -50,6 +49,8 @@ pub struct Power {
     pub model: EnergyModel,
     pub config: GovernorConfig,
     pub governor: Mutex<GovernorState>,
+    /// When the next period is due (ns of the counter), read without the lock on every loop.
+    pub next_tick: core::sync::atomic::AtomicU64,
     /// One book per core, written by that core only (so never contended but at the end).
     pub accounts: alloc::vec::Vec<Mutex<CoreBook>>,
 }
@@ -65,6 +66,9 @@ pub struct CoreBook {
     pub off_since: Instant,
     /// The core is off: its time from `mark` on is off time.
     pub off: bool,
+    /// Per vCPU: the time this core ran it (its energy is that times the core's busy power:
+    /// cores run at one OPP).
+    pub vcpu_busy_ns: alloc::vec::Vec<u64>,
 }
 
 impl CoreBook {
@@ -83,6 +87,20 @@ impl CoreBook {
         let _ = self.acct.book(core, state, owner, from, to);
         self.last = Some(state);
         self.mark = to;
+    }
+
+    /// Books a stretch of runs, `[mark, to)` busy at `opp`, and adds each vCPU's share of it
+    /// (`per_vcpu`, ns by vCPU index, which it empties). The core collects runs without a lock
+    /// and hands them in here when it rests, turns off or ends the run.
+    pub fn book_runs(&mut self, core: CoreId, opp: usize, to: Instant, per_vcpu: &mut [u64]) {
+        if to > self.mark {
+            let _ = self.acct.book(core, AcctState::Busy { opp }, None, self.mark, to);
+            self.last = Some(AcctState::Busy { opp });
+            self.mark = to;
+        }
+        for (total, ns) in self.vcpu_busy_ns.iter_mut().zip(per_vcpu.iter_mut()) {
+            *total += core::mem::take(ns);
+        }
     }
 }
 
@@ -124,11 +142,13 @@ impl Power {
                     cpu_off_refused: 0,
                     off_since: now,
                     off: false,
+                    vcpu_busy_ns: alloc::vec![0; vcpus.len()],
                 })
             })
             .collect();
         Ok(Power {
-            governor: Mutex::new(GovernorState { governor, next: now + config.period, periods: 0, cpu_on_retries: 0 }),
+            governor: Mutex::new(GovernorState { governor, periods: 0, cpu_on_retries: 0 }),
+            next_tick: core::sync::atomic::AtomicU64::new((now + config.period).as_nanos()),
             model,
             config,
             accounts,
@@ -151,11 +171,11 @@ impl Hypervisor {
     /// carries the plan out. Returns whether this core should poll its runtime (a move of one
     /// of its own vCPUs).
     pub(super) fn govern(&self, me: CoreId, now: Instant) -> bool {
-        let mut g = self.power.governor.lock();
-        if now < g.next {
+        if now.as_nanos() < self.power.next_tick.load(Ordering::Relaxed) {
             return false;
         }
-        g.next = now + self.power.config.period;
+        self.power.next_tick.store((now + self.power.config.period).as_nanos(), Ordering::Relaxed);
+        let mut g = self.power.governor.lock();
         g.periods += 1;
         let plan = g.governor.decide(&self.sys, now, &self.power.model);
         let poll = self.carry_out(me, &plan, &mut g);
@@ -165,7 +185,7 @@ impl Hypervisor {
 
     /// The governor's next period, for the boot core's timer.
     pub(super) fn next_governor_tick(&self) -> Instant {
-        self.power.governor.lock().next
+        Instant(self.power.next_tick.load(Ordering::Relaxed))
     }
 
     fn carry_out(&self, me: CoreId, plan: &Plan, g: &mut GovernorState) -> bool {
@@ -219,13 +239,6 @@ impl Hypervisor {
         }
     }
 
-    /// Books `[mark, to)` of core `me` as `state`.
-    pub(super) fn book(&self, me: CoreId, state: AcctState, owner: Option<(VcpuId, vcpu_runtime::VmId)>, to: Instant) {
-        if let Some(book) = self.power.accounts.get(me.index()) {
-            book.lock().book(me, state, owner, to);
-        }
-    }
-
     /// Prints the energy report: per core its residency in each state, transitions and
     /// energy, then per VM and in total (docs/governor.md, *Report*).
     pub(super) fn energy_report(&self, end: Instant) {
@@ -271,8 +284,11 @@ impl Hypervisor {
                 b.cpu_off_refused,
                 uj
             );
-            for (i, vm) in self.vms.iter().enumerate() {
-                vm_uj[i] += acct.vm_energy(vm.id).as_microjoules();
+            let busy_uw = u64::from(power.model.core_type(core).opps.get(power.opp(core)).map_or(0, |o| o.power_uw));
+            for (v, &ns) in b.vcpu_busy_ns.iter().enumerate() {
+                if let Some(vcpu) = self.vcpus.get(v) {
+                    vm_uj[vcpu.vm.index()] += ::power::Energy::from_power(busy_uw, Nanos(ns)).as_microjoules();
+                }
             }
         }
         for (vm, uj) in self.vms.iter().zip(&vm_uj) {

@@ -222,7 +222,7 @@ impl Vm {
 
     /// Whether a reset is under way: a vCPU of this VM that comes to run turns itself off.
     pub fn is_resetting(&self) -> bool {
-        self.resetting.load(Ordering::SeqCst) != RESET_NONE
+        self.resetting.load(Ordering::Acquire) != RESET_NONE
     }
 
     /// Loads the image into guest RAM again (the rest of RAM keeps its contents, as RAM does
