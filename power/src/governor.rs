@@ -310,9 +310,10 @@ impl Governor {
             let (owner, active) = sys.vcpu_placement(id);
             let util = u64::from(sys.vcpu_utilization(id, now).min(UTIL_ONE));
             let cap = u64::from(costs.capacity(owner).max(1));
+            // What the vCPU uses. A reservation's bandwidth is not added: it is an admission
+            // constraint (the RT bound per core, checked when packing), and the time a
+            // reserved vCPU leaves unused goes to the share vCPUs of its core.
             let mut demand = util * cap / u64::from(CAPACITY_SCALE);
-            // A reservation needs its bandwidth wherever it goes, whatever it used lately.
-            demand = demand.max(reserved_ppm * u64::from(UTIL_ONE) / 1_000_000 * cap / u64::from(CAPACITY_SCALE));
             if !active {
                 demand = 0;
             }
@@ -864,7 +865,8 @@ mod tests {
             c.reservation = Some(Reservation { budget: Nanos::from_millis(5), period: Nanos::from_millis(10) });
         }
         let mut gov = governor(GovernorPolicy::Consolidate, &configs, &board);
-        // They use little of their reservations: their bandwidth counts anyway.
+        // They use little of their reservations: their bandwidth still counts against the RT
+        // bound of a core.
         let mut loads = Loads { online: CoreMask::first(4), vcpus: (0..3).map(|c| (CoreId(c), true, 5)).collect() };
         run(&mut gov, &mut loads, &board, 4);
         assert_eq!(loads.online.count(), 2, "two 50 % reservations never share a core (bound 90 %)");

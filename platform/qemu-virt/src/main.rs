@@ -248,6 +248,11 @@ fn report_online(core: CoreId) {
     if selftest::hangs(core) {
         smp::park();
     }
+    if hyp::is_running() {
+        // Back on after the governor turned it off: the runtime traces that.
+        smp::report_online();
+        return;
+    }
     println!("core {} online (mpidr {:#x})", core.0, smp::current_mpidr());
     let event = TraceEvent { at: timer::now(), kind: TraceKind::CoreState { core, state: CoreState::Online } };
     println!("{event}");

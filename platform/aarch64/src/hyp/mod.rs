@@ -344,6 +344,12 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
     core_loop::run(hyp, CoreId(0))
 }
 
+/// Whether the hypervisor runs its guests already: a core that reports in now is one the
+/// governor turned back on (its runtime says so in the trace), not one starting at boot.
+pub fn is_running() -> bool {
+    HYP.get().is_some()
+}
+
 /// A secondary core's part: waits until the boot core has set the scenario up, then runs its
 /// core loop. Without a scenario it waits for good (the boot core ends the run).
 pub fn secondary(core: CoreId) -> ! {

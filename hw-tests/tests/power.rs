@@ -1,0 +1,119 @@
+//! The consolidation governor on the hypervisor, under QEMU: real PSCI `CPU_OFF` and `CPU_ON` of
+//! physical cores (`scenarios/power-phases.toml`: light, heavy, light).
+//!
+//! Without `-icount`: under it QEMU runs the cores one at a time on one clock, so a core's work
+//! slows down as other cores get busy, and the real-time guest's 2 ms job (calibrated while the
+//! others were idle) would take several times longer in the heavy phase.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hw_tests::{run, QemuConfig, Run};
+use vcpu_runtime::trace::{CoreState, TraceEvent, TraceKind};
+
+const LIGHT_END_NS: u64 = 1_500_000_000;
+const HEAVY_END_NS: u64 = 3_000_000_000;
+
+/// One `energy core=N key=value ...` line of the report.
+fn energy_lines(r: &Run) -> Vec<BTreeMap<String, u64>> {
+    r.lines()
+        .filter_map(|l| l.strip_prefix("energy core="))
+        .map(|rest| {
+            let mut fields = BTreeMap::new();
+            let mut words = rest.split_ascii_whitespace();
+            if let Some(core) = words.next().and_then(|w| w.parse().ok()) {
+                fields.insert("core".to_string(), core);
+            }
+            for w in words {
+                if let Some((k, v)) = w.split_once('=') {
+                    fields.insert(k.to_string(), v.parse().unwrap_or(u64::MAX));
+                }
+            }
+            fields
+        })
+        .collect()
+}
+
+/// Per core, its `core` state events in order, with their times relative to the run's start
+/// (the first event).
+fn core_states(events: &[TraceEvent]) -> BTreeMap<u16, Vec<(u64, CoreState)>> {
+    let start = events.first().map_or(0, |e| e.at.as_nanos());
+    let mut per = BTreeMap::<u16, Vec<(u64, CoreState)>>::new();
+    for e in events {
+        if let TraceKind::CoreState { core, state } = e.kind {
+            per.entry(core.0).or_default().push((e.at.as_nanos() - start, state));
+        }
+    }
+    per
+}
+
+fn phases(smp: u32) {
+    // Scheduling events stay off the console: printed synchronously, they would slow every
+    // switch down far more than the hypervisor itself.
+    let config = QemuConfig::new(smp, "cortex-a57")
+        .scenario("power-phases")
+        .append("hv.trace=events")
+        .timeout(Duration::from_secs(240));
+    let r = run(&config);
+    eprintln!("hw-tests: power-phases: {}", r.summary());
+    r.assert_clean();
+    r.assert_present("hypervisor: all guests stopped after");
+    r.assert_present("energy: profile generic governor consolidate");
+    r.assert_absent("CPU_OFF refused");
+    for g in ["player", "rt"] {
+        r.assert_guest_passed(g);
+    }
+    // No vCPU lost: every one ran its whole schedule, the real-time guest missed nothing.
+    r.assert_guest_line("rt", "rt periods=100 misses=0");
+    r.assert_guest_line("player", "player: done vcpus=2");
+    let stats = r.stats();
+    assert_eq!(stats.len(), 3, "{stats:?}");
+    assert!(stats.iter().all(|s| s.state() == "stopped"), "{stats:?}");
+
+    let events = r.trace_events().unwrap_or_else(|e| r.fail(&e));
+    let states = core_states(&events);
+    // Light phase: at least half the cores turn off (never the boot core).
+    let off_in_light: Vec<u16> = states
+        .iter()
+        .filter(|(_, s)| s.iter().any(|&(t, st)| st == CoreState::Off && t < LIGHT_END_NS))
+        .map(|(&c, _)| c)
+        .collect();
+    assert!(
+        off_in_light.len() as u32 * 2 >= smp,
+        "cores off in the light phase: {off_in_light:?} of {smp}\n{states:?}"
+    );
+    assert!(!off_in_light.contains(&0), "the boot core stays on");
+    // Heavy phase: cores come back.
+    let back: Vec<u16> = states
+        .iter()
+        .filter(|(_, s)| s.iter().any(|&(t, st)| st == CoreState::Online && (LIGHT_END_NS..HEAVY_END_NS).contains(&t)))
+        .map(|(&c, _)| c)
+        .collect();
+    assert!(!back.is_empty(), "no core came back in the heavy phase\n{states:?}");
+    // And the last light phase turns some off again.
+    assert!(
+        states.values().any(|s| s.iter().any(|&(t, st)| st == CoreState::Off && t >= HEAVY_END_NS)),
+        "no core went off after the heavy phase\n{states:?}"
+    );
+
+    // The report: every core's residencies add up to the run, and something was off.
+    let energy = energy_lines(&r);
+    assert_eq!(energy.len() as u32, smp, "one energy line per core: {energy:?}");
+    for e in &energy {
+        assert_eq!(e["sum_ns"], e["run_ns"], "residencies add up to the run on core {}: {e:?}", e["core"]);
+        assert_eq!(e["busy_ns"] + e["idle_ns"] + e["off_ns"], e["sum_ns"], "{e:?}");
+        assert_eq!(e["cpu_off_refused"], 0);
+    }
+    assert!(energy.iter().any(|e| e["off_ns"] > 0), "{energy:?}");
+    assert_eq!(energy[0]["off_ns"], 0, "the boot core is never off");
+}
+
+#[test]
+fn consolidation_turns_cores_off_and_on_smp2() {
+    phases(2);
+}
+
+#[test]
+fn consolidation_turns_cores_off_and_on_smp4() {
+    phases(4);
+}
