@@ -9,7 +9,8 @@
 //!
 //! With a scenario ([`QemuConfig::scenario`]), [`manifest`] builds the test guests once, writes
 //! the scenario's manifest as `cargo xtask qemu SCENARIO` does (xtask/src/manifest.rs) and QEMU
-//! loads it at [`MANIFEST_ADDR`].
+//! loads it at [`MANIFEST_ADDR`]. Both write it with [`encode_manifest`], which also gives the
+//! demand player (`image = "player"`) its schedule.
 //!
 //! The QEMU command line is the one `cargo xtask qemu` uses (xtask/src/qemu.rs), and manifests
 //! are built the same way: keep the two in step.
@@ -24,8 +25,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use vcpu_runtime::manifest::{elf_image, encode, GuestImage};
-use vcpu_runtime::scenario::Payload;
+use vcpu_runtime::scenario::{Guest, Payload, Scenario};
 use vcpu_runtime::trace::{self, TraceEvent};
+use vcpu_runtime::Nanos;
 
 /// Text that must not appear in a clean run's output: the hypervisor prints these words only
 /// when something went wrong (`panic on core ...`, `EL2 exception on core ...`, `FAIL: ...`).
@@ -242,13 +244,73 @@ pub fn manifest(name: &str) -> PathBuf {
             other => panic!("guest `{}`: payload {other:?} cannot run on the hypervisor", g.name),
         })
         .collect();
-    let bytes = encode(&scenario, &images).unwrap_or_else(|e| panic!("manifest of {name}: {e}"));
+    let bytes = encode_manifest(&scenario, images).unwrap_or_else(|e| panic!("manifest of {name}: {e}"));
     let dir = root.join("target/el2/manifests");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     let path = dir.join(format!("hw-tests-{name}.manifest"));
     std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     made.insert(name.to_string(), path.clone());
     path
+}
+
+/// The test guest that replays its guest's `demand` (docs/guests.md, *player*): a
+/// `test-image` guest whose image is named this.
+pub const PLAYER_IMAGE: &str = "player";
+
+/// How much longer than the scenario's duration the hypervisor lets a scenario with a player
+/// guest run. The player's clock starts when it boots, after the hypervisor's, and it ends itself
+/// (SYSTEM_OFF) once the schedule's duration, the scenario's, has passed on that clock; the
+/// hypervisor, which would otherwise halt it at the duration measured from its own start, waits
+/// this much longer. The run still ends as soon as every guest has stopped.
+pub const PLAYER_GRACE: Nanos = Nanos::from_secs(1);
+
+/// Whether `guest` is the demand player ([`PLAYER_IMAGE`]).
+pub fn is_player(guest: &Guest) -> bool {
+    match &guest.payload {
+        Payload::TestImage { image } => Path::new(image).file_name().is_some_and(|n| n == PLAYER_IMAGE),
+        _ => false,
+    }
+}
+
+/// The data blob of `guest` of `scenario` (the `initrd` of its manifest record, which the
+/// hypervisor puts at the base of the guest's RAM): for the demand player, the schedule of its
+/// `demand` over the scenario's duration (`platform_sim::schedule::player_schedule`); empty for
+/// every other guest. A player without a demand, or whose schedule is too large, is an error
+/// (which does not repeat the guest's name: [`encode_manifest`] puts it in front).
+pub fn guest_data(scenario: &Scenario, guest: &Guest) -> Result<Vec<u8>, String> {
+    if !is_player(guest) {
+        return Ok(Vec::new());
+    }
+    let demand = guest.demand.as_ref().ok_or_else(|| {
+        format!(
+            "image = \"{PLAYER_IMAGE}\" replays the guest's `demand`, but it has none (add e.g. \
+             `demand = {{ kind = \"periodic\", period = \"10ms\", work = \"2ms\" }}`)"
+        )
+    })?;
+    platform_sim::schedule::player_schedule(demand, guest.vcpus, scenario.duration)
+        .map_err(|e| format!("the player's schedule: {e}"))
+}
+
+/// The manifest of `scenario` with its guests' `images` (in guest order), as `cargo xtask qemu`
+/// and these tests write it: each player guest's image gets its schedule as data blob
+/// ([`guest_data`]), and with a player guest the hypervisor's duration is the scenario's plus
+/// [`PLAYER_GRACE`]. Errors name the guest: `guests[I] (`NAME`): ...`.
+pub fn encode_manifest(scenario: &Scenario, mut images: Vec<GuestImage>) -> Result<Vec<u8>, String> {
+    let mut players = 0;
+    for (i, (guest, image)) in scenario.guests.iter().zip(images.iter_mut()).enumerate() {
+        if is_player(guest) {
+            image.initrd = guest_data(scenario, guest).map_err(|e| format!("guests[{i}] (`{}`): {e}", guest.name))?;
+            players += 1;
+        }
+    }
+    let bytes = if players == 0 {
+        encode(scenario, &images)
+    } else {
+        let mut longer = scenario.clone();
+        longer.duration = scenario.duration + PLAYER_GRACE;
+        encode(&longer, &images)
+    };
+    bytes.map_err(|e| e.to_string())
 }
 
 /// One QEMU run.
@@ -488,6 +550,59 @@ mod tests {
             output: output.into(),
             duration: Duration::from_millis(5),
         }
+    }
+
+    fn scenario_of(guests: &str) -> Scenario {
+        scenario_for("1s", guests)
+    }
+
+    fn scenario_for(duration: &str, guests: &str) -> Scenario {
+        let text = format!(
+            "name = \"t\"\nduration = \"{duration}\"\n[board]\ncores = 2\nenergy_profile = \"generic\"\n{guests}"
+        );
+        vcpu_runtime::scenario::parse(&text, Path::new("scenarios/t.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn image() -> GuestImage {
+        GuestImage { entry_ipa: 0x4008_0000, segments: vec![(0x4008_0000, vec![0; 16], 16)], ..GuestImage::default() }
+    }
+
+    const PLAYER: &str = "[[guests]]\nname = \"p\"\nvcpus = 2\nkind = \"test-image\"\nimage = \"player\"\n";
+    const COUNTER: &str = "[[guests]]\nname = \"c\"\nkind = \"test-image\"\nimage = \"counter\"\n";
+
+    #[test]
+    fn the_player_gets_its_schedule_and_the_run_a_grace() {
+        let periodic = "demand = { kind = \"periodic\", period = \"10ms\", work = \"2ms\" }\n";
+        let s = scenario_of(&format!("{PLAYER}{periodic}{COUNTER}"));
+        assert!(is_player(&s.guests[0]) && !is_player(&s.guests[1]));
+        let bytes = encode_manifest(&s, vec![image(), image()]).unwrap();
+        let m = vcpu_runtime::manifest::Manifest::parse(&bytes).unwrap();
+        assert_eq!(m.policy.duration, Nanos::from_secs(1) + PLAYER_GRACE);
+        let guests: Vec<_> = m.guests().collect();
+        let schedule = platform_sim::schedule::decode_schedule(guests[0].initrd).unwrap();
+        assert_eq!(schedule.duration, Nanos::from_secs(1), "the schedule covers the scenario's duration");
+        assert_eq!((schedule.vcpus.len(), schedule.vcpus[1].len()), (2, 100));
+        assert_eq!(guests[0].initrd, guest_data(&s, &s.guests[0]).unwrap());
+        assert!(guests[1].initrd.is_empty(), "only the player gets a data blob");
+
+        // Without a player, the manifest is encode's, duration and all.
+        let s = scenario_of(COUNTER);
+        let bytes = encode_manifest(&s, vec![image()]).unwrap();
+        assert_eq!(bytes, encode(&s, &[image()]).unwrap());
+    }
+
+    #[test]
+    fn a_player_needs_a_demand_that_fits() {
+        let s = scenario_of(&format!("{COUNTER}{PLAYER}"));
+        let err = encode_manifest(&s, vec![image(), image()]).unwrap_err();
+        assert!(err.starts_with("guests[1] (`p`): image = \"player\" replays") && err.contains("has none"), "{err}");
+        let s = scenario_for("24h", &format!("{PLAYER}demand = {{ kind = \"phone-day\" }}\n"));
+        let err = encode_manifest(&s, vec![image()]).unwrap_err();
+        assert!(
+            err.starts_with("guests[0] (`p`): the player's schedule: phone-day demand over 86400.000s on 2 vCPUs"),
+            "{err}"
+        );
+        assert!(err.contains("at most 524288 bytes") && err.contains("shorter duration"), "{err}");
     }
 
     #[test]

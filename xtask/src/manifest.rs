@@ -1,14 +1,16 @@
 //! The scenario manifest of `cargo xtask qemu SCENARIO`: every guest's payload resolved to an
 //! ELF file, read with `vcpu_runtime::manifest::elf_image`, and the whole scenario written with
-//! `vcpu_runtime::manifest::encode` to `target/el2/manifests/NAME.manifest`. QEMU loads it at
-//! `vcpu_runtime::manifest::QEMU_VIRT_ADDR` (`-device loader,...,force-raw=on`) and the hypervisor parses it at boot
-//! (docs/platform.md, *Memory map of the hypervisor*).
+//! `hw_tests::encode_manifest` (`vcpu_runtime::manifest::encode`, plus the demand player's
+//! schedule for a guest with `image = "player"`) to `target/el2/manifests/NAME.manifest`. QEMU
+//! loads it at `vcpu_runtime::manifest::QEMU_VIRT_ADDR` (`-device loader,...,force-raw=on`) and
+//! the hypervisor parses it at boot (docs/platform.md, *Memory map of the hypervisor*).
 //!
 //! hw-tests builds manifests the same way (hw-tests/src/lib.rs): keep the two in step.
 
 use std::path::{Path, PathBuf};
 
-use vcpu_runtime::manifest::{elf_image, encode, GuestImage};
+use hw_tests::encode_manifest;
+use vcpu_runtime::manifest::{elf_image, GuestImage};
 use vcpu_runtime::scenario::{Payload, Scenario};
 
 use crate::exec::{Cmd, Ctx};
@@ -97,7 +99,7 @@ pub fn guest_images(scenario: &Scenario, root: &Path, bin_dir: &Path) -> Result<
 /// be built) and returns its path relative to the workspace root.
 pub fn write_manifest(ctx: &Ctx, scenario: &Scenario) -> Result<PathBuf, Error> {
     let images = guest_images(scenario, &ctx.root, &ctx.root.join(guest_bin_dir())).map_err(Error::new)?;
-    let bytes = encode(scenario, &images).map_err(|e| Error::new(format!("manifest: {e}")))?;
+    let bytes = encode_manifest(scenario, images).map_err(|e| Error::new(format!("manifest: {e}")))?;
     if bytes.len() as u64 > MANIFEST_MAX {
         return Err(Error::new(format!(
             "manifest: {} bytes, more than the {} MiB the hypervisor reserves for it",

@@ -11,6 +11,7 @@
 pub mod demand;
 pub mod energy;
 pub mod report;
+pub mod schedule;
 pub mod timeline;
 pub mod traces;
 
