@@ -37,6 +37,12 @@ pub fn frequency_hz() -> u64 {
     }
 }
 
+/// The counter now, without a barrier (for a comparison with a timer's compare value, which the
+/// counter reaches by itself).
+pub fn counter() -> u64 {
+    CNTPCT_EL0.get()
+}
+
 /// The system counter (CNTPCT_EL0), read after an ISB so the read is not hoisted above
 /// earlier instructions.
 pub fn ticks() -> u64 {

@@ -160,10 +160,14 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
     }
 }
 
-/// The virtual timer's interrupt line, from a `CNTV_CTL_EL0` value: enabled, not masked, and
-/// the condition met.
-fn vtimer_line(ctl: u64) -> bool {
-    ctl & 0b111 == 0b101
+/// The loaded vCPU's virtual-timer line: enabled, not masked, and the counter at or past the
+/// compare value (`CNTVOFF_EL2` is 0). Computed from the counter rather than read from
+/// `CNTV_CTL_EL0.ISTATUS`, which QEMU's TCG updates late: the model's level, raised by
+/// `fire_timers` from the same comparison, must not be seen low just after, or it would never be
+/// lowered again (an interrupt storm once the guest disables its timer).
+fn vtimer_line() -> bool {
+    let ctl = guest::vtimer_ctl();
+    ctl & 0b11 == 0b01 && timer::counter() >= guest::vtimer_cval()
 }
 
 impl Core<'_> {
@@ -624,7 +628,7 @@ impl Core<'_> {
 
     /// Before an entry: the timer's line into the model, the list registers from it.
     fn vgic_enter(&mut self, vm: &Vm, vcpu: &Vcpu) {
-        let line = vtimer_line(guest::vtimer_ctl());
+        let line = vtimer_line();
         if self.vtimer_active && !line {
             gic::deactivate(gic::PPI_VTIMER);
             self.vtimer_active = false;
@@ -681,7 +685,7 @@ impl Core<'_> {
 
     /// After an exit: the list registers back into the model, the timer's line sampled.
     fn vgic_exit(&mut self, vm: &Vm, vcpu: &Vcpu) {
-        let line = vtimer_line(guest::vtimer_ctl());
+        let line = vtimer_line();
         if self.lrs_used == 0 && line == self.timer_line {
             return;
         }
