@@ -117,3 +117,41 @@ fn consolidation_turns_cores_off_and_on_smp2() {
 fn consolidation_turns_cores_off_and_on_smp4() {
     phases(4);
 }
+
+/// The same scenario on the simulator and on QEMU books energies within 10 % of each other
+/// (`scenarios/energy-compare.toml`: two player guests on one core, under `-icount` so that the
+/// guests' work takes the same instructions every run).
+#[test]
+fn simulator_and_qemu_energies_agree() {
+    let path = hw_tests::workspace_root().join("scenarios/energy-compare.toml");
+    let scenario = vcpu_runtime::scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let sim = platform_sim::energy::run(&scenario, scenario.policy.governor, &mut ()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(sim.report.violations.is_empty(), "{:?}", sim.report.violations);
+
+    let config = QemuConfig::new(1, "cortex-a57")
+        .scenario("energy-compare")
+        .append("hv.trace=events")
+        .timeout(Duration::from_secs(240));
+    let r = run(&QemuConfig { icount: true, ..config });
+    eprintln!("hw-tests: energy-compare: {}", r.summary());
+    r.assert_clean();
+    for g in ["a", "b"] {
+        r.assert_guest_passed(g);
+        r.assert_guest_line(g, "player: vcpu 0 jobs=225 misses=0");
+    }
+    let qemu_uj: u64 = r
+        .lines()
+        .find_map(|l| l.strip_prefix("energy total_uj="))
+        .and_then(|rest| rest.split_ascii_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| r.fail("no `energy total_uj=` line"));
+    // The run on QEMU lasts a little longer than the scenario (boot, the player's grace): compare
+    // average power.
+    let energy = energy_lines(&r);
+    let run_ns = energy[0]["run_ns"] as f64;
+    let qemu_mw = qemu_uj as f64 / run_ns * 1e6;
+    let sim_mw = sim.energy.average_power_mw;
+    let diff = (qemu_mw - sim_mw).abs() / sim_mw;
+    eprintln!("hw-tests: energy-compare: simulator {sim_mw:.1} mW, QEMU {qemu_mw:.1} mW ({:.1} % apart)", diff * 100.0);
+    assert!(diff <= 0.10, "simulator {sim_mw:.1} mW and QEMU {qemu_mw:.1} mW differ by {:.1} %", diff * 100.0);
+}

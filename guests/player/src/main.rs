@@ -48,9 +48,10 @@ const HEADER_LEN: usize = 24;
 const TABLE_ENTRY_LEN: usize = 8;
 const ENTRY_LEN: usize = 24;
 
-/// Generator steps per calibration run, and how many timed runs.
-const SAMPLE: u64 = 100_000;
-const TRIES: usize = 5;
+/// Generator steps per calibration run, and how many timed runs. Short runs, many of them: a run is about 1 ms under QEMU, shorter than a timeslice, so the
+/// fastest of them ran without being preempted even when another guest shares the core.
+const SAMPLE: u64 = 10_000;
+const TRIES: usize = 25;
 /// The busy loop looks at the clock (for the schedule's end) this often, in microseconds of work.
 const CHUNK_US: u64 = 100;
 /// How long vCPU 0 waits after the end for the others to hand in their counts.
