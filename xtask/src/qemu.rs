@@ -1,6 +1,7 @@
 //! `cargo xtask qemu`: build the EL2 hypervisor and boot it on QEMU's virt board.
 
-use std::path::Path;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -82,8 +83,16 @@ pub fn qemu(ctx: &Ctx, args: &QemuArgs) -> Result<(), Error> {
     let timeout = Duration::from_secs(args.timeout_secs);
     println!("xtask: running (timeout {}s) {}", args.timeout_secs, cmd.display());
     let start = Instant::now();
-    let status = run_with_timeout(ctx, &cmd, timeout)?;
+    let (status, output) = run_with_timeout(ctx, &cmd, timeout)?;
     let took = start.elapsed().as_secs_f64();
+    let name = scenario.as_ref().map_or("boot", |s| s.name.as_str());
+    match write_timeline(ctx, name, smp, &output) {
+        Ok(Some((json, png))) => {
+            println!("xtask: qemu: timeline {} (Perfetto, ui.perfetto.dev) and {}", json.display(), png.display())
+        }
+        Ok(None) => {}
+        Err(e) => println!("xtask: qemu: no timeline: {e}"),
+    }
     match status {
         None => Err(Error::new(format!(
             "QEMU did not finish within {}s; killed it (the hypervisor hung, or raise --timeout)",
@@ -102,28 +111,75 @@ pub fn qemu(ctx: &Ctx, args: &QemuArgs) -> Result<(), Error> {
     }
 }
 
-/// Runs `cmd` with stdin closed (so QEMU leaves the terminal alone) and its output streamed;
-/// kills it after `timeout`. `Ok(None)`: it was killed.
-fn run_with_timeout(ctx: &Ctx, cmd: &Cmd, timeout: Duration) -> Result<Option<ExitStatus>, Error> {
+/// Runs `cmd` with stdin closed (so QEMU leaves the terminal alone) and its output streamed
+/// (and kept, for the timeline); kills it after `timeout`. The status is `None` when it was
+/// killed.
+fn run_with_timeout(ctx: &Ctx, cmd: &Cmd, timeout: Duration) -> Result<(Option<ExitStatus>, String), Error> {
     let mut child = Command::new(&cmd.program)
         .args(&cmd.args)
         .current_dir(&ctx.root)
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| Error::new(format!("could not start `{}`: {e}", cmd.program)))?;
+    let stdout = child.stdout.take();
+    let copier = thread::spawn(move || {
+        let mut kept = String::new();
+        if let Some(out) = stdout {
+            let mut terminal = std::io::stdout();
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = writeln!(terminal, "{line}");
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        }
+        kept
+    });
     let deadline = Instant::now() + timeout;
-    loop {
+    let status = loop {
         match child.try_wait() {
-            Ok(Some(status)) => return Ok(Some(status)),
+            Ok(Some(status)) => break Some(status),
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Ok(None);
+                break None;
             }
             Ok(None) => thread::sleep(Duration::from_millis(20)),
             Err(e) => return Err(Error::new(format!("waiting for `{}` failed: {e}", cmd.program))),
         }
+    };
+    let output = copier.join().unwrap_or_default();
+    Ok((status, output))
+}
+
+/// Writes the run's timeline (docs/timeline.md) from the trace lines in its console output to
+/// `target/qemu/NAME.json` and `.png`; `None` when the output has no trace events.
+fn write_timeline(ctx: &Ctx, name: &str, cores: u32, output: &str) -> Result<Option<(PathBuf, PathBuf)>, String> {
+    use vcpu_runtime::trace::{find_in, TraceEvent};
+    let events: Vec<TraceEvent> = output
+        .lines()
+        .filter_map(|l| find_in(l.trim_end_matches('\r')))
+        .filter_map(|t| TraceEvent::parse(t).ok())
+        .collect();
+    let (Some(first), Some(last)) = (events.iter().map(|e| e.at).min(), events.iter().map(|e| e.at).max()) else {
+        return Ok(None);
+    };
+    if last <= first {
+        return Ok(None);
     }
+    let dir = ctx.root.join("target/qemu");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let timeline = platform_sim::timeline::Timeline::between(&events, cores as usize, first, last)
+        .with_title(format!("{name} on QEMU, {cores} cores"));
+    let json = dir.join(format!("{name}.json"));
+    let png = dir.join(format!("{name}.png"));
+    let open = |p: &PathBuf| {
+        std::fs::File::create(p).map(std::io::BufWriter::new).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    timeline.write_perfetto_json(open(&json)?).map_err(|e| format!("{}: {e}", json.display()))?;
+    timeline.write_png(open(&png)?, 1600).map_err(|e| format!("{}: {e}", png.display()))?;
+    let shown = |p: PathBuf| p.strip_prefix(&ctx.root).map(PathBuf::from).unwrap_or(p);
+    Ok(Some((shown(json), shown(png))))
 }
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ const ENTRY_LEN: usize = 24;
 /// fastest of them ran without being preempted even when another guest shares the core.
 const SAMPLE: u64 = 10_000;
 const TRIES: usize = 25;
+/// The sleep before each calibration run, in microseconds.
+const SPREAD_US: u64 = 1_000;
 /// The busy loop looks at the clock (for the schedule's end) this often, in microseconds of work.
 const CHUNK_US: u64 = 100;
 /// How long vCPU 0 waits after the end for the others to hand in their counts.
@@ -183,11 +185,14 @@ fn compute(steps: u64, seed: u64) -> u64 {
 }
 
 /// Generator steps per second of counter time on this vCPU: the fastest of a few timed runs
-/// (the one least disturbed), after a warm-up (QEMU translates the loop on its first run).
+/// (the one least disturbed), after a warm-up (QEMU translates the loop on its first run). The
+/// runs are spread over some 25 ms (a short sleep between two), so that a burst of work
+/// elsewhere on the host or the core (another guest starting) cannot disturb all of them.
 fn calibrate() -> u64 {
     compute(SAMPLE, 1);
     let mut best = u64::MAX;
     for i in 0..TRIES as u64 {
+        sleep_until(timer::now() + timer::ticks_from_us(SPREAD_US));
         let start = timer::now();
         compute(SAMPLE, i + 2);
         best = best.min((timer::now() - start).max(1));
