@@ -438,7 +438,10 @@ fn scenario_validate_checks_hand_built_scenarios() {
 fn scenario_documented_example_parses() {
     let doc =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/scenario-format.md")).unwrap();
-    let start = doc.find("```toml\n").expect("a ```toml block in docs/scenario-format.md") + "```toml\n".len();
+    // The full example is the block that starts with its name (smaller snippets come before).
+    let start =
+        doc.find("```toml\nname = \"example\"").expect("the example's ```toml block in docs/scenario-format.md")
+            + "```toml\n".len();
     let end = start + doc[start..].find("```").unwrap();
     let s = parse(&doc[start..end], Path::new("scenarios/example.toml")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.guests.len(), 3);
