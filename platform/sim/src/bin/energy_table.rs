@@ -129,7 +129,9 @@ fn main() -> ExitCode {
 }
 
 fn usage(e: &str) -> ExitCode {
-    eprintln!("energy-table: {e}\nusage: energy-table [--out FILE] [--duration D] [--board PROFILE:CORES]... [--check]");
+    eprintln!(
+        "energy-table: {e}\nusage: energy-table [--out FILE] [--duration D] [--board PROFILE:CORES]... [--check]"
+    );
     ExitCode::from(2)
 }
 
