@@ -47,19 +47,21 @@ fn core_states(events: &[TraceEvent]) -> BTreeMap<u16, Vec<(u64, CoreState)>> {
     per
 }
 
-fn phases(smp: u32) {
+/// Boots power-phases on `smp` cores with `append` added to the boot arguments, and checks
+/// what holds whether cores really turn off or park in WFI: every guest passes, no vCPU is lost,
+/// the RT guest misses nothing, and every core's residencies add up to the run.
+fn power_phases_run(smp: u32, append: &str) -> (Run, Vec<TraceEvent>, Vec<BTreeMap<String, u64>>) {
     // Scheduling events stay off the console: printed synchronously, they would slow every
     // switch down far more than the hypervisor itself.
     let config = QemuConfig::new(smp, "cortex-a57")
         .scenario("power-phases")
-        .append("hv.trace=events")
+        .append(&format!("hv.trace=events {append}"))
         .timeout(Duration::from_secs(240));
     let r = run(&config);
     eprintln!("hw-tests: power-phases: {}", r.summary());
     r.assert_clean();
     r.assert_present("hypervisor: all guests stopped after");
     r.assert_present("energy: profile generic governor consolidate");
-    r.assert_absent("CPU_OFF refused");
     for g in ["player", "rt"] {
         r.assert_guest_passed(g);
     }
@@ -69,8 +71,19 @@ fn phases(smp: u32) {
     let stats = r.stats();
     assert_eq!(stats.len(), 3, "{stats:?}");
     assert!(stats.iter().all(|s| s.state() == "stopped"), "{stats:?}");
-
     let events = r.trace_events().unwrap_or_else(|e| r.fail(&e));
+    let energy = energy_lines(&r);
+    assert_eq!(energy.len() as u32, smp, "one energy line per core: {energy:?}");
+    for e in &energy {
+        assert_eq!(e["sum_ns"], e["run_ns"], "residencies add up to the run on core {}: {e:?}", e["core"]);
+        assert_eq!(e["busy_ns"] + e["idle_ns"] + e["off_ns"], e["sum_ns"], "{e:?}");
+    }
+    (r, events, energy)
+}
+
+fn phases(smp: u32) {
+    let (r, events, energy) = power_phases_run(smp, "");
+    r.assert_absent("CPU_OFF refused");
     let states = core_states(&events);
     // Light phase: at least half the cores turn off (never the boot core).
     let off_in_light: Vec<u16> = states
@@ -96,12 +109,8 @@ fn phases(smp: u32) {
         "no core went off after the heavy phase\n{states:?}"
     );
 
-    // The report: every core's residencies add up to the run, and something was off.
-    let energy = energy_lines(&r);
-    assert_eq!(energy.len() as u32, smp, "one energy line per core: {energy:?}");
+    // The report: something was off, and no core was refused.
     for e in &energy {
-        assert_eq!(e["sum_ns"], e["run_ns"], "residencies add up to the run on core {}: {e:?}", e["core"]);
-        assert_eq!(e["busy_ns"] + e["idle_ns"] + e["off_ns"], e["sum_ns"], "{e:?}");
         assert_eq!(e["cpu_off_refused"], 0);
     }
     assert!(energy.iter().any(|e| e["off_ns"] > 0), "{energy:?}");
@@ -116,6 +125,23 @@ fn consolidation_turns_cores_off_and_on_smp2() {
 #[test]
 fn consolidation_turns_cores_off_and_on_smp4() {
     phases(4);
+}
+
+/// When `CPU_OFF` is refused (forced with `hv.cpu-off=wfi`: QEMU's PSCI never refuses), a
+/// drained core says so, parks in WFI, is counted in the report, and comes back when the
+/// governor wants it; its parked time is WFI time, not off time.
+#[test]
+fn a_refused_cpu_off_parks_the_core_in_wfi() {
+    let (r, events, energy) = power_phases_run(2, "hv.cpu-off=wfi");
+    r.assert_present("power: core 1: PSCI CPU_OFF refused (PSCI call denied): parking in WFI");
+    assert!(energy[1]["cpu_off_refused"] >= 1, "{energy:?}");
+    assert!(energy.iter().all(|e| e["off_ns"] == 0), "parked is not off: {energy:?}");
+    let states = core_states(&events);
+    let c1 = &states[&1];
+    assert!(
+        c1.iter().any(|&(t, st)| st == CoreState::Online && (LIGHT_END_NS..HEAVY_END_NS).contains(&t)),
+        "core 1 came back in the heavy phase: {c1:?}"
+    );
 }
 
 /// The same scenario on the simulator and on QEMU books energies within 10 % of each other

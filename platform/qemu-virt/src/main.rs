@@ -172,6 +172,13 @@ fn boot_main(boot: BootInfo) -> ! {
     }
     println!("all {n} cores online");
 
+    if let Some(value) = boot_arg(bootargs, "hv.cpu-off=") {
+        match value {
+            "psci" => hyp::power::set_cpu_off_by_psci(true),
+            "wfi" => hyp::power::set_cpu_off_by_psci(false),
+            _ => fail!("hv.cpu-off={value}: unknown; use psci (turn cores off) or wfi (park them in WFI)"),
+        }
+    }
     if let Some(value) = boot_arg(bootargs, "hv.trace=") {
         match hyp::TraceLevel::from_arg(value) {
             Some(level) => hyp::set_trace_level(level),

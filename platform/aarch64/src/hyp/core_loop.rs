@@ -138,12 +138,17 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
             fail!("core {}: {e}", me.0);
         }
         shared.power.store(power::OFF, Ordering::Release);
-        let error = smp::power_off_self::<smccc::Smc>();
+        let error = power::power_off_self();
         // Still here: PSCI refused. Park in WFI until the governor wants the core again.
         if let Some(book) = hyp.power.accounts.get(me.index()) {
-            book.lock().cpu_off_refused += 1;
+            book.lock().parked_instead();
         }
         crate::println!("power: core {}: PSCI CPU_OFF refused ({error}): parking in WFI", me.0);
+        {
+            use vcpu_runtime::TraceSink;
+            let kind = TraceKind::CoreState { core: me, state: vcpu_runtime::trace::CoreState::Idle };
+            hyp.trace().emit(TraceEvent { at: timer::now(), kind });
+        }
         // Awake again, so that the governor's kick ends the WFI.
         if let Err(e) = gic::init_this_core(shared.mpidr) {
             fail!("core {}: {e}", me.0);

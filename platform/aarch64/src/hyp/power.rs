@@ -32,6 +32,26 @@ pub const PARKED: u8 = 3;
 /// Being started again.
 pub const STARTING: u8 = 4;
 
+/// Whether a drained core turns itself off with PSCI `CPU_OFF` (the default) or parks in WFI as
+/// when `CPU_OFF` is refused (boot argument `hv.cpu-off=wfi`: for a board whose firmware cannot
+/// bring cores back, and to exercise that path on QEMU, whose PSCI never refuses).
+static CPU_OFF_BY_PSCI: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
+
+/// Sets how drained cores turn off (before the cores run guests).
+pub fn set_cpu_off_by_psci(psci: bool) {
+    CPU_OFF_BY_PSCI.store(psci, Ordering::Relaxed);
+}
+
+/// PSCI `CPU_OFF` for the calling core, or `DENIED` without asking the firmware when the
+/// hypervisor was told to park cores in WFI. Returns only on a refusal.
+pub fn power_off_self() -> smccc::psci::Error {
+    if CPU_OFF_BY_PSCI.load(Ordering::Relaxed) {
+        smp::power_off_self::<smccc::Smc>()
+    } else {
+        smccc::psci::Error::Denied
+    }
+}
+
 /// `CPU_ON` attempts on a core that answer `ALREADY_ON` (it has not finished turning off)
 /// before the governor reports the core as stuck; it keeps retrying every period.
 const CPU_ON_REPORT_AFTER: u32 = 10;
@@ -113,12 +133,17 @@ impl CoreBook {
         self.off_since = now;
     }
 
-    /// The core is back at `now`: its off time is booked.
+    /// `CPU_OFF` was refused: the core waits in WFI, and that is how its time is booked.
+    pub fn parked_instead(&mut self) {
+        self.off = false;
+        self.cpu_off_refused += 1;
+    }
+
+    /// The core is back at `now`: its off (or parked) time is booked.
     pub fn back_on(&mut self, core: CoreId, now: Instant) {
-        if self.off {
-            self.book(core, AcctState::Off, None, now);
-            self.off = false;
-        }
+        let state = if self.off { AcctState::Off } else { AcctState::Idle { state: 0 } };
+        self.book(core, state, None, now);
+        self.off = false;
     }
 }
 
