@@ -74,7 +74,7 @@ fn scenario_files_all_parse() {
 fn scenario_phone_dual_is_the_default_demo() {
     let s = load(&scenarios_dir().join("phone-dual.toml")).unwrap();
     assert_eq!(s.board, Board { cores: 2, energy_profile: "phone-dual".into() });
-    assert_eq!(s.policy.governor, GovernorPolicy::Spread);
+    assert_eq!(s.policy.governor, GovernorPolicy::Consolidate);
     assert_eq!(s.duration, Nanos::from_secs(10));
     let names: Vec<&str> = s.guests.iter().map(|g| g.name.as_str()).collect();
     assert_eq!(names, ["work", "personal"]);
