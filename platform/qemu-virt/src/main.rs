@@ -179,6 +179,12 @@ fn boot_main(boot: BootInfo) -> ! {
             _ => fail!("hv.cpu-off={value}: unknown; use psci (turn cores off) or wfi (park them in WFI)"),
         }
     }
+    if let Some(value) = boot_arg(bootargs, "hv.migrate-every=") {
+        match value.parse::<u64>() {
+            Ok(us) => hyp::power::set_migrate_every(vcpu_runtime::Nanos::from_micros(us)),
+            Err(_) => fail!("hv.migrate-every={value}: give microseconds, e.g. hv.migrate-every=1000"),
+        }
+    }
     if let Some(value) = boot_arg(bootargs, "hv.trace=") {
         match hyp::TraceLevel::from_arg(value) {
             Some(level) => hyp::set_trace_level(level),

@@ -52,6 +52,16 @@ pub fn power_off_self() -> smccc::psci::Error {
     }
 }
 
+/// `hv.migrate-every=US`: every that many microseconds the boot core moves every vCPU that is on
+/// to the next online core (0: never). A stress of the hand-over, for the hw-tests.
+static MIGRATE_EVERY_NS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static NEXT_MIGRATION: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Sets the forced-migration period (before the cores run guests); zero turns it off.
+pub fn set_migrate_every(period: Nanos) {
+    MIGRATE_EVERY_NS.store(period.as_nanos(), Ordering::Relaxed);
+}
+
 /// `CPU_ON` attempts on a core that answer `ALREADY_ON` (it has not finished turning off)
 /// before the governor reports the core as stuck; it keeps retrying every period.
 const CPU_ON_REPORT_AFTER: u32 = 10;
@@ -193,24 +203,63 @@ impl Power {
 
 impl Hypervisor {
     /// The boot core, at the top of its loop: runs the governor when its period is due and
-    /// carries the plan out. Returns whether this core should poll its runtime (a move of one
-    /// of its own vCPUs).
+    /// carries the plan out (and the forced migrations of `hv.migrate-every=`). Returns whether
+    /// this core should poll its runtime (a move of one of its own vCPUs).
     pub(super) fn govern(&self, me: CoreId, now: Instant) -> bool {
+        let poll = self.migrate_all(me, now);
         if now.as_nanos() < self.power.next_tick.load(Ordering::Relaxed) {
-            return false;
+            return poll;
         }
         self.power.next_tick.store((now + self.power.config.period).as_nanos(), Ordering::Relaxed);
         let mut g = self.power.governor.lock();
         g.periods += 1;
         let plan = g.governor.decide(&self.sys, now, &self.power.model);
-        let poll = self.carry_out(me, &plan, &mut g);
+        let moved = self.carry_out(me, &plan, &mut g);
         drop(g);
+        poll || moved
+    }
+
+    /// `hv.migrate-every=`: when due, asks every vCPU that is on (running, runnable or blocked)
+    /// to move to the next online core after its owner.
+    fn migrate_all(&self, me: CoreId, now: Instant) -> bool {
+        let every = MIGRATE_EVERY_NS.load(Ordering::Relaxed);
+        if every == 0 || now.as_nanos() < NEXT_MIGRATION.load(Ordering::Relaxed) {
+            return false;
+        }
+        NEXT_MIGRATION.store(now.as_nanos() + every, Ordering::Relaxed);
+        let online = self.sys.online_cores().and(CoreMask::first(self.cores.len()));
+        let mut poll = false;
+        for v in 0..self.vcpus.len() {
+            let vcpu = VcpuId(v as u16);
+            let status = self.sys.status(vcpu);
+            if !matches!(
+                status.state,
+                vcpu_runtime::VcpuState::Running | vcpu_runtime::VcpuState::Runnable | vcpu_runtime::VcpuState::Blocked
+            ) {
+                continue;
+            }
+            let n = self.cores.len() as u16;
+            let Some(dest) = (1..n).map(|k| CoreId((status.owner.0 + k) % n)).find(|&c| online.contains(c)) else {
+                continue;
+            };
+            if let Ok(owner) = self.sys.request_move(vcpu, dest) {
+                if owner == me {
+                    poll = true;
+                } else {
+                    self.kick_core(owner, true);
+                }
+            }
+        }
         poll
     }
 
     /// The governor's next period, for the boot core's timer.
     pub(super) fn next_governor_tick(&self) -> Instant {
-        Instant(self.power.next_tick.load(Ordering::Relaxed))
+        let tick = self.power.next_tick.load(Ordering::Relaxed);
+        match MIGRATE_EVERY_NS.load(Ordering::Relaxed) {
+            0 => Instant(tick),
+            _ => Instant(tick.min(NEXT_MIGRATION.load(Ordering::Relaxed))),
+        }
     }
 
     fn carry_out(&self, me: CoreId, plan: &Plan, g: &mut GovernorState) -> bool {

@@ -1,0 +1,41 @@
+//! Live vCPU moves between cores under QEMU: the `wanderer` guest (docs/guests.md) checks its own
+//! invariants while the hypervisor moves each of its vCPUs to the next core every millisecond
+//! (`hv.migrate-every=1000`, docs/platform.md).
+
+use std::time::Duration;
+
+use hw_tests::{run, QemuConfig};
+use vcpu_runtime::trace::TraceKind;
+
+fn wander(smp: u32) {
+    let config = QemuConfig::new(smp, "cortex-a57")
+        .scenario("wanderer")
+        .append("hv.trace=events hv.migrate-every=1000")
+        .timeout(Duration::from_secs(240));
+    let r = run(&config);
+    eprintln!("hw-tests: wanderer: {}", r.summary());
+    r.assert_clean();
+    r.assert_guest_passed("wanderer");
+    r.assert_guest_line("wanderer", "violations=0");
+    for cpu in [1, 2] {
+        r.assert_guest_line("wanderer", &format!("wanderer: cpu {cpu} ticks="));
+    }
+    let events = r.trace_events().unwrap_or_else(|e| r.fail(&e));
+    let moves = events.iter().filter(|e| matches!(e.kind, TraceKind::VcpuMigrate { .. })).count();
+    // Three vCPUs moved every millisecond for three seconds: thousands of hand-overs.
+    assert!(moves >= 3_000, "only {moves} moves");
+    for s in r.stats() {
+        assert!(s.get("migrations") >= 500, "{s:?}");
+        assert_eq!(s.state(), "stopped", "{s:?}");
+    }
+}
+
+#[test]
+fn vcpus_moved_every_millisecond_smp2() {
+    wander(2);
+}
+
+#[test]
+fn vcpus_moved_every_millisecond_smp4() {
+    wander(4);
+}
