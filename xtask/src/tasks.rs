@@ -210,7 +210,9 @@ pub fn demo(ctx: &Ctx, scenario: Option<&str>) -> Result<(), Error> {
 
 /// `cargo xtask sim SCENARIO [ARGS...]`.
 pub fn sim(ctx: &Ctx, scenario: &str, args: &[String]) -> Result<(), Error> {
-    let scenario = resolve_scenario(ctx, scenario)?;
+    // A built-in trace (`builtin:audio:25`) is hvsim's to resolve.
+    let scenario =
+        if scenario.starts_with("builtin:") { scenario.to_string() } else { resolve_scenario(ctx, scenario)? };
     hvsim(&scenario, args).run(ctx)
 }
 

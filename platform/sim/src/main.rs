@@ -20,7 +20,9 @@ const USAGE: &str =
   --trace FILE        write every trace event, one line each (docs/trace-format.md)
   --report-json FILE  write the report and the energy report as JSON
   --policy P          power policy: spread, hotplug, race-to-idle or consolidate (default: the
-                      scenario's policy.governor)
+                      scenario's policy.governor); `all` compares every policy in one table
+SCENARIO may also be builtin:TRACE[:UTIL[:PROFILE:CORES]], a built-in phone trace (idle-bursts,
+audio, video-call, browsing, batch-sync) at UTIL % of the board (default 25, phone-dual:2)
   --timeline PREFIX   write the timeline to PREFIX.json (Perfetto) and PREFIX.png (default:
                       target/sim/SCENARIO-POLICY); runs of more than 5 million events skip it";
 
@@ -33,6 +35,8 @@ struct Args {
     trace: Option<PathBuf>,
     report_json: Option<PathBuf>,
     policy: Option<GovernorPolicy>,
+    /// `--policy all`: every policy, compared in one table.
+    all_policies: bool,
     timeline: Option<PathBuf>,
 }
 
@@ -42,6 +46,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut trace = None;
     let mut report_json = None;
     let mut policy = None;
+    let mut all_policies = false;
     let mut timeline = None;
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -54,9 +59,15 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--report-json" => report_json = Some(PathBuf::from(value("--report-json")?)),
             "--policy" => {
                 let p = value("--policy")?;
-                policy = Some(GovernorPolicy::from_name(&p).ok_or_else(|| {
-                    format!("--policy {p}: unknown policy; available: spread, hotplug, race-to-idle, consolidate")
-                })?);
+                if p == "all" {
+                    all_policies = true;
+                } else {
+                    policy = Some(GovernorPolicy::from_name(&p).ok_or_else(|| {
+                        format!(
+                            "--policy {p}: unknown policy; available: spread, hotplug, race-to-idle, consolidate, all"
+                        )
+                    })?);
+                }
             }
             "--timeline" => timeline = Some(PathBuf::from(value("--timeline")?)),
             "-h" | "--help" => return Err(String::new()),
@@ -68,7 +79,15 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
         }
     }
-    Ok(Args { scenario: scenario.ok_or("no scenario given")?, duration, trace, report_json, policy, timeline })
+    Ok(Args {
+        scenario: scenario.ok_or("no scenario given")?,
+        duration,
+        trace,
+        report_json,
+        policy,
+        all_policies,
+        timeline,
+    })
 }
 
 struct FileSink(BufWriter<File>, Option<std::io::Error>);
@@ -103,10 +122,67 @@ impl TraceSink for Sinks {
     }
 }
 
+/// A scenario file, or a built-in trace: `builtin:TRACE[:UTIL[:PROFILE:CORES]]` (utilization in
+/// percent of the board, default 25; board default phone-dual, 2 cores).
+fn load_scenario(given: &std::path::Path) -> Result<scenario::Scenario, String> {
+    let text = given.to_string_lossy();
+    let Some(spec) = text.strip_prefix("builtin:") else {
+        return scenario::load(given).map_err(|e| e.to_string());
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let trace = parts[0];
+    let util = match parts.get(1) {
+        Some(u) => u.parse().map_err(|_| format!("{text}: utilization `{u}` is not a whole percent"))?,
+        None => 25,
+    };
+    let (profile, cores) = match (parts.get(2), parts.get(3)) {
+        (Some(p), Some(c)) => (*p, c.parse().map_err(|_| format!("{text}: cores `{c}` is not a number"))?),
+        (None, None) => ("phone-dual", 2),
+        _ => return Err(format!("{text}: give the board as PROFILE:CORES")),
+    };
+    platform_sim::traces::scenario(trace, profile, cores, util, vcpu_runtime::Nanos::from_secs(20)).ok_or_else(|| {
+        format!(
+            "{text}: no built-in trace `{trace}` reaching {util} % on {cores} cores; traces: {}",
+            platform_sim::traces::TRACES.join(", ")
+        )
+    })
+}
+
+/// `--policy all`: every policy on the scenario, one line each.
+fn compare(scenario: &scenario::Scenario) -> Result<bool, String> {
+    println!(
+        "{:<13} {:>9} {:>9} {:>9} {:>12} {:>12} {:>6} {:>9} {:>11}",
+        "policy", "energy J", "avg mW", "RT miss", "latency avg", "latency max", "moves", "cores off", "transitions"
+    );
+    let mut ok = true;
+    for policy in GovernorPolicy::ALL {
+        let run = energy::run(scenario, policy, &mut ()).map_err(|e| e.to_string())?;
+        let e = &run.energy;
+        ok &= run.report.violations.is_empty();
+        println!(
+            "{:<13} {:>9.3} {:>9.1} {:>9} {:>12} {:>12} {:>6} {:>9} {:>11}",
+            policy.name(),
+            e.energy_uj as f64 / 1e6,
+            e.average_power_mw,
+            e.rt_misses,
+            vcpu_runtime::Nanos(e.wake_latency_avg_ns).to_string(),
+            vcpu_runtime::Nanos(e.wake_latency_max_ns).to_string(),
+            e.migrations,
+            e.core_off,
+            e.transitions
+        );
+    }
+    Ok(ok)
+}
+
 fn run(args: Args) -> Result<bool, String> {
-    let mut scenario = scenario::load(&args.scenario).map_err(|e| e.to_string())?;
+    let mut scenario = load_scenario(&args.scenario)?;
     if let Some(d) = args.duration {
         scenario.duration = d;
+    }
+    if args.all_policies {
+        println!("{}: {} over {}", scenario.name, scenario.description, scenario.duration);
+        return compare(&scenario);
     }
     let policy = args.policy.unwrap_or(scenario.policy.governor);
     let file = match &args.trace {
