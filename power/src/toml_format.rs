@@ -5,6 +5,7 @@
 use std::format;
 use std::string::String;
 use std::vec::Vec;
+use vcpu_runtime::scenario::line_col;
 
 use serde::Deserialize;
 use vcpu_runtime::ids::CoreMask;
@@ -241,18 +242,6 @@ fn locate(v: Violation, entry_of_core: &[usize], from_voltage: &[Vec<bool>]) -> 
         ),
         item => field_error(join_path(&item.path(), v.field), v.reason),
     }
-}
-
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (u32, u32) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
-    (line.try_into().unwrap_or(u32::MAX), column.try_into().unwrap_or(u32::MAX))
 }
 
 #[cfg(test)]

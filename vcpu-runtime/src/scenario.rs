@@ -36,7 +36,7 @@ mod tests;
 
 pub use duration::{parse_duration, DurationError};
 #[cfg(feature = "std")]
-pub use parser::{load, parse};
+pub use parser::{line_col, load, parse};
 #[cfg(feature = "std")]
 pub use trace_csv::{parse_trace_csv, TraceCsvError};
 

@@ -172,29 +172,17 @@ fn ticks(ns: u64) -> u64 {
     (u128::from(ns) * u128::from(timer::frequency()) / 1_000_000_000).min(u128::from(u64::MAX)) as u64
 }
 
-/// `steps` generator steps: the busy loop.
-fn compute(steps: u64, seed: u64) -> u64 {
-    let mut x = seed | 1;
-    for _ in 0..steps {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x = core::hint::black_box(x);
-    }
-    x
-}
-
 /// Generator steps per second of counter time on this vCPU: the fastest of a few timed runs
 /// (the one least disturbed), after a warm-up (QEMU translates the loop on its first run). The
 /// runs are spread over some 25 ms (a short sleep between two), so that a burst of work
 /// elsewhere on the host or the core (another guest starting) cannot disturb all of them.
 fn calibrate() -> u64 {
-    compute(SAMPLE, 1);
+    guest_rt::work::steps(SAMPLE, 1);
     let mut best = u64::MAX;
     for i in 0..TRIES as u64 {
         sleep_until(timer::now() + timer::ticks_from_us(SPREAD_US));
         let start = timer::now();
-        compute(SAMPLE, i + 2);
+        guest_rt::work::steps(SAMPLE, i + 2);
         best = best.min((timer::now() - start).max(1));
     }
     (u128::from(SAMPLE) * u128::from(timer::frequency()) / u128::from(best)).max(1) as u64
@@ -235,7 +223,7 @@ fn work(work_ns: u64, rate: u64, end: u64, seed: u64) -> bool {
             return false;
         }
         let n = left.min(chunk);
-        x = compute(n, x);
+        x = guest_rt::work::steps(n, x);
         left -= n;
     }
     true

@@ -44,15 +44,9 @@ fn on_tick(_intid: u32) {
 }
 
 /// The job: `steps` generator steps.
+/// One job: `steps` generator steps.
 fn job(steps: u64) -> u64 {
-    let mut x = 0x2545_F491_4F6C_DD1D_u64;
-    for _ in 0..steps {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x = core::hint::black_box(x);
-    }
-    x
+    guest_rt::work::steps(steps, 0x2545_F491_4F6C_DD1D)
 }
 
 /// Generator steps that take `WORK_US` on this vCPU: the median of several timed runs, after a

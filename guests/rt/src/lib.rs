@@ -34,6 +34,7 @@ pub mod probe;
 pub mod psci;
 pub mod sync;
 pub mod timer;
+pub mod work;
 
 use aarch64_cpu::registers::{Readable, MPIDR_EL1};
 use core::fmt::{self, Write};

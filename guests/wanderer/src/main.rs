@@ -77,15 +77,6 @@ fn on_pong(_intid: u32) {
     PONGS.fetch_add(1, Ordering::AcqRel);
 }
 
-/// One generator step.
-fn step(x: u64) -> u64 {
-    let mut x = x;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
-}
-
 /// The per-vCPU part: work, time and timers until the end; then the checks. Returns the ticks.
 fn wander(me: usize) -> u64 {
     gic::init();
@@ -107,7 +98,7 @@ fn wander(me: usize) -> u64 {
     let mut backwards = 0u64;
     loop {
         for _ in 0..256 {
-            x = step(x);
+            x = guest_rt::work::step(x);
             sum = sum.wrapping_add(core::hint::black_box(x));
         }
         steps += 256;
@@ -133,7 +124,7 @@ fn wander(me: usize) -> u64 {
     // The work again, from scratch, with nothing to disturb it.
     let (mut y, mut check) = (seed, 0u64);
     for _ in 0..steps {
-        y = step(y);
+        y = guest_rt::work::step(y);
         check = check.wrapping_add(y);
     }
     if check != sum {

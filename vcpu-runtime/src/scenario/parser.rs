@@ -472,8 +472,9 @@ impl RawDemand {
 // ---------------------------------------------------------------------------------------------
 // Where things are in the text: dotted field paths and their spans.
 
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (u32, u32) {
+/// 1-based line and column (in characters) of byte `offset` in `text` (the TOML readers of
+/// scenarios and of energy models report errors with it).
+pub fn line_col(text: &str, offset: usize) -> (u32, u32) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;
