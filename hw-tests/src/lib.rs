@@ -101,6 +101,9 @@ pub struct QemuConfig {
     pub append: Option<String>,
     /// A scenario manifest to load at [`MANIFEST_ADDR`].
     pub manifest: Option<PathBuf>,
+    /// A raw disk image attached as a virtio-blk device on the virtio-mmio bus (the hypervisor's
+    /// checkpoint disk, docs/platform.md *virtio-blk transport*).
+    pub disk: Option<PathBuf>,
 }
 
 impl QemuConfig {
@@ -113,6 +116,7 @@ impl QemuConfig {
             icount: false,
             append: None,
             manifest: None,
+            disk: None,
         }
     }
 
@@ -125,6 +129,13 @@ impl QemuConfig {
     /// With this manifest file.
     pub fn manifest_file(mut self, path: &Path) -> QemuConfig {
         self.manifest = Some(path.to_path_buf());
+        self
+    }
+
+    /// With this raw disk image as a virtio-blk device: `-drive if=none,file=PATH,format=raw,id=ckpt
+    /// -device virtio-blk-device,drive=ckpt`.
+    pub fn disk(mut self, image: &Path) -> QemuConfig {
+        self.disk = Some(image.to_path_buf());
         self
     }
 
@@ -169,6 +180,16 @@ impl QemuConfig {
             args.extend([
                 "-device".into(),
                 format!("loader,file={},addr={MANIFEST_ADDR:#x},force-raw=on", manifest.display()),
+            ]);
+        }
+        if let Some(disk) = &self.disk {
+            // QEMU's option syntax: a comma in a value is written twice.
+            let file = disk.display().to_string().replace(',', ",,");
+            args.extend([
+                "-drive".into(),
+                format!("if=none,file={file},format=raw,id=ckpt"),
+                "-device".into(),
+                "virtio-blk-device,drive=ckpt".into(),
             ]);
         }
         if let Some(append) = &self.append {
@@ -620,6 +641,11 @@ mod tests {
             .qemu_args(Path::new("img"))
             .join(" ")
             .ends_with("-kernel img -device loader,file=m.manifest,addr=0x44000000,force-raw=on"));
+        let c = QemuConfig::new(2, "cortex-a57").disk(Path::new("target/a,b.img")).append("hv.disk-test=read");
+        assert!(c.qemu_args(Path::new("img")).join(" ").ends_with(
+            "-kernel img -drive if=none,file=target/a,,b.img,format=raw,id=ckpt -device virtio-blk-device,drive=ckpt \
+             -append hv.disk-test=read"
+        ));
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub mod smp;
 pub mod stage2;
 pub mod sysreg;
 pub mod timer;
+pub mod virtio;
 
 pub use vcpu_runtime::{CoreId, Instant};
 

@@ -1,5 +1,5 @@
-//! What the boot core reads from the firmware's device tree: RAM, CPUs, the PSCI conduit and
-//! `/chosen`.
+//! What the boot core reads from the firmware's device tree: RAM, CPUs, the PSCI conduit,
+//! `/chosen` and the virtio-mmio transports.
 //!
 //! `fdt`'s convenience accessors (`cpus()`, `memory()`, `chosen()`, `Cpu::ids()`) panic when a
 //! node or property is missing, so this module only uses `find_node`, `all_nodes` and property
@@ -25,6 +25,9 @@ pub struct BoardFacts<'a> {
     pub psci_method: Option<&'a str>,
     /// `/chosen`, if present.
     pub chosen: Option<Chosen<'a>>,
+    /// The `reg` of every node compatible with `virtio,mmio`, in device-tree order (QEMU's virt
+    /// board: 32 transports of 0x200 bytes from 0x0a00_0000, most of them empty).
+    pub virtio_mmio: Vec<Range<usize>>,
 }
 
 /// The `/chosen` node.
@@ -43,6 +46,7 @@ pub enum DtError {
     CpuWithoutReg(&'static str),
     BadReg { name: &'static str, len: usize },
     NoMemory,
+    VirtioWithoutReg(&'static str),
 }
 
 impl fmt::Display for DtError {
@@ -56,6 +60,7 @@ impl fmt::Display for DtError {
                 write!(f, "/cpus/{name}: reg of {len} bytes (one 1- or 2-cell address expected)")
             }
             DtError::NoMemory => write!(f, "no memory node with a reg property"),
+            DtError::VirtioWithoutReg(name) => write!(f, "virtio,mmio node {name} has no reg region with a size"),
         }
     }
 }
@@ -96,7 +101,20 @@ pub fn read(dtb: &'static [u8]) -> Result<BoardFacts<'static>, DtError> {
     let chosen = fdt
         .find_node("/chosen")
         .map(|n| Chosen { bootargs: str_prop(n, "bootargs"), stdout_path: str_prop(n, "stdout-path") });
-    Ok(BoardFacts { compatible, ram, cpus, psci_method, chosen })
+    let mut virtio_mmio = Vec::new();
+    for node in fdt.all_nodes().filter(|n| has_compatible(*n, "virtio,mmio")) {
+        let name: &'static str = node.name;
+        let region = node.reg().and_then(|mut regs| regs.next()).ok_or(DtError::VirtioWithoutReg(name))?;
+        let size = region.size.filter(|s| *s > 0).ok_or(DtError::VirtioWithoutReg(name))?;
+        let start = region.starting_address as usize;
+        virtio_mmio.push(start..start.saturating_add(size));
+    }
+    Ok(BoardFacts { compatible, ram, cpus, psci_method, chosen, virtio_mmio })
+}
+
+/// Whether one of the strings of the node's `compatible` is `name`.
+fn has_compatible(node: FdtNode<'_, 'static>, name: &str) -> bool {
+    node.property("compatible").is_some_and(|p| p.value.split(|b| *b == 0).any(|s| s == name.as_bytes()))
 }
 
 /// A string property (the first string of a string list), if present and valid UTF-8.

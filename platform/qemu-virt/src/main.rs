@@ -6,7 +6,9 @@
 //! Then, if QEMU's loader put a scenario manifest at [`MANIFEST_ADDR`], the boot core parses it
 //! (a bad one fails the run with the parser's message) and hands it, the cores and the guest
 //! RAM pool to `platform_aarch64::hyp`, which runs the guests on every core; without one, the
-//! run was a boot check and ends with exit status 0 through semihosting.
+//! run was a boot check and ends with exit status 0 through semihosting. `hv.disk-test=write|read`
+//! instead runs the checkpoint disk's end-to-end test (`selftest::disk`) once the cores are
+//! online, and ends the run.
 //!
 //! All the unsafe code is in `platform-aarch64`; this crate only has its entry glue (the
 //! `Board` implementation and `entry!`).
@@ -24,7 +26,7 @@ use core::ops::Range;
 
 use platform_aarch64::entry::{Board, BootInfo, DtbSource};
 use platform_aarch64::layout::MAX_CORES;
-use platform_aarch64::{cpu, exit_code, fail, hyp, mmu, println, ram, semihosting, smp, timer};
+use platform_aarch64::{cpu, exit_code, fail, hyp, mmu, println, ram, semihosting, smp, timer, virtio};
 use smccc::Smc;
 use vcpu_runtime::manifest::{self, Manifest};
 use vcpu_runtime::trace::{CoreState, TraceEvent, TraceKind};
@@ -125,6 +127,16 @@ fn boot_main(boot: BootInfo) -> ! {
         "mmu: EL2 identity map on, caches on: image {:#x}..{:#x}, RAM {:#x}..{:#x} write-back, devices {:#x}..{:#x} nGnRE",
         image.start, image.end, ram.start, ram.end, devices.start, devices.end
     );
+    // The virtio-mmio transports (QEMU makes 32, empty unless a -device is plugged in): one line
+    // per device, none without.
+    match virtio::probe_mmio(&facts.virtio_mmio) {
+        Ok(found) => {
+            for d in found {
+                println!("virtio: {} (device ID {}) at {:#x}", d.kind(), d.device_id, d.base);
+            }
+        }
+        Err(e) => fail!("virtio: {e}"),
+    }
 
     // PSCI: at EL2 only SMC reaches the firmware (an HVC would come back to this hypervisor).
     let psci = match facts.psci_method {
@@ -189,6 +201,13 @@ fn boot_main(boot: BootInfo) -> ! {
         match hyp::TraceLevel::from_arg(value) {
             Some(level) => hyp::set_trace_level(level),
             None => fail!("hv.trace={value}: unknown trace level; use all, events or off"),
+        }
+    }
+
+    if let Some(value) = boot_arg(bootargs, "hv.disk-test=") {
+        match selftest::DiskTest::from_arg(value) {
+            Some(test) => selftest::disk(test),
+            None => fail!("hv.disk-test={value}: unknown; use write or read"),
         }
     }
 

@@ -11,10 +11,15 @@
 //! | `brk` | the boot core executes `BRK` | 3 |
 //! | `overflow` | the last core, likewise, recurses until its stack overflows | 3 |
 //! | `hang` | the last core never reports in | 1 (after the online timeout) |
+//!
+//! The checkpoint disk's end-to-end test is here too, chosen with `hv.disk-test=write|read`
+//! ([`disk`]): it succeeds with status 0, and fails (`FAIL: disk: ...`, status 1) when the disk
+//! or the stream on it is missing, too small or corrupt.
 
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
-use platform_aarch64::{exceptions, println};
+use platform_aarch64::virtio::CheckpointDisk;
+use platform_aarch64::{exceptions, exit_code, fail, println, semihosting};
 use vcpu_runtime::CoreId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,4 +104,126 @@ fn recurse(depth: u64) -> u64 {
         return depth;
     }
     recurse(depth + 1) + u64::from(frame[depth as usize % 1024])
+}
+
+/// Which half of the disk test runs (`hv.disk-test=write|read`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskTest {
+    /// Writes [`DISK_PATTERN_LEN`] bytes of the pattern as the disk's stream.
+    Write,
+    /// Reads the stream back and checks it is exactly the pattern.
+    Read,
+}
+
+impl DiskTest {
+    pub fn from_arg(value: &str) -> Option<DiskTest> {
+        match value {
+            "write" => Some(DiskTest::Write),
+            "read" => Some(DiskTest::Read),
+            _ => None,
+        }
+    }
+}
+
+/// The length of the disk test's payload: 1 MiB.
+pub const DISK_PATTERN_LEN: usize = 1 << 20;
+
+/// The disk test's payload, a byte at a time: the little-endian bytes of successive splitmix64
+/// outputs from the seed `0x4856_5354_5245_414d` (hw-tests/tests/virtio.rs makes the same).
+struct Pattern {
+    state: u64,
+    word: [u8; 8],
+    used: usize,
+}
+
+impl Pattern {
+    fn new() -> Pattern {
+        Pattern { state: 0x4856_5354_5245_414d, word: [0; 8], used: 8 }
+    }
+
+    fn fill(&mut self, out: &mut [u8]) {
+        for byte in out {
+            if self.used == 8 {
+                self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = self.state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                self.word = (z ^ (z >> 31)).to_le_bytes();
+                self.used = 0;
+            }
+            *byte = self.word[self.used];
+            self.used += 1;
+        }
+    }
+}
+
+/// The checkpoint disk's end-to-end test, on the boot core once every core is online: `Write`
+/// writes the pattern as the first virtio-blk device's stream (`disk: wrote N bytes
+/// crc=0x...`), `Read` reads it back, lets the reader verify length and CRC, and compares every
+/// byte with the pattern (`disk: read N bytes crc=0x... ok`). Either ends the run: status 0, or
+/// a `FAIL: disk: ...` line and status 1.
+pub fn disk(test: DiskTest) -> ! {
+    let mut disk = match CheckpointDisk::open() {
+        Ok(disk) => disk,
+        Err(e) => fail!("disk: {e}"),
+    };
+    println!("disk: virtio-blk at {:#x}, {} bytes", disk.mmio().base, disk.capacity_bytes());
+    let mut pattern = Pattern::new();
+    // Odd piece sizes, so that pieces straddle sectors and the disk's 64 KiB requests.
+    let mut piece = [0u8; 4093];
+    match test {
+        DiskTest::Write => {
+            let mut writer = disk.writer();
+            let mut left = DISK_PATTERN_LEN;
+            while left > 0 {
+                let n = left.min(piece.len());
+                pattern.fill(&mut piece[..n]);
+                if let Err(e) = writer.write(&piece[..n]) {
+                    fail!("disk: {e}");
+                }
+                left -= n;
+            }
+            match writer.finish() {
+                Ok(s) => println!("disk: wrote {} bytes crc={:#010x}", s.len, s.crc),
+                Err(e) => fail!("disk: {e}"),
+            }
+        }
+        DiskTest::Read => {
+            let mut reader = match disk.reader() {
+                Ok(reader) => reader,
+                Err(e) => fail!("disk: {e}"),
+            };
+            if reader.len() != DISK_PATTERN_LEN as u64 {
+                fail!("disk: the stream holds {} bytes, the test writes {DISK_PATTERN_LEN}", reader.len());
+            }
+            let mut expected = [0u8; 3001];
+            let mut offset = 0usize;
+            // The first byte that differs from the pattern, reported only if the CRC passes (the
+            // stream's own verdict comes first).
+            let mut first_difference = None;
+            loop {
+                let n = match reader.read(&mut piece[..3001]) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => fail!("disk: {e}"),
+                };
+                pattern.fill(&mut expected[..n]);
+                if first_difference.is_none() {
+                    first_difference =
+                        piece[..n].iter().zip(&expected[..n]).position(|(a, b)| a != b).map(|i| offset + i);
+                }
+                offset += n;
+            }
+            let summary = match reader.finish() {
+                Ok(s) => s,
+                Err(e) => fail!("disk: {e}"),
+            };
+            if let Some(at) = first_difference {
+                fail!("disk: the stream verifies, but byte {at} differs from the pattern");
+            }
+            println!("disk: read {} bytes crc={:#010x} ok", summary.len, summary.crc);
+        }
+    }
+    drop(disk);
+    semihosting::exit(exit_code::SUCCESS)
 }
