@@ -297,8 +297,9 @@ pub fn init_this_core() {
 /// Makes `ctx` the vCPU this core runs: its EL1 state, virtual timer, FP/SIMD and virtual CPU
 /// interface state into the hardware, `VMPIDR_EL2`, and `VTTBR_EL2` = `vttbr` (its VM's
 /// stage-2 root and VMID), `HCR_EL2` = [`HCR_GUEST`].
-pub fn load(ctx: &VcpuContext, vttbr: u64) {
+pub fn load(ctx: &VcpuContext, vttbr: u64, cntvoff: u64) {
     write_vttbr_el2(vttbr);
+    write_cntvoff_el2(cntvoff);
     write_vmpidr_el2(ctx.vmpidr);
     write_hcr_el2(HCR_GUEST);
     gic::write_ich_vmcr(ctx.gic.vmcr);

@@ -43,6 +43,12 @@ pub fn counter() -> u64 {
     CNTPCT_EL0.get()
 }
 
+/// The loaded vCPU's virtual counter (`CNTVCT_EL0` = physical count − `CNTVOFF_EL2`), without a
+/// barrier.
+pub fn virtual_counter() -> u64 {
+    aarch64_cpu::registers::CNTVCT_EL0.get()
+}
+
 /// The system counter (CNTPCT_EL0), read after an ISB so the read is not hoisted above
 /// earlier instructions.
 pub fn ticks() -> u64 {

@@ -191,6 +191,15 @@ fn boot_main(boot: BootInfo) -> ! {
             _ => fail!("hv.cpu-off={value}: unknown; use psci (turn cores off) or wfi (park them in WFI)"),
         }
     }
+    if let Some(value) = boot_arg(bootargs, "hv.checkpoint-at=") {
+        match value.parse::<u64>() {
+            Ok(ms) => hyp::checkpoint::set_checkpoint_at(ms),
+            Err(_) => fail!("hv.checkpoint-at={value}: give milliseconds, e.g. hv.checkpoint-at=200"),
+        }
+    }
+    if bootargs.split_ascii_whitespace().any(|a| a == "hv.restore") {
+        hyp::checkpoint::set_restore(true);
+    }
     if let Some(value) = boot_arg(bootargs, "hv.migrate-every=") {
         match value.parse::<u64>() {
             Ok(us) => hyp::power::set_migrate_every(vcpu_runtime::Nanos::from_micros(us)),

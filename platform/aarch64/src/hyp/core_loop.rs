@@ -166,13 +166,13 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
 }
 
 /// The loaded vCPU's virtual-timer line: enabled, not masked, and the counter at or past the
-/// compare value (`CNTVOFF_EL2` is 0). Computed from the counter rather than read from
+/// compare value, in the guest's virtual count (`CNTVOFF_EL2` is loaded). Computed from the counter rather than read from
 /// `CNTV_CTL_EL0.ISTATUS`, which QEMU's TCG updates late: the model's level, raised by
 /// `fire_timers` from the same comparison, must not be seen low just after, or it would never be
 /// lowered again (an interrupt storm once the guest disables its timer).
 fn vtimer_line() -> bool {
     let ctl = guest::vtimer_ctl();
-    ctl & 0b11 == 0b01 && timer::counter() >= guest::vtimer_cval()
+    ctl & 0b11 == 0b01 && timer::virtual_counter() >= guest::vtimer_cval()
 }
 
 impl Core<'_> {
@@ -490,7 +490,7 @@ impl Core<'_> {
                 if let Some((entry, x0)) = vcpu.boot.lock().take() {
                     ctx.reset(entry, x0);
                 }
-                guest::load(&ctx, vm.vttbr);
+                guest::load(&ctx, vm.vttbr, vm.cntvoff.load(Ordering::Relaxed));
                 let memo = ctx.lr_memo;
                 self.fill_clean = memo.clean;
                 self.fill_epoch = memo.epoch;
@@ -562,7 +562,9 @@ impl Core<'_> {
             _ => {
                 let ctl = guest::vtimer_ctl();
                 let deadline = if ctl & 0b11 == 0b01 {
-                    timer::instant_of_ticks(guest::vtimer_cval()).as_nanos()
+                    // In the guest's virtual count: physical = virtual + CNTVOFF.
+                    let cntvoff = vm.cntvoff.load(Ordering::Relaxed);
+                    timer::instant_of_ticks(guest::vtimer_cval().wrapping_add(cntvoff)).as_nanos()
                 } else {
                     NO_DEADLINE
                 };

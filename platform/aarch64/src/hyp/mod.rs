@@ -13,6 +13,7 @@
 //! Everything here is safe code over the platform's primitives ([`crate::guest`],
 //! [`crate::gic`], [`crate::stage2`], [`crate::timer`]).
 
+pub mod checkpoint;
 mod core_loop;
 mod exits;
 pub mod power;
@@ -285,7 +286,27 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
         vcpus.extend(vm.make_vcpus(&guest));
         vms.push(vm);
     }
-    let config = runtime_config(&manifest, n_cores);
+    let mut config = runtime_config(&manifest, n_cores);
+    // `hv.restore`: the first VM continues from the checkpoint on the disk (verified whole
+    // before anything of it runs).
+    let restored = match checkpoint::restore_requested() {
+        true => match vms.first() {
+            Some(vm) => match checkpoint::restore(vm, &vcpus) {
+                Ok(r) => {
+                    println!("restore: guest {} from the checkpoint disk", vm.name);
+                    for (k, power) in r.power.iter().enumerate() {
+                        if let Some(v) = config.vcpus.get_mut(vm.first_vcpu.index() + k) {
+                            v.starts_parked = !matches!(power, migrate::checkpoint::PowerState::On);
+                        }
+                    }
+                    Some(r)
+                }
+                Err(e) => fail(format!("restore: {e}")),
+            },
+            None => None,
+        },
+        false => None,
+    };
     let now = timer::now();
     let model = match ::power::EnergyModel::for_board(manifest.energy_profile, n_cores) {
         Ok(m) => m,
@@ -304,7 +325,12 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
         Err(e) => fail(format!("runtime: {e}")),
     };
     let duration = manifest.policy.duration;
-    let end = if duration == Nanos::ZERO { Instant::NEVER } else { now + duration };
+    let end = match checkpoint::checkpoint_at_ms() {
+        // The run ends there, and the boot core writes the checkpoint.
+        Some(ms) => now + Nanos::from_millis(ms),
+        None if duration == Nanos::ZERO => Instant::NEVER,
+        None => now + duration,
+    };
     let hyp: &'static Hypervisor = alloc::boxed::Box::leak(alloc::boxed::Box::new(Hypervisor {
         sys,
         vms,
@@ -339,6 +365,15 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
         if n_cores == 1 { "" } else { "s" },
         duration.as_millis()
     );
+    if let (Some(r), Some(vm)) = (&restored, hyp.vms.first()) {
+        // vCPUs whose CPU_ON was pending start as it asked; the guest's counter continues.
+        for (k, power) in r.power.iter().enumerate() {
+            if let (migrate::checkpoint::PowerState::OnPending { .. }, Some(id)) = (power, vm.vcpu_id(k as u16)) {
+                let _ = hyp.sys.request_power_on(id);
+            }
+        }
+        vm.cntvoff.store(r.timers.cntvoff(timer::counter()), Ordering::Release);
+    }
     HYP.call_once(|| hyp);
     smp::wake_all();
     core_loop::run(hyp, CoreId(0))
@@ -443,6 +478,15 @@ impl Hypervisor {
                 s.wake_latency_max.as_nanos(),
                 state_word(*state)
             );
+        }
+        if checkpoint::checkpoint_at_ms().is_some() {
+            if let Some(vm) = self.vms.first() {
+                let states: Vec<(VcpuId, VcpuState)> = stats.iter().map(|&(id, _, state)| (id, state)).collect();
+                match checkpoint::write(vm, &self.vcpus, &states) {
+                    Ok((bytes, crc)) => println!("checkpoint: guest {}: {bytes} bytes, crc {crc:#010x}", vm.name),
+                    Err(e) => crate::fail!("checkpoint: guest {}: {e}", vm.name),
+                }
+            }
         }
         self.energy_report(end);
         let stopped = self.stopped_vms.load(Ordering::Acquire);

@@ -68,6 +68,11 @@ pub struct Vm {
     stop_reason: AtomicU8,
     /// vCPUs that have stopped.
     pub stopped: AtomicU16,
+    /// Fair-share weight and real-time reservation (budget, period in ns), for checkpoints.
+    pub weight: u32,
+    pub reservation: Option<(u64, u64)>,
+    /// `CNTVOFF_EL2` of the VM's vCPUs: 0, or what continues a restored guest's virtual time.
+    pub cntvoff: AtomicU64,
     /// A `SYSTEM_RESET` in progress: [`RESET_NONE`], [`RESET_QUIESCING`] (its vCPUs turn off at
     /// their next exit or entry) or [`RESET_LOADING`] (one core loads the image again).
     pub resetting: AtomicU8,
@@ -211,6 +216,9 @@ impl Vm {
             stop_reason: AtomicU8::new(0),
             stopped: AtomicU16::new(0),
             resetting: AtomicU8::new(RESET_NONE),
+            weight: guest.weight,
+            reservation: guest.reservation.map(|r| (r.budget.as_nanos(), r.period.as_nanos())),
+            cntvoff: AtomicU64::new(0),
         })
     }
 
@@ -254,6 +262,16 @@ impl Vm {
                 vgic_epoch: AtomicU64::new(0),
             })
             .collect()
+    }
+
+    /// Runs `f` on the guest's RAM (to read it for a checkpoint; no vCPU of the VM may run).
+    pub fn with_ram<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self.ram.lock().as_slice())
+    }
+
+    /// Runs `f` on the guest's RAM to overwrite it (a restore, before any vCPU of the VM runs).
+    pub fn with_ram_mut<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        f(self.ram.lock().as_mut_slice())
     }
 
     /// The RAM region backing the guest's memory (for reports).
