@@ -71,6 +71,8 @@ pub struct QemuArgs {
     pub icount: bool,
     /// `--append ARGS`: the hypervisor's boot arguments (`/chosen/bootargs`).
     pub append: Option<String>,
+    /// `--disk PATH`: a raw image attached as the checkpoint disk (virtio-blk).
+    pub disk: Option<String>,
 }
 
 impl Default for QemuArgs {
@@ -82,6 +84,7 @@ impl Default for QemuArgs {
             timeout_secs: DEFAULT_QEMU_TIMEOUT_SECS,
             icount: false,
             append: None,
+            disk: None,
         }
     }
 }
@@ -99,14 +102,15 @@ COMMANDS:
   sim SCENARIO [ARGS..]  run hvsim (release) on SCENARIO; ARGS go to hvsim:
                          --policy P, --duration D, --trace FILE, --report-json FILE
   bench [NAME]           run the criterion benches, all or one group (NAME below)
-  qemu [SCENARIO] [--smp N] [--cpu NAME] [--timeout SECONDS] [--icount] [--append ARGS]
+  qemu [SCENARIO] [--smp N] [--cpu NAME] [--timeout SECONDS] [--icount] [--append ARGS] [--disk PATH]
                          build the EL2 hypervisor (release) and boot it on qemu-system-aarch64;
                          exits with QEMU's status (0 only when the hypervisor ended cleanly).
                          --smp: cores (default: the scenario's board.cores, else 2);
                          --cpu: QEMU CPU model (default cortex-a57; `max` for the newest features);
                          --timeout: kill QEMU and fail after SECONDS (default 60);
                          --icount: deterministic time (-icount shift=4,sleep=off);
-                         --append: boot arguments for the hypervisor (e.g. hv.selftest=panic).
+                         --append: boot arguments for the hypervisor (e.g. hv.selftest=panic);
+                         --disk: a raw image as the checkpoint disk (hv.checkpoint-at=MS, hv.restore).
                          With SCENARIO, the test guests are built too and the scenario's manifest
                          (target/el2/manifests/NAME.manifest) is loaded beside the image: the
                          hypervisor runs its guests; without, it only checks its boot
@@ -252,10 +256,11 @@ fn parse_qemu(args: &[String]) -> Result<QemuArgs, Error> {
                 }
             }
             "--append" => q.append = Some(value("the hypervisor's boot arguments")?),
+            "--disk" => q.disk = Some(value("a raw disk image")?),
             "--icount" if inline.is_none() => q.icount = true,
             s if s.starts_with('-') => {
                 return Err(Error::usage(format!(
-                    "`qemu` does not take `{arg}`; it takes [SCENARIO] --smp N --cpu NAME --timeout SECONDS --icount --append ARGS"
+                    "`qemu` does not take `{arg}`; it takes [SCENARIO] --smp N --cpu NAME --timeout SECONDS --icount --append ARGS --disk PATH"
                 )))
             }
             _ if q.scenario.is_none() => q.scenario = Some(arg.clone()),
@@ -353,7 +358,20 @@ mod tests {
 
     #[test]
     fn qemu_takes_every_option_in_any_order() {
-        let q = qemu(&["--icount", "--smp", "4", "phone-dual", "--cpu", "max", "--timeout", "5", "--append", "a=b c"]);
+        let q = qemu(&[
+            "--icount",
+            "--smp",
+            "4",
+            "phone-dual",
+            "--cpu",
+            "max",
+            "--timeout",
+            "5",
+            "--append",
+            "a=b c",
+            "--disk",
+            "c.img",
+        ]);
         assert_eq!(
             q,
             QemuArgs {
@@ -363,6 +381,7 @@ mod tests {
                 timeout_secs: 5,
                 icount: true,
                 append: Some("a=b c".into()),
+                disk: Some("c.img".into()),
             }
         );
         let q = qemu(&["--smp=8", "--cpu=cortex-a57", "--timeout=120"]);

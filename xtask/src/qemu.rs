@@ -34,8 +34,24 @@ pub fn build_cmd() -> Cmd {
 /// The QEMU command line for `image`, with the scenario `manifest` loaded beside it when there
 /// is one: the same one the hw-tests run (`hw_tests::QemuConfig::qemu_args`).
 pub fn qemu_cmd(image: &str, manifest: Option<&str>, smp: u32, cpu: &str, icount: bool, append: Option<&str>) -> Cmd {
+    qemu_cmd_with_disk(image, manifest, smp, cpu, icount, append, None)
+}
+
+/// [`qemu_cmd`] with a raw disk image attached as the checkpoint disk (virtio-blk).
+pub fn qemu_cmd_with_disk(
+    image: &str,
+    manifest: Option<&str>,
+    smp: u32,
+    cpu: &str,
+    icount: bool,
+    append: Option<&str>,
+    disk: Option<&str>,
+) -> Cmd {
     let mut config = hw_tests::QemuConfig::new(smp, cpu);
     config.icount = icount;
+    if let Some(d) = disk {
+        config = config.disk(std::path::Path::new(d));
+    }
     if let Some(m) = manifest {
         config = config.manifest_file(std::path::Path::new(m));
     }
@@ -79,7 +95,15 @@ pub fn qemu(ctx: &Ctx, args: &QemuArgs) -> Result<(), Error> {
     };
     build_cmd().run(ctx)?;
     ensure_qemu(ctx)?;
-    let cmd = qemu_cmd(&image_path(), manifest.as_deref(), smp, &args.cpu, args.icount, args.append.as_deref());
+    let cmd = qemu_cmd_with_disk(
+        &image_path(),
+        manifest.as_deref(),
+        smp,
+        &args.cpu,
+        args.icount,
+        args.append.as_deref(),
+        args.disk.as_deref(),
+    );
     let timeout = Duration::from_secs(args.timeout_secs);
     println!("xtask: running (timeout {}s) {}", args.timeout_secs, cmd.display());
     let start = Instant::now();
