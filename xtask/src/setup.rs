@@ -58,6 +58,20 @@ pub fn ensure_qemu(ctx: &Ctx) -> Result<(), Error> {
     }
 }
 
+/// The nightly toolchain and `cargo-fuzz` for the checkpoint reader's fuzz target
+/// (`migrate/fuzz`): installed with rustup and `cargo install` when missing.
+pub fn ensure_fuzz(ctx: &Ctx) -> Result<(), Error> {
+    if Cmd::new("cargo", ["+nightly", "--version"]).output(ctx)?.is_none() {
+        println!("xtask: no nightly toolchain (cargo-fuzz needs it); installing it with rustup");
+        Cmd::new("rustup", ["toolchain", "install", "nightly", "--profile", "minimal"]).run(ctx)?;
+    }
+    if Cmd::new("cargo", ["fuzz", "--version"]).output(ctx)?.is_none() {
+        println!("xtask: cargo-fuzz is missing; installing it with cargo install");
+        Cmd::new("cargo", ["install", "cargo-fuzz", "--locked"]).run(ctx)?;
+    }
+    Ok(())
+}
+
 /// The first line of `qemu-system-aarch64 --version`, or `None` when it is not installed.
 fn qemu_version(ctx: &Ctx) -> Result<Option<String>, Error> {
     Ok(Cmd::new("qemu-system-aarch64", ["--version"])

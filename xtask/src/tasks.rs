@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::{Bench, BENCHES, DEFAULT_SCENARIO};
 use crate::exec::{Cmd, Ctx};
-use crate::setup::{ensure_qemu, ensure_target, EL2_TARGET, QEMU_PACKAGE};
+use crate::setup::{ensure_fuzz, ensure_qemu, ensure_target, EL2_TARGET, QEMU_PACKAGE};
 use crate::Error;
 
 /// The EL2 workspaces, built for [`EL2_TARGET`] when their manifest exists.
@@ -13,6 +13,10 @@ pub const EL2_CRATES: &[&str] = &["platform/qemu-virt", "guests"];
 
 /// Where the EL2 builds go, relative to the workspace root (kept apart from host builds).
 pub const EL2_TARGET_DIR: &str = "target/el2";
+
+/// The cargo-fuzz project of the checkpoint reader, and how long `test` fuzzes it.
+const FUZZ_DIR: &str = "migrate/fuzz";
+const FUZZ_SECONDS: u32 = 30;
 
 /// Loom's `--cfg loom` would rebuild every dependency, so loom gets its own target directory.
 const LOOM_TARGET_DIR: &str = "target/loom";
@@ -22,6 +26,7 @@ const LOOM_TARGET_DIR: &str = "target/loom";
 pub enum Action {
     EnsureTarget,
     EnsureQemu,
+    EnsureFuzz,
     Run(Cmd),
 }
 
@@ -42,6 +47,9 @@ impl Step {
         match &self.action {
             Action::EnsureTarget => format!("rustup target add {EL2_TARGET}"),
             Action::EnsureQemu => format!("sudo apt-get install -y {QEMU_PACKAGE}"),
+            Action::EnsureFuzz => {
+                "rustup toolchain install nightly --profile minimal && cargo install cargo-fuzz --locked".into()
+            }
             Action::Run(cmd) => cmd.rerun_line(),
         }
     }
@@ -50,6 +58,7 @@ impl Step {
         match &self.action {
             Action::EnsureTarget => ensure_target(ctx),
             Action::EnsureQemu => ensure_qemu(ctx),
+            Action::EnsureFuzz => ensure_fuzz(ctx),
             Action::Run(cmd) => cmd.run(ctx),
         }
     }
@@ -101,6 +110,17 @@ pub fn test_plan(root: &Path, quick: bool) -> Plan {
             Cmd::cargo(["test", "-p", "loom-tests", "--release", "--target-dir", LOOM_TARGET_DIR])
                 .env("RUSTFLAGS", "--cfg loom")
                 .env("LOOM_MAX_PREEMPTIONS", "2"),
+        ));
+    }
+    if quick {
+        plan.skipped.push(("fuzz".into(), "--quick".into()));
+    } else if root.join(FUZZ_DIR).join("Cargo.toml").is_file() {
+        // The checkpoint reader against hostile input, for a bounded time (docs/checkpoint-format.md).
+        steps.push(Step { name: "fuzz tools".into(), action: Action::EnsureFuzz });
+        steps.push(Step::run(
+            "fuzz checkpoint reader",
+            Cmd::cargo(["+nightly", "fuzz", "run", "decode", "--", &format!("-max_total_time={FUZZ_SECONDS}")])
+                .in_dir(FUZZ_DIR),
         ));
     }
     for dir in EL2_CRATES {
