@@ -167,6 +167,38 @@ impl Pl011 {
         }
     }
 
+    /// The registers a checkpoint carries (the line not yet handed over is in
+    /// [`Pl011::pending_line`]): IBRD, FBRD, LCR_H, CR, IFLS, IMSC, raw interrupt status, DMACR.
+    pub fn registers(&self) -> [u32; 8] {
+        [self.ibrd, self.fbrd, self.lcr_h, self.cr, self.ifls, self.imsc, self.ris, self.dmacr]
+    }
+
+    /// Output written but not handed over yet (no newline seen).
+    pub fn pending_line(&self) -> &[u8] {
+        &self.line[..self.len]
+    }
+
+    /// A UART with these registers (as [`Pl011::registers`] gave them) and this pending output,
+    /// masked to the registers' widths and cut to [`LINE_MAX`] bytes.
+    pub fn with_state(registers: [u32; 8], pending: &[u8]) -> Pl011 {
+        let [ibrd, fbrd, lcr_h, cr, ifls, imsc, ris, dmacr] = registers;
+        let mut uart = Pl011 {
+            ibrd: ibrd & 0xffff,
+            fbrd: fbrd & 0x3f,
+            lcr_h: lcr_h & 0xff,
+            cr: cr & 0xffff,
+            ifls: ifls & 0x3f,
+            imsc: imsc & 0x7ff,
+            ris: ris & 0x7ff,
+            dmacr: dmacr & 0x7,
+            ..Pl011::default()
+        };
+        let n = pending.len().min(LINE_MAX);
+        uart.line[..n].copy_from_slice(&pending[..n]);
+        uart.len = n;
+        uart
+    }
+
     /// Whatever is buffered without a newline yet (handed over when the guest stops).
     pub fn flush(&mut self, mut out: impl FnMut(&[u8])) {
         if self.len > 0 {
@@ -192,6 +224,24 @@ mod tests {
         for b in s.bytes() {
             u.write(reg::DR, 4, b as u64, |l| lines.push(String::from_utf8_lossy(l).into_owned())).unwrap();
         }
+    }
+
+    /// What `registers` and `pending_line` give, `with_state` takes back: a restored UART
+    /// continues its half-written line and keeps its configuration.
+    #[test]
+    fn state_round_trips() {
+        let mut u = Pl011::new();
+        let mut lines = Vec::new();
+        u.write(reg::IMSC, 4, 0x10, |_| {}).unwrap();
+        write_str(&mut u, "half a li", &mut lines);
+        let mut v = Pl011::with_state(u.registers(), u.pending_line());
+        assert_eq!(v.registers(), u.registers());
+        write_str(&mut v, "ne\n", &mut lines);
+        assert_eq!(lines, ["half a line"]);
+        // Out-of-range values are masked, an overlong line cut.
+        let w = Pl011::with_state([u32::MAX; 8], &[b'x'; LINE_MAX + 10]);
+        assert_eq!(w.registers(), [0xffff, 0x3f, 0xff, 0xffff, 0x3f, 0x7ff, 0x7ff, 0x7]);
+        assert_eq!(w.pending_line().len(), LINE_MAX);
     }
 
     #[test]

@@ -61,11 +61,14 @@ pub fn ensure_qemu(ctx: &Ctx) -> Result<(), Error> {
 /// The nightly toolchain and `cargo-fuzz` for the checkpoint reader's fuzz target
 /// (`migrate/fuzz`): installed with rustup and `cargo install` when missing.
 pub fn ensure_fuzz(ctx: &Ctx) -> Result<(), Error> {
-    if Cmd::new("cargo", ["+nightly", "--version"]).output(ctx)?.is_none() {
+    // Through rustup: the `cargo` that runs xtask is a toolchain's own binary, which does not
+    // understand `+nightly`.
+    let toolchains = Cmd::new("rustup", ["toolchain", "list"]).output(ctx)?.unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         println!("xtask: no nightly toolchain (cargo-fuzz needs it); installing it with rustup");
         Cmd::new("rustup", ["toolchain", "install", "nightly", "--profile", "minimal"]).run(ctx)?;
     }
-    if Cmd::new("cargo", ["fuzz", "--version"]).output(ctx)?.is_none() {
+    if Cmd::new("rustup", ["run", "nightly", "cargo", "fuzz", "--version"]).output(ctx).ok().flatten().is_none() {
         println!("xtask: cargo-fuzz is missing; installing it with cargo install");
         Cmd::new("cargo", ["install", "cargo-fuzz", "--locked"]).run(ctx)?;
     }

@@ -117,10 +117,10 @@ pub fn test_plan(root: &Path, quick: bool) -> Plan {
     } else if root.join(FUZZ_DIR).join("Cargo.toml").is_file() {
         // The checkpoint reader against hostile input, for a bounded time (docs/checkpoint-format.md).
         steps.push(Step { name: "fuzz tools".into(), action: Action::EnsureFuzz });
+        let time = format!("-max_total_time={FUZZ_SECONDS}");
         steps.push(Step::run(
             "fuzz checkpoint reader",
-            Cmd::cargo(["+nightly", "fuzz", "run", "decode", "--", &format!("-max_total_time={FUZZ_SECONDS}")])
-                .in_dir(FUZZ_DIR),
+            Cmd::new("rustup", ["run", "nightly", "cargo", "fuzz", "run", "decode", "--", &time]).in_dir(FUZZ_DIR),
         ));
     }
     for dir in EL2_CRATES {

@@ -18,7 +18,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use migrate::checkpoint::{
     CheckpointHeader, CpuRegs, Decoder, DeviceState, El1Regs, EncodeOptions, Encoder, Event, FpSimd, GicCpu,
-    GuestMemory, PowerState, Sink, SinkError, Source, SourceError, TimerState, VcpuState, VirtualTimer, VmConfig,
+    GuestMemory, Pl011State, PowerState, Sink, SinkError, Source, SourceError, TimerState, VcpuState, VirtualTimer,
+    VmConfig,
 };
 use vcpu_runtime::manifest::GUEST_RAM_BASE;
 use vcpu_runtime::{VcpuId, VcpuState as RunState};
@@ -157,9 +158,12 @@ pub fn write(vm: &Vm, vcpus: &[Vcpu], states: &[(VcpuId, RunState)]) -> Result<(
     let cntvoff = vm.cntvoff.load(Ordering::Acquire);
     let timers = TimerState { counter_hz: timer::frequency_hz(), virtual_count: timer::counter().wrapping_sub(cntvoff) };
     enc.timers(&timers).map_err(|e| format!("{e}"))?;
-    // The UART's registers are not saved (vdev's Pl011 has no save API yet): it restarts from
-    // reset, which the test guests do not notice (they only write its data register).
-    enc.devices(&DeviceState { uart: None }).map_err(|e| format!("{e}"))?;
+    let uart = {
+        let u = vm.uart.lock();
+        let [ibrd, fbrd, lcr_h, cr, ifls, imsc, ris, dmacr] = u.registers();
+        Pl011State { ibrd, fbrd, lcr_h, cr, ifls, imsc, ris, dmacr, line: u.pending_line().to_vec() }
+    };
+    enc.devices(&DeviceState { uart: Some(uart) }).map_err(|e| format!("{e}"))?;
     vm.with_ram(|ram| enc.memory(header.ram_base, ram)).map_err(|e| format!("{e}"))?;
     let (sink, _summary) = enc.finish().map_err(|e| format!("{e}"))?;
     let summary = sink.0.finish().map_err(|e| format!("{e}"))?;
@@ -195,6 +199,7 @@ pub fn restore(vm: &Vm, vcpus: &[Vcpu]) -> Result<Restored, String> {
     let mut timers = None;
     let mut states: Vec<Box<VcpuState>> = Vec::new();
     let mut vgic_state = None;
+    let mut devices: Option<DeviceState> = None;
     let mine: Vec<&Vcpu> = vcpus.iter().filter(|v| v.vm == vm.id).collect();
     vm.with_ram_mut(|ram| -> Result<(), String> {
         let mut memory = RamPages { ram, base: vm.ram_ipa.start };
@@ -233,7 +238,8 @@ pub fn restore(vm: &Vm, vcpus: &[Vcpu]) -> Result<Restored, String> {
                     }
                     timers = Some(t);
                 }
-                Some(Event::Devices(_)) | Some(Event::Memory(_)) => {}
+                Some(Event::Devices(d)) => devices = Some(d),
+                Some(Event::Memory(_)) => {}
                 Some(Event::End(_)) => return Ok(()),
                 None => return Err("the checkpoint ended without its trailer".to_string()),
             }
@@ -242,6 +248,10 @@ pub fn restore(vm: &Vm, vcpus: &[Vcpu]) -> Result<Restored, String> {
     // Verified to the trailer: now the VM's state may change.
     let vgic_state = vgic_state.ok_or("the checkpoint has no vGIC section")?;
     vm.vgic().restore(&vgic_state).map_err(|e| format!("vGIC: {e:?}"))?;
+    if let Some(u) = devices.and_then(|d| d.uart) {
+        *vm.uart.lock() =
+            vdev::uart::Pl011::with_state([u.ibrd, u.fbrd, u.lcr_h, u.cr, u.ifls, u.imsc, u.ris, u.dmacr], &u.line);
+    }
     for (s, vcpu) in states.iter().zip(&mine) {
         let mut ctx = vcpu.ctx.lock();
         restore_context(&mut ctx, s);
