@@ -156,7 +156,8 @@ pub fn write(vm: &Vm, vcpus: &[Vcpu], states: &[(VcpuId, RunState)]) -> Result<(
     }
     enc.vgic(&vm.vgic().save()).map_err(|e| format!("{e}"))?;
     let cntvoff = vm.cntvoff.load(Ordering::Acquire);
-    let timers = TimerState { counter_hz: timer::frequency_hz(), virtual_count: timer::counter().wrapping_sub(cntvoff) };
+    let timers =
+        TimerState { counter_hz: timer::frequency_hz(), virtual_count: timer::counter().wrapping_sub(cntvoff) };
     enc.timers(&timers).map_err(|e| format!("{e}"))?;
     let uart = {
         let u = vm.uart.lock();
