@@ -175,6 +175,8 @@ pub struct Governor {
     min_streak: Vec<u32>,
     /// `hotplug`: consecutive periods the load was low enough to take a core off.
     low_streak: u32,
+    /// `consolidate`: the set of cores the last plan chose.
+    last_target: CoreMask,
     // Scratch, sized once.
     loads: Vec<VcpuLoad>,
     order: Vec<usize>,
@@ -221,6 +223,13 @@ pub fn idle_state(policy: GovernorPolicy, core: CoreId, predicted: Nanos, costs:
     }
 }
 
+/// A core is wanted off for at least this many periods before it goes off, whatever its off
+/// state's minimum residency: bursty loads would otherwise turn cores off and on every few
+/// periods, and each round trip costs the off state's break-even energy and moves vCPUs twice.
+/// (Two, from the energy table: five removed sd410's churn losses but kept transient placements
+/// long enough to cost 25 % on a big.LITTLE row; docs/governor.md.)
+pub const MIN_OFF_PERIODS: u32 = 2;
+
 /// Subsets of at most this many cores are searched exhaustively; bigger boards try the
 /// cheapest-first prefixes only.
 const EXHAUSTIVE_CORES: usize = 10;
@@ -253,10 +262,12 @@ impl Governor {
             min_streak: (0..cores)
                 .map(|c| {
                     let residency = costs.off_min_residency(CoreId(c as u16)).as_nanos();
-                    residency.div_ceil(config.period.as_nanos()).clamp(1, u64::from(u32::MAX)) as u32
+                    residency.div_ceil(config.period.as_nanos()).clamp(u64::from(MIN_OFF_PERIODS), u64::from(u32::MAX))
+                        as u32
                 })
                 .collect(),
             low_streak: 0,
+            last_target: CoreMask::NONE,
             loads: Vec::with_capacity(n),
             order: Vec::with_capacity(n),
             assign: vec![CoreId(0); n],
@@ -395,16 +406,24 @@ impl Governor {
         }
         let Some((best_uw, best_set)) = best else {
             // Nothing fits: everything on.
-            return CoreMask::first(cores);
+            self.last_target = CoreMask::first(cores);
+            return self.last_target;
         };
-        if !online.is_empty() && best_set != online && self.pack(online, false, costs) {
-            let current_uw = self.power_of(online, costs);
+        // The set the last plan chose, which is being carried out (cores it wanted off may not
+        // be off yet): kept unless another saves the margin. Judged against the cores that
+        // are on instead, an emptied core would look free in a deep idle state and the plan
+        // would flip back before the core could go off.
+        let current = if self.last_target.is_empty() { online } else { self.last_target };
+        let mut chosen = best_set;
+        if !current.is_empty() && best_set != current && self.pack(current, false, costs) {
+            let current_uw = self.power_of(current, costs);
             let margin = current_uw * u64::from(self.config.switch_margin_ppm) / 1_000_000;
             if best_uw + margin >= current_uw {
-                return online;
+                chosen = current;
             }
         }
-        best_set
+        self.last_target = chosen;
+        chosen
     }
 
     /// Places every active vCPU on a core of `set`: where it is when that core is in the set and
@@ -813,14 +832,18 @@ mod tests {
         let mut loads = Loads { online: CoreMask::first(4), vcpus: (0..4).map(|c| (CoreId(c), true, 10)).collect() };
         let plan = gov.decide(&loads, Instant(10_000_000), &board);
         assert_eq!(plan.keep.count(), 1, "{plan:?}");
-        assert_eq!(plan.power_off.count(), 3, "{plan:?}");
         assert_eq!(plan.moves.len(), 3, "three vCPUs join the fourth: {plan:?}");
+        assert!(plan.power_off.is_empty(), "not yet: wanted off for {MIN_OFF_PERIODS} periods first");
         let keep = plan.keep.iter().next().unwrap();
         assert!(plan.moves.iter().all(|&(_, c)| c == keep));
         // Busy power is the same on any core; three cores' idle power is saved.
         assert!(plan.predicted_uw < 200_000 + 30_000 + 4 * 45_000, "{plan:?}");
         loads.apply(&plan);
-        let again = gov.decide(&loads, Instant(20_000_000), &board);
+        let plan = gov.decide(&loads, Instant(20_000_000), &board);
+        assert_eq!(plan.power_off.count(), 3, "{plan:?}");
+        assert!(plan.moves.is_empty());
+        loads.apply(&plan);
+        let again = gov.decide(&loads, Instant(30_000_000), &board);
         assert!(again.is_empty(), "stable once packed: {again:?}");
     }
 
