@@ -289,8 +289,8 @@ impl TimerState {
     }
 }
 
-/// The emulated PL011's state (`vdev::uart::Pl011` has no save/restore API yet: the platform
-/// copies these fields out and back; see `docs/checkpoint-format.md`).
+/// The emulated PL011's state: what `vdev::uart::Pl011::registers` and `pending_line` give and
+/// `Pl011::with_state` takes back (see `docs/checkpoint-format.md`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pl011State {
     /// `UARTIBRD` (16 bits).
