@@ -598,10 +598,8 @@ mod tests {
         assert_eq!(pieces.vcpu_energy(VcpuId(0)), whole.vcpu_energy(VcpuId(0)));
         assert_eq!(pieces.core_energy(big), whole.core_energy(big));
     }
-}
-#[cfg(test)]
-mod book_tests {
-    use super::*;
+
+    /// `book` counts a transition at every change of state, none between intervals in one state.
     #[test]
     fn alternating_book_counts_transitions() {
         let m = EnergyModel::for_board("generic", 4).unwrap();
@@ -612,5 +610,7 @@ mod book_tests {
             a.book(CoreId(0), CoreState::Idle { state: 0 }, None, Instant(k * 10 + 5), Instant(k * 10 + 10)).unwrap();
         }
         assert_eq!(a.transition_count(CoreId(0)), 9);
+        a.book(CoreId(0), CoreState::Idle { state: 0 }, None, Instant(50), Instant(60)).unwrap();
+        assert_eq!(a.transition_count(CoreId(0)), 9, "idle after idle is no transition");
     }
 }

@@ -181,7 +181,6 @@ pub struct Governor {
     loads: Vec<VcpuLoad>,
     order: Vec<usize>,
     assign: Vec<CoreId>,
-    best_assign: Vec<CoreId>,
     core_load: Vec<u64>,
     core_rt: Vec<u64>,
 }
@@ -271,7 +270,6 @@ impl Governor {
             loads: Vec::with_capacity(n),
             order: Vec::with_capacity(n),
             assign: vec![CoreId(0); n],
-            best_assign: vec![CoreId(0); n],
             core_load: vec![0; cores],
             core_rt: vec![0; cores],
         })
@@ -306,7 +304,6 @@ impl Governor {
             // stay; those on cores going away go to the least loaded.
             self.pack_overloaded(target, costs);
         }
-        self.best_assign.clone_from(&self.assign);
         let predicted_uw = self.power_of(target, costs);
         self.plan(online, target, now, predicted_uw)
     }
@@ -638,7 +635,7 @@ impl Governor {
         plan.power_off = off;
         for i in 0..self.loads.len() {
             let l = self.loads[i];
-            let dest = self.best_assign[i];
+            let dest = self.assign[i];
             if !l.active || dest == l.owner || !movable(self, i) {
                 continue;
             }

@@ -19,7 +19,7 @@ use spin::Mutex;
 use vcpu_runtime::{CoreId, CoreMask, Instant, Nanos, VcpuId};
 
 use super::Hypervisor;
-use crate::{println, smp, timer};
+use crate::{println, smp};
 
 /// On and running its loop.
 pub const ON: u8 = 0;
@@ -69,7 +69,7 @@ const CPU_ON_REPORT_AFTER: u32 = 10;
 /// The governor's state, used by the boot core only.
 pub struct GovernorState {
     pub governor: Governor,
-    /// Plans carried out, and how many cores they powered off and on.
+    /// Periods the governor ran, and `CPU_ON` calls that had to be retried.
     pub periods: u64,
     pub cpu_on_retries: u64,
 }
@@ -89,11 +89,8 @@ pub struct Power {
 pub struct CoreBook {
     pub acct: Accounting,
     pub mark: Instant,
-    pub last: Option<AcctState>,
     /// `CPU_OFF` refused (the core parked in WFI instead), how often.
     pub cpu_off_refused: u64,
-    /// When the core last turned off.
-    pub off_since: Instant,
     /// The core is off: its time from `mark` on is off time.
     pub off: bool,
     /// Per vCPU: the time this core ran it (its energy is that times the core's busy power:
@@ -115,7 +112,6 @@ impl CoreBook {
             _ => state,
         };
         let _ = self.acct.book(core, state, owner, from, to);
-        self.last = Some(state);
         self.mark = to;
     }
 
@@ -125,7 +121,6 @@ impl CoreBook {
     pub fn book_runs(&mut self, core: CoreId, opp: usize, to: Instant, per_vcpu: &mut [u64]) {
         if to > self.mark {
             let _ = self.acct.book(core, AcctState::Busy { opp }, None, self.mark, to);
-            self.last = Some(AcctState::Busy { opp });
             self.mark = to;
         }
         for (total, ns) in self.vcpu_busy_ns.iter_mut().zip(per_vcpu.iter_mut()) {
@@ -140,7 +135,6 @@ impl CoreBook {
     pub fn going_off(&mut self, core: CoreId, now: Instant) {
         self.book(core, AcctState::Idle { state: 0 }, None, now);
         self.off = true;
-        self.off_since = now;
     }
 
     /// `CPU_OFF` was refused: the core waits in WFI, and that is how its time is booked.
@@ -173,9 +167,7 @@ impl Power {
                 Mutex::new(CoreBook {
                     acct: Accounting::new(&model, vcpus.len(), vms, now),
                     mark: now,
-                    last: None,
                     cpu_off_refused: 0,
-                    off_since: now,
                     off: false,
                     vcpu_busy_ns: alloc::vec![0; vcpus.len()],
                 })
@@ -377,9 +369,4 @@ impl Hypervisor {
             self.sys.online_cores().and(CoreMask::first(self.cores.len())).0
         );
     }
-}
-
-/// The time now, for the books.
-pub fn now() -> Instant {
-    timer::now()
 }
