@@ -12,6 +12,9 @@
 //! loads it at [`MANIFEST_ADDR`]. Both write it with [`encode_manifest`], which also gives the
 //! demand player (`image = "player"`) its schedule.
 //!
+//! The Linux guest's kernel and initramfs ([`linux_assets`]) are made by `cargo xtask linux`
+//! into `target/linux/`; [`bare_linux_args`] boots them on QEMU without the hypervisor.
+//!
 //! The QEMU command line is the one `cargo xtask qemu` uses (xtask/src/qemu.rs), and manifests
 //! are built the same way: keep the two in step.
 
@@ -334,6 +337,96 @@ pub fn encode_manifest(scenario: &Scenario, mut images: Vec<GuestImage>) -> Resu
     bytes.map_err(|e| e.to_string())
 }
 
+/// The Linux guest's assets: a Debian arm64 kernel `Image` and the test initramfs, which
+/// `cargo xtask linux` fetches and builds into `target/linux/` (docs/linux-guests.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinuxAssets {
+    pub image: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+/// Where `cargo xtask linux` puts the assets, relative to the workspace root.
+pub const LINUX_DIR: &str = "target/linux";
+
+/// Lines a Linux guest prints only when its kernel is in trouble.
+pub const LINUX_FAILURE_PATTERNS: &[&str] =
+    &["Kernel panic", "BUG:", "Oops", "rcu: INFO", "soft lockup", "hard LOCKUP", "Call trace:"];
+
+/// The Linux assets, made once per test process when missing by running `cargo xtask linux`
+/// (`cargo xtask test` makes them before the QEMU tests, so this is for `cargo test -p
+/// hw-tests` on its own). Panics with xtask's output when it fails.
+pub fn linux_assets() -> &'static LinuxAssets {
+    static ASSETS: OnceLock<Result<LinuxAssets, String>> = OnceLock::new();
+    let made = ASSETS.get_or_init(|| {
+        let root = workspace_root();
+        let assets = LinuxAssets {
+            image: root.join(LINUX_DIR).join("Image"),
+            initramfs: root.join(LINUX_DIR).join("initramfs.cpio"),
+        };
+        if assets.image.is_file() && assets.initramfs.is_file() {
+            return Ok(assets);
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let start = Instant::now();
+        let out = Command::new(cargo)
+            .args(["run", "--quiet", "--package", "xtask", "--", "linux"])
+            .current_dir(&root)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("could not run cargo: {e}"))?;
+        if !out.status.success() || !assets.image.is_file() || !assets.initramfs.is_file() {
+            return Err(format!(
+                "cargo xtask linux ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        eprintln!("hw-tests: made the Linux assets in {:.1}s", start.elapsed().as_secs_f64());
+        Ok(assets)
+    });
+    match made {
+        Ok(assets) => assets,
+        Err(e) => panic!("making the Linux assets failed:\n{e}"),
+    }
+}
+
+/// The QEMU arguments that boot the Linux `assets` directly, with no hypervisor: the kernel at
+/// EL1 on `config.smp` CPUs of model `config.cpu`, 256 MiB, the initramfs, and `config.append`
+/// as the kernel command line. `cargo xtask bench linux` boots the same.
+pub fn bare_linux_args(config: &QemuConfig, assets: &LinuxAssets) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-M",
+        "virt,gic-version=3",
+        "-cpu",
+        &config.cpu,
+        "-smp",
+        &config.smp.to_string(),
+        "-m",
+        "256M",
+        "-nographic",
+        "-nic",
+        "none",
+        "-no-reboot",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if config.icount {
+        args.extend(["-icount".into(), "shift=4,sleep=off".into()]);
+    }
+    args.extend([
+        "-kernel".into(),
+        assets.image.display().to_string(),
+        "-initrd".into(),
+        assets.initramfs.display().to_string(),
+    ]);
+    if let Some(cmdline) = &config.append {
+        args.extend(["-append".into(), cmdline.clone()]);
+    }
+    args
+}
+
 /// One QEMU run.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -351,8 +444,12 @@ pub struct Run {
 /// Builds the image if needed, boots it with `config` and waits for QEMU to end (or kills it
 /// at the timeout).
 pub fn run(config: &QemuConfig) -> Run {
-    let image = image();
-    let args = config.qemu_args(image);
+    run_with_args(config, config.qemu_args(image()))
+}
+
+/// Runs `qemu-system-aarch64 args` and waits for it to end (or kills it at `config`'s timeout);
+/// `config` says what the run is, for its messages.
+pub fn run_with_args(config: &QemuConfig, args: Vec<String>) -> Run {
     let command = format!("qemu-system-aarch64 {}", args.join(" "));
     let start = Instant::now();
     let mut child = Command::new("qemu-system-aarch64")
@@ -646,6 +743,21 @@ mod tests {
             "-kernel img -drive if=none,file=target/a,,b.img,format=raw,id=ckpt -device virtio-blk-device,drive=ckpt \
              -append hv.disk-test=read"
         ));
+    }
+
+    #[test]
+    fn bare_linux_command_line() {
+        let assets = LinuxAssets { image: "t/Image".into(), initramfs: "t/i.cpio".into() };
+        let c = QemuConfig::new(2, "cortex-a57").append("console=ttyAMA0 test=boot");
+        assert_eq!(
+            bare_linux_args(&c, &assets).join(" "),
+            "-M virt,gic-version=3 -cpu cortex-a57 -smp 2 -m 256M -nographic -nic none -no-reboot \
+             -kernel t/Image -initrd t/i.cpio -append console=ttyAMA0 test=boot"
+        );
+        let c = QemuConfig { icount: true, ..QemuConfig::new(1, "max") };
+        assert!(bare_linux_args(&c, &assets)
+            .join(" ")
+            .ends_with("-icount shift=4,sleep=off -kernel t/Image -initrd t/i.cpio"));
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub enum Command {
     Bench { only: Option<Bench> },
     /// Build the EL2 image and boot it on QEMU.
     Qemu(QemuArgs),
+    /// Fetch the Linux guest's kernel and busybox and build its initramfs, in target/linux/.
+    Linux,
 }
 
 /// The `--cpu` QEMU runs when none is given.
@@ -113,7 +115,13 @@ COMMANDS:
                          --disk: a raw image as the checkpoint disk (hv.checkpoint-at=MS, hv.restore).
                          With SCENARIO, the test guests are built too and the scenario's manifest
                          (target/el2/manifests/NAME.manifest) is loaded beside the image: the
-                         hypervisor runs its guests; without, it only checks its boot
+                         hypervisor runs its guests; without, it only checks its boot.
+                         A Linux guest's kernel or initramfs under target/linux/ is made first
+                         when missing (as `linux` does)
+  linux                  fetch an arm64 kernel and busybox from Debian (private apt state) into
+                         target/linux/ and build the test initramfs; prints the paths of
+                         target/linux/Image and target/linux/initramfs.cpio (kept: a second run
+                         does no network work)
   help                   print this list
 
 BENCH NAMES:
@@ -126,15 +134,16 @@ BENCH NAMES:
         "
 SCENARIO is a path (relative to the current or the workspace directory) or a name in scenarios/.
 `test`, `demo` and `qemu` add the aarch64-unknown-none-softfloat target with rustup when it is
-missing; `test` (when it runs QEMU tests) and `qemu` install qemu-system-arm with apt-get (as root).
-See docs/xtask.md and, for the hypervisor's boot and exit codes, docs/platform.md.
+missing; `test` (when it runs QEMU tests) and `qemu` install qemu-system-arm with apt-get (as root);
+`test` (before the QEMU tests) makes the Linux assets as `linux` does.
+See docs/xtask.md, docs/linux-guests.md and, for the hypervisor's boot and exit codes, docs/platform.md.
 ",
     );
     s
 }
 
 fn command_names() -> &'static str {
-    "demo, test, sim, bench, qemu, help"
+    "demo, test, sim, bench, qemu, linux, help"
 }
 
 fn bench_names() -> String {
@@ -206,6 +215,11 @@ where
             }
             parse_qemu(rest).map(Command::Qemu)
         }
+        "linux" => match rest {
+            [] => Ok(Command::Linux),
+            _ if wants_help(rest) => Ok(Command::Help),
+            _ => Err(Error::usage(format!("`linux` takes no arguments, got `{}`", rest.join(" ")))),
+        },
         other => Err(Error::usage(format!("unknown command `{other}`; commands: {}", command_names()))),
     }
 }
@@ -289,7 +303,7 @@ mod tests {
     fn unknown_command_lists_the_commands() {
         let e = err(&["frobnicate"]);
         assert!(e.contains("unknown command `frobnicate`"), "{e}");
-        for name in ["demo", "test", "sim", "bench", "qemu", "help"] {
+        for name in ["demo", "test", "sim", "bench", "qemu", "linux", "help"] {
             assert!(e.contains(name), "{e} lacks {name}");
         }
     }
@@ -323,6 +337,13 @@ mod tests {
         );
         assert!(err(&["sim"]).contains("needs a SCENARIO"));
         assert!(err(&["sim", "--policy", "x"]).contains("needs a SCENARIO"));
+    }
+
+    #[test]
+    fn linux_takes_nothing() {
+        assert_eq!(parse(["linux"]).unwrap(), Command::Linux);
+        assert_eq!(parse(["linux", "--help"]).unwrap(), Command::Help);
+        assert!(err(&["linux", "now"]).contains("`linux` takes no arguments"));
     }
 
     #[test]
@@ -419,7 +440,7 @@ mod tests {
     #[test]
     fn help_mentions_every_command_and_bench() {
         let h = help();
-        for word in ["demo", "test", "sim", "bench", "qemu", "--smp", "--icount", "help", "--quick"] {
+        for word in ["demo", "test", "sim", "bench", "qemu", "linux", "--smp", "--icount", "help", "--quick"] {
             assert!(h.contains(word), "help lacks {word}");
         }
         for b in BENCHES {

@@ -1,12 +1,14 @@
 //! `cargo xtask`: the project's build, run, test and bench tasks (see docs/xtask.md).
 //!
-//! Plain std and one dependency, `vcpu-runtime` (std) to validate scenarios: every task is a
-//! list of commands that xtask prints, runs from the workspace root with the cargo that started
-//! it, and streams.
+//! Plain std plus the workspace crates it drives (`vcpu-runtime` to validate scenarios and write
+//! manifests, `hw-tests` for the QEMU command lines, `platform-sim` for timelines) and `flate2`
+//! for compressed kernels: every task is a list of commands that xtask prints, runs from the
+//! workspace root with the cargo that started it, and streams.
 #![forbid(unsafe_code)]
 
 mod cli;
 mod exec;
+mod linux;
 mod manifest;
 mod pathlen;
 mod qemu;
@@ -78,6 +80,7 @@ fn run(command: Command, ctx: &Ctx) -> Result<(), Error> {
         Command::Sim { scenario, args } => tasks::sim(ctx, &scenario, &args),
         Command::Bench { only } => tasks::bench(ctx, only),
         Command::Qemu(args) => qemu::qemu(ctx, &args),
+        Command::Linux => linux::linux(ctx),
     }
 }
 

@@ -1,5 +1,7 @@
-//! The scenario manifest of `cargo xtask qemu SCENARIO`: every guest's payload resolved to an
-//! ELF file, read with `vcpu_runtime::manifest::elf_image`, and the whole scenario written with
+//! The scenario manifest of `cargo xtask qemu SCENARIO`: every test guest's payload resolved to
+//! an ELF file, read with `vcpu_runtime::manifest::elf_image`; every Linux guest's kernel `Image`
+//! (unpacked if gzip-compressed), initramfs and command line laid out by
+//! `linux::image::guest_image` (docs/manifest-format.md, *Linux guests*); the whole scenario written with
 //! `hw_tests::encode_manifest` (`vcpu_runtime::manifest::encode`, plus the demand player's
 //! schedule for a guest with `image = "player"`) to `target/el2/manifests/NAME.manifest`. QEMU
 //! loads it at `vcpu_runtime::manifest::QEMU_VIRT_ADDR` (`-device loader,...,force-raw=on`) and
@@ -14,6 +16,7 @@ use vcpu_runtime::manifest::{elf_image, GuestImage};
 use vcpu_runtime::scenario::{Payload, Scenario};
 
 use crate::exec::{Cmd, Ctx};
+use crate::linux;
 use crate::setup::EL2_TARGET;
 use crate::tasks::EL2_TARGET_DIR;
 use crate::Error;
@@ -67,8 +70,8 @@ pub fn resolve_image(image: &Path, bin_dir: &Path) -> Result<PathBuf, String> {
     ))
 }
 
-/// Every guest's image, in scenario order. Guests without a payload and Linux guests are
-/// refused: the hypervisor boots test images only, so far.
+/// Every guest's image, in scenario order. Guests without a payload are refused: they exist
+/// only in the simulator.
 pub fn guest_images(scenario: &Scenario, root: &Path, bin_dir: &Path) -> Result<Vec<GuestImage>, String> {
     let mut images = Vec::new();
     for (i, guest) in scenario.guests.iter().enumerate() {
@@ -80,8 +83,20 @@ pub fn guest_images(scenario: &Scenario, root: &Path, bin_dir: &Path) -> Result<
                     std::fs::read(&path).map_err(|e| format!("{field}: cannot read {}: {e}", path.display()))?;
                 elf_image(&bytes).map_err(|e| format!("{field}: {}: {e}", path.display()))?
             }
-            Payload::Linux { .. } => {
-                return Err(format!("{field}: kind = \"linux\" is not supported by the hypervisor yet"));
+            Payload::Linux { kernel, initrd, cmdline } => {
+                let read = |file: &str, what: &str| {
+                    let path = root.join(file);
+                    std::fs::read(&path).map_err(|e| format!("{field}: cannot read the {what} {}: {e}", path.display()))
+                };
+                let kernel_path = root.join(kernel);
+                let (image, _) = linux::image::unpack(&read(kernel, "kernel")?)
+                    .map_err(|e| format!("{field}: kernel {}: {e}", kernel_path.display()))?;
+                let initramfs = match initrd {
+                    Some(file) => read(file, "initramfs")?,
+                    None => Vec::new(),
+                };
+                linux::image::guest_image(image, initramfs, cmdline, guest.memory_mib)
+                    .map_err(|e| format!("{field}: kernel {}: {e}", kernel_path.display()))?
             }
             Payload::None => {
                 return Err(format!(
@@ -132,6 +147,45 @@ mod tests {
         assert_eq!(resolve_image(&tmp.join("scenarios/counter"), &bin).unwrap(), bin.join("counter"));
         let err = resolve_image(&tmp.join("scenarios/nope"), &bin).unwrap_err();
         assert!(err.contains("neither a file nor a test guest") && err.contains("counter"), "{err}");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn linux_guests_carry_kernel_initramfs_and_command_line() {
+        use vcpu_runtime::manifest::{GuestKind, Manifest};
+        let tmp = std::env::temp_dir().join(format!("xtask-manifest-linux-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let image = linux::image::tests::fake_image(0, 0x40_0000, 0x1_0000);
+        std::fs::write(tmp.join("Image"), &image).unwrap();
+        std::fs::write(tmp.join("initramfs.cpio"), b"070701 cpio").unwrap();
+        let text = "name = \"l\"\nduration = \"1s\"\n[board]\ncores = 2\nenergy_profile = \"phone-dual\"\n\
+                    [[guests]]\nname = \"linux\"\nvcpus = 2\nmemory_mib = 64\nkind = \"linux\"\n\
+                    kernel = \"Image\"\ninitrd = \"initramfs.cpio\"\ncmdline = \"console=ttyAMA0 test=boot\"\n";
+        let scenario = vcpu_runtime::scenario::parse(text, &tmp.join("l.toml")).unwrap();
+        let images = guest_images(&scenario, Path::new("/"), &tmp).unwrap();
+        let bytes = encode_manifest(&scenario, images).unwrap();
+        let manifest = Manifest::parse(&bytes).unwrap();
+        let guest = manifest.guest(0).unwrap();
+        assert_eq!(guest.kind, GuestKind::Linux);
+        assert_eq!(guest.entry_ipa, 0x4020_0000);
+        let segments = guest.segments();
+        assert_eq!(segments.len(), 1);
+        assert_eq!(
+            (segments[0].ipa, segments[0].data, segments[0].mem_len),
+            (0x4020_0000, image.as_slice(), 0x40_0000)
+        );
+        assert_eq!(guest.initrd, b"070701 cpio");
+        assert_eq!(guest.cmdline, "console=ttyAMA0 test=boot");
+
+        // Too little RAM for the kernel is refused with the size it needs.
+        let small = text.replace("memory_mib = 64", "memory_mib = 4");
+        let scenario = vcpu_runtime::scenario::parse(&small, &tmp.join("l.toml")).unwrap();
+        let err = guest_images(&scenario, Path::new("/"), &tmp).unwrap_err();
+        assert!(err.starts_with("guests[0] (`linux`): kernel ") && err.contains("need memory_mib >= 7"), "{err}");
+        // A missing kernel is named.
+        std::fs::remove_file(tmp.join("Image")).unwrap();
+        let err = guest_images(&scenario, Path::new("/"), &tmp).unwrap_err();
+        assert!(err.contains("cannot read the kernel") && err.contains("Image"), "{err}");
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 

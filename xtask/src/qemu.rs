@@ -88,6 +88,7 @@ pub fn qemu(ctx: &Ctx, args: &QemuArgs) -> Result<(), Error> {
     let smp = smp.unwrap_or(DEFAULT_QEMU_SMP);
     let manifest = match &scenario {
         Some(scenario) => {
+            crate::linux::ensure_for_scenario(ctx, scenario)?;
             guests_build_cmd().run(ctx)?;
             Some(write_manifest(ctx, scenario)?.to_string_lossy().into_owned())
         }

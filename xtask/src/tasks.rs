@@ -27,6 +27,8 @@ pub enum Action {
     EnsureTarget,
     EnsureQemu,
     EnsureFuzz,
+    /// The Linux guest's kernel and initramfs in target/linux/ (`cargo xtask linux`).
+    EnsureLinux,
     Run(Cmd),
 }
 
@@ -50,6 +52,7 @@ impl Step {
             Action::EnsureFuzz => {
                 "rustup toolchain install nightly --profile minimal && cargo install cargo-fuzz --locked".into()
             }
+            Action::EnsureLinux => "cargo xtask linux".into(),
             Action::Run(cmd) => cmd.rerun_line(),
         }
     }
@@ -59,6 +62,7 @@ impl Step {
             Action::EnsureTarget => ensure_target(ctx),
             Action::EnsureQemu => ensure_qemu(ctx),
             Action::EnsureFuzz => ensure_fuzz(ctx),
+            Action::EnsureLinux => crate::linux::ensure_assets(ctx).map(drop),
             Action::Run(cmd) => cmd.run(ctx),
         }
     }
@@ -147,6 +151,9 @@ pub fn test_plan(root: &Path, quick: bool) -> Plan {
         plan.skipped.push(("hw-tests".into(), "--quick".into()));
     } else if has_test_files(&root.join("hw-tests/tests")) {
         steps.push(Step { name: "qemu".into(), action: Action::EnsureQemu });
+        // hw-tests/tests/linux.rs boots them; fetched here so that a missing apt or network
+        // fails as its own step, not inside a test.
+        steps.push(Step { name: "linux assets".into(), action: Action::EnsureLinux });
         steps
             .push(Step::run("hw-tests", Cmd::cargo(["test", "-p", "hw-tests", "--release", "--", "--test-threads=1"])));
     } else {
@@ -372,7 +379,7 @@ mod tests {
         assert!(!names(&quick).contains(&"loom"));
         assert!(!names(&quick).contains(&"hw-tests"));
         let full = test_plan(&root, false);
-        assert!(names(&full).ends_with(&["qemu", "hw-tests"]));
+        assert!(names(&full).ends_with(&["qemu", "linux assets", "hw-tests"]));
         assert_eq!(full.steps.last().unwrap().rerun_line(), "cargo test -p hw-tests --release -- --test-threads=1");
         let _ = std::fs::remove_dir_all(&root);
     }

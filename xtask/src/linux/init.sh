@@ -1,0 +1,230 @@
+#!/bin/busybox sh
+# /init of the test initramfs that `cargo xtask linux` builds (docs/linux-guests.md).
+#
+# Mounts /proc, /sys and /dev, prints `LINUX-INIT: started ...`, runs the test the kernel
+# command line names (`test=boot|hotplug|busy|idle`, parameters `test.seconds=N`,
+# `test.idle=N`, `test.jobs=N`, `test.rounds=N`, `test.cpus=N`), prints
+# `LINUX-TEST: PASS NAME ...` or `LINUX-TEST: FAIL NAME REASON`, and powers off (PSCI
+# SYSTEM_OFF). It never returns: init ending would panic the kernel.
+#
+# Only ash built-ins and the applets linked in /bin are used (the list is in
+# xtask/src/linux/initramfs.rs). Time is read from /proc/uptime with the `read` built-in, so
+# the busy loop forks nothing while it runs.
+
+export PATH=/bin
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+
+# NOW: centiseconds since boot, from /proc/uptime ("12.34 56.78").
+now() {
+    read -r up _ < /proc/uptime
+    s=${up%.*}
+    c=${up#*.}
+    # "05" would be read as octal: drop one leading zero (there are two digits).
+    c=${c#0}
+    NOW=$((s * 100 + c))
+}
+
+# ONLINE: how many CPUs are online, from the ranges in /sys/devices/system/cpu/online
+# ("0-3", "0,2-3", "0").
+online_count() {
+    read -r ranges < /sys/devices/system/cpu/online
+    ONLINE=0
+    old_ifs=$IFS
+    IFS=,
+    for r in $ranges; do
+        case $r in
+            *-*) ONLINE=$((ONLINE + ${r#*-} - ${r%-*} + 1)) ;;
+            *) ONLINE=$((ONLINE + 1)) ;;
+        esac
+    done
+    IFS=$old_ifs
+}
+
+# Seconds with two decimals from centiseconds: 1234 -> 12.34.
+secs() {
+    SECS=$(($1 / 100)).$(($1 % 100 / 10))$(($1 % 10))
+}
+
+pass() {
+    echo "LINUX-TEST: PASS $TEST $*"
+}
+
+fail() {
+    echo "LINUX-TEST: FAIL $TEST $*"
+}
+
+# The parameters from the kernel command line.
+TEST=boot
+SECONDS_ARG=5
+IDLE_ARG=0
+JOBS_ARG=
+ROUNDS_ARG=1
+CPUS_ARG=
+read -r CMDLINE < /proc/cmdline
+for word in $CMDLINE; do
+    case $word in
+        test=*) TEST=${word#test=} ;;
+        test.seconds=*) SECONDS_ARG=${word#test.seconds=} ;;
+        test.idle=*) IDLE_ARG=${word#test.idle=} ;;
+        test.jobs=*) JOBS_ARG=${word#test.jobs=} ;;
+        test.rounds=*) ROUNDS_ARG=${word#test.rounds=} ;;
+        test.cpus=*) CPUS_ARG=${word#test.cpus=} ;;
+    esac
+done
+
+now
+START=$NOW
+secs "$START"
+online_count
+echo "LINUX-INIT: started test=$TEST kernel=$(uname -r) cpus=$ONLINE uptime=$SECS"
+
+# A number that must be a whole number, else the test fails naming the parameter.
+whole() {
+    case $2 in
+        '' | *[!0-9]*)
+            fail "test.$1=$2 is not a whole number"
+            return 1
+            ;;
+    esac
+}
+
+# boot: the kernel came up to init; report the CPUs and the time it took. With test.cpus=N,
+# N CPUs must be online.
+test_boot() {
+    nproc=$(nproc)
+    if [ -n "$CPUS_ARG" ]; then
+        whole cpus "$CPUS_ARG" || return
+        if [ "$ONLINE" -ne "$CPUS_ARG" ]; then
+            fail "$ONLINE CPUs online, test.cpus=$CPUS_ARG"
+            return
+        fi
+    fi
+    pass "cpus=$ONLINE nproc=$nproc uptime=$SECS"
+}
+
+# hotplug: takes every CPU but 0 offline and back online, test.rounds times, checking
+# /sys/devices/system/cpu/cpuN/online and the online count after each step.
+test_hotplug() {
+    whole rounds "$ROUNDS_ARG" || return
+    total=$ONLINE
+    if [ "$total" -lt 2 ]; then
+        fail "only $total CPU online: nothing to take offline"
+        return
+    fi
+    round=1
+    moves=0
+    while [ "$round" -le "$ROUNDS_ARG" ]; do
+        for dir in /sys/devices/system/cpu/cpu[0-9]*; do
+            cpu=${dir#/sys/devices/system/cpu/cpu}
+            [ "$cpu" = 0 ] && continue
+            [ -e "$dir/online" ] || continue
+            for state in 0 1; do
+                if ! echo "$state" > "$dir/online"; then
+                    fail "round $round: writing $state to cpu$cpu/online failed"
+                    return
+                fi
+                read -r got < "$dir/online"
+                online_count
+                want=$total
+                [ "$state" = 0 ] && want=$((total - 1))
+                if [ "$got" != "$state" ] || [ "$ONLINE" -ne "$want" ]; then
+                    fail "round $round: cpu$cpu/online reads $got after writing $state, $ONLINE CPUs online, expected $want"
+                    return
+                fi
+                moves=$((moves + 1))
+                echo "hotplug: round $round cpu$cpu online=$state cpus=$ONLINE"
+            done
+        done
+        round=$((round + 1))
+    done
+    pass "rounds=$ROUNDS_ARG transitions=$moves cpus=$ONLINE"
+}
+
+# One CPU-bound job: counts loops of 1000 additions until centisecond $1, then prints the count.
+busy_job() {
+    loops=0
+    while :; do
+        i=0
+        while [ "$i" -lt 1000 ]; do
+            i=$((i + 1))
+        done
+        loops=$((loops + 1))
+        now
+        [ "$NOW" -ge "$1" ] && break
+    done
+    echo "$loops"
+}
+
+# busy: test.jobs CPU-bound jobs (default: one per online CPU) for test.seconds, then idle for
+# test.idle seconds. Every job must have made progress.
+test_busy() {
+    whole seconds "$SECONDS_ARG" || return
+    whole idle "$IDLE_ARG" || return
+    jobs=${JOBS_ARG:-$ONLINE}
+    whole jobs "$jobs" || return
+    now
+    busy_start=$NOW
+    end=$((NOW + SECONDS_ARG * 100))
+    j=1
+    while [ "$j" -le "$jobs" ]; do
+        busy_job "$end" > "/tmp/busy.$j" &
+        j=$((j + 1))
+    done
+    wait
+    work=0
+    j=1
+    while [ "$j" -le "$jobs" ]; do
+        read -r loops < "/tmp/busy.$j"
+        if [ -z "$loops" ] || [ "$loops" -eq 0 ]; then
+            fail "job $j made no progress"
+            return
+        fi
+        echo "busy: job $j loops=$loops"
+        work=$((work + loops))
+        j=$((j + 1))
+    done
+    now
+    busy_end=$NOW
+    sleep "$IDLE_ARG"
+    now
+    secs $((busy_end - busy_start))
+    busy_secs=$SECS
+    secs $((NOW - busy_end))
+    pass "jobs=$jobs loops=$work busy=$busy_secs idle=$SECS"
+}
+
+# idle: sleeps test.seconds; at least that long must pass on the uptime clock.
+test_idle() {
+    whole seconds "$SECONDS_ARG" || return
+    now
+    before=$NOW
+    sleep "$SECONDS_ARG"
+    now
+    slept=$((NOW - before))
+    secs "$slept"
+    if [ "$slept" -lt $((SECONDS_ARG * 100)) ]; then
+        fail "slept ${SECS}s, asked for ${SECONDS_ARG}s"
+        return
+    fi
+    pass "slept=$SECS"
+}
+
+case $TEST in
+    boot) test_boot ;;
+    hotplug) test_hotplug ;;
+    busy) test_busy ;;
+    idle) test_idle ;;
+    *) fail "unknown test (known: boot, hotplug, busy, idle)" ;;
+esac
+
+now
+secs "$NOW"
+echo "LINUX-INIT: powering off uptime=$SECS"
+poweroff -f
+# poweroff returns only if SYSTEM_OFF failed; init must not exit.
+echo "LINUX-INIT: poweroff failed"
+while :; do sleep 3600; done
