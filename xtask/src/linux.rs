@@ -10,6 +10,7 @@
 //! keeps it in step with init.sh; the file is rewritten only when its bytes change.
 
 mod apt;
+pub mod bench;
 pub mod image;
 pub mod initramfs;
 
