@@ -10,6 +10,7 @@
 extern crate alloc;
 
 pub mod guest_dt;
+pub mod linux_boot;
 pub mod mmio;
 pub mod psci;
 pub mod uart;
