@@ -98,6 +98,66 @@ pub enum MmioError {
     BadSize { offset: u64, size: u8 },
 }
 
+/// The guest's half of its virtual CPU interface, as far as it decides whether a pending
+/// interrupt in a list register is signalled to the vCPU (IHI 0069, 4.8 and 12.4): the
+/// priority mask and group enables of `ICH_VMCR_EL2`, and the running priority that the
+/// active-priority registers (`ICH_AP0R<n>_EL2`, `ICH_AP1R<n>_EL2`) imply. That state lives in
+/// the hardware while the vCPU runs and in its context otherwise, not in this model;
+/// [`Vgic::has_pending`] takes it as an argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuInterface {
+    /// `ICH_VMCR_EL2.VPMR`: only priorities numerically lower than this are signalled.
+    pub priority_mask: u8,
+    /// `ICH_VMCR_EL2.VENG0` (the guest's `ICC_IGRPEN0_EL1`).
+    pub group0_enabled: bool,
+    /// `ICH_VMCR_EL2.VENG1` (the guest's `ICC_IGRPEN1_EL1`).
+    pub group1_enabled: bool,
+    /// The group priority of the highest-priority active interrupt (the lowest active
+    /// priority bit), or `None` when nothing is active: only a numerically lower priority
+    /// preempts it.
+    pub running_priority: Option<u8>,
+}
+
+impl CpuInterface {
+    /// Nothing masked: every deliverable interrupt counts.
+    pub const OPEN: CpuInterface =
+        CpuInterface { priority_mask: 0xFF, group0_enabled: true, group1_enabled: true, running_priority: None };
+
+    /// The view of the registers: `ICH_VMCR_EL2` and the implemented active-priority registers
+    /// of both groups (1, 2 or 4 each, for 5, 6 or 7 preemption bits: bit `i` of the
+    /// concatenation is group priority `i << (8 - bits)`). Only their low 32 bits count.
+    pub fn from_registers(vmcr: u64, ap0r: &[u64], ap1r: &[u64]) -> CpuInterface {
+        let shift = match ap0r.len().max(ap1r.len()) {
+            0 | 1 => 3,
+            2 | 3 => 2,
+            _ => 1,
+        };
+        let mut running = None;
+        for n in 0..ap0r.len().max(ap1r.len()).min(4) {
+            let bits = (ap0r.get(n).copied().unwrap_or(0) | ap1r.get(n).copied().unwrap_or(0)) as u32;
+            if bits != 0 {
+                running = Some((((n as u32) * 32 + bits.trailing_zeros()) << shift).min(0xFF) as u8);
+                break;
+            }
+        }
+        CpuInterface {
+            priority_mask: (vmcr >> 24) as u8,
+            group0_enabled: vmcr & 1 != 0,
+            group1_enabled: vmcr & 2 != 0,
+            running_priority: running,
+        }
+    }
+
+    /// Whether an interrupt of this group and priority, pending in a list register, would be
+    /// signalled. Priorities the running priority's group covers do not preempt it: with the
+    /// running priority a multiple of the group's granule, "lower than it" is the same test on
+    /// the priority and on its group priority, whatever the binary point.
+    pub fn signals(self, group1: bool, priority: u8) -> bool {
+        let enabled = if group1 { self.group1_enabled } else { self.group0_enabled };
+        enabled && priority < self.priority_mask && self.running_priority.is_none_or(|r| priority < r)
+    }
+}
+
 /// A set of vCPUs of this VM (bit `i` = vCPU `i`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VcpuSet(pub u64);
@@ -665,17 +725,20 @@ impl Vgic {
 
     // ----- delivery -----
 
-    /// Whether `vcpu` has an interrupt `fill_lrs` would hand out as pending: the wake-up test
-    /// for a vCPU in WFI. Interrupts already in its list registers are not counted (sync them
-    /// first); the guest's priority mask (`ICH_VMCR_EL2.VPMR`) is not applied, so a wake-up
-    /// may find nothing to take, which WFI allows.
-    pub fn has_pending(&self, vcpu: u16) -> bool {
+    /// Whether `vcpu` has an interrupt that its virtual CPU interface would signal once in a
+    /// list register: one `fill_lrs` would hand out as pending, whose group the guest enabled
+    /// (`cpu`'s group enables) and whose priority is higher than the guest's priority mask and
+    /// than its running priority. It is the wake-up test for a vCPU in WFI: a vCPU that masks
+    /// everything pending stays blocked instead of spinning through WFI. Interrupts already in
+    /// its list registers are not counted (sync them first). [`CpuInterface::OPEN`] asks
+    /// whether anything is deliverable at all.
+    pub fn has_pending(&self, vcpu: u16, cpu: CpuInterface) -> bool {
         if vcpu >= self.vcpus {
             return false;
         }
         let mut found = false;
         self.for_each_wanting(vcpu, |_, irq| {
-            found = self.deliverable(irq);
+            found = self.deliverable(irq) && cpu.signals(irq.group1, irq.priority);
             !found
         });
         found

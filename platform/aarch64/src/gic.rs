@@ -306,6 +306,20 @@ pub fn num_aprs() -> usize {
     }
 }
 
+/// The running vCPU's virtual CPU interface as far as it decides what is signalled: the
+/// priority mask and group enables of `ICH_VMCR_EL2` and the running priority of its
+/// active-priority registers (for `Vgic::has_pending`). Only meaningful while a vCPU is
+/// loaded.
+pub fn virtual_cpu_interface() -> vdev::vgic::CpuInterface {
+    let n = num_aprs();
+    let (mut ap0r, mut ap1r) = ([0u64; 4], [0u64; 4]);
+    for i in 0..n {
+        ap0r[i] = read_ap0r(i);
+        ap1r[i] = read_ap1r(i);
+    }
+    vdev::vgic::CpuInterface::from_registers(ich_vmcr(), &ap0r[..n], &ap1r[..n])
+}
+
 macro_rules! lr_accessors {
     ($($n:literal => $reg:literal),*) => {
         /// Reads `ICH_LR<n>_EL2` (`n` < [`num_lrs`]).

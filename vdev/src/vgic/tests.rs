@@ -4,6 +4,7 @@ use super::*;
 use proptest::prelude::*;
 
 const SGI_BASE: u64 = GICR_SGI_BASE;
+const OPEN: CpuInterface = CpuInterface::OPEN;
 
 fn model(vcpus: u16, spis: u16) -> Vgic {
     Vgic::new(VgicConfig::new(vcpus, spis)).unwrap()
@@ -103,7 +104,7 @@ fn vgic_reset_values() {
     assert_eq!(v.redist_read(rd(1, 0x8), 8).unwrap(), 1 << 32 | 1 << 8 | 1 << 4, "vCPU 1: Aff0 1, number 1, Last");
     assert_eq!(rread(&v, 1, 0x8), 1 << 8 | 1 << 4);
     assert_eq!(rread(&v, 1, 0xC), 1, "upper word: affinity");
-    assert!(!v.has_pending(0));
+    assert!(!v.has_pending(0, OPEN));
 }
 
 #[test]
@@ -289,7 +290,7 @@ fn vgic_irouter_routing() {
     let fx = v.inject_edge(40, None);
     assert_eq!(vcpus(fx.kick), [2]);
     assert!(fill(&mut v, 0, 4).is_empty());
-    assert!(v.has_pending(2));
+    assert!(v.has_pending(2, OPEN));
     let lrs = fill(&mut v, 2, 4);
     assert_eq!(lrs.len(), 1);
     assert_eq!((lrs[0].intid, lrs[0].state), (40, LrState::Pending));
@@ -331,10 +332,10 @@ fn vgic_irm_routes_to_first_awake_vcpu() {
     // vCPU 1 wakes first: the pending SPI follows it.
     let fx = rwrite(&mut v, 1, 0x14, 0);
     assert_eq!(vcpus(fx.kick), [1]);
-    assert!(!v.has_pending(0));
-    assert!(v.has_pending(1));
+    assert!(!v.has_pending(0, OPEN));
+    assert!(v.has_pending(1, OPEN));
     rwrite(&mut v, 0, 0x14, 0);
-    assert!(v.has_pending(0), "vCPU 0 awake: lowest awake wins");
+    assert!(v.has_pending(0, OPEN), "vCPU 0 awake: lowest awake wins");
 }
 
 #[test]
@@ -388,7 +389,7 @@ fn vgic_sgi_target_list() {
     assert_eq!(vcpus(fx.kick), [1, 2]);
     for (c, want) in [(0, false), (1, true), (2, true), (3, false)] {
         assert_eq!(rread(&v, c, SGI_BASE + 0x200) & 1 << 3 != 0, want, "vCPU {c}");
-        assert_eq!(v.has_pending(c), want);
+        assert_eq!(v.has_pending(c, OPEN), want);
     }
     let lr = fill(&mut v, 1, 4)[0];
     assert_eq!((lr.intid, lr.state, lr.group1), (3, LrState::Pending, true));
@@ -413,7 +414,7 @@ fn vgic_sgi_all_but_self() {
     }
     let fx = v.send_sgi(2, 1 << 40 | 1 << 24 | 0b1);
     assert_eq!(vcpus(fx.kick), [0, 1, 3], "IRM: everyone but the sender; TargetList ignored");
-    assert!(!v.has_pending(2));
+    assert!(!v.has_pending(2, OPEN));
 }
 
 #[test]
@@ -423,8 +424,8 @@ fn vgic_sgi_range_selector() {
     // RS = 1: TargetList bit 1 is Aff0 17.
     let fx = v.send_sgi(0, 1 << 44 | 0b10);
     assert_eq!(vcpus(fx.kick), [17]);
-    assert!(v.has_pending(17));
-    assert!(!v.has_pending(1));
+    assert!(v.has_pending(17, OPEN));
+    assert!(!v.has_pending(1, OPEN));
 }
 
 #[test]
@@ -450,7 +451,7 @@ fn vgic_timer_level_ppi() {
     assert!(v.set_level(TIMER, Some(2), true).ignored, "no such vCPU");
     let fx = v.set_level(TIMER, Some(1), true);
     assert_eq!(vcpus(fx.kick), [1]);
-    assert!(!v.has_pending(0), "private to vCPU 1");
+    assert!(!v.has_pending(0, OPEN), "private to vCPU 1");
     assert!(v.set_level(TIMER, Some(1), true).kick.is_empty(), "still high: nothing new");
 
     let lr = fill(&mut v, 1, 4)[0];
@@ -461,12 +462,12 @@ fn vgic_timer_level_ppi() {
     // The guest acknowledged it; the line is still high: only Active goes back, never
     // pending-and-active for a level interrupt.
     v.sync_lr(1, with_state(lr, LrState::Active));
-    assert!(!v.has_pending(1));
+    assert!(!v.has_pending(1, OPEN));
     let lr = fill(&mut v, 1, 4)[0];
     assert_eq!(lr.state, LrState::Active);
     // EOI while the line is still high: pending again.
     v.sync_lr(1, with_state(lr, LrState::Invalid));
-    assert!(v.has_pending(1));
+    assert!(v.has_pending(1, OPEN));
     let lr = fill(&mut v, 1, 4)[0];
     assert_eq!(lr.state, LrState::Pending);
     v.sync_lr(1, with_state(lr, LrState::Active));
@@ -474,7 +475,7 @@ fn vgic_timer_level_ppi() {
     assert!(v.set_level(TIMER, Some(1), false).kick.is_empty());
     let lr = fill(&mut v, 1, 4)[0];
     v.sync_lr(1, with_state(lr, LrState::Invalid));
-    assert!(!v.has_pending(1));
+    assert!(!v.has_pending(1, OPEN));
     assert!(fill(&mut v, 1, 4).is_empty());
     assert_eq!(rread(&v, 1, SGI_BASE + 0x200) & 1 << TIMER, 0);
     assert_eq!(rread(&v, 1, SGI_BASE + 0x300) & 1 << TIMER, 0);
@@ -484,7 +485,7 @@ fn vgic_timer_level_ppi() {
     let lr = fill(&mut v, 1, 4)[0];
     v.set_level(TIMER, Some(1), false);
     v.sync_lr(1, lr);
-    assert!(!v.has_pending(1));
+    assert!(!v.has_pending(1, OPEN));
     assert!(fill(&mut v, 1, 4).is_empty());
 }
 
@@ -496,13 +497,13 @@ fn vgic_level_soft_pending_until_acknowledged() {
     let lr = fill(&mut v, 0, 4)[0];
     assert_eq!((lr.intid, lr.state), (35, LrState::Pending));
     v.sync_lr(0, lr);
-    assert!(v.has_pending(0), "not acknowledged: still pending");
+    assert!(v.has_pending(0, OPEN), "not acknowledged: still pending");
     let lr = fill(&mut v, 0, 4)[0];
     v.sync_lr(0, with_state(lr, LrState::Active));
-    assert!(!v.has_pending(0), "the acknowledge consumed the soft pending state");
+    assert!(!v.has_pending(0, OPEN), "the acknowledge consumed the soft pending state");
     let lr = fill(&mut v, 0, 4)[0];
     v.sync_lr(0, with_state(lr, LrState::Invalid));
-    assert!(!v.has_pending(0));
+    assert!(!v.has_pending(0, OPEN));
     assert_eq!(dread(&v, 0x304), 0);
 }
 
@@ -516,7 +517,7 @@ fn vgic_edge_spi() {
     assert!(v.set_level(36, None, true).kick.contains(0), "rising edge latches");
     assert!(v.set_level(36, None, true).kick.is_empty(), "no new edge");
     v.set_level(36, None, false);
-    assert!(v.has_pending(0), "the latch outlives the line");
+    assert!(v.has_pending(0, OPEN), "the latch outlives the line");
     let lr = fill(&mut v, 0, 4)[0];
     assert_eq!((lr.intid, lr.state, lr.eoi_maintenance), (36, LrState::Pending, false));
     // The guest acknowledged; a second edge arrives meanwhile: kick so it is not stuck.
@@ -530,7 +531,7 @@ fn vgic_edge_spi() {
     let lr = fill(&mut v, 0, 4)[0];
     assert_eq!(lr.state, LrState::Pending);
     v.sync_lr(0, with_state(lr, LrState::Invalid));
-    assert!(!v.has_pending(0));
+    assert!(!v.has_pending(0, OPEN));
     assert_eq!(dread(&v, 0x204) | dread(&v, 0x304), 0);
 }
 
@@ -539,19 +540,19 @@ fn vgic_disabled_or_group_off_not_delivered() {
     let mut v = model(1, 32);
     enable_spi(&mut v, 32);
     assert!(v.inject_edge(32, None).kick.is_empty(), "distributor off");
-    assert!(!v.has_pending(0));
+    assert!(!v.has_pending(0, OPEN));
     assert!(fill(&mut v, 0, 4).is_empty());
     let fx = dwrite(&mut v, 0, 0x2);
     assert_eq!(vcpus(fx.kick), [0], "enabling the group makes it deliverable");
-    assert!(v.has_pending(0));
+    assert!(v.has_pending(0, OPEN));
     dwrite(&mut v, 0x180 + 4, 1); // ICENABLER
-    assert!(!v.has_pending(0));
+    assert!(!v.has_pending(0, OPEN));
     assert_eq!(vcpus(dwrite(&mut v, 0x100 + 4, 1).kick), [0], "re-enabled: kick");
     // Group 0 interrupts need EnableGrp0.
     dwrite(&mut v, 0x84, 0);
-    assert!(!v.has_pending(0));
+    assert!(!v.has_pending(0, OPEN));
     dwrite(&mut v, 0, 0x1);
-    assert!(v.has_pending(0));
+    assert!(v.has_pending(0, OPEN));
     // An active interrupt is loaded even when disabled, so that its EOI finds it.
     dwrite(&mut v, 0, 0);
     dwrite(&mut v, 0x304, 1 << 1);
@@ -643,7 +644,7 @@ fn vgic_sync_lr_transitions() {
     assert_eq!(vcpus(fx.kick), [0]);
     assert_eq!(rread(&v, 0, SGI_BASE + 0x200), 0);
     v.sync_lr(0, lr);
-    assert!(!v.has_pending(0));
+    assert!(!v.has_pending(0, OPEN));
     assert!(fill(&mut v, 0, 4).is_empty());
     // ICACTIVER while it is active in an LR: inactive after sync.
     v.send_sgi(1, 1 << 24 | 1);
@@ -687,6 +688,280 @@ fn vgic_set_level_ignores_bad_targets() {
     assert!(v.set_level(64, None, true).ignored, "past the last SPI");
     assert!(v.inject_edge(1020, None).ignored);
     assert!(!v.set_level(32, Some(7), true).ignored, "SPIs ignore the vCPU argument");
+}
+
+// ----- the guest's CPU interface and WFI -----
+
+/// `ICH_VMCR_EL2` with priority mask `pmr` and the group enables.
+fn vmcr(pmr: u8, eng0: bool, eng1: bool) -> u64 {
+    u64::from(pmr) << 24 | u64::from(eng1) << 1 | u64::from(eng0)
+}
+
+/// Linux after `gic_cpu_sys_reg_init`: PMR 0xF0 (`DEFAULT_PMR_VALUE`), Group 1 enabled,
+/// nothing active; 5 preemption bits (one APR per group).
+fn linux_cpu_if() -> CpuInterface {
+    CpuInterface::from_registers(vmcr(0xF0, false, true), &[0], &[0])
+}
+
+#[test]
+fn vgic_cpu_interface_from_registers() {
+    let c = CpuInterface::from_registers(vmcr(0xF0, false, true), &[0], &[0]);
+    assert_eq!(
+        c,
+        CpuInterface { priority_mask: 0xF0, group0_enabled: false, group1_enabled: true, running_priority: None }
+    );
+    // The reset VMCR masks everything.
+    let c = CpuInterface::from_registers(0, &[0], &[0]);
+    assert!(!c.signals(true, 0) && !c.signals(false, 0));
+    // 5 preemption bits: AP1R0 bit 20 is group priority 20 << 3 = 0xA0; the lowest set bit of
+    // either group wins.
+    let c = CpuInterface::from_registers(vmcr(0xFF, true, true), &[1 << 25], &[1 << 20 | 1 << 30]);
+    assert_eq!(c.running_priority, Some(0xA0));
+    // 6 bits: two registers, bit 33 is 33 << 2; 7 bits: four, bit 100 is 100 << 1.
+    let c = CpuInterface::from_registers(0, &[0, 0], &[0, 1 << 1]);
+    assert_eq!(c.running_priority, Some(0x84));
+    let c = CpuInterface::from_registers(0, &[0, 0, 0, 0], &[0, 0, 0, 1 << 4]);
+    assert_eq!(c.running_priority, Some(200));
+    // The upper words of the 64-bit registers are RES0 and not read.
+    let c = CpuInterface::from_registers(0, &[1 << 40], &[0]);
+    assert_eq!(c.running_priority, None);
+}
+
+#[test]
+fn vgic_has_pending_respects_the_guest_mask() {
+    let mut v = booted(1, 32);
+    enable_spi(&mut v, 40);
+    set_priority(&mut v, 40, 0xA0);
+    v.inject_edge(40, None);
+    assert!(v.has_pending(0, OPEN));
+    assert!(v.has_pending(0, linux_cpu_if()));
+    // The mask must be numerically above the priority: equal masks it.
+    for (pmr, want) in [(0xF8, true), (0xA8, true), (0xA0, false), (0x80, false), (0x00, false)] {
+        let c = CpuInterface::from_registers(vmcr(pmr, false, true), &[0], &[0]);
+        assert_eq!(v.has_pending(0, c), want, "PMR {pmr:#x}");
+    }
+    // The guest's Group 1 enable (ICC_IGRPEN1_EL1) off: not signalled.
+    let c = CpuInterface::from_registers(vmcr(0xF0, true, false), &[0], &[0]);
+    assert!(!v.has_pending(0, c));
+    // An interrupt of the same or a lower group priority is active (the guest is in its
+    // handler): it does not preempt; a higher one does.
+    let busy = CpuInterface::from_registers(vmcr(0xF0, false, true), &[0], &[1 << (0xA0 >> 3)]);
+    assert!(!v.has_pending(0, busy));
+    enable_spi(&mut v, 41);
+    set_priority(&mut v, 41, 0x80);
+    v.inject_edge(41, None);
+    assert!(v.has_pending(0, busy), "0x80 preempts a running 0xA0");
+    // Group 0 needs VENG0.
+    let mut v = booted(1, 32);
+    enable_spi(&mut v, 33);
+    dwrite(&mut v, 0x84, !(1 << 1));
+    v.inject_edge(33, None);
+    assert!(!v.has_pending(0, linux_cpu_if()));
+    assert!(v.has_pending(0, CpuInterface::from_registers(vmcr(0xF0, true, false), &[0], &[0])));
+    // The mask decides the wake-up only: the interrupt is still handed out, for the hardware
+    // to hold until the guest unmasks it.
+    let masked = CpuInterface::from_registers(vmcr(0x00, true, true), &[0], &[0]);
+    assert!(!v.has_pending(0, masked));
+    assert_eq!(fill(&mut v, 0, 4).len(), 1);
+    assert!(!v.has_pending(0, OPEN), "in an LR: not counted");
+}
+
+// ----- what Linux's GICv3 driver does -----
+
+/// Linux's `gic_populate_rdist` on the CPU with affinity `aff`: walks the redistributor
+/// frames, checks each one's `GICR_PIDR2` and reads `GICR_TYPER` (64-bit) until the affinity
+/// matches or the `Last` frame. Returns the frame index.
+fn linux_find_rdist(v: &Vgic, aff: u64) -> Option<u16> {
+    let mut frame = 0u16;
+    loop {
+        let pidr2 = v.redist_read(rd(frame, 0xFFE8), 4).unwrap();
+        assert_eq!(pidr2 >> 4 & 0xF, 3, "GICR_PIDR2.ArchRev of frame {frame}");
+        let typer = v.redist_read(rd(frame, 0x8), 8).unwrap();
+        if typer >> 32 == aff {
+            return Some(frame);
+        }
+        if typer & 1 << 4 != 0 {
+            return None;
+        }
+        frame += 1;
+    }
+}
+
+/// Linux's `gic_dist_init` (with `gic_dist_config`) on `spis` SPIs, booting on vCPU `boot`.
+fn linux_dist_init(v: &mut Vgic, boot: u64) {
+    // gic_validate_dist_version, gic_init_bases
+    assert_eq!(dread(v, 0xFFE8) & 0xF0, 0x30, "GICD_PIDR2: GICv3");
+    let typer = dread(v, 0x4);
+    let lines = (((typer & 0x1F) + 1) * 32).min(1020);
+    assert_eq!(typer & 1 << 8, 0, "no extended SPIs");
+    let _iidr = dread(v, 0x8);
+    assert_eq!(dread(v, 0xC), 0, "GICD_TYPER2");
+    dwrite(v, 0x0, 0);
+    assert_eq!(dread(v, 0x0) & 1 << 31, 0, "RWP");
+    for i in (32..lines).step_by(32) {
+        dwrite(v, 0x80 + i / 8, 0xFFFF_FFFF);
+    }
+    for i in (32..lines).step_by(16) {
+        dwrite(v, 0xC00 + i / 4, 0);
+    }
+    for i in (32..lines).step_by(4) {
+        dwrite(v, 0x400 + i, 0xA0A0_A0A0);
+    }
+    for i in (32..lines).step_by(32) {
+        dwrite(v, 0x380 + i / 8, 0xFFFF_FFFF);
+        dwrite(v, 0x180 + i / 8, 0xFFFF_FFFF);
+    }
+    assert_eq!(dread(v, 0x0) & 1 << 31, 0, "RWP");
+    // ARE_NS | EnableGrp1A | EnableGrp1 (DS = 1: bits 0 and 1 are the two groups).
+    dwrite(v, 0x0, 0x13);
+    assert_eq!(dread(v, 0x0) & 1 << 31, 0, "RWP");
+    for i in 32..lines {
+        v.dist_write(0x6000 + i * 8, 8, boot).unwrap();
+    }
+}
+
+/// Linux's `gic_cpu_init` on vCPU `c` (affinity `c`), then its timer's PPI enabled as
+/// `arch_timer_starting_cpu` does (level, then unmask).
+fn linux_cpu_init(v: &mut Vgic, c: u16) {
+    let frame = linux_find_rdist(v, u64::from(c)).expect("my redistributor");
+    assert_eq!(frame, c);
+    // gic_enable_redist(true)
+    let w = rread(v, c, 0x14);
+    rwrite(v, c, 0x14, w & !0b10);
+    assert_eq!(rread(v, c, 0x14) & 0b100, 0, "ChildrenAsleep clears at once");
+    rwrite(v, c, SGI_BASE + 0x80, 0xFFFF_FFFF);
+    // gic_cpu_config
+    rwrite(v, c, SGI_BASE + 0x380, 0xFFFF_FFFF);
+    rwrite(v, c, SGI_BASE + 0x180, 0xFFFF_FFFF);
+    for i in (0..32).step_by(4) {
+        rwrite(v, c, SGI_BASE + 0x400 + i, 0xA0A0_A0A0);
+    }
+    rwrite(v, c, SGI_BASE + 0x100, 0x0000_FFFF);
+    assert_eq!(rread(v, c, 0x0) & 1 << 3, 0, "GICR_CTLR.RWP");
+    // gic_set_type(27, IRQ_TYPE_LEVEL_HIGH): read-modify-write of GICR_ICFGR1, then unmask.
+    let cfg = rread(v, c, SGI_BASE + 0xC04);
+    rwrite(v, c, SGI_BASE + 0xC04, cfg & !(0b11 << (2 * (27 - 16))));
+    rwrite(v, c, SGI_BASE + 0x100, 1 << 27);
+}
+
+/// Linux's `gic_set_affinity` of SPI `intid` to the vCPU with affinity `aff`: mask, write
+/// `IROUTER` (64-bit), unmask.
+fn linux_set_affinity(v: &mut Vgic, intid: u32, aff: u64) -> Effects {
+    let reg = u64::from(intid / 32) * 4;
+    let enabled = dread(v, 0x100 + reg) & 1 << (intid % 32) != 0;
+    let mut fx = Effects::NONE;
+    if enabled {
+        fx = fx.merge(dwrite(v, 0x180 + reg, 1 << (intid % 32)));
+    }
+    fx = fx.merge(v.dist_write(0x6000 + u64::from(intid) * 8, 8, aff).unwrap());
+    if enabled {
+        fx = fx.merge(dwrite(v, 0x100 + reg, 1 << (intid % 32)));
+    }
+    fx
+}
+
+/// The GICv3 driver's boot on four vCPUs, access by access, and then its use at run time:
+/// every register reads back what the driver expects, nothing it touches is reserved, and
+/// the timer, the UART's SPI and IPIs reach the right vCPU with the priorities it set.
+#[test]
+fn vgic_linux_boot_and_run() {
+    let mut v = model(4, 64);
+    linux_dist_init(&mut v, 0);
+    for c in 0..4 {
+        linux_cpu_init(&mut v, c);
+    }
+    assert_eq!(v.ignored_accesses(), (0, 0), "the driver touches only implemented registers");
+    assert_eq!(dread(&v, 0x0), 0x53, "GICD_CTLR: ARE, DS, both groups");
+    for c in 0..4 {
+        assert_eq!(rread(&v, c, 0x14), 0, "GICR_WAKER: awake");
+        assert_eq!(rread(&v, c, SGI_BASE + 0x100), 0xFFFF | 1 << 27, "SGIs and the timer enabled");
+        assert_eq!(rread(&v, c, SGI_BASE + 0x418), 0xA0A0_A0A0, "IPRIORITYR6 (INTIDs 24..28)");
+        assert_eq!(rread(&v, c, SGI_BASE + 0xC04), 0, "PPIs level-sensitive");
+    }
+    assert_eq!(v.dist_read(0x6000 + 95 * 8, 8).unwrap(), 0, "IROUTER: the boot CPU");
+    assert_eq!(dread(&v, 0x104), 0, "every SPI masked");
+
+    // The UART's SPI 33: level (ICFGR2), routed to the boot CPU, unmasked.
+    let cfg = dread(&v, 0xC08);
+    dwrite(&mut v, 0xC08, cfg & !(0b11 << 2));
+    linux_set_affinity(&mut v, 33, 0);
+    dwrite(&mut v, 0x104, 1 << 1);
+    assert_eq!(vcpus(v.set_level(33, None, true).kick), [0]);
+    assert!(v.has_pending(0, linux_cpu_if()));
+    // Moved to CPU 3 while pending (irqbalance, or CPU hot-unplug): delivered there.
+    let fx = linux_set_affinity(&mut v, 33, 3);
+    assert!(fx.kick.contains(3));
+    assert!(!v.has_pending(0, linux_cpu_if()));
+    let lr = fill(&mut v, 3, 4)[0];
+    assert_eq!(
+        (lr.intid, lr.priority, lr.state, lr.group1, lr.eoi_maintenance),
+        (33, 0xA0, LrState::Pending, true, true)
+    );
+    // Acknowledged, handled (the line drops), EOIed: gone.
+    v.sync_lr(3, with_state(lr, LrState::Active));
+    v.set_level(33, None, false);
+    let lr = fill(&mut v, 3, 4)[0];
+    v.sync_lr(3, with_state(lr, LrState::Invalid));
+    assert!(!v.has_pending(3, OPEN));
+
+    // The timer of vCPU 2.
+    assert_eq!(vcpus(v.set_level(27, Some(2), true).kick), [2]);
+    let lr = fill(&mut v, 2, 4)[0];
+    assert_eq!((lr.intid, lr.priority, lr.eoi_maintenance), (27, 0xA0, true));
+
+    // An IPI (SGI 1, IPI_CALL_FUNC) from vCPU 0 to vCPUs 1 and 3: gic_send_sgi's value.
+    let fx = v.send_sgi(0, 1 << 24 | 0b1010);
+    assert_eq!(vcpus(fx.kick), [1, 3]);
+    for c in [1, 3] {
+        let lr = fill(&mut v, c, 4)[0];
+        assert_eq!((lr.intid, lr.state, lr.group1, lr.eoi_maintenance), (1, LrState::Pending, true, false));
+    }
+    assert_eq!(v.ignored_accesses(), (0, 0));
+}
+
+/// An interrupt of higher priority than everything in a vCPU's full list registers: the kick
+/// makes the vCPU exit, the sync takes the unacknowledged ones back, and the refill puts the
+/// new one first; the one that no longer fits waits for the maintenance interrupt.
+#[test]
+fn vgic_higher_priority_displaces_a_full_set_of_lrs() {
+    let mut v = booted(2, 32);
+    for intid in 32..37 {
+        enable_spi(&mut v, intid);
+        set_priority(&mut v, intid, 0xA0);
+        v.inject_edge(intid, None);
+    }
+    let held = fill(&mut v, 0, 4);
+    assert_eq!(held.iter().map(|lr| lr.intid).collect::<Vec<_>>(), [32, 33, 34, 35]);
+    assert!(v.overflow(0, 0), "36 waits: the platform sets ICH_HCR_EL2.UIE");
+    // The guest took 32 (active) before the new one came.
+    enable_private(&mut v, 0, 5);
+    v.redist_write(rd(0, SGI_BASE + 0x405), 1, 0x20).unwrap();
+    assert_eq!(vcpus(v.send_sgi(1, 5 << 24 | 1).kick), [0]);
+    v.sync_lr(0, with_state(held[0], LrState::Active));
+    for lr in &held[1..] {
+        v.sync_lr(0, *lr);
+    }
+    let lrs = fill(&mut v, 0, 4);
+    let got: Vec<_> = lrs.iter().map(|lr| (lr.intid, lr.priority, lr.state)).collect();
+    assert_eq!(
+        got,
+        [
+            (32, 0xA0, LrState::Active),
+            (5, 0x20, LrState::Pending),
+            (33, 0xA0, LrState::Pending),
+            (34, 0xA0, LrState::Pending)
+        ],
+        "the active one (its EOI must find it), then by priority"
+    );
+    assert!(v.overflow(0, 0), "35 and 36 wait");
+    // The maintenance interrupt: the guest EOIed three, one LR is still valid.
+    for lr in &lrs[..3] {
+        v.sync_lr(0, with_state(*lr, LrState::Invalid));
+    }
+    v.sync_lr(0, lrs[3]);
+    let rest: Vec<_> = fill(&mut v, 0, 4).iter().map(|lr| lr.intid).collect();
+    assert_eq!(rest, [34, 35, 36]);
+    assert!(!v.overflow(0, 0));
 }
 
 // ----- checkpoints -----
@@ -1041,7 +1316,7 @@ impl Harness {
         for c in 0..v.vcpus {
             let mine: Vec<usize> = (0..v.irqs.len()).filter(|&s| v.target(s) == Some(c)).collect();
             let pending = mine.iter().any(|&s| !v.irqs[s].in_lr && v.deliverable(&v.irqs[s]));
-            assert_eq!(v.has_pending(c), pending);
+            assert_eq!(v.has_pending(c, OPEN), pending);
             let waiting = mine.iter().filter(|&&s| v.wants_lr(&v.irqs[s])).count();
             for free in 0..=LRS {
                 assert_eq!(v.overflow(c, free), waiting > free);

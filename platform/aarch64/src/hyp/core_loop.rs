@@ -654,6 +654,8 @@ impl Core<'_> {
         // Filled a few at a time (the model hands out the best first, so the order is the same
         // as in one call); only the filled ones are written, the others are empty already.
         let mut chunk = [Lr::INVALID; 4];
+        // Whether an LR was loaded with a pending interrupt (NPIE below).
+        let mut any_pending = false;
         let (n, overflow, epoch) = {
             let mut vgic = vm.vgic();
             // A private interrupt: only this vCPU can be kicked, and it is about to enter.
@@ -669,6 +671,7 @@ impl Core<'_> {
                 for (i, lr) in chunk[..got].iter().enumerate() {
                     gic::write_lr(n + i, encode_ich_lr(lr));
                     self.lr_intid[n + i] = lr.intid;
+                    any_pending |= lr.state.pending();
                 }
                 n += got;
                 if got < asked {
@@ -687,7 +690,7 @@ impl Core<'_> {
         self.fill_epoch = epoch;
         self.timer_line = line;
         self.timer_synced = true;
-        gic::set_ich_hcr(gic::ICH_HCR_EN | if overflow { gic::ICH_HCR_UIE } else { 0 });
+        gic::set_ich_hcr(gic::ICH_HCR_EN | maintenance(overflow, any_pending));
     }
 
     /// After an exit: the list registers back into the model, the timer's line sampled.
@@ -756,6 +759,13 @@ impl Core<'_> {
             return true;
         }
         drop(vgic);
+        if !self.nothing_waiting {
+            // The fill left interrupts behind and asked for a maintenance interrupt, whose
+            // condition (no valid LR) now holds: turn it off before this core acknowledges
+            // the physical PPI, or it would be asserted again at once. The next entry refills
+            // and asks again.
+            gic::set_ich_hcr(0);
+        }
         self.lrs_used = 0;
         self.fill_clean = self.nothing_waiting;
         true
@@ -782,5 +792,18 @@ impl Core<'_> {
         self.nothing_waiting = true;
         self.lrs_fresh = true;
         true
+    }
+}
+
+/// The maintenance interrupts an entry asks for (`ICH_HCR_EL2`) when interrupts were left
+/// behind (`overflow`): UIE (at most one LR still valid) always, and NPIE (no LR pending any
+/// more) when the fill loaded a pending one, so the rest come as soon as the guest has
+/// acknowledged what it was given, even while the LRs still hold active interrupts. Without a
+/// pending LR NPIE would fire at once, and again after every refill: it is left off.
+fn maintenance(overflow: bool, any_pending: bool) -> u64 {
+    match (overflow, any_pending) {
+        (false, _) => 0,
+        (true, false) => gic::ICH_HCR_UIE,
+        (true, true) => gic::ICH_HCR_UIE | gic::ICH_HCR_NPIE,
     }
 }

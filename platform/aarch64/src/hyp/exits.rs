@@ -82,9 +82,12 @@ pub(super) fn handle(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, ctx: &mut VcpuCo
 }
 
 /// WFI (and PSCI CPU_SUSPEND): back to the guest at once if an interrupt is pending for it
-/// (the list registers were synced into the model at the exit), else it blocks.
+/// that its virtual CPU interface would signal (the list registers were synced into the model
+/// at the exit; the priority mask, group enables and running priority are the live ones of
+/// this loaded vCPU), else it blocks. A vCPU that masks what is pending does not spin.
 fn wfi(vm: &Vm, vcpu: &Vcpu) -> Action {
-    if vm.vgic().has_pending(vcpu.index) {
+    let cpu = crate::gic::virtual_cpu_interface();
+    if vm.vgic().has_pending(vcpu.index, cpu) {
         Action::Resume
     } else {
         Action::Exit(ExitReason::Wfi)

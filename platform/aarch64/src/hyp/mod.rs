@@ -283,6 +283,16 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
             vmid,
             guest.entry_ipa
         );
+        if let Some(linux) = &vm.linux {
+            let initrd = match &linux.initrd {
+                Some(r) => format!("initramfs {:#x}..{:#x}", r.start, r.end),
+                None => String::from("no initramfs"),
+            };
+            println!(
+                "vm {} \"{}\": linux: Image {:#x}..{:#x}, device tree at {:#x} ({} bytes), {initrd}",
+                vm.id.0, vm.name, linux.kernel.start, linux.kernel.end, linux.dtb, linux.dtb_len
+            );
+        }
         vcpus.extend(vm.make_vcpus(&guest));
         vms.push(vm);
     }

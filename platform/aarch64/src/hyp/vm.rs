@@ -11,6 +11,8 @@ use spin::Mutex;
 use vcpu_runtime::manifest::{GuestEntry, GuestKind, GUEST_RAM_BASE};
 use vcpu_runtime::trace::StopReason;
 use vcpu_runtime::{VcpuId, VmId};
+use vdev::guest_dt::{self, GuestDtConfig, GuestDtError, Pl011Node, PsciConduit, TimerPpis};
+use vdev::linux_boot::{self, LinuxBootError};
 use vdev::uart::Pl011;
 use vdev::vgic::{Vgic, VgicConfig, GICD_SIZE, GICR_STRIDE};
 
@@ -37,6 +39,21 @@ pub const TEST_DATA_IPA: u64 = GUEST_RAM_BASE;
 /// The most a test image's data blob may hold.
 pub const TEST_DATA_MAX: usize = 0x8_0000;
 
+/// The frequency of the fixed clock the guest's device tree gives its UART (`apb_pclk`), as
+/// QEMU's `virt` board says; the emulated UART has no baud rate, so only drivers read it.
+pub const UART_CLOCK_HZ: u32 = 24_000_000;
+
+/// Where a Linux guest's pieces went (docs/guest-abi.md, *Linux guests*).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinuxBoot {
+    /// The kernel from its entry point to the end of its `image_size`.
+    pub kernel: Range<u64>,
+    /// The device tree (vCPU 0's `x0`) and its size in bytes.
+    pub dtb: u64,
+    pub dtb_len: usize,
+    pub initrd: Option<Range<u64>>,
+}
+
 /// No timer armed ([`Vcpu::timer_deadline`]).
 pub const NO_DEADLINE: u64 = u64::MAX;
 
@@ -52,9 +69,15 @@ pub struct Vm {
     /// The RAM the VM was given. The guest owns its contents; the hypervisor writes them only
     /// when it builds the VM and when it loads the image again at a reset (every vCPU off).
     ram: Mutex<RamRegion>,
-    /// The image, kept to load it again at a `SYSTEM_RESET`: (IPA, bytes, bytes in RAM).
+    /// The image, kept to load it again at a `SYSTEM_RESET`: (IPA, bytes, bytes in RAM). For a
+    /// test image, its data blob too; for Linux, its initramfs.
     segments: Vec<(u64, &'static [u8], u64)>,
-    /// Where vCPU 0 starts, and its `x0` (the data blob's address, or 0).
+    /// A Linux guest's device tree, loaded at [`LinuxBoot::dtb`] with the segments.
+    dtb: Vec<u8>,
+    /// Where a Linux guest's kernel, device tree and initramfs are; `None` for a test image.
+    pub linux: Option<LinuxBoot>,
+    /// Where vCPU 0 starts, and its `x0` (a test image's data blob's address, or 0; a Linux
+    /// guest's device tree).
     pub entry_ipa: u64,
     pub boot_x0: u64,
     /// `VTTBR_EL2` of its stage-2 map (the tables live for the rest of the run).
@@ -121,8 +144,23 @@ impl fmt::Debug for Vcpu {
 /// Why a VM could not be built.
 #[derive(Debug)]
 pub enum VmError {
-    /// Not a test image (no payload, or Linux).
+    /// No payload (a simulator-only guest).
     Kind(GuestKind),
+    /// A Linux guest's entry point is not the start of one of its segments (the kernel
+    /// `Image` must be entered at its first byte), or another segment lies below it (where
+    /// the device tree goes).
+    LinuxEntry {
+        entry: u64,
+    },
+    /// A Linux guest's kernel, device tree and initramfs cannot be laid out in its RAM.
+    Linux(LinuxBootError),
+    /// Its device tree could not be generated.
+    DeviceTree(GuestDtError),
+    /// Its device tree is larger than the room below the kernel.
+    DeviceTreeTooLarge {
+        len: usize,
+        room: u64,
+    },
     /// A test image's data blob is larger than [`TEST_DATA_MAX`].
     Data {
         len: usize,
@@ -143,7 +181,15 @@ pub enum VmError {
 impl fmt::Display for VmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            VmError::Kind(k) => write!(f, "payload kind {k:?} cannot be booted (test images only, for now)"),
+            VmError::Kind(k) => write!(f, "payload kind {k:?} cannot be booted"),
+            VmError::LinuxEntry { entry } => {
+                write!(f, "entry {entry:#x} must be the first byte of the kernel Image's segment, the lowest one")
+            }
+            VmError::Linux(e) => write!(f, "{e}"),
+            VmError::DeviceTree(e) => write!(f, "device tree: {e}"),
+            VmError::DeviceTreeTooLarge { len, room } => {
+                write!(f, "device tree of {len} bytes, {room} bytes of room below the kernel")
+            }
             VmError::NoRam { want_mib, left } => {
                 write!(f, "{want_mib} MiB of RAM wanted, {} MiB left in the guest pool", left >> 20)
             }
@@ -159,8 +205,9 @@ impl fmt::Display for VmError {
 
 impl Vm {
     /// Builds the VM of a manifest guest: takes its RAM from `pool` (2 MiB aligned), zeroes it,
-    /// copies the image's segments in, cleans it to the point of coherency (the vCPU starts with
-    /// its MMU off), and maps it at stage 2 with VMID `vmid`.
+    /// copies the image's segments in (for Linux also its device tree and initramfs), cleans it
+    /// to the point of coherency (the vCPU starts with its MMU off), and maps it at stage 2
+    /// with VMID `vmid`.
     pub fn build(
         guest: &GuestEntry<'static>,
         first_vcpu: VcpuId,
@@ -168,9 +215,29 @@ impl Vm {
         pool: &mut RamRegion,
         priority_bits: u8,
     ) -> Result<Vm, VmError> {
-        if guest.kind != GuestKind::TestImage {
-            return Err(VmError::Kind(guest.kind));
-        }
+        let mut segments: Vec<_> = guest.segments().iter().map(|s| (s.ipa, s.data, s.mem_len)).collect();
+        // Where vCPU 0's x0 points; a Linux guest's device tree and where things went.
+        let (boot_x0, dtb, linux) = match guest.kind {
+            GuestKind::TestImage => {
+                if guest.initrd.len() > TEST_DATA_MAX {
+                    return Err(VmError::Data { len: guest.initrd.len() });
+                }
+                if guest.initrd.is_empty() {
+                    (0, Vec::new(), None)
+                } else {
+                    segments.push((TEST_DATA_IPA, guest.initrd, guest.initrd.len() as u64));
+                    (TEST_DATA_IPA, Vec::new(), None)
+                }
+            }
+            GuestKind::Linux => {
+                let (boot, dtb) = linux_boot(guest)?;
+                if let Some(initrd) = &boot.initrd {
+                    segments.push((initrd.start, guest.initrd, guest.initrd.len() as u64));
+                }
+                (boot.dtb, dtb, Some(boot))
+            }
+            GuestKind::None => return Err(VmError::Kind(guest.kind)),
+        };
         let bytes = guest.memory_mib as usize * (1 << 20);
         let skip = pool.range().start.next_multiple_of(RAM_ALIGN) - pool.range().start;
         let no_ram = VmError::NoRam { want_mib: guest.memory_mib, left: pool.len().saturating_sub(skip) };
@@ -181,14 +248,7 @@ impl Vm {
         let _ = pool.split_off_front(skip);
         let mut ram = pool.split_off_front(bytes).ok_or(no_ram)?;
         ram.as_mut_slice().fill(0);
-        if guest.initrd.len() > TEST_DATA_MAX {
-            return Err(VmError::Data { len: guest.initrd.len() });
-        }
-        let mut segments: Vec<_> = guest.segments().iter().map(|s| (s.ipa, s.data, s.mem_len)).collect();
-        if !guest.initrd.is_empty() {
-            segments.push((TEST_DATA_IPA, guest.initrd, guest.initrd.len() as u64));
-        }
-        load_image(&mut ram, &segments)?;
+        load_image(&mut ram, &with_dtb(&segments, boot_x0, &dtb))?;
 
         let ram_ipa = GUEST_RAM_BASE..guest.ram_end();
         let mut stage2 = Stage2Map::new(vmid).map_err(VmError::Stage2)?;
@@ -207,8 +267,10 @@ impl Vm {
             ram_ipa,
             ram: Mutex::new(ram),
             segments,
+            dtb,
+            linux,
             entry_ipa: guest.entry_ipa,
-            boot_x0: if guest.initrd.is_empty() { 0 } else { TEST_DATA_IPA },
+            boot_x0,
             vttbr,
             vgic: Mutex::new(vgic),
             uart: Mutex::new(Pl011::new()),
@@ -233,19 +295,21 @@ impl Vm {
         self.resetting.load(Ordering::Acquire) != RESET_NONE
     }
 
-    /// Loads the image into guest RAM again (the rest of RAM keeps its contents, as RAM does
-    /// through a warm reset) and resets the emulated devices, which drops every pending
-    /// interrupt. Only while every vCPU is off ([`RESET_LOADING`]): nobody runs on the RAM.
+    /// Loads the image into guest RAM again (with its data blob, or a Linux guest's device
+    /// tree and initramfs; the rest of RAM keeps its contents, as RAM does through a warm
+    /// reset) and resets the emulated devices, which drops every pending interrupt. Only while
+    /// every vCPU is off ([`RESET_LOADING`]): nobody runs on the RAM.
     pub fn reload(&self) -> Result<(), VmError> {
-        load_image(&mut self.ram.lock(), &self.segments)?;
+        load_image(&mut self.ram.lock(), &with_dtb(&self.segments, self.boot_x0, &self.dtb))?;
         self.vgic().reset();
         *self.uart.lock() = Pl011::new();
         Ok(())
     }
 
     /// The vCPUs of a VM built from `guest`: vCPU 0 starts at the image's entry point with
-    /// x0 = the data blob's address, or 0 (test images get no device tree); the others wait,
-    /// at reset, for a `CPU_ON`.
+    /// x0 = the data blob's address, or 0 (test images get no device tree), or a Linux guest's
+    /// device tree (x1 = x2 = x3 = 0, MMU and caches off, EL1h with D, A, I, F masked, as the
+    /// arm64 boot protocol wants); the others wait, at reset, for a `CPU_ON`.
     pub fn make_vcpus(&self, guest: &GuestEntry<'_>) -> Vec<Vcpu> {
         (0..self.vcpus)
             .map(|i| Vcpu {
@@ -322,6 +386,56 @@ impl Vm {
     pub fn gicd_range(&self) -> Range<u64> {
         GICD_BASE..GICD_BASE + GICD_SIZE
     }
+}
+
+/// The segments to load: `segments`, and a non-empty device tree at `dtb_ipa`.
+fn with_dtb<'a>(segments: &[(u64, &'a [u8], u64)], dtb_ipa: u64, dtb: &'a [u8]) -> Vec<(u64, &'a [u8], u64)> {
+    let mut all = segments.to_vec();
+    if !dtb.is_empty() {
+        all.push((dtb_ipa, dtb, dtb.len() as u64));
+    }
+    all
+}
+
+/// A Linux guest's layout (`vdev::linux_boot`: the kernel where the manifest put it, the
+/// device tree at the base of RAM, the initramfs at the top) and its device tree
+/// (`vdev::guest_dt`: its RAM, its vCPUs with their `VMPIDR_EL2` affinities, PSCI over HVC,
+/// the emulated GICv3, timer and PL011, the manifest's command line and the initramfs).
+fn linux_boot(guest: &GuestEntry<'_>) -> Result<(LinuxBoot, Vec<u8>), VmError> {
+    let kernel = guest
+        .segments()
+        .iter()
+        .find(|s| s.ipa == guest.entry_ipa)
+        .ok_or(VmError::LinuxEntry { entry: guest.entry_ipa })?;
+    if guest.segments().iter().any(|s| s.ipa < kernel.ipa) {
+        return Err(VmError::LinuxEntry { entry: guest.entry_ipa });
+    }
+    let loaded_end = guest.segments().iter().map(|s| s.ipa + s.mem_len).max().unwrap_or(kernel.ipa);
+    let ram = GUEST_RAM_BASE..guest.ram_end();
+    let layout =
+        linux_boot::layout(ram.clone(), kernel.ipa, kernel.data, loaded_end - kernel.ipa, guest.initrd.len() as u64)
+            .map_err(VmError::Linux)?;
+    let cpus: Vec<u64> = (0..guest.vcpus).map(vmpidr).collect();
+    let config = GuestDtConfig {
+        ram_base: ram.start,
+        ram_size: ram.end - ram.start,
+        cpus: &cpus,
+        psci: PsciConduit::Hvc,
+        gicd_base: GICD_BASE,
+        gicd_size: GICD_SIZE,
+        gicr_base: GICR_BASE,
+        gicr_size: u64::from(guest.vcpus) * GICR_STRIDE,
+        timer: TimerPpis::SBSA,
+        uart: Some(Pl011Node { base: UART_BASE, size: UART_SIZE, intid: UART_INTID, clock_hz: UART_CLOCK_HZ }),
+        bootargs: guest.cmdline,
+        initrd: layout.initrd.clone(),
+    };
+    let dtb = guest_dt::generate(&config).map_err(VmError::DeviceTree)?;
+    if dtb.len() as u64 > layout.dtb_room {
+        return Err(VmError::DeviceTreeTooLarge { len: dtb.len(), room: layout.dtb_room });
+    }
+    let boot = LinuxBoot { kernel: layout.kernel, dtb: layout.dtb, dtb_len: dtb.len(), initrd: layout.initrd };
+    Ok((boot, dtb))
 }
 
 /// Copies the image's segments into `ram` (zero-filling each segment's tail) and cleans it to the
