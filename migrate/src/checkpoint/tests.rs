@@ -142,6 +142,7 @@ fn sample(vcpus: u16, spis: u16, kinds: &[Fill], seed: u64) -> Checkpoint {
             }),
         },
         memory: memory_ranges(&ram),
+        timing: None,
     }
 }
 
@@ -297,6 +298,7 @@ fn zero_pages_cost_nothing_and_known_zero_ranges_are_not_read() {
         timers: TimerState { counter_hz: 1, virtual_count: 0 },
         devices: DeviceState::default(),
         memory: vec![],
+        timing: None,
     };
     let (bytes, summary) = c.encode_into(Vec::new(), EncodeOptions::default()).unwrap();
     assert_eq!(summary.zero_pages, (1 << 30) / PAGE_SIZE as u64);
@@ -355,6 +357,7 @@ fn streaming_decoder_yields_sections_in_order() {
             Event::Timers(_) => "timers".to_string(),
             Event::Devices(_) => "devices".to_string(),
             Event::Memory(r) => alloc::format!("{:?} {}", r.encoding, r.pages),
+            Event::Dirty(_) | Event::Timing(_) => panic!("a live section in a snapshot"),
             Event::End(t) => {
                 assert_eq!(t.length + 16 + 24, bytes.len() as u64);
                 "end".to_string()
@@ -457,7 +460,7 @@ fn wrong_version_architecture_and_sizes_are_refused_by_name() {
     let b = with_header(&bytes, |h| h[8..10].copy_from_slice(&7u16.to_le_bytes()));
     let e = decode_all(&b).unwrap_err();
     assert_eq!(e.problem, Problem::UnsupportedVersion(7));
-    assert_eq!(e.to_string(), "checkpoint: header at byte 0: format version 7 (this reader knows 1)");
+    assert_eq!(e.to_string(), "checkpoint: header at byte 0: format version 7 (this reader knows versions 1 to 2)");
     // A version is refused even when the rest of a newer header is unknown to us.
     assert_eq!(decode_all(&b[..12]).unwrap_err().problem, Problem::UnsupportedVersion(7));
 
@@ -885,6 +888,7 @@ mod props {
                                 uart: (seed % 3 != 0).then(|| Pl011State { ibrd: 3, line, ..Default::default() }),
                             },
                             memory: memory_ranges(&ram),
+                            timing: None,
                         }
                     })
             },
