@@ -157,7 +157,10 @@ impl fmt::Display for Problem {
         match *self {
             Problem::BadMagic => f.write_str("not a checkpoint (bad magic)"),
             Problem::UnsupportedVersion(v) => {
-                write!(f, "format version {v} (this reader knows versions {OLDEST_READABLE_VERSION} to {FORMAT_VERSION})")
+                write!(
+                    f,
+                    "format version {v} (this reader knows versions {OLDEST_READABLE_VERSION} to {FORMAT_VERSION})"
+                )
             }
             Problem::WrongArch(a) => write!(f, "wrong architecture: {a} (this host restores {})", Arch::HOST),
             Problem::Truncated { need, have } => write!(f, "truncated: needs {need} bytes, {have} left"),
