@@ -36,7 +36,7 @@ mod decode;
 mod encode;
 mod error;
 mod state;
-mod wire;
+pub(crate) mod wire;
 
 #[cfg(test)]
 mod tests;
