@@ -9,3 +9,4 @@ extern crate alloc;
 
 pub mod checkpoint;
 pub mod live;
+pub mod offload;

@@ -75,6 +75,9 @@ pub struct EncodeSummary {
     pub lz4_bytes: u64,
     /// Pages in dirty runs (a live stream's re-sent pages; also counted above).
     pub dirty_pages: u64,
+    /// The trailer, once [`finish`](Encoder::finish) wrote it: what the destination's READY
+    /// must name ([`Control::ready`](crate::live::Control::ready)).
+    pub trailer: Option<Trailer>,
 }
 
 /// What comes next.
@@ -647,7 +650,12 @@ impl<S: Sink> Encoder<S> {
         self.scratch.clear();
         codec::put_trailer(&mut self.scratch, &trailer);
         self.out.section(KIND_END, &[&self.scratch])?;
-        let summary = EncodeSummary { bytes: self.out.offset, sections: self.out.sections, ..self.summary };
+        let summary = EncodeSummary {
+            bytes: self.out.offset,
+            sections: self.out.sections,
+            trailer: Some(trailer),
+            ..self.summary
+        };
         Ok((self.out.sink, summary))
     }
 }

@@ -435,8 +435,13 @@ fn live_run(base: &Checkpoint, precopy: &[Round], last: &Round, opts: EncodeOpti
     send(&mut e, &mut ram, last);
     let timing = Timing { downtime_ns: 2_345_678, precopy_rounds: precopy.len() as u32, pages_resent: resent };
     e.timing(&timing).unwrap();
+    assert_eq!(e.summary().trailer, None);
     let (bytes, summary) = e.finish().unwrap();
     assert_eq!(summary.dirty_pages, resent);
+    // The trailer the destination will confirm in its READY.
+    let trailer = summary.trailer.unwrap();
+    assert_eq!(trailer.length, bytes.len() as u64 - 40);
+    assert_eq!(trailer.stream_crc, CRC.checksum(&bytes[..trailer.length as usize]));
     let expected = Checkpoint { memory: memory_ranges(&ram), timing: Some(timing), ..base.clone() };
     LiveRun { bytes, expected, summary }
 }
