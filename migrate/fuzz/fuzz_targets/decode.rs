@@ -5,15 +5,18 @@
 //! Checksums stop a byte-mutating fuzzer at the first section, so the first input byte picks a
 //! mode: 0 = the bytes as they are; 1 = the bytes with every checksum made right (the file
 //! header's, each section's, the trailer's), so that the checks behind the checksums are
-//! reached; 2 = a valid checkpoint built from the next bytes, then mutated by the rest (and
-//! resealed or not). Mode 2 needs no seed corpus.
+//! reached; 2 = a valid checkpoint — a snapshot or a live stream with dirty runs — built from
+//! the next bytes, then mutated by the rest (and resealed or not). Mode 2 needs no seed corpus.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use migrate::checkpoint::{
     decode_all, Checkpoint, CheckpointHeader, Compression, DataRange, Decoder, DeviceState, Discard, EncodeOptions,
-    Pl011State, PowerState, Source, SourceError, TimerState, VcpuState, VmConfig,
+    Encoder, Pl011State, PowerState, Source, SourceError, TimerState, Timing, VcpuState, VmConfig,
 };
+
+/// Bytes of `generate`'s parameters.
+const PARAMS: usize = 24;
 
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
@@ -48,7 +51,18 @@ fn reseal(b: &mut [u8]) {
     }
 }
 
-/// A valid checkpoint shaped by a few bytes.
+/// Fills a page from a pattern number (0: zero).
+fn fill_page(page: &mut [u8], pattern: u8, k: usize) {
+    match pattern % 4 {
+        0 => page.fill(0),
+        1 => page.iter_mut().enumerate().for_each(|(i, b)| *b = (i * 7 + k) as u8),
+        2 => page.iter_mut().enumerate().for_each(|(i, b)| *b = ((i * 2_654_435_761) >> 13) as u8),
+        _ => page.iter_mut().enumerate().for_each(|(i, b)| *b = b"guest memory "[i % 13]),
+    }
+}
+
+/// A valid checkpoint shaped by a few bytes: a snapshot, or a live stream whose pages change
+/// between rounds.
 fn generate(p: &[u8]) -> Vec<u8> {
     let byte = |i: usize| p.get(i).copied().unwrap_or(0);
     let vcpus = 1 + u16::from(byte(0) % 3);
@@ -56,12 +70,7 @@ fn generate(p: &[u8]) -> Vec<u8> {
     let pages = 1 + usize::from(byte(2) % 6);
     let mut ram = vec![0u8; pages * 4096];
     for (k, page) in ram.chunks_mut(4096).enumerate() {
-        match byte(3 + k) % 4 {
-            0 => {}
-            1 => page.iter_mut().enumerate().for_each(|(i, b)| *b = (i * 7 + k) as u8),
-            2 => page.iter_mut().enumerate().for_each(|(i, b)| *b = ((i * 2_654_435_761) >> 13) as u8),
-            _ => page.iter_mut().enumerate().for_each(|(i, b)| *b = b"guest memory "[i % 13]),
-        }
+        fill_page(page, byte(3 + k), k);
     }
     let power = |i: u16| match (byte(10) >> i) % 3 {
         0 => PowerState::On,
@@ -76,10 +85,42 @@ fn generate(p: &[u8]) -> Vec<u8> {
         timers: TimerState { counter_hz: 62_500_000, virtual_count: u64::from(byte(11)) << 20 },
         devices: DeviceState { uart: (byte(12) & 1 == 1).then(Pl011State::default) },
         memory: vec![DataRange { ipa: 0x4000_0000, bytes: ram }],
+        timing: None,
     };
     let compression = [Compression::None, Compression::Lz4, Compression::Adaptive][usize::from(byte(13) % 3)];
     let run_pages = 1 + u32::from(byte(14) % 4);
-    c.encode(EncodeOptions { compression, run_pages }).unwrap()
+    let opts = EncodeOptions { compression, run_pages };
+    if byte(15) & 1 == 0 {
+        return c.encode(opts).unwrap();
+    }
+    // Live: round 0, pre-copy rounds of one changed range each, the state, a last range.
+    let mut ram = c.memory[0].bytes.clone();
+    let mut e = Encoder::new_live(Vec::new(), &c.header, &c.config, opts).unwrap();
+    e.memory(0x4000_0000, &ram).unwrap();
+    let change = |e: &mut Encoder<Vec<u8>>, ram: &mut [u8], b: u8| {
+        let first = usize::from(b) % pages;
+        let count = 1 + usize::from(b >> 4) % (pages - first);
+        for k in first..first + count {
+            fill_page(&mut ram[k * 4096..(k + 1) * 4096], b.rotate_left(k as u32), k);
+        }
+        e.dirty(0x4000_0000 + (first * 4096) as u64, &ram[first * 4096..(first + count) * 4096]).unwrap();
+    };
+    let rounds = byte(16) % 4;
+    for r in 0..rounds {
+        change(&mut e, &mut ram, byte(17 + usize::from(r)));
+    }
+    for v in &c.vcpus {
+        e.vcpu(v).unwrap();
+    }
+    e.vgic(&c.vgic).unwrap();
+    e.timers(&c.timers).unwrap();
+    e.devices(&c.devices).unwrap();
+    if byte(21) & 1 == 1 {
+        change(&mut e, &mut ram, byte(22));
+    }
+    let pages_resent = e.summary().dirty_pages;
+    e.timing(&Timing { downtime_ns: u64::from(byte(23)) << 20, precopy_rounds: rounds.into(), pages_resent }).unwrap();
+    e.finish().unwrap().0
 }
 
 /// A source that hands out 1 to 7 bytes at a time.
@@ -115,7 +156,11 @@ fn check(bytes: &[u8]) {
     if let Ok(c) = all {
         let again = c.encode(EncodeOptions::default()).expect("an accepted checkpoint encodes again");
         let back = decode_all(&again).expect("and decodes again");
-        assert_eq!((&back.header, &back.vcpus, &back.vgic, &back.devices), (&c.header, &c.vcpus, &c.vgic, &c.devices));
+        assert_eq!(
+            (&back.vcpus, &back.vgic, &back.devices, &back.timing),
+            (&c.vcpus, &c.vgic, &c.devices, &c.timing)
+        );
+        assert_eq!(back.header, CheckpointHeader { format_version: back.header.format_version, ..c.header });
     }
 }
 
@@ -129,7 +174,7 @@ fuzz_target!(|data: &[u8]| {
             check(&b);
         }
         _ => {
-            let (params, mutations) = rest.split_at(rest.len().min(16));
+            let (params, mutations) = rest.split_at(rest.len().min(PARAMS));
             let mut b = generate(params);
             // Mutations: (position u16, xor u8) triples; a final odd byte asks for a reseal.
             let mut chunks = mutations.chunks_exact(3);

@@ -7,12 +7,13 @@ use alloc::vec::Vec;
 use super::error::Problem;
 use super::state::*;
 use super::wire::{Get, Put};
-use super::{FILE_HEADER_LEN, MAGIC};
+use super::{FILE_HEADER_LEN, FLAG_LIVE, MAGIC};
 
 pub(crate) const CONFIG_LEN: usize = 56;
 pub(crate) const VCPU_LEN: usize = 1104;
 pub(crate) const TIMERS_LEN: usize = 16;
 pub(crate) const END_LEN: usize = 24;
+pub(crate) const TIMING_LEN: usize = 24;
 pub(crate) const RUN_HEADER_LEN: usize = 16;
 const VGIC_FIXED: usize = 16;
 const IRQ_LEN: usize = 12;
@@ -33,14 +34,15 @@ pub(crate) fn out_of_range(i: Invalid) -> Problem {
 
 // ----- file header -----
 
-pub(crate) fn put_header(out: &mut Vec<u8>, h: &CheckpointHeader) {
+/// The file header; `flags` is 0 or [`FLAG_LIVE`].
+pub(crate) fn put_header(out: &mut Vec<u8>, h: &CheckpointHeader, flags: u32) {
     let start = out.len();
     let mut p = Put(out);
     p.bytes(&MAGIC);
     p.u16(h.format_version);
     p.u16(FILE_HEADER_LEN as u16);
     p.u32(h.arch.0);
-    p.u32(0); // flags
+    p.u32(flags);
     p.u16(h.vcpus);
     p.u16(0);
     p.u32(super::PAGE_SIZE as u32);
@@ -59,8 +61,9 @@ pub(crate) fn get_version(b: &[u8]) -> (u16, u16) {
     (g.u16(), g.u16())
 }
 
-/// The rest of the header, after magic, version and length were checked and its CRC verified.
-pub(crate) fn get_header(b: &[u8]) -> Result<CheckpointHeader, Problem> {
+/// The rest of the header, after magic, version and length were checked and its CRC verified:
+/// the header and its flags.
+pub(crate) fn get_header(b: &[u8]) -> Result<(CheckpointHeader, u32), Problem> {
     let mut g = Get::new(b);
     g.take(8);
     let format_version = g.u16();
@@ -77,7 +80,9 @@ pub(crate) fn get_header(b: &[u8]) -> Result<CheckpointHeader, Problem> {
     if arch != Arch::HOST {
         return Err(Problem::WrongArch(arch));
     }
-    if flags != 0 {
+    // Version 1 has no flags; version 2 has LIVE.
+    let known = if format_version >= 2 { FLAG_LIVE } else { 0 };
+    if flags & !known != 0 {
         return Err(Problem::Reserved { field: "flags" });
     }
     if r0 != 0 || r1 != 0 || reserved.iter().any(|&b| b != 0) {
@@ -86,7 +91,7 @@ pub(crate) fn get_header(b: &[u8]) -> Result<CheckpointHeader, Problem> {
     if page_size != super::PAGE_SIZE as u32 {
         return Err(Problem::OutOfRange { field: "page size", value: page_size.into() });
     }
-    Ok(CheckpointHeader { format_version, arch, vcpus, ram_base, memory_bytes })
+    Ok((CheckpointHeader { format_version, arch, vcpus, ram_base, memory_bytes }, flags))
 }
 
 // ----- section header -----
@@ -477,6 +482,31 @@ pub(crate) fn get_run_header(b: &[u8]) -> Result<(u64, u32, RunEncoding), Proble
         e => return Err(Problem::OutOfRange { field: "run encoding", value: e.into() }),
     };
     Ok((ipa, pages, encoding))
+}
+
+// ----- timing -----
+
+pub(crate) fn put_timing(out: &mut Vec<u8>, t: &Timing) {
+    let mut p = Put(out);
+    p.u64(t.downtime_ns);
+    p.u32(t.precopy_rounds);
+    p.u32(0);
+    p.u64(t.pages_resent);
+}
+
+pub(crate) fn get_timing(b: &[u8]) -> Result<Timing, Problem> {
+    let mut g = Get::new(b);
+    let downtime_ns = g.u64();
+    let precopy_rounds = g.u32();
+    let reserved = g.u32();
+    let pages_resent = g.u64();
+    if !g.exact() {
+        return Err(Problem::BadLength { expected: TIMING_LEN as u64, found: b.len() as u64 });
+    }
+    if reserved != 0 {
+        return Err(Problem::Reserved { field: "timing bytes" });
+    }
+    Ok(Timing { downtime_ns, precopy_rounds, pages_resent })
 }
 
 // ----- trailer -----

@@ -1,6 +1,8 @@
-//! Reading a checkpoint, section by section, from a [`Source`].
+//! Reading a checkpoint (snapshot or live stream, format version 1 or 2), section by section,
+//! from a [`Source`].
 
 use alloc::boxed::Box;
+use alloc::vec;
 use alloc::vec::Vec;
 
 use lz4_flex::block::{decompress_into, DecompressError};
@@ -8,7 +10,7 @@ use lz4_flex::block::{decompress_into, DecompressError};
 use super::codec::{self, RunEncoding, Trailer};
 use super::encode::{EncodeOptions, EncodeSummary, Encoder, Sink};
 use super::error::{CheckpointError, EncodeError, Part, Problem, SourceError};
-use super::state::{CheckpointHeader, DeviceState, TimerState, VcpuState, VgicState, VmConfig};
+use super::state::{CheckpointHeader, DeviceState, TimerState, Timing, VcpuState, VgicState, VmConfig};
 use super::wire::{StreamCrc, CRC};
 use super::*;
 
@@ -34,28 +36,43 @@ impl<S: Source + ?Sized> Source for &mut S {
     }
 }
 
-/// The guest RAM a checkpoint's memory runs are written into.
+/// The guest RAM a checkpoint's memory and dirty runs are written into.
 pub trait GuestMemory {
     /// The `len` bytes of guest RAM at `ipa`, to be overwritten (`None`: refused). The decoder
     /// asks only for whole pages inside the header's RAM, at most [`MAX_DATA_RUN_PAGES`] pages
-    /// at a time, each page once, in increasing order.
+    /// at a time. Memory runs (a snapshot's, a live stream's round 0) ask for each page once,
+    /// in increasing order; dirty runs (live streams only, after round 0) then ask again for
+    /// pages anywhere in RAM, in any order, each overwriting what was written before.
     fn pages_mut(&mut self, ipa: u64, len: usize) -> Option<&mut [u8]>;
 
-    /// Makes `[ipa, ipa + len)` zero. RAM that is zero already (a fresh VM's) may return `true`
-    /// without touching it; the default writes zeros through [`pages_mut`](Self::pages_mut).
+    /// Makes `[ipa, ipa + len)` zero: a memory run of zero pages, over RAM this stream has not
+    /// written. RAM that is zero already (a fresh VM's) may return `true` without touching it;
+    /// the default writes zeros through [`pages_mut`](Self::pages_mut).
     fn zero(&mut self, ipa: u64, len: u64) -> bool {
-        const CHUNK: u64 = MAX_DATA_RUN_PAGES as u64 * PAGE_SIZE as u64;
-        let mut at = 0;
-        while at < len {
-            let n = (len - at).min(CHUNK) as usize;
-            match self.pages_mut(ipa + at, n) {
-                Some(s) => s.fill(0),
-                None => return false,
-            }
-            at += n as u64;
-        }
-        true
+        zero_through_pages(self, ipa, len)
     }
+
+    /// Makes `[ipa, ipa + len)` zero again: a dirty run of zero pages, over RAM that round 0 or
+    /// an earlier dirty run may have written, so it must really be cleared. The default writes
+    /// zeros through [`pages_mut`](Self::pages_mut).
+    fn zero_dirty(&mut self, ipa: u64, len: u64) -> bool {
+        zero_through_pages(self, ipa, len)
+    }
+}
+
+/// Zeros `[ipa, ipa + len)` through `pages_mut`, at most [`MAX_DATA_RUN_PAGES`] at a time.
+fn zero_through_pages<M: GuestMemory + ?Sized>(memory: &mut M, ipa: u64, len: u64) -> bool {
+    const CHUNK: u64 = MAX_DATA_RUN_PAGES as u64 * PAGE_SIZE as u64;
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(CHUNK) as usize;
+        match memory.pages_mut(ipa + at, n) {
+            Some(s) => s.fill(0),
+            None => return false,
+        }
+        at += n as u64;
+    }
+    true
 }
 
 impl<M: GuestMemory + ?Sized> GuestMemory for &mut M {
@@ -65,10 +82,14 @@ impl<M: GuestMemory + ?Sized> GuestMemory for &mut M {
     fn zero(&mut self, ipa: u64, len: u64) -> bool {
         (**self).zero(ipa, len)
     }
+    fn zero_dirty(&mut self, ipa: u64, len: u64) -> bool {
+        (**self).zero_dirty(ipa, len)
+    }
 }
 
-/// Guest memory for when there is none yet: refuses every write. Memory sections come after
-/// every other section, so a platform can pass this until it has built the VM.
+/// Guest memory for when there is none yet: refuses every write. In a snapshot, memory
+/// sections come after every other section, so a platform can pass this until it has built the
+/// VM (a live stream's memory comes right after its config).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoMemory;
 
@@ -77,6 +98,9 @@ impl GuestMemory for NoMemory {
         None
     }
     fn zero(&mut self, _ipa: u64, _len: u64) -> bool {
+        false
+    }
+    fn zero_dirty(&mut self, _ipa: u64, _len: u64) -> bool {
         false
     }
 }
@@ -98,9 +122,12 @@ impl GuestMemory for Discard {
     fn zero(&mut self, _ipa: u64, _len: u64) -> bool {
         true
     }
+    fn zero_dirty(&mut self, _ipa: u64, _len: u64) -> bool {
+        true
+    }
 }
 
-/// A memory run that was written into the caller's [`GuestMemory`].
+/// A memory or dirty run that was written into the caller's [`GuestMemory`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryRun {
     pub ipa: u64,
@@ -108,9 +135,11 @@ pub struct MemoryRun {
     pub encoding: RunEncoding,
 }
 
-/// One verified part of a checkpoint, in stream order: `Header`, `Config`, `Vcpu` × vcpus
-/// (index order), `Vgic`, `Timers`, `Devices`, `Memory` × n (covering guest RAM from its base),
-/// `End`.
+/// One verified part of a checkpoint, in stream order. A snapshot: `Header`, `Config`,
+/// `Vcpu` × vcpus (index order), `Vgic`, `Timers`, `Devices`, `Memory` × n (covering guest RAM
+/// from its base), `End`. A live stream ([`Decoder::is_live`]): `Header`, `Config`, `Memory` × n
+/// (covering guest RAM), `Dirty` × any, `Vcpu` × vcpus, `Vgic`, `Timers`, `Devices`,
+/// `Dirty` × any, `Timing`, `End`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Header(CheckpointHeader),
@@ -120,10 +149,15 @@ pub enum Event {
     Timers(TimerState),
     Devices(DeviceState),
     Memory(MemoryRun),
+    /// A live stream's re-sent pages, written over what the caller's memory held.
+    Dirty(MemoryRun),
+    /// A live stream's timing section: the source's downtime so far, for the guest's counter.
+    Timing(Timing),
     /// The trailer verified: the whole stream is intact. Only now may a restored VM start.
     End(Trailer),
 }
 
+/// What comes next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expect {
     Header,
@@ -132,7 +166,15 @@ enum Expect {
     Vgic,
     Timers,
     Devices,
+    /// Memory runs in order: a snapshot's last sections (then the trailer), a live stream's
+    /// round 0.
     Memory,
+    /// Live: dirty runs or vCPU 0.
+    PreCopy,
+    /// Live: dirty runs or the timing section.
+    FinalDirty,
+    /// Live: the trailer.
+    End,
     Done,
 }
 
@@ -146,6 +188,8 @@ pub struct Decoder<S: Source> {
     offset: u64,
     expect: Expect,
     header: Option<CheckpointHeader>,
+    /// The header's `LIVE` flag.
+    live: bool,
     sections: u32,
     crc: StreamCrc,
     next_ipa: u64,
@@ -197,6 +241,7 @@ impl<S: Source> Decoder<S> {
             offset: 0,
             expect: Expect::Header,
             header: None,
+            live: false,
             sections: 0,
             crc: StreamCrc::new(),
             next_ipa: 0,
@@ -215,6 +260,11 @@ impl<S: Source> Decoder<S> {
         self.offset
     }
 
+    /// Whether the header, once read, says this is a live stream (flag `LIVE`).
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
     /// Whether [`Event::End`] was returned.
     pub fn is_done(&self) -> bool {
         self.expect == Expect::Done
@@ -226,7 +276,7 @@ impl<S: Source> Decoder<S> {
     }
 
     /// The next part of the checkpoint; `Ok(None)` after [`Event::End`]. `memory` is written
-    /// only by memory sections (which come last).
+    /// only by memory and dirty runs.
     pub fn next_event<M: GuestMemory + ?Sized>(&mut self, memory: &mut M) -> Result<Option<Event>, CheckpointError> {
         if let Some(e) = self.failed {
             return Err(e);
@@ -267,7 +317,7 @@ impl<S: Source> Decoder<S> {
         }
         fill(&mut self.source, &mut h[8..12]).map_err(|s| short(s, 8))?;
         let (version, header_len) = codec::get_version(&h[8..12]);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(err(Problem::UnsupportedVersion(version)));
         }
         if usize::from(header_len) != FILE_HEADER_LEN {
@@ -279,7 +329,7 @@ impl<S: Source> Decoder<S> {
         if stored != computed {
             return Err(err(Problem::Checksum { stored, computed }));
         }
-        let header = codec::get_header(&h).map_err(err)?;
+        let (header, flags) = codec::get_header(&h).map_err(err)?;
         let l = &self.limits;
         if header.vcpus == 0 {
             return Err(err(Problem::OutOfRange { field: "vcpus", value: 0 }));
@@ -305,6 +355,7 @@ impl<S: Source> Decoder<S> {
         self.crc.append(CRC.checksum(&h), need);
         self.offset = need;
         self.header = Some(header);
+        self.live = flags & FLAG_LIVE != 0;
         self.next_ipa = header.ram_base;
         self.expect = Expect::Config;
         Ok(header)
@@ -337,29 +388,14 @@ impl<S: Source> Decoder<S> {
         if h[1..4] != [0, 0, 0] {
             return Err(err(Part::SectionHeader, Problem::Reserved { field: "section flags" }));
         }
-        if !(KIND_CONFIG..=KIND_END).contains(&kind) {
+        if !(KIND_CONFIG..=last_kind(header.format_version)).contains(&kind) {
             return Err(err(Part::SectionHeader, Problem::UnknownSection(kind)));
         }
-
-        // Is it the section that comes now?
-        let memory_done = self.next_ipa >= header.ram_end();
-        let (want, part) = match self.expect {
-            Expect::Config => (KIND_CONFIG, Part::Config),
-            Expect::Vcpu(i) => (KIND_VCPU, Part::Vcpu(i)),
-            Expect::Vgic => (KIND_VGIC, Part::Vgic),
-            Expect::Timers => (KIND_TIMERS, Part::Timers),
-            Expect::Devices => (KIND_DEVICES, Part::Devices),
-            Expect::Memory if memory_done => (KIND_END, Part::End),
-            Expect::Memory => (KIND_MEMORY, Part::Memory),
-            Expect::Header | Expect::Done => (0, Part::End),
-        };
-        if kind == KIND_END && want == KIND_MEMORY {
-            let covered = self.next_ipa - header.ram_base;
-            return Err(err(Part::End, Problem::MemoryIncomplete { covered, expected: header.memory_bytes }));
+        if !self.live && matches!(kind, KIND_DIRTY | KIND_TIMING) {
+            return Err(err(Part::SectionHeader, Problem::LiveSectionInSnapshot(kind)));
         }
-        if kind != want {
-            return Err(err(Part::SectionHeader, Problem::UnexpectedSection { found: kind, expected: part }));
-        }
+        // Is it a section that may come now?
+        let part = self.part_of(kind, &header).map_err(|(part, problem)| err(part, problem))?;
 
         // Its length, before reading it.
         if len > self.limits.max_section_len {
@@ -371,6 +407,7 @@ impl<S: Source> Decoder<S> {
             KIND_VCPU => Some(codec::VCPU_LEN),
             KIND_TIMERS => Some(codec::TIMERS_LEN),
             KIND_END => Some(codec::END_LEN),
+            KIND_TIMING => Some(codec::TIMING_LEN),
             _ => None,
         };
         let len = len as usize;
@@ -389,32 +426,38 @@ impl<S: Source> Decoder<S> {
         }
 
         let e = |problem| err(part, problem);
-        let event = match self.expect {
-            Expect::Config => {
-                self.expect = Expect::Vcpu(0);
-                Event::Config(codec::get_config(payload).map_err(e)?)
+        let event = match part {
+            Part::Config => {
+                let c = codec::get_config(payload).map_err(e)?;
+                self.expect = if self.live { Expect::Memory } else { Expect::Vcpu(0) };
+                Event::Config(c)
             }
-            Expect::Vcpu(i) => {
+            Part::Vcpu(i) => {
                 let v = codec::get_vcpu(payload, &header, i).map_err(e)?;
                 self.expect = if i + 1 == header.vcpus { Expect::Vgic } else { Expect::Vcpu(i + 1) };
                 Event::Vcpu(Box::new(v))
             }
-            Expect::Vgic => {
+            Part::Vgic => {
                 let v = codec::get_vgic(payload, &header).map_err(e)?;
                 self.expect = Expect::Timers;
                 Event::Vgic(v)
             }
-            Expect::Timers => {
+            Part::Timers => {
                 let t = codec::get_timers(payload).map_err(e)?;
                 self.expect = Expect::Devices;
                 Event::Timers(t)
             }
-            Expect::Devices => {
+            Part::Devices => {
                 let d = codec::get_devices(payload).map_err(e)?;
-                self.expect = Expect::Memory;
+                self.expect = if self.live { Expect::FinalDirty } else { Expect::Memory };
                 Event::Devices(d)
             }
-            Expect::Memory if kind == KIND_END => {
+            Part::Timing => {
+                let t = codec::get_timing(payload).map_err(e)?;
+                self.expect = Expect::End;
+                Event::Timing(t)
+            }
+            Part::End => {
                 let t = codec::get_trailer(payload).map_err(e)?;
                 let check = |field, stored: u64, computed: u64| {
                     if stored == computed {
@@ -430,12 +473,17 @@ impl<S: Source> Decoder<S> {
                 self.offset = start + (SECTION_HEADER_LEN + len) as u64;
                 return Ok(Event::End(t));
             }
-            Expect::Memory => {
-                let run = memory_run(payload, &header, self.next_ipa, memory).map_err(e)?;
+            Part::Memory => {
+                let run = page_run(payload, &header, Some(self.next_ipa), memory).map_err(e)?;
                 self.next_ipa = run.ipa + u64::from(run.pages) * PAGE_SIZE as u64;
+                if self.live && self.next_ipa == header.ram_end() {
+                    self.expect = Expect::PreCopy;
+                }
                 Event::Memory(run)
             }
-            Expect::Header | Expect::Done => return Err(e(Problem::UnknownSection(kind))),
+            Part::Dirty => Event::Dirty(page_run(payload, &header, None, memory).map_err(e)?),
+            // Not reachable: `part_of` names a section.
+            Part::Header | Part::SectionHeader => return Err(e(Problem::UnknownSection(kind))),
         };
         self.crc.append_bytes16(&h);
         self.crc.append(payload_crc, len as u64);
@@ -445,23 +493,71 @@ impl<S: Source> Decoder<S> {
     }
 }
 
-/// Checks a memory section and writes its pages.
-fn memory_run<M: GuestMemory + ?Sized>(
+impl<S: Source> Decoder<S> {
+    /// The part a section of `kind` is if it may come now, or why not (and the part to blame).
+    fn part_of(&self, kind: u8, header: &CheckpointHeader) -> Result<Part, (Part, Problem)> {
+        let unexpected = |expected| Err((Part::SectionHeader, Problem::UnexpectedSection { found: kind, expected }));
+        let want = |k, part| if kind == k { Ok(part) } else { unexpected(part) };
+        match self.expect {
+            Expect::Config => want(KIND_CONFIG, Part::Config),
+            Expect::Vcpu(i) => want(KIND_VCPU, Part::Vcpu(i)),
+            Expect::Vgic => want(KIND_VGIC, Part::Vgic),
+            Expect::Timers => want(KIND_TIMERS, Part::Timers),
+            Expect::Devices => want(KIND_DEVICES, Part::Devices),
+            Expect::Memory => {
+                let done = self.next_ipa >= header.ram_end();
+                let incomplete = |part| {
+                    let covered = self.next_ipa - header.ram_base;
+                    Err((part, Problem::MemoryIncomplete { covered, expected: header.memory_bytes }))
+                };
+                match kind {
+                    KIND_MEMORY if !done => Ok(Part::Memory),
+                    // (A live stream leaves this state when RAM is covered.)
+                    KIND_END if done => Ok(Part::End),
+                    // What may follow memory, before all of it came.
+                    KIND_END => incomplete(Part::End),
+                    KIND_DIRTY => incomplete(Part::Dirty),
+                    KIND_VCPU if self.live => incomplete(Part::Vcpu(0)),
+                    KIND_TIMING => incomplete(Part::Timing),
+                    _ => unexpected(if done { Part::End } else { Part::Memory }),
+                }
+            }
+            Expect::PreCopy => match kind {
+                KIND_DIRTY => Ok(Part::Dirty),
+                _ => want(KIND_VCPU, Part::Vcpu(0)),
+            },
+            Expect::FinalDirty => match kind {
+                KIND_DIRTY => Ok(Part::Dirty),
+                KIND_END => Err((Part::End, Problem::MissingSection(Part::Timing))),
+                _ => want(KIND_TIMING, Part::Timing),
+            },
+            Expect::End => want(KIND_END, Part::End),
+            // Not reachable: sections are read after the header and before the end.
+            Expect::Header | Expect::Done => unexpected(Part::End),
+        }
+    }
+}
+
+/// Checks a memory run (`next_ipa`: the page it must start at) or a dirty run (`None`: any
+/// page inside RAM) and writes its pages.
+fn page_run<M: GuestMemory + ?Sized>(
     payload: &[u8],
     header: &CheckpointHeader,
-    next_ipa: u64,
+    next_ipa: Option<u64>,
     memory: &mut M,
 ) -> Result<MemoryRun, Problem> {
     let (ipa, pages, encoding) = codec::get_run_header(payload)?;
     let data = payload.get(codec::RUN_HEADER_LEN..).unwrap_or(&[]);
-    if ipa != next_ipa {
-        return Err(Problem::MemoryOutOfOrder { ipa, expected: next_ipa });
+    match next_ipa {
+        Some(next) if ipa != next => return Err(Problem::MemoryOutOfOrder { ipa, expected: next }),
+        None if ipa % PAGE_SIZE as u64 != 0 => return Err(Problem::Unaligned { ipa }),
+        _ => {}
     }
     if pages == 0 {
         return Err(Problem::OutOfRange { field: "run pages", value: 0 });
     }
     let bytes = u64::from(pages) * PAGE_SIZE as u64;
-    if ipa.checked_add(bytes).is_none_or(|end| end > header.ram_end()) {
+    if ipa < header.ram_base || ipa.checked_add(bytes).is_none_or(|end| end > header.ram_end()) {
         return Err(Problem::MemoryOutsideRam { ipa, pages: pages.into() });
     }
     if encoding != RunEncoding::Zero && pages > MAX_DATA_RUN_PAGES {
@@ -475,7 +571,8 @@ fn memory_run<M: GuestMemory + ?Sized>(
             if !data.is_empty() {
                 return Err(Problem::BadLength { expected: head, found });
             }
-            if !memory.zero(ipa, bytes) {
+            let zeroed = if next_ipa.is_some() { memory.zero(ipa, bytes) } else { memory.zero_dirty(ipa, bytes) };
+            if !zeroed {
                 return Err(refused);
             }
         }
@@ -509,6 +606,12 @@ pub struct DataRange {
     pub bytes: Vec<u8>,
 }
 
+impl DataRange {
+    fn end(&self) -> u64 {
+        self.ipa + self.bytes.len() as u64
+    }
+}
+
 /// A whole checkpoint in memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -520,26 +623,74 @@ pub struct Checkpoint {
     pub timers: TimerState,
     pub devices: DeviceState,
     /// Guest RAM that is not zero (it may hold zero pages too), in increasing IPA order, not
-    /// overlapping.
+    /// overlapping. Of a live stream: round 0 with every dirty run applied over it.
     pub memory: Vec<DataRange>,
+    /// A live stream's timing section; `None` for a snapshot.
+    pub timing: Option<Timing>,
 }
 
-/// Collects data runs into merged ranges.
+/// Collects memory runs into merged ranges, and applies dirty runs over them.
 struct Collect(Vec<DataRange>);
 
 impl GuestMemory for Collect {
     fn pages_mut(&mut self, ipa: u64, len: usize) -> Option<&mut [u8]> {
-        let extend = self.0.last().is_some_and(|r| r.ipa + r.bytes.len() as u64 == ipa);
-        if !extend {
-            self.0.push(DataRange { ipa, bytes: Vec::new() });
+        let end = ipa.checked_add(len as u64)?;
+        match self.0.last().map(DataRange::end) {
+            // Right after the last range, or past it: memory runs always are, as they come in
+            // order.
+            Some(last) if last == ipa => {
+                let r = self.0.last_mut()?;
+                let at = r.bytes.len();
+                r.bytes.resize(at + len, 0);
+                Some(&mut r.bytes[at..])
+            }
+            Some(last) if last > ipa => self.cover(ipa, end),
+            _ => {
+                self.0.push(DataRange { ipa, bytes: vec![0; len] });
+                self.0.last_mut().map(|r| &mut r.bytes[..])
+            }
         }
-        let r = self.0.last_mut()?;
-        let at = r.bytes.len();
-        r.bytes.resize(at + len, 0);
-        Some(&mut r.bytes[at..])
     }
+
     fn zero(&mut self, _ipa: u64, _len: u64) -> bool {
         true
+    }
+
+    fn zero_dirty(&mut self, ipa: u64, len: u64) -> bool {
+        let end = ipa.saturating_add(len);
+        for r in self.0.iter_mut().filter(|r| r.ipa < end && r.end() > ipa) {
+            let from = ipa.saturating_sub(r.ipa) as usize;
+            let to = (end.min(r.end()) - r.ipa) as usize;
+            r.bytes[from..to].fill(0);
+        }
+        true
+    }
+}
+
+impl Collect {
+    /// `[ipa, end)` as one range: the ranges it overlaps or touches are merged with it into
+    /// one (what lies between them zero).
+    fn cover(&mut self, ipa: u64, end: u64) -> Option<&mut [u8]> {
+        let ranges = &mut self.0;
+        // Ranges are sorted and apart, so `first <= stop`, and `first..stop` are those that
+        // overlap or touch `[ipa, end)`.
+        let first = ranges.partition_point(|r| r.end() < ipa);
+        let stop = ranges.partition_point(|r| r.ipa <= end);
+        let touched = ranges.get(first..stop)?;
+        let inside_one = touched.len() == 1 && touched[0].ipa <= ipa && end <= touched[0].end();
+        if !inside_one {
+            let start = touched.first().map_or(ipa, |r| r.ipa.min(ipa));
+            let finish = touched.last().map_or(end, |r| r.end().max(end));
+            let mut bytes = vec![0u8; usize::try_from(finish - start).ok()?];
+            for r in ranges.drain(first..stop) {
+                let at = (r.ipa - start) as usize;
+                bytes[at..at + r.bytes.len()].copy_from_slice(&r.bytes);
+            }
+            ranges.insert(first, DataRange { ipa: start, bytes });
+        }
+        let r = ranges.get_mut(first)?;
+        let at = usize::try_from(ipa - r.ipa).ok()?;
+        r.bytes.get_mut(at..at + usize::try_from(end - ipa).ok()?)
     }
 }
 
@@ -554,7 +705,7 @@ pub fn decode_all(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
 pub fn decode_all_with(bytes: &[u8], limits: Limits) -> Result<Checkpoint, CheckpointError> {
     let mut d = Decoder::with_limits(bytes, limits);
     let mut mem = Collect(Vec::new());
-    let (mut header, mut config, mut vgic, mut timers, mut devices) = (None, None, None, None, None);
+    let (mut header, mut config, mut vgic, mut timers, mut devices, mut timing) = (None, None, None, None, None, None);
     let mut vcpus = Vec::new();
     while let Some(ev) = d.next_event(&mut mem)? {
         match ev {
@@ -564,7 +715,8 @@ pub fn decode_all_with(bytes: &[u8], limits: Limits) -> Result<Checkpoint, Check
             Event::Vgic(v) => vgic = Some(v),
             Event::Timers(t) => timers = Some(t),
             Event::Devices(dv) => devices = Some(dv),
-            Event::Memory(_) | Event::End(_) => {}
+            Event::Timing(t) => timing = Some(t),
+            Event::Memory(_) | Event::Dirty(_) | Event::End(_) => {}
         }
     }
     let offset = d.offset();
@@ -575,7 +727,7 @@ pub fn decode_all_with(bytes: &[u8], limits: Limits) -> Result<Checkpoint, Check
     }
     match (header, config, vgic, timers, devices) {
         (Some(header), Some(config), Some(vgic), Some(timers), Some(devices)) => {
-            Ok(Checkpoint { header, config, vcpus, vgic, timers, devices, memory: mem.0 })
+            Ok(Checkpoint { header, config, vcpus, vgic, timers, devices, memory: mem.0, timing })
         }
         // Not reachable: the decoder ends only after every section.
         _ => Err(CheckpointError {
@@ -588,15 +740,37 @@ pub fn decode_all_with(bytes: &[u8], limits: Limits) -> Result<Checkpoint, Check
 }
 
 impl Checkpoint {
-    /// Writes this checkpoint to `sink`.
+    /// Writes this checkpoint to `sink` in the current format version: a live stream (its
+    /// memory as round 0, no dirty runs) when it has a timing section, else a snapshot.
     pub fn encode_into<S: Sink>(&self, sink: S, options: EncodeOptions) -> Result<(S, EncodeSummary), EncodeError> {
-        let mut e = Encoder::new(sink, &self.header, &self.config, options)?;
+        let header = CheckpointHeader { format_version: FORMAT_VERSION, ..self.header };
+        match &self.timing {
+            None => {
+                let mut e = Encoder::new(sink, &header, &self.config, options)?;
+                self.encode_state(&mut e)?;
+                self.encode_memory(&mut e)?;
+                e.finish()
+            }
+            Some(timing) => {
+                let mut e = Encoder::new_live(sink, &header, &self.config, options)?;
+                self.encode_memory(&mut e)?;
+                self.encode_state(&mut e)?;
+                e.timing(timing)?;
+                e.finish()
+            }
+        }
+    }
+
+    fn encode_state<S: Sink>(&self, e: &mut Encoder<S>) -> Result<(), EncodeError> {
         for v in &self.vcpus {
             e.vcpu(v)?;
         }
         e.vgic(&self.vgic)?;
         e.timers(&self.timers)?;
-        e.devices(&self.devices)?;
+        e.devices(&self.devices)
+    }
+
+    fn encode_memory<S: Sink>(&self, e: &mut Encoder<S>) -> Result<(), EncodeError> {
         let page = PAGE_SIZE as u64;
         let mut at = self.header.ram_base;
         for r in &self.memory {
@@ -604,12 +778,12 @@ impl Checkpoint {
                 e.memory_zero(at, (r.ipa - at) / page)?;
             }
             e.memory(r.ipa, &r.bytes)?;
-            at = r.ipa + r.bytes.len() as u64;
+            at = r.end();
         }
         if at < self.header.ram_end() {
             e.memory_zero(at, (self.header.ram_end() - at) / page)?;
         }
-        e.finish()
+        Ok(())
     }
 
     /// This checkpoint as bytes.

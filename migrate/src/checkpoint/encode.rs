@@ -1,4 +1,4 @@
-//! Writing a checkpoint, section by section, to a [`Sink`].
+//! Writing a checkpoint, section by section, to a [`Sink`]: a snapshot or a live stream.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -7,7 +7,9 @@ use lz4_flex::block::{compress_into_with_table, get_maximum_output_size, Compres
 
 use super::codec::{self, RunEncoding, Trailer};
 use super::error::{EncodeError, Part, SinkError};
-use super::state::{check_vgic, CheckpointHeader, DeviceState, Invalid, TimerState, VcpuState, VgicState, VmConfig};
+use super::state::{
+    check_vgic, CheckpointHeader, DeviceState, Invalid, TimerState, Timing, VcpuState, VgicState, VmConfig,
+};
 use super::wire::{crc_of, is_zero, StreamCrc};
 use super::*;
 
@@ -65,25 +67,39 @@ pub struct EncodeSummary {
     pub bytes: u64,
     /// Sections, trailer included.
     pub sections: u32,
+    /// Pages in zero, raw and LZ4 runs: memory runs and dirty runs alike.
     pub zero_pages: u64,
     pub raw_pages: u64,
     pub lz4_pages: u64,
     /// Bytes of LZ4 blocks (for `lz4_pages` pages).
     pub lz4_bytes: u64,
+    /// Pages in dirty runs (a live stream's re-sent pages; also counted above).
+    pub dirty_pages: u64,
+    /// The trailer, once [`finish`](Encoder::finish) wrote it: what the destination's READY
+    /// must name ([`Control::ready`](crate::live::Control::ready)).
+    pub trailer: Option<Trailer>,
 }
 
-/// The sections still to come.
+/// What comes next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
     Vcpu(u16),
     Vgic,
     Timers,
     Devices,
+    /// Memory over guest RAM in order: a snapshot's last sections, a live stream's round 0.
     Memory,
+    /// Live: round 0 complete; dirty runs or vCPU 0.
+    PreCopy,
+    /// Live: the paused state written; dirty runs or the timing section.
+    FinalDirty,
+    /// Live: the timing section written; `finish`.
+    Timed,
     Failed,
 }
 
 impl Stage {
+    /// The part that comes now (for error messages).
     fn part(self) -> Part {
         match self {
             Stage::Vcpu(i) => Part::Vcpu(i),
@@ -91,6 +107,18 @@ impl Stage {
             Stage::Timers => Part::Timers,
             Stage::Devices => Part::Devices,
             Stage::Memory | Stage::Failed => Part::Memory,
+            Stage::PreCopy => Part::Vcpu(0),
+            Stage::FinalDirty => Part::Timing,
+            Stage::Timed => Part::End,
+        }
+    }
+
+    /// Whether a call that writes `got` may come now.
+    fn allows(self, got: Part) -> bool {
+        match self {
+            Stage::Failed => false,
+            Stage::PreCopy | Stage::FinalDirty if got == Part::Dirty => true,
+            _ => self.part() == got,
         }
     }
 }
@@ -141,16 +169,26 @@ enum Run {
     },
 }
 
-/// Writes one checkpoint to a [`Sink`]: call [`Encoder::new`] (file header and config), then
-/// [`vcpu`](Encoder::vcpu) for each vCPU in index order, [`vgic`](Encoder::vgic),
-/// [`timers`](Encoder::timers), [`devices`](Encoder::devices), then [`memory`](Encoder::memory)
-/// and [`memory_zero`](Encoder::memory_zero) over guest RAM from its base upwards, and
-/// [`finish`](Encoder::finish). Each call checks its input with the reader's rules, so a
-/// finished stream always decodes. Memory is buffered at most one run (64 KiB by default).
+/// Writes one checkpoint to a [`Sink`]. Each call checks its input with the reader's rules, and
+/// calls out of order are refused, so a finished stream always decodes. Memory is buffered at
+/// most one run (64 KiB by default).
+///
+/// - A **snapshot**: [`Encoder::new`] (file header and config), then [`vcpu`](Encoder::vcpu)
+///   for each vCPU in index order, [`vgic`](Encoder::vgic), [`timers`](Encoder::timers),
+///   [`devices`](Encoder::devices), then [`memory`](Encoder::memory) and
+///   [`memory_zero`](Encoder::memory_zero) over guest RAM from its base upwards, and
+///   [`finish`](Encoder::finish).
+/// - A **live stream**: [`Encoder::new_live`] (file header with `LIVE`, and config), then
+///   `memory` / `memory_zero` over all of guest RAM (round 0, while the guest runs), then
+///   [`dirty`](Encoder::dirty) for the pages dirtied meanwhile (any number of calls and
+///   rounds), then, the guest paused, `vcpu` × n, `vgic`, `timers`, `devices`, `dirty` again for
+///   the last dirty pages, [`timing`](Encoder::timing) and `finish`.
 pub struct Encoder<S: Sink> {
     out: Out<S>,
     header: CheckpointHeader,
     options: EncodeOptions,
+    /// A live stream (header flag `LIVE`).
+    live: bool,
     stage: Stage,
     /// The next guest page expected.
     next_ipa: u64,
@@ -170,12 +208,34 @@ fn invalid(part: Part) -> impl Fn(Invalid) -> EncodeError {
 }
 
 impl<S: Sink> Encoder<S> {
-    /// Starts a checkpoint: writes the file header and the config section.
+    /// Starts a snapshot: writes the file header and the config section. The header's
+    /// `format_version` must be [`FORMAT_VERSION`] ([`CheckpointHeader::new`] makes one).
     pub fn new(
         sink: S,
         header: &CheckpointHeader,
         config: &VmConfig,
         options: EncodeOptions,
+    ) -> Result<Encoder<S>, EncodeError> {
+        Encoder::start(sink, header, config, options, false)
+    }
+
+    /// Starts a live migration stream: writes the file header (flag `LIVE`) and the config
+    /// section; guest memory comes next.
+    pub fn new_live(
+        sink: S,
+        header: &CheckpointHeader,
+        config: &VmConfig,
+        options: EncodeOptions,
+    ) -> Result<Encoder<S>, EncodeError> {
+        Encoder::start(sink, header, config, options, true)
+    }
+
+    fn start(
+        sink: S,
+        header: &CheckpointHeader,
+        config: &VmConfig,
+        options: EncodeOptions,
+        live: bool,
     ) -> Result<Encoder<S>, EncodeError> {
         let bad = |field, value| EncodeError::Invalid { part: Part::Header, field, value };
         if header.format_version != FORMAT_VERSION {
@@ -207,7 +267,7 @@ impl<S: Sink> Encoder<S> {
         config.check().map_err(invalid(Part::Config))?;
         let mut out = Out { sink, offset: 0, sections: 0, crc: StreamCrc::new() };
         let mut scratch = Vec::with_capacity(4096);
-        codec::put_header(&mut scratch, header);
+        codec::put_header(&mut scratch, header, if live { FLAG_LIVE } else { 0 });
         out.put(&scratch)?;
         out.crc.append(crate::checkpoint::wire::CRC.checksum(&scratch), scratch.len() as u64);
         scratch.clear();
@@ -217,7 +277,8 @@ impl<S: Sink> Encoder<S> {
             out,
             header: *header,
             options,
-            stage: Stage::Vcpu(0),
+            live,
+            stage: if live { Stage::Memory } else { Stage::Vcpu(0) },
             next_ipa: header.ram_base,
             run: Run::None,
             held: Vec::new(),
@@ -229,17 +290,36 @@ impl<S: Sink> Encoder<S> {
         })
     }
 
-    /// Checks that `got` comes now; fails the encoder otherwise.
-    fn expect(&mut self, got: Stage) -> Result<(), EncodeError> {
+    /// Checks that a call writing `got` may come now; fails the encoder otherwise.
+    fn expect(&mut self, got: Part) -> Result<(), EncodeError> {
         if self.stage == Stage::Failed {
             return Err(EncodeError::Poisoned);
         }
-        if self.stage != got {
-            let e = EncodeError::OutOfOrder { expected: self.stage.part(), got: got.part() };
+        if !self.stage.allows(got) {
+            let e = if !self.live && matches!(got, Part::Dirty | Part::Timing) {
+                EncodeError::NotLive { got }
+            } else if self.live && self.stage == Stage::Memory {
+                self.memory_incomplete()
+            } else {
+                EncodeError::OutOfOrder { expected: self.stage.part(), got }
+            };
             self.stage = Stage::Failed;
             return Err(e);
         }
         Ok(())
+    }
+
+    fn memory_incomplete(&self) -> EncodeError {
+        EncodeError::MemoryIncomplete {
+            covered: self.next_ipa - self.header.ram_base,
+            expected: self.header.memory_bytes,
+        }
+    }
+
+    /// What has been written so far (a memory run still being gathered is not in it yet).
+    /// Between pre-copy rounds, the difference of `bytes` is what a round sent.
+    pub fn summary(&self) -> EncodeSummary {
+        EncodeSummary { bytes: self.out.offset, sections: self.out.sections, ..self.summary }
     }
 
     /// Runs `f`; any error fails the encoder.
@@ -261,9 +341,10 @@ impl<S: Sink> Encoder<S> {
     pub fn vcpu(&mut self, state: &VcpuState) -> Result<(), EncodeError> {
         let index = match self.stage {
             Stage::Vcpu(i) => i,
+            Stage::PreCopy => 0,
             _ => state.index,
         };
-        self.expect(Stage::Vcpu(index))?;
+        self.expect(Part::Vcpu(index))?;
         self.guard(|e| {
             state.check(&e.header, index).map_err(invalid(Part::Vcpu(index)))?;
             e.small_section(KIND_VCPU, |b| codec::put_vcpu(b, state))?;
@@ -274,7 +355,7 @@ impl<S: Sink> Encoder<S> {
 
     /// The vGIC (`Vgic::save`, after every vCPU's list registers were synced).
     pub fn vgic(&mut self, state: &VgicState) -> Result<(), EncodeError> {
-        self.expect(Stage::Vgic)?;
+        self.expect(Part::Vgic)?;
         self.guard(|e| {
             check_vgic(state, &e.header).map_err(invalid(Part::Vgic))?;
             e.small_section(KIND_VGIC, |b| codec::put_vgic(b, state))?;
@@ -283,8 +364,9 @@ impl<S: Sink> Encoder<S> {
         })
     }
 
+    /// The guest's counter (for a live stream: its virtual count when the guest was paused).
     pub fn timers(&mut self, state: &TimerState) -> Result<(), EncodeError> {
-        self.expect(Stage::Timers)?;
+        self.expect(Part::Timers)?;
         self.guard(|e| {
             state.check().map_err(invalid(Part::Timers))?;
             e.small_section(KIND_TIMERS, |b| codec::put_timers(b, state))?;
@@ -294,13 +376,13 @@ impl<S: Sink> Encoder<S> {
     }
 
     pub fn devices(&mut self, state: &DeviceState) -> Result<(), EncodeError> {
-        self.expect(Stage::Devices)?;
+        self.expect(Part::Devices)?;
         self.guard(|e| {
             if let Some(u) = &state.uart {
                 u.check().map_err(invalid(Part::Devices))?;
             }
             e.small_section(KIND_DEVICES, |b| codec::put_devices(b, state))?;
-            e.stage = Stage::Memory;
+            e.stage = if e.live { Stage::FinalDirty } else { Stage::Memory };
             Ok(())
         })
     }
@@ -322,9 +404,10 @@ impl<S: Sink> Encoder<S> {
 
     /// The next `bytes.len()` bytes of guest RAM (whole pages), which start at `ipa`: the first
     /// call gives the RAM base, each next call continues where the last stopped. Zero pages are
-    /// found here; runs of data pages are compressed as they fill.
+    /// found here; runs of data pages are compressed as they fill. In a live stream this is
+    /// round 0, which must cover all of RAM before anything else comes.
     pub fn memory(&mut self, ipa: u64, bytes: &[u8]) -> Result<(), EncodeError> {
-        self.expect(Stage::Memory)?;
+        self.expect(Part::Memory)?;
         self.guard(|e| {
             e.check_next(ipa, bytes.len() as u64)?;
             // Where the current data run starts in `bytes` (when it started in this call).
@@ -356,18 +439,32 @@ impl<S: Sink> Encoder<S> {
                     from = at;
                 }
             }
-            if let Run::Data { .. } = e.run {
+            e.next_ipa = ipa + bytes.len() as u64;
+            if e.next_ipa == e.header.ram_end() {
+                // The last piece: write the run now rather than hold its tail.
+                match e.run {
+                    Run::Data { .. } => e.flush_data(&bytes[from..])?,
+                    _ => e.flush_zero()?,
+                }
+                e.memory_complete();
+            } else if let Run::Data { .. } = e.run {
                 e.held.extend_from_slice(&bytes[from..]);
             }
-            e.next_ipa = ipa + bytes.len() as u64;
             Ok(())
         })
+    }
+
+    /// All of guest RAM was given (and its last run written).
+    fn memory_complete(&mut self) {
+        if self.live {
+            self.stage = Stage::PreCopy;
+        }
     }
 
     /// `pages` pages of guest RAM from `ipa` (the next page, as for [`memory`](Self::memory))
     /// that the platform knows are zero (never mapped, never written): nothing is read.
     pub fn memory_zero(&mut self, ipa: u64, pages: u64) -> Result<(), EncodeError> {
-        self.expect(Stage::Memory)?;
+        self.expect(Part::Memory)?;
         self.guard(|e| {
             let len = pages.checked_mul(PAGE_SIZE as u64).ok_or(EncodeError::Invalid {
                 part: Part::Memory,
@@ -392,17 +489,88 @@ impl<S: Sink> Encoder<S> {
                     e.flush_zero()?;
                 }
             }
+            if e.next_ipa == e.header.ram_end() {
+                e.flush_zero()?;
+                e.memory_complete();
+            }
+            Ok(())
+        })
+    }
+
+    /// Pages of guest RAM dirtied since they were last sent (a live stream only): `bytes` is
+    /// whole pages from the page-aligned `ipa`, anywhere inside RAM, in any order; a page sent
+    /// again overrides its earlier copy. Allowed after round 0 covered RAM and before vCPU 0
+    /// (the pre-copy rounds), and after the devices and before the timing section (the last
+    /// dirty pages, the guest paused). Zero pages are found and elided as in
+    /// [`memory`](Self::memory); runs do not continue from one call to the next.
+    pub fn dirty(&mut self, ipa: u64, bytes: &[u8]) -> Result<(), EncodeError> {
+        self.expect(Part::Dirty)?;
+        self.guard(|e| {
+            let bad = |field, value| EncodeError::Invalid { part: Part::Dirty, field, value };
+            let page = PAGE_SIZE as u64;
+            let len = bytes.len() as u64;
+            if ipa % page != 0 {
+                return Err(bad("ipa (not page aligned)", ipa));
+            }
+            if len % page != 0 {
+                return Err(bad("length (not whole pages)", len));
+            }
+            if ipa < e.header.ram_base || ipa.checked_add(len).is_none_or(|end| end > e.header.ram_end()) {
+                return Err(bad("range (not inside RAM)", ipa));
+            }
+            // The current run: its first byte in `bytes`, its pages, whether they are zero.
+            let (mut start, mut pages, mut zero) = (0usize, 0u32, false);
+            for (k, p) in bytes.chunks_exact(PAGE_SIZE).enumerate() {
+                let at = k * PAGE_SIZE;
+                let z = is_zero(p);
+                let full = if zero { pages == u32::MAX } else { pages == e.options.run_pages };
+                if pages > 0 && (z != zero || full) {
+                    e.write_dirty_run(ipa + start as u64, pages, zero, &bytes[start..at])?;
+                    pages = 0;
+                }
+                if pages == 0 {
+                    (start, zero) = (at, z);
+                }
+                pages += 1;
+            }
+            if pages > 0 {
+                e.write_dirty_run(ipa + start as u64, pages, zero, &bytes[start..])?;
+            }
+            e.summary.dirty_pages += len / page;
+            Ok(())
+        })
+    }
+
+    fn write_dirty_run(&mut self, ipa: u64, pages: u32, zero: bool, data: &[u8]) -> Result<(), EncodeError> {
+        if zero {
+            self.write_zero_run(KIND_DIRTY, ipa, pages)
+        } else {
+            self.write_data_run(KIND_DIRTY, ipa, pages, data)
+        }
+    }
+
+    /// The live stream's timing section (after the last dirty pages; `finish` comes next).
+    pub fn timing(&mut self, timing: &Timing) -> Result<(), EncodeError> {
+        self.expect(Part::Timing)?;
+        self.guard(|e| {
+            e.small_section(KIND_TIMING, |b| codec::put_timing(b, timing))?;
+            e.stage = Stage::Timed;
             Ok(())
         })
     }
 
     fn flush_zero(&mut self) -> Result<(), EncodeError> {
         if let Run::Zero { ipa, pages } = self.run {
-            let h = codec::run_header(ipa, pages, RunEncoding::Zero);
-            self.out.section(KIND_MEMORY, &[&h])?;
-            self.summary.zero_pages += u64::from(pages);
             self.run = Run::None;
+            self.write_zero_run(KIND_MEMORY, ipa, pages)?;
         }
+        Ok(())
+    }
+
+    fn write_zero_run(&mut self, kind: u8, ipa: u64, pages: u32) -> Result<(), EncodeError> {
+        let h = codec::run_header(ipa, pages, RunEncoding::Zero);
+        self.out.section(kind, &[&h])?;
+        self.summary.zero_pages += u64::from(pages);
         Ok(())
     }
 
@@ -417,7 +585,7 @@ impl<S: Sink> Encoder<S> {
             held.extend_from_slice(tail);
             &held[..]
         };
-        let r = self.write_data_run(ipa, pages, data);
+        let r = self.write_data_run(KIND_MEMORY, ipa, pages, data);
         held.clear();
         self.held = held;
         r
@@ -438,7 +606,7 @@ impl<S: Sink> Encoder<S> {
         }
     }
 
-    fn write_data_run(&mut self, ipa: u64, pages: u32, data: &[u8]) -> Result<(), EncodeError> {
+    fn write_data_run(&mut self, kind: u8, ipa: u64, pages: u32, data: &[u8]) -> Result<(), EncodeError> {
         debug_assert_eq!(data.len(), pages as usize * PAGE_SIZE);
         if self.should_compress() {
             let table = self.table.get_or_insert_with(|| Box::new(CompressTable::large()));
@@ -446,7 +614,7 @@ impl<S: Sink> Encoder<S> {
             if let Ok(n) = compress_into_with_table(data, &mut self.scratch, table) {
                 if n <= data.len() - data.len() / 16 {
                     let h = codec::run_header(ipa, pages, RunEncoding::Lz4);
-                    self.out.section(KIND_MEMORY, &[&h, &self.scratch[..n]])?;
+                    self.out.section(kind, &[&h, &self.scratch[..n]])?;
                     self.summary.lz4_pages += u64::from(pages);
                     self.summary.lz4_bytes += n as u64;
                     self.skip_next = 0;
@@ -457,32 +625,37 @@ impl<S: Sink> Encoder<S> {
             self.skip_left = self.skip_next;
         }
         let h = codec::run_header(ipa, pages, RunEncoding::Raw);
-        self.out.section(KIND_MEMORY, &[&h, data])?;
+        self.out.section(kind, &[&h, data])?;
         self.summary.raw_pages += u64::from(pages);
         Ok(())
     }
 
-    /// Ends the checkpoint (all of guest RAM must have been given): writes the trailer and
-    /// returns the sink.
+    /// Ends the stream: writes the trailer and returns the sink. A snapshot needs all of guest
+    /// RAM given; a live stream needs its timing section written.
     pub fn finish(mut self) -> Result<(S, EncodeSummary), EncodeError> {
-        self.expect(Stage::Memory)?;
-        if self.next_ipa != self.header.ram_end() {
-            return Err(EncodeError::MemoryIncomplete {
-                covered: self.next_ipa - self.header.ram_base,
-                expected: self.header.memory_bytes,
-            });
+        let done = match self.stage {
+            Stage::Failed => return Err(EncodeError::Poisoned),
+            Stage::Memory if self.next_ipa != self.header.ram_end() => return Err(self.memory_incomplete()),
+            Stage::Memory => !self.live,
+            Stage::Timed => true,
+            _ => false,
+        };
+        if !done {
+            return Err(EncodeError::OutOfOrder { expected: self.stage.part(), got: Part::End });
         }
-        match self.run {
-            Run::Data { .. } => self.flush_data(&[])?,
-            Run::Zero { .. } => self.flush_zero()?,
-            Run::None => {}
-        }
+        // The last memory run was written when RAM was complete.
+        debug_assert_eq!(self.run, Run::None);
         let trailer =
             Trailer { sections: self.out.sections, length: self.out.offset, stream_crc: self.out.crc.value() };
         self.scratch.clear();
         codec::put_trailer(&mut self.scratch, &trailer);
         self.out.section(KIND_END, &[&self.scratch])?;
-        let summary = EncodeSummary { bytes: self.out.offset, sections: self.out.sections, ..self.summary };
+        let summary = EncodeSummary {
+            bytes: self.out.offset,
+            sections: self.out.sections,
+            trailer: Some(trailer),
+            ..self.summary
+        };
         Ok((self.out.sink, summary))
     }
 }

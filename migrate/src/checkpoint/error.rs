@@ -3,7 +3,7 @@
 use core::fmt;
 
 use super::state::Arch;
-use super::{kind_name, FORMAT_VERSION};
+use super::{kind_name, FORMAT_VERSION, OLDEST_READABLE_VERSION};
 
 /// Which part of a checkpoint an error is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,7 +17,12 @@ pub enum Part {
     Vgic,
     Timers,
     Devices,
+    /// A memory run (a snapshot's memory, or round 0 of a live stream).
     Memory,
+    /// A dirty run of a live stream.
+    Dirty,
+    /// The timing section of a live stream.
+    Timing,
     /// The trailer section.
     End,
 }
@@ -33,6 +38,8 @@ impl fmt::Display for Part {
             Part::Timers => f.write_str("timers"),
             Part::Devices => f.write_str("devices"),
             Part::Memory => f.write_str("memory"),
+            Part::Dirty => f.write_str("dirty"),
+            Part::Timing => f.write_str("timing"),
             Part::End => f.write_str("end"),
         }
     }
@@ -92,6 +99,10 @@ pub enum Problem {
         found: u8,
         expected: Part,
     },
+    /// A section only a live stream has (dirty, timing) in a snapshot (no `LIVE` flag).
+    LiveSectionInSnapshot(u8),
+    /// A section the stream's layout requires is not there (a live stream's timing section).
+    MissingSection(Part),
     /// A device type this reader does not know, or a device saved twice.
     UnknownDevice(u16),
     DuplicateDevice(u16),
@@ -104,12 +115,18 @@ pub enum Problem {
         ipa: u64,
         expected: u64,
     },
-    /// A run that extends past the end of guest RAM.
+    /// A run that is not inside guest RAM (it extends past its end or, a dirty run, starts
+    /// below its base).
     MemoryOutsideRam {
         ipa: u64,
         pages: u64,
     },
-    /// The trailer came before all of guest RAM did.
+    /// A dirty run whose IPA is not a multiple of the page size.
+    Unaligned {
+        ipa: u64,
+    },
+    /// A section that needs all of guest RAM came before all of it did: the trailer of a
+    /// snapshot, or anything but memory during a live stream's round 0.
     MemoryIncomplete {
         covered: u64,
         expected: u64,
@@ -139,7 +156,12 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Problem::BadMagic => f.write_str("not a checkpoint (bad magic)"),
-            Problem::UnsupportedVersion(v) => write!(f, "format version {v} (this reader knows {FORMAT_VERSION})"),
+            Problem::UnsupportedVersion(v) => {
+                write!(
+                    f,
+                    "format version {v} (this reader knows versions {OLDEST_READABLE_VERSION} to {FORMAT_VERSION})"
+                )
+            }
             Problem::WrongArch(a) => write!(f, "wrong architecture: {a} (this host restores {})", Arch::HOST),
             Problem::Truncated { need, have } => write!(f, "truncated: needs {need} bytes, {have} left"),
             Problem::Checksum { stored, computed } => {
@@ -155,6 +177,10 @@ impl fmt::Display for Problem {
             Problem::UnexpectedSection { found, expected } => {
                 write!(f, "found a {} section where {expected} was expected", kind_name(found))
             }
+            Problem::LiveSectionInSnapshot(k) => {
+                write!(f, "a {} section in a snapshot (the header has no LIVE flag)", kind_name(k))
+            }
+            Problem::MissingSection(part) => write!(f, "the {part} section is missing"),
             Problem::UnknownDevice(t) => write!(f, "unknown device type {t}"),
             Problem::DuplicateDevice(t) => write!(f, "device type {t} saved twice"),
             Problem::BadText { field } => write!(f, "{field} is not valid UTF-8"),
@@ -162,8 +188,9 @@ impl fmt::Display for Problem {
                 write!(f, "run at IPA {ipa:#x} out of order (the next page is {expected:#x})")
             }
             Problem::MemoryOutsideRam { ipa, pages } => {
-                write!(f, "run of {pages} pages at IPA {ipa:#x} extends past guest RAM")
+                write!(f, "run of {pages} pages at IPA {ipa:#x} is not inside guest RAM")
             }
+            Problem::Unaligned { ipa } => write!(f, "run IPA {ipa:#x} is not page aligned"),
             Problem::MemoryIncomplete { covered, expected } => {
                 write!(f, "memory ends after {covered} of {expected} bytes of guest RAM")
             }
@@ -207,10 +234,16 @@ impl fmt::Display for CheckpointError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EncodeError {
     Sink(SinkError),
-    /// Sections must be given in order: header and config, vCPUs 0..n, vGIC, timers, devices,
-    /// memory, then `finish`.
+    /// Sections must be given in order: for a snapshot, header and config, vCPUs 0..n, vGIC,
+    /// timers, devices, memory, then `finish`; for a live stream, header and config, memory,
+    /// dirty runs, vCPUs 0..n, vGIC, timers, devices, dirty runs, timing, then `finish`.
     OutOfOrder {
         expected: Part,
+        got: Part,
+    },
+    /// A dirty run or timing section given to a snapshot encoder ([`Encoder::new`](super::Encoder::new));
+    /// only a live stream ([`Encoder::new_live`](super::Encoder::new_live)) has them.
+    NotLive {
         got: Part,
     },
     /// A value the format does not allow (the reader would refuse it).
@@ -219,7 +252,7 @@ pub enum EncodeError {
         field: &'static str,
         value: u64,
     },
-    /// `finish` before all of guest RAM was given.
+    /// `finish` (or, in a live stream, anything but memory) before all of guest RAM was given.
     MemoryIncomplete {
         covered: u64,
         expected: u64,
@@ -234,9 +267,10 @@ impl fmt::Display for EncodeError {
         match *self {
             EncodeError::Sink(SinkError(why)) => write!(f, "sink failed: {why}"),
             EncodeError::OutOfOrder { expected, got } => write!(f, "got {got} where {expected} was expected"),
+            EncodeError::NotLive { got } => write!(f, "got {got}, which only a live stream has"),
             EncodeError::Invalid { part, field, value } => write!(f, "{part}: {field} {value:#x} is not allowed"),
             EncodeError::MemoryIncomplete { covered, expected } => {
-                write!(f, "finished after {covered} of {expected} bytes of guest RAM")
+                write!(f, "memory ended after {covered} of {expected} bytes of guest RAM")
             }
             EncodeError::Poisoned => f.write_str("a previous call failed"),
         }

@@ -49,7 +49,8 @@ impl fmt::Display for Arch {
 /// bound what follows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckpointHeader {
-    /// [`FORMAT_VERSION`] (the reader refuses any other).
+    /// The stream's format version: what the reader read (1 or 2); the encoder writes
+    /// [`FORMAT_VERSION`] and refuses a header with another.
     pub format_version: u16,
     /// [`Arch::AARCH64`].
     pub arch: Arch,
@@ -63,7 +64,7 @@ pub struct CheckpointHeader {
 }
 
 impl CheckpointHeader {
-    /// A version-1 aarch64 header.
+    /// An aarch64 header of the version this crate writes.
     pub const fn new(vcpus: u16, ram_base: u64, memory_bytes: u64) -> CheckpointHeader {
         CheckpointHeader { format_version: FORMAT_VERSION, arch: Arch::AARCH64, vcpus, ram_base, memory_bytes }
     }
@@ -286,6 +287,39 @@ impl TimerState {
     /// `virtual_count`, as if no time had passed while it was saved.
     pub fn cntvoff(&self, physical_now: u64) -> u64 {
         physical_now.wrapping_sub(self.virtual_count)
+    }
+
+    /// The `CNTVOFF_EL2` to restore a *live-migrated* guest with: its virtual counter continues
+    /// from `virtual_count` advanced by `elapsed_ticks`, the counter ticks that passed since the
+    /// source paused it (from [`Timing::downtime_ticks`] plus what the destination itself took
+    /// after reading the timing section). The guest then sees its clock keep wall time across
+    /// the migration, with a jump of the downtime, as after any pause of a VM.
+    pub fn cntvoff_after(&self, physical_now: u64, elapsed_ticks: u64) -> u64 {
+        physical_now.wrapping_sub(self.virtual_count.wrapping_add(elapsed_ticks))
+    }
+}
+
+/// The timing section of a live stream: what the source measured, for the destination's
+/// clock and for reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timing {
+    /// Nanoseconds from the moment the source paused the guest to the moment it wrote this
+    /// section: the downtime so far, which the destination adds to the guest's virtual counter
+    /// ([`TimerState::cntvoff_after`]).
+    pub downtime_ns: u64,
+    /// Pre-copy rounds after round 0 (rounds of re-sent dirty pages while the guest ran).
+    pub precopy_rounds: u32,
+    /// Pages the stream's dirty runs hold, pre-copy and final (a page sent twice counts
+    /// twice). Reported as the source gives it; the reader does not count the runs against it.
+    pub pages_resent: u64,
+}
+
+impl Timing {
+    /// [`downtime_ns`](Self::downtime_ns) in ticks of a counter running at `counter_hz`
+    /// (rounded down; saturating, as no real downtime reaches it).
+    pub fn downtime_ticks(&self, counter_hz: u64) -> u64 {
+        let ticks = u128::from(self.downtime_ns) * u128::from(counter_hz) / 1_000_000_000;
+        u64::try_from(ticks).unwrap_or(u64::MAX)
     }
 }
 

@@ -78,7 +78,7 @@ fn vgic_state(vcpus: u16, spis: u16) -> VgicState {
     g.save()
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Fill {
     Zero,
     Random,
@@ -142,6 +142,7 @@ fn sample(vcpus: u16, spis: u16, kinds: &[Fill], seed: u64) -> Checkpoint {
             }),
         },
         memory: memory_ranges(&ram),
+        timing: None,
     }
 }
 
@@ -168,6 +169,7 @@ fn assert_same(a: &Checkpoint, b: &Checkpoint) {
     assert_eq!(a.vgic, b.vgic);
     assert_eq!(a.timers, b.timers);
     assert_eq!(a.devices, b.devices);
+    assert_eq!(a.timing, b.timing);
     assert!(flat(a) == flat(b), "guest RAM differs");
 }
 
@@ -297,6 +299,7 @@ fn zero_pages_cost_nothing_and_known_zero_ranges_are_not_read() {
         timers: TimerState { counter_hz: 1, virtual_count: 0 },
         devices: DeviceState::default(),
         memory: vec![],
+        timing: None,
     };
     let (bytes, summary) = c.encode_into(Vec::new(), EncodeOptions::default()).unwrap();
     assert_eq!(summary.zero_pages, (1 << 30) / PAGE_SIZE as u64);
@@ -355,6 +358,7 @@ fn streaming_decoder_yields_sections_in_order() {
             Event::Timers(_) => "timers".to_string(),
             Event::Devices(_) => "devices".to_string(),
             Event::Memory(r) => alloc::format!("{:?} {}", r.encoding, r.pages),
+            Event::Dirty(_) | Event::Timing(_) => panic!("a live section in a snapshot"),
             Event::End(t) => {
                 assert_eq!(t.length + 16 + 24, bytes.len() as u64);
                 "end".to_string()
@@ -382,15 +386,253 @@ fn a_checkpoint_names_no_physical_core() {
     assert_eq!(back.vcpus.iter().map(|v| v.index).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
 }
 
-// ----- refusals -----
+// ----- live streams -----
+
+/// The pages one round changes: (first page, the new pages' kinds).
+type Round = Vec<(usize, Vec<Fill>)>;
+
+/// A live migration replayed on the host.
+struct LiveRun {
+    bytes: Vec<u8>,
+    /// What the destination must end with: the source's state and its RAM after every change.
+    expected: Checkpoint,
+    summary: EncodeSummary,
+}
+
+/// Sends `base` as a live stream: its RAM as round 0 (in pieces of `piece_pages`), then each
+/// pre-copy round's changes applied to the source's RAM and re-sent, then the paused state, the
+/// last round's changes, and the timing section.
+fn live_run(base: &Checkpoint, precopy: &[Round], last: &Round, opts: EncodeOptions, piece_pages: usize) -> LiveRun {
+    let mut rng = Rng(0x5EED_0000 + precopy.len() as u64);
+    let mut ram = flat(base);
+    let mut e = Encoder::new_live(Vec::new(), &base.header, &base.config, opts).unwrap();
+    for (k, chunk) in ram.chunks(piece_pages * PAGE_SIZE).enumerate() {
+        e.memory(RAM_BASE + (k * piece_pages * PAGE_SIZE) as u64, chunk).unwrap();
+    }
+    let mut resent = 0u64;
+    // A round's pages are read after all of its writes, as a platform copies what its dirty
+    // bitmap shows.
+    let mut send = |e: &mut Encoder<Vec<u8>>, ram: &mut Vec<u8>, round: &Round| {
+        for (first, kinds) in round {
+            let new = super::tests::ram(kinds, &mut rng);
+            ram[first * PAGE_SIZE..][..new.len()].copy_from_slice(&new);
+        }
+        for (first, kinds) in round {
+            let (at, len) = (first * PAGE_SIZE, kinds.len() * PAGE_SIZE);
+            e.dirty(RAM_BASE + at as u64, &ram[at..at + len]).unwrap();
+            resent += kinds.len() as u64;
+        }
+    };
+    for round in precopy {
+        send(&mut e, &mut ram, round);
+    }
+    for v in &base.vcpus {
+        e.vcpu(v).unwrap();
+    }
+    e.vgic(&base.vgic).unwrap();
+    e.timers(&base.timers).unwrap();
+    e.devices(&base.devices).unwrap();
+    send(&mut e, &mut ram, last);
+    let timing = Timing { downtime_ns: 2_345_678, precopy_rounds: precopy.len() as u32, pages_resent: resent };
+    e.timing(&timing).unwrap();
+    assert_eq!(e.summary().trailer, None);
+    let (bytes, summary) = e.finish().unwrap();
+    assert_eq!(summary.dirty_pages, resent);
+    // The trailer the destination will confirm in its READY.
+    let trailer = summary.trailer.unwrap();
+    assert_eq!(trailer.length, bytes.len() as u64 - 40);
+    assert_eq!(trailer.stream_crc, CRC.checksum(&bytes[..trailer.length as usize]));
+    let expected = Checkpoint { memory: memory_ranges(&ram), timing: Some(timing), ..base.clone() };
+    LiveRun { bytes, expected, summary }
+}
+
+/// The small checkpoint sent live: pages 0-5 are text, zero, zero, random, pattern, zero;
+/// round 1 writes data over a zero page and zero over data, round 2 writes out of order, and
+/// the last round overwrites pages that earlier rounds sent.
+fn small_live() -> LiveRun {
+    use Fill::*;
+    let precopy = [vec![(1, vec![Text]), (3, vec![Zero])], vec![(5, vec![Pattern]), (0, vec![Pattern, Zero])]];
+    let last = vec![(3, vec![Pattern, Text]), (1, vec![Zero])];
+    live_run(&small(), &precopy, &last, EncodeOptions::default(), 2)
+}
+
+/// Pre-copy rounds of random page ranges with random contents over a RAM of `pages` pages.
+fn random_rounds(rng: &mut Rng, rounds: usize, pages: usize) -> (Vec<Round>, Round) {
+    let kinds = [Fill::Zero, Fill::Random, Fill::Text, Fill::Pattern];
+    let mut round = |n: usize| -> Round {
+        (0..n)
+            .map(|_| {
+                let first = rng.below(pages as u64) as usize;
+                let len = 1 + rng.below(20.min(pages - first) as u64) as usize;
+                (first, (0..len).map(|_| kinds[rng.below(4) as usize]).collect())
+            })
+            .collect()
+    };
+    let precopy = (0..rounds).map(|r| round(8 >> r.min(3))).collect();
+    (precopy, round(3))
+}
 
 #[test]
-fn every_single_byte_corruption_is_refused() {
-    let bytes = small().encode(EncodeOptions::default()).unwrap();
-    assert!(bytes.len() < 16_000, "{}", bytes.len());
+fn live_stream_round_trip() {
+    use Fill::*;
+    let kinds: Vec<Fill> = [Zero, Zero, Random, Text, Text, Text, Pattern, Zero, Random, Random]
+        .iter()
+        .cycle()
+        .take(90)
+        .copied()
+        .collect();
+    let c = sample(4, 64, &kinds, 42);
+    let mut rng = Rng(77);
+    for compression in [Compression::None, Compression::Lz4, Compression::Adaptive] {
+        for (rounds, piece_pages) in [(0, 90), (1, 7), (5, 1)] {
+            let (precopy, last) = random_rounds(&mut rng, rounds, 90);
+            let opts = EncodeOptions { compression, ..EncodeOptions::default() };
+            let run = live_run(&c, &precopy, &last, opts, piece_pages);
+            assert_eq!(run.summary.bytes, run.bytes.len() as u64);
+            let s = run.summary;
+            assert_eq!(s.zero_pages + s.raw_pages + s.lz4_pages, 90 + s.dirty_pages);
+            let back = decode_both(&run.bytes).unwrap();
+            assert_eq!(back.header.format_version, FORMAT_VERSION);
+            assert_same(&run.expected, &back);
+            // Encoded again (memory as round 0, no dirty runs), it reads back the same.
+            assert_same(&back, &decode_both(&back.encode(opts).unwrap()).unwrap());
+        }
+    }
+}
+
+#[test]
+fn live_stream_events_in_order_and_dirty_pages_overwrite() {
+    let run = small_live();
+    let mut d = Decoder::new(Trickle(&run.bytes, 0));
+    let mut ram = Ram { base: RAM_BASE, bytes: vec![0; run.expected.header.memory_bytes as usize], zero_calls: 0 };
+    let mut names = Vec::new();
+    while let Some(ev) = d.next_event(&mut ram).unwrap() {
+        names.push(match ev {
+            Event::Header(_) => "header".to_string(),
+            Event::Config(_) => "config".to_string(),
+            Event::Vcpu(v) => alloc::format!("vcpu {}", v.index),
+            Event::Vgic(_) => "vgic".to_string(),
+            Event::Timers(_) => "timers".to_string(),
+            Event::Devices(_) => "devices".to_string(),
+            Event::Memory(r) => alloc::format!("{:?} {}", r.encoding, r.pages),
+            Event::Dirty(r) => alloc::format!("dirty {} {}", (r.ipa - RAM_BASE) / PAGE_SIZE as u64, r.pages),
+            Event::Timing(t) => {
+                assert_eq!(Some(t), run.expected.timing);
+                "timing".to_string()
+            }
+            Event::End(_) => "end".to_string(),
+        });
+        assert!(d.is_live());
+    }
+    assert_eq!(
+        names,
+        [
+            "header",
+            "config",
+            "Lz4 1",
+            "Zero 2",
+            "Lz4 2",
+            "Zero 1",
+            "dirty 1 1",
+            "dirty 3 1",
+            "dirty 5 1",
+            "dirty 0 1",
+            "dirty 1 1",
+            "vcpu 0",
+            "vcpu 1",
+            "vgic",
+            "timers",
+            "devices",
+            "dirty 3 2",
+            "dirty 1 1",
+            "timing",
+            "end"
+        ]
+    );
+    // Round 0's zero runs went to `zero` (fresh RAM, untouched); the dirty zero pages really
+    // cleared what earlier runs had written there.
+    assert_eq!(ram.zero_calls, 2);
+    assert!(ram.bytes == flat(&run.expected));
+}
+
+#[test]
+fn dirty_runs_apply_over_collected_memory_anywhere() {
+    use Fill::*;
+    // RAM with data ranges apart; dirty runs before, between, across, inside and after them.
+    let base = sample(1, 0, &[Zero, Text, Text, Zero, Zero, Random, Zero, Zero, Zero, Zero], 5);
+    let precopy = [
+        vec![(0, vec![Pattern]), (3, vec![Text]), (9, vec![Random])],
+        vec![(2, vec![Zero, Pattern, Pattern, Zero]), (7, vec![Zero])],
+        vec![(1, vec![Zero, Zero, Zero, Zero, Zero, Zero, Zero, Zero, Zero])],
+        vec![(4, vec![Text]), (6, vec![Random, Pattern])],
+    ];
+    let last = vec![(0, vec![Random; 10]), (8, vec![Zero, Zero])];
+    for rounds in 0..=precopy.len() {
+        for last in [&last, &vec![]] {
+            let run = live_run(&base, &precopy[..rounds], last, EncodeOptions::default(), 3);
+            let back = decode_both(&run.bytes).unwrap();
+            assert_same(&run.expected, &back);
+            // Ranges in order, apart.
+            assert!(back.memory.windows(2).all(|w| w[0].ipa + (w[0].bytes.len() as u64) < w[1].ipa));
+        }
+    }
+}
+
+#[test]
+fn timing_continues_the_guest_clock_by_the_downtime() {
+    let t = Timing { downtime_ns: 250_000_000, precopy_rounds: 3, pages_resent: 10 };
+    assert_eq!(t.downtime_ticks(62_500_000), 15_625_000);
+    assert_eq!(Timing { downtime_ns: u64::MAX, ..t }.downtime_ticks(u64::MAX), u64::MAX);
+    let timers = TimerState { counter_hz: 62_500_000, virtual_count: 1_000_000 };
+    let ticks = t.downtime_ticks(timers.counter_hz);
+    let off = timers.cntvoff_after(900_000_000, ticks);
+    // The guest's virtual count right now: where it paused, plus the downtime.
+    assert_eq!(900_000_000u64.wrapping_sub(off), 1_000_000 + 15_625_000);
+    assert_eq!(timers.cntvoff_after(5, 0), timers.cntvoff(5));
+}
+
+/// The version-1 snapshot of `v1_sample()`, written by the version-1 encoder.
+const V1_SNAPSHOT: &[u8] = include_bytes!("testdata/v1-snapshot.bin");
+
+fn v1_sample() -> Checkpoint {
+    use Fill::*;
+    sample(1, 32, &[Text, Zero, Pattern, Zero], 11)
+}
+
+#[test]
+fn a_version_1_stream_is_still_read() {
+    let c = v1_sample();
+    let back = decode_both(V1_SNAPSHOT).unwrap();
+    assert_eq!(back.header.format_version, 1);
+    assert_same(&Checkpoint { header: CheckpointHeader { format_version: 1, ..c.header }, ..c.clone() }, &back);
+    // Version 2's snapshot layout is version 1's: only the version, the header's CRC and the
+    // trailer's stream CRC (and so its section's CRCs) differ.
+    let v2 = c.encode(EncodeOptions::default()).unwrap();
+    assert_eq!(v2.len(), V1_SNAPSHOT.len());
+    let n = v2.len();
+    let trailer_crcs = [n - 32..n - 24, n - 8..n - 4];
+    let differs: Vec<usize> = (0..n).filter(|&i| v2[i] != V1_SNAPSHOT[i]).collect();
+    assert!(differs.contains(&8));
+    for i in differs {
+        assert!(i == 8 || (60..64).contains(&i) || trailer_crcs.iter().any(|r| r.contains(&i)), "byte {i} differs");
+    }
+    // What was read is written again as version 2.
+    assert_eq!(back.encode(EncodeOptions::default()).unwrap(), v2);
+    // A version-1 stream knows no flags and no live sections.
+    let live_v1 = with_header(V1_SNAPSHOT, |h| h[16] = 1);
+    assert_eq!(decode_all(&live_v1).unwrap_err().problem, Problem::Reserved { field: "flags" });
+    let (header, mut sections) = split(V1_SNAPSHOT);
+    sections.push((KIND_TIMING, vec![0; 24]));
+    assert_eq!(decode_both(&build(&header, &sections)).unwrap_err().problem, Problem::UnknownSection(KIND_TIMING));
+}
+
+// ----- refusals -----
+
+fn every_single_byte_corruption_is_refused_in(bytes: &[u8]) {
+    assert!(bytes.len() < 20_000, "{}", bytes.len());
     for at in 0..bytes.len() {
         for flip in [0x01u8, 0x80, 0xFF] {
-            let mut b = bytes.clone();
+            let mut b = bytes.to_vec();
             b[at] ^= flip;
             if decode_both(&b).is_ok() {
                 panic!("flipping {flip:#x} at byte {at} went unnoticed");
@@ -400,16 +642,27 @@ fn every_single_byte_corruption_is_refused() {
 }
 
 #[test]
+fn every_single_byte_corruption_is_refused() {
+    every_single_byte_corruption_is_refused_in(&small().encode(EncodeOptions::default()).unwrap());
+}
+
+#[test]
+fn every_single_byte_corruption_of_a_live_stream_is_refused() {
+    every_single_byte_corruption_is_refused_in(&small_live().bytes);
+}
+
+#[test]
 fn truncation_at_every_length_is_refused() {
-    let bytes = small().encode(EncodeOptions::default()).unwrap();
-    for n in 0..bytes.len() {
-        let e = decode_both(&bytes[..n]).unwrap_err();
-        assert!(matches!(e.problem, Problem::Truncated { .. }), "cut at {n}: {e}");
+    for bytes in [small().encode(EncodeOptions::default()).unwrap(), small_live().bytes] {
+        for n in 0..bytes.len() {
+            let e = decode_both(&bytes[..n]).unwrap_err();
+            assert!(matches!(e.problem, Problem::Truncated { .. }), "cut at {n}: {e}");
+        }
+        decode_both(&bytes).unwrap();
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode_all(&longer).unwrap_err().problem, Problem::TrailingBytes(1));
     }
-    decode_both(&bytes).unwrap();
-    let mut longer = bytes.clone();
-    longer.push(0);
-    assert_eq!(decode_all(&longer).unwrap_err().problem, Problem::TrailingBytes(1));
 }
 
 #[test]
@@ -457,7 +710,7 @@ fn wrong_version_architecture_and_sizes_are_refused_by_name() {
     let b = with_header(&bytes, |h| h[8..10].copy_from_slice(&7u16.to_le_bytes()));
     let e = decode_all(&b).unwrap_err();
     assert_eq!(e.problem, Problem::UnsupportedVersion(7));
-    assert_eq!(e.to_string(), "checkpoint: header at byte 0: format version 7 (this reader knows 1)");
+    assert_eq!(e.to_string(), "checkpoint: header at byte 0: format version 7 (this reader knows versions 1 to 2)");
     // A version is refused even when the rest of a newer header is unknown to us.
     assert_eq!(decode_all(&b[..12]).unwrap_err().problem, Problem::UnsupportedVersion(7));
 
@@ -607,6 +860,129 @@ fn sections_out_of_order_missing_or_unknown_are_refused() {
     assert!(matches!(decode_all(&b).unwrap_err().problem, Problem::TrailerMismatch { field: "section count", .. }));
 }
 
+/// The index of the `n`th section of `kind`.
+fn nth(sections: &[(u8, Vec<u8>)], kind: u8, n: usize) -> usize {
+    sections.iter().enumerate().filter(|(_, s)| s.0 == kind).nth(n).map(|(i, _)| i).unwrap()
+}
+
+#[test]
+fn live_sections_out_of_place_are_refused() {
+    let (header, sections) = split(&small_live().bytes);
+    assert_eq!(decode_both(&build(&header, &sections)).map(|c| c.timing.is_some()), Ok(true));
+    let err = |s: &[(u8, Vec<u8>)]| decode_both(&build(&header, s)).unwrap_err();
+    let problem = |s: &[(u8, Vec<u8>)]| err(s).problem;
+    let (last_memory, first_dirty) = (nth(&sections, KIND_MEMORY, 3), nth(&sections, KIND_DIRTY, 0));
+    let (vcpu0, devices, timing) =
+        (nth(&sections, KIND_VCPU, 0), nth(&sections, KIND_DEVICES, 0), nth(&sections, KIND_TIMING, 0));
+    let incomplete = Problem::MemoryIncomplete { covered: 5 * PAGE_SIZE as u64, expected: 6 * PAGE_SIZE as u64 };
+
+    // A dirty run, the vCPUs or the trailer before round 0 covered RAM.
+    let mut s = sections.clone();
+    s.swap(last_memory, first_dirty);
+    let e = err(&s);
+    assert_eq!((e.part, e.problem), (Part::Dirty, incomplete));
+    assert_eq!(
+        e.to_string(),
+        alloc::format!(
+            "checkpoint: section {last_memory} (dirty) at byte {}: memory ends after 20480 of 24576 bytes of guest RAM",
+            e.offset
+        )
+    );
+    let mut s = sections.clone();
+    s.remove(last_memory);
+    assert_eq!(err(&s).problem, incomplete);
+    assert_eq!(err(&s[..last_memory]).problem, incomplete);
+    // A state section twice, or after the final dirty runs began.
+    let mut s = sections.clone();
+    s.insert(devices + 1, sections[vcpu0].clone());
+    assert_eq!(problem(&s), Problem::UnexpectedSection { found: KIND_VCPU, expected: Part::Timing });
+    let mut s = sections.clone();
+    s.insert(devices + 2, sections[devices].clone());
+    assert_eq!(problem(&s), Problem::UnexpectedSection { found: KIND_DEVICES, expected: Part::Timing });
+    // No timing section; two; one before the state; a dirty run after it.
+    let mut s = sections.clone();
+    s.remove(timing);
+    let e = err(&s);
+    assert_eq!((e.part, e.problem), (Part::End, Problem::MissingSection(Part::Timing)));
+    assert!(e.to_string().ends_with("the timing section is missing"), "{e}");
+    let mut s = sections.clone();
+    s.push(sections[timing].clone());
+    assert_eq!(problem(&s), Problem::UnexpectedSection { found: KIND_TIMING, expected: Part::End });
+    let mut s = sections.clone();
+    let t = s.remove(timing);
+    s.insert(vcpu0, t);
+    assert_eq!(problem(&s), Problem::UnexpectedSection { found: KIND_TIMING, expected: Part::Vcpu(0) });
+    let mut s = sections.clone();
+    s.push(sections[first_dirty].clone());
+    assert_eq!(problem(&s), Problem::UnexpectedSection { found: KIND_DIRTY, expected: Part::End });
+
+    // The same sections without the LIVE flag: memory where vCPU 0 should be.
+    let snapshot_header = with_header(&header, |h| h[16] = 0);
+    let e = decode_both(&build(&snapshot_header, &sections)).unwrap_err();
+    assert_eq!(e.problem, Problem::UnexpectedSection { found: KIND_MEMORY, expected: Part::Vcpu(0) });
+    // A snapshot with LIVE set: vCPU 0 before any memory.
+    let (snap_header, snap_sections) = split(&small().encode(EncodeOptions::default()).unwrap());
+    let flagged = with_header(&snap_header, |h| h[16] = 1);
+    let e = decode_both(&build(&flagged, &snap_sections)).unwrap_err();
+    assert_eq!((e.part, e.problem), (Part::Vcpu(0), Problem::MemoryIncomplete { covered: 0, expected: 6 * 4096 }));
+    // Flags this version does not know.
+    let odd = with_header(&header, |h| h[16] = 3);
+    assert_eq!(decode_both(&build(&odd, &sections)).unwrap_err().problem, Problem::Reserved { field: "flags" });
+    // Live sections in a snapshot.
+    for (kind, payload) in [(KIND_TIMING, sections[timing].1.clone()), (KIND_DIRTY, sections[first_dirty].1.clone())] {
+        let mut s = snap_sections.clone();
+        s.push((kind, payload));
+        let e = decode_both(&build(&snap_header, &s)).unwrap_err();
+        assert_eq!(e.problem, Problem::LiveSectionInSnapshot(kind));
+        assert!(e.to_string().contains("section in a snapshot (the header has no LIVE flag)"), "{e}");
+    }
+}
+
+#[test]
+fn dirty_runs_and_timing_are_checked_behind_their_checksums() {
+    let (header, sections) = split(&small_live().bytes);
+    let problem = |i: usize, edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut s = sections.clone();
+        edit(&mut s[i].1);
+        decode_both(&build(&header, &s)).unwrap_err().problem
+    };
+    let ipa = |p: &mut Vec<u8>, v: u64| p[..8].copy_from_slice(&v.to_le_bytes());
+    let zero = nth(&sections, KIND_DIRTY, 1); // page 3, zero
+    let data = nth(&sections, KIND_DIRTY, 0); // page 1, LZ4
+    let timing = nth(&sections, KIND_TIMING, 0);
+    assert_eq!(sections[zero].1[12], RunEncoding::Zero as u8);
+    assert_eq!(sections[data].1[12], RunEncoding::Lz4 as u8);
+    let end = RAM_BASE + 6 * PAGE_SIZE as u64;
+    assert_eq!(problem(zero, &|p| ipa(p, RAM_BASE + 0x10)), Problem::Unaligned { ipa: RAM_BASE + 0x10 });
+    assert_eq!(
+        problem(zero, &|p| ipa(p, RAM_BASE - 4096)),
+        Problem::MemoryOutsideRam { ipa: RAM_BASE - 4096, pages: 1 }
+    );
+    assert_eq!(problem(zero, &|p| ipa(p, end)), Problem::MemoryOutsideRam { ipa: end, pages: 1 });
+    assert_eq!(problem(zero, &|p| p[8] = 7), Problem::MemoryOutsideRam { ipa: RAM_BASE + 3 * 4096, pages: 7 });
+    assert_eq!(problem(zero, &|p| p[8] = 0), Problem::OutOfRange { field: "run pages", value: 0 });
+    assert_eq!(problem(zero, &|p| p.push(0)), Problem::BadLength { expected: 16, found: 17 });
+    assert_eq!(problem(zero, &|p| p[13] = 1), Problem::Reserved { field: "run header bytes" });
+    assert!(matches!(problem(data, &|p| p.truncate(p.len() - 2)), Problem::Lz4 { .. }));
+    assert!(matches!(problem(data, &|p| p[8] = 2), Problem::Lz4 { .. }));
+    assert_eq!(
+        problem(data, &|p| p[12] = 1),
+        Problem::BadLength { expected: 16 + 4096, found: sections[data].1.len() as u64 }
+    );
+    assert_eq!(problem(timing, &|p| p[12] = 1), Problem::Reserved { field: "timing bytes" });
+    assert_eq!(problem(timing, &|p| p.truncate(23)), Problem::BadLength { expected: 24, found: 23 });
+    // A data run over the limit, in a VM big enough for it.
+    let big = with_header(&header, |h| h[40..48].copy_from_slice(&(1u64 << 30).to_le_bytes()));
+    let mut run = codec::run_header(RAM_BASE, 300, RunEncoding::Lz4).to_vec();
+    run.extend_from_slice(&[0x10, 0]);
+    let all_zero = codec::run_header(RAM_BASE, 1 << 18, RunEncoding::Zero).to_vec();
+    let s = [sections[0].clone(), (KIND_MEMORY, all_zero), (KIND_DIRTY, run)];
+    assert_eq!(
+        decode_both(&build(&big, &s)).unwrap_err().problem,
+        Problem::TooLarge { field: "run pages", value: 300, max: 256 }
+    );
+}
+
 #[test]
 fn guest_memory_that_refuses_is_reported() {
     let bytes = small().encode(EncodeOptions::default()).unwrap();
@@ -673,6 +1049,84 @@ fn the_encoder_refuses_what_the_reader_would() {
     assert!(Encoder::new(Vec::new(), &big, &c.config, opts).is_err());
 }
 
+#[test]
+fn the_live_encoder_refuses_sections_out_of_order() {
+    let c = small();
+    let opts = EncodeOptions::default();
+    let ram = flat(&c);
+    let incomplete = |covered| EncodeError::MemoryIncomplete { covered, expected: c.header.memory_bytes };
+    let new = || Encoder::new_live(Vec::new(), &c.header, &c.config, opts).unwrap();
+    // Before round 0 covered RAM: no dirty runs, no state.
+    let mut e = new();
+    assert_eq!(e.dirty(RAM_BASE, &ram[..4096]), Err(incomplete(0)));
+    assert_eq!(e.memory(RAM_BASE, &ram), Err(EncodeError::Poisoned));
+    let mut e = new();
+    e.memory(RAM_BASE, &ram[..8192]).unwrap();
+    assert_eq!(e.vcpu(&c.vcpus[0]), Err(incomplete(8192)));
+    let mut e = new();
+    e.memory_zero(RAM_BASE, 1).unwrap();
+    assert_eq!(e.timing(&Timing::default()), Err(incomplete(4096)));
+    // Round 0 done: no more memory, no timing before the state.
+    let round0 = || {
+        let mut e = new();
+        e.memory(RAM_BASE, &ram).unwrap();
+        e
+    };
+    let mut e = round0();
+    assert_eq!(
+        e.memory(RAM_BASE, &ram[..4096]),
+        Err(EncodeError::OutOfOrder { expected: Part::Vcpu(0), got: Part::Memory })
+    );
+    let mut e = round0();
+    assert_eq!(
+        e.timing(&Timing::default()),
+        Err(EncodeError::OutOfOrder { expected: Part::Vcpu(0), got: Part::Timing })
+    );
+    let e = round0();
+    assert_eq!(e.finish().map(|_| ()), Err(EncodeError::OutOfOrder { expected: Part::Vcpu(0), got: Part::End }));
+    // Dirty ranges must be whole pages inside RAM.
+    let mut e = round0();
+    assert!(matches!(e.dirty(RAM_BASE + 1, &ram[..4096]), Err(EncodeError::Invalid { part: Part::Dirty, .. })));
+    let mut e = round0();
+    assert!(matches!(e.dirty(RAM_BASE, &ram[..100]), Err(EncodeError::Invalid { part: Part::Dirty, .. })));
+    let mut e = round0();
+    assert!(matches!(e.dirty(RAM_BASE - 4096, &ram[..4096]), Err(EncodeError::Invalid { part: Part::Dirty, .. })));
+    let mut e = round0();
+    assert!(matches!(e.dirty(RAM_BASE + 4096, &ram), Err(EncodeError::Invalid { part: Part::Dirty, .. })));
+    // The paused state, then the timing section is owed; nothing after it but finish.
+    let state = |e: &mut Encoder<Vec<u8>>| {
+        for v in &c.vcpus {
+            e.vcpu(v).unwrap();
+        }
+        e.vgic(&c.vgic).unwrap();
+        e.timers(&c.timers).unwrap();
+        e.devices(&c.devices).unwrap();
+    };
+    let mut e = round0();
+    e.dirty(RAM_BASE, &ram[..8192]).unwrap();
+    e.dirty(RAM_BASE, &[]).unwrap();
+    state(&mut e);
+    e.dirty(RAM_BASE + 4096, &ram[4096..8192]).unwrap();
+    assert_eq!(e.summary().dirty_pages, 3);
+    assert_eq!(e.finish().map(|_| ()), Err(EncodeError::OutOfOrder { expected: Part::Timing, got: Part::End }));
+    let mut e = round0();
+    state(&mut e);
+    e.timing(&Timing::default()).unwrap();
+    assert_eq!(e.dirty(RAM_BASE, &ram[..4096]), Err(EncodeError::OutOfOrder { expected: Part::End, got: Part::Dirty }));
+    let mut e = round0();
+    state(&mut e);
+    e.timing(&Timing::default()).unwrap();
+    let (bytes, summary) = e.finish().unwrap();
+    assert_eq!(summary.dirty_pages, 0);
+    assert_eq!(decode_all(&bytes).unwrap().timing, Some(Timing::default()));
+    // A snapshot has neither dirty runs nor timing.
+    let mut e = Encoder::new(Vec::new(), &c.header, &c.config, opts).unwrap();
+    assert_eq!(e.dirty(RAM_BASE, &ram[..4096]), Err(EncodeError::NotLive { got: Part::Dirty }));
+    let mut e = Encoder::new(Vec::new(), &c.header, &c.config, opts).unwrap();
+    let err = e.timing(&Timing::default()).unwrap_err();
+    assert_eq!(err.to_string(), "checkpoint encoder: got timing, which only a live stream has");
+}
+
 /// A sink that fails after some bytes.
 struct Full(usize);
 
@@ -716,6 +1170,11 @@ fn hostile_inputs_never_panic() {
         sample(1, 0, &[Fill::Zero, Fill::Zero], 1).encode(EncodeOptions::default()).unwrap(),
         sample(1, 0, &[Fill::Text], 2).encode(opts(Compression::Lz4, 1)).unwrap(),
         sample(2, 32, &[Fill::Random, Fill::Zero], 4).encode(opts(Compression::None, 16)).unwrap(),
+        {
+            let base = sample(1, 0, &[Fill::Zero, Fill::Pattern, Fill::Zero], 6);
+            let precopy = [vec![(0, vec![Fill::Pattern]), (2, vec![Fill::Zero])]];
+            live_run(&base, &precopy, &vec![(1, vec![Fill::Zero, Fill::Text])], opts(Compression::Lz4, 2), 1).bytes
+        },
     ];
     let split_seeds: Vec<_> = seeds.iter().map(|s| split(s)).collect();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
@@ -724,7 +1183,7 @@ fn hostile_inputs_never_panic() {
     while n < 300_000 && started.elapsed() < budget {
         n += 1;
         // Mostly the smallest seed (LZ4 decoding is slow in a debug build).
-        let pick = [0, 0, 0, 0, 0, 1, 1, 2][rng.below(8) as usize];
+        let pick = [0, 0, 0, 0, 1, 1, 2, 3, 3, 3][rng.below(10) as usize];
         let input: Vec<u8> = match n % 8 {
             // Random bytes, half of them behind a valid magic and version.
             0 => {
@@ -732,7 +1191,7 @@ fn hostile_inputs_never_panic() {
                 rng.fill(&mut b);
                 if n % 16 == 0 && b.len() >= 12 {
                     b[..8].copy_from_slice(&MAGIC);
-                    b[8..12].copy_from_slice(&[1, 0, 64, 0]);
+                    b[8..12].copy_from_slice(&[1 + (n % 32 == 0) as u8, 0, 64, 0]);
                 }
                 b
             }
@@ -885,10 +1344,17 @@ mod props {
                                 uart: (seed % 3 != 0).then(|| Pl011State { ibrd: 3, line, ..Default::default() }),
                             },
                             memory: memory_ranges(&ram),
+                            timing: None,
                         }
                     })
             },
         )
+    }
+
+    /// A round's page changes (first pages beyond RAM are wrapped by the test).
+    fn arb_round() -> impl Strategy<Value = Round> {
+        let kind = prop_oneof![Just(Fill::Zero), Just(Fill::Random), Just(Fill::Text), Just(Fill::Pattern)];
+        proptest::collection::vec((0usize..40, proptest::collection::vec(kind, 1..6)), 0..5)
     }
 
     proptest! {
@@ -903,12 +1369,41 @@ mod props {
         }
 
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400), magic in any::<bool>()) {
+        fn random_live_streams_round_trip(
+            c in arb_checkpoint(),
+            rounds in proptest::collection::vec(arb_round(), 0..4),
+            last in arb_round(),
+            run_pages in 1u32..=20,
+            mode in 0u8..3,
+            piece_pages in 1usize..8,
+        ) {
+            let compression = [Compression::None, Compression::Lz4, Compression::Adaptive][mode as usize];
+            let pages = c.header.pages() as usize;
+            let fit = |r: &Round| -> Round {
+                r.iter().map(|(first, kinds)| {
+                    let first = first % pages;
+                    (first, kinds[..kinds.len().min(pages - first)].to_vec())
+                }).collect()
+            };
+            let precopy: Vec<Round> = rounds.iter().map(fit).collect();
+            let run = live_run(&c, &precopy, &fit(&last), EncodeOptions { compression, run_pages }, piece_pages);
+            assert_same(&run.expected, &decode_all(&run.bytes).unwrap());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..400),
+            magic in any::<bool>(),
+            version in 1u8..=2,
+            flags in 0u8..=2,
+        ) {
             let mut b = bytes;
             if magic && b.len() >= 12 {
                 b[..8].copy_from_slice(&MAGIC);
-                b[8..12].copy_from_slice(&[1, 0, 64, 0]);
+                b[8..12].copy_from_slice(&[version, 0, 64, 0]);
                 if b.len() >= 64 {
+                    b[16..20].copy_from_slice(&u32::from(flags).to_le_bytes());
+                    b[20..22].copy_from_slice(&1u16.to_le_bytes());
                     reseal_header(&mut b[..64]);
                 }
             }

@@ -240,7 +240,9 @@ pub fn restore(vm: &Vm, vcpus: &[Vcpu]) -> Result<Restored, String> {
                     timers = Some(t);
                 }
                 Some(Event::Devices(d)) => devices = Some(d),
-                Some(Event::Memory(_)) => {}
+                // A live stream's dirty runs are already written into RAM; its timing section
+                // is for a live migration's destination, not a restore from disk.
+                Some(Event::Memory(_) | Event::Dirty(_) | Event::Timing(_)) => {}
                 Some(Event::End(_)) => return Ok(()),
                 None => return Err("the checkpoint ended without its trailer".to_string()),
             }
