@@ -27,6 +27,8 @@ use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod relay;
+
 use vcpu_runtime::manifest::{elf_image, encode, GuestImage};
 use vcpu_runtime::scenario::{Guest, Payload, Scenario};
 use vcpu_runtime::trace::{self, TraceEvent};
@@ -107,6 +109,10 @@ pub struct QemuConfig {
     /// A raw disk image attached as a virtio-blk device on the virtio-mmio bus (the hypervisor's
     /// checkpoint disk, docs/platform.md *virtio-blk transport*).
     pub disk: Option<PathBuf>,
+    /// A loopback TCP port the migration stream (a virtio console) connects to: `-device
+    /// virtio-serial-device -chardev socket,id=mig,host=127.0.0.1,port=PORT -device
+    /// virtconsole,chardev=mig`.
+    pub stream_port: Option<u16>,
 }
 
 impl QemuConfig {
@@ -120,6 +126,7 @@ impl QemuConfig {
             append: None,
             manifest: None,
             disk: None,
+            stream_port: None,
         }
     }
 
@@ -139,6 +146,12 @@ impl QemuConfig {
     /// -device virtio-blk-device,drive=ckpt`.
     pub fn disk(mut self, image: &Path) -> QemuConfig {
         self.disk = Some(image.to_path_buf());
+        self
+    }
+
+    /// With the migration stream connected to `port` on loopback.
+    pub fn stream(mut self, port: u16) -> QemuConfig {
+        self.stream_port = Some(port);
         self
     }
 
@@ -193,6 +206,16 @@ impl QemuConfig {
                 format!("if=none,file={file},format=raw,id=ckpt"),
                 "-device".into(),
                 "virtio-blk-device,drive=ckpt".into(),
+            ]);
+        }
+        if let Some(port) = self.stream_port {
+            args.extend([
+                "-device".into(),
+                "virtio-serial-device".into(),
+                "-chardev".into(),
+                format!("socket,id=mig,host=127.0.0.1,port={port}"),
+                "-device".into(),
+                "virtconsole,chardev=mig".into(),
             ]);
         }
         if let Some(append) = &self.append {

@@ -90,6 +90,8 @@ pub enum StopReason {
     Fault,
     /// `halt`: stopped by the host (end of scenario, operator).
     Halted,
+    /// `migrated`: the guest left for another hypervisor instance (live migration committed).
+    Migrated,
 }
 
 /// The state of a physical core.
@@ -152,7 +154,7 @@ pub enum CheckpointStep {
 // Words of the enumerations.
 
 impl StopReason {
-    const WORDS: &'static str = "off|reset|fault|halt";
+    const WORDS: &'static str = "off|reset|fault|halt|migrated";
 
     /// The word used in a trace line.
     pub const fn word(self) -> &'static str {
@@ -161,6 +163,7 @@ impl StopReason {
             StopReason::SystemReset => "reset",
             StopReason::Fault => "fault",
             StopReason::Halted => "halt",
+            StopReason::Migrated => "migrated",
         }
     }
 
@@ -170,6 +173,7 @@ impl StopReason {
             "reset" => StopReason::SystemReset,
             "fault" => StopReason::Fault,
             "halt" => StopReason::Halted,
+            "migrated" => StopReason::Migrated,
             _ => return None,
         })
     }
@@ -1164,6 +1168,7 @@ mod tests {
             Just(StopReason::SystemReset),
             Just(StopReason::Fault),
             Just(StopReason::Halted),
+            Just(StopReason::Migrated),
         ];
         let state = prop_oneof![
             Just(CoreState::Online),

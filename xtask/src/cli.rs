@@ -80,6 +80,8 @@ pub struct QemuArgs {
     pub append: Option<String>,
     /// `--disk PATH`: a raw image attached as the checkpoint disk (virtio-blk).
     pub disk: Option<String>,
+    /// `--stream PORT`: the migration stream (a virtio console) connected to this loopback port.
+    pub stream: Option<u16>,
 }
 
 impl Default for QemuArgs {
@@ -92,6 +94,7 @@ impl Default for QemuArgs {
             icount: false,
             append: None,
             disk: None,
+            stream: None,
         }
     }
 }
@@ -109,7 +112,7 @@ COMMANDS:
   sim SCENARIO [ARGS..]  run hvsim (release) on SCENARIO; ARGS go to hvsim:
                          --policy P, --duration D, --trace FILE, --report-json FILE
   bench [NAME]           run the criterion benches, all or one group (NAME below)
-  qemu [SCENARIO] [--smp N] [--cpu NAME] [--timeout SECONDS] [--icount] [--append ARGS] [--disk PATH]
+  qemu [SCENARIO] [--smp N] [--cpu NAME] [--timeout SECONDS] [--icount] [--append ARGS] [--disk PATH] [--stream PORT]
                          build the EL2 hypervisor (release) and boot it on qemu-system-aarch64;
                          exits with QEMU's status (0 only when the hypervisor ended cleanly).
                          --smp: cores (default: the scenario's board.cores, else 2);
@@ -117,7 +120,8 @@ COMMANDS:
                          --timeout: kill QEMU and fail after SECONDS (default 60);
                          --icount: deterministic time (-icount shift=4,sleep=off);
                          --append: boot arguments for the hypervisor (e.g. hv.selftest=panic);
-                         --disk: a raw image as the checkpoint disk (hv.checkpoint-at=MS, hv.restore).
+                         --disk: a raw image as the checkpoint disk (hv.checkpoint-at=MS, hv.restore);
+                         --stream: the migration stream to 127.0.0.1:PORT (hv.migrate-out=MS, hv.migrate-in).
                          With SCENARIO, the test guests are built too and the scenario's manifest
                          (target/el2/manifests/NAME.manifest) is loaded beside the image: the
                          hypervisor runs its guests; without, it only checks its boot.
@@ -276,10 +280,17 @@ fn parse_qemu(args: &[String]) -> Result<QemuArgs, Error> {
             }
             "--append" => q.append = Some(value("the hypervisor's boot arguments")?),
             "--disk" => q.disk = Some(value("a raw disk image")?),
+            "--stream" => {
+                let v = value("a TCP port on 127.0.0.1")?;
+                match v.parse::<u16>() {
+                    Ok(p) if p > 0 => q.stream = Some(p),
+                    _ => return Err(Error::usage(format!("`qemu --stream` takes a TCP port (1..65535), not `{v}`"))),
+                }
+            }
             "--icount" if inline.is_none() => q.icount = true,
             s if s.starts_with('-') => {
                 return Err(Error::usage(format!(
-                    "`qemu` does not take `{arg}`; it takes [SCENARIO] --smp N --cpu NAME --timeout SECONDS --icount --append ARGS --disk PATH"
+                    "`qemu` does not take `{arg}`; it takes [SCENARIO] --smp N --cpu NAME --timeout SECONDS --icount --append ARGS --disk PATH --stream PORT"
                 )))
             }
             _ if q.scenario.is_none() => q.scenario = Some(arg.clone()),
@@ -397,6 +408,8 @@ mod tests {
             "a=b c",
             "--disk",
             "c.img",
+            "--stream",
+            "4555",
         ]);
         assert_eq!(
             q,
@@ -408,6 +421,7 @@ mod tests {
                 icount: true,
                 append: Some("a=b c".into()),
                 disk: Some("c.img".into()),
+                stream: Some(4555),
             }
         );
         let q = qemu(&["--smp=8", "--cpu=cortex-a57", "--timeout=120"]);

@@ -34,23 +34,35 @@ pub fn build_cmd() -> Cmd {
 /// The QEMU command line for `image`, with the scenario `manifest` loaded beside it when there
 /// is one: the same one the hw-tests run (`hw_tests::QemuConfig::qemu_args`).
 pub fn qemu_cmd(image: &str, manifest: Option<&str>, smp: u32, cpu: &str, icount: bool, append: Option<&str>) -> Cmd {
-    qemu_cmd_with_disk(image, manifest, smp, cpu, icount, append, None)
+    qemu_cmd_with(image, manifest, smp, cpu, icount, append, &Attached::default())
 }
 
-/// [`qemu_cmd`] with a raw disk image attached as the checkpoint disk (virtio-blk).
-pub fn qemu_cmd_with_disk(
+/// Devices attached to a run besides the board's own.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Attached<'a> {
+    /// A raw disk image as the checkpoint disk (virtio-blk).
+    pub disk: Option<&'a str>,
+    /// The migration stream (a virtio console) connected to this loopback port.
+    pub stream: Option<u16>,
+}
+
+/// [`qemu_cmd`] with the devices of `attached`.
+pub fn qemu_cmd_with(
     image: &str,
     manifest: Option<&str>,
     smp: u32,
     cpu: &str,
     icount: bool,
     append: Option<&str>,
-    disk: Option<&str>,
+    attached: &Attached<'_>,
 ) -> Cmd {
     let mut config = hw_tests::QemuConfig::new(smp, cpu);
     config.icount = icount;
-    if let Some(d) = disk {
+    if let Some(d) = attached.disk {
         config = config.disk(std::path::Path::new(d));
+    }
+    if let Some(port) = attached.stream {
+        config = config.stream(port);
     }
     if let Some(m) = manifest {
         config = config.manifest_file(std::path::Path::new(m));
@@ -96,14 +108,14 @@ pub fn qemu(ctx: &Ctx, args: &QemuArgs) -> Result<(), Error> {
     };
     build_cmd().run(ctx)?;
     ensure_qemu(ctx)?;
-    let cmd = qemu_cmd_with_disk(
+    let cmd = qemu_cmd_with(
         &image_path(),
         manifest.as_deref(),
         smp,
         &args.cpu,
         args.icount,
         args.append.as_deref(),
-        args.disk.as_deref(),
+        &Attached { disk: args.disk.as_deref(), stream: args.stream },
     );
     let timeout = Duration::from_secs(args.timeout_secs);
     println!("xtask: running (timeout {}s) {}", args.timeout_secs, cmd.display());

@@ -2,7 +2,7 @@
 //!
 //! It takes `GUEST_DIRTIER_MIB` MiB (default 8) of the RAM above its image (from
 //! `0x4048_0000`, so the guest needs `memory_mib` >= 5 + that) and, for `GUEST_DIRTIER_ROUNDS`
-//! rounds (default 20), writes a pattern that depends on the round and on each word's address,
+//! rounds (default 60), writes a pattern that depends on the round and on each word's address,
 //! then reads it all back and checks it. Before each round's writes it also checks that the
 //! previous round's pattern is still intact (memory carried over a migration must be). After
 //! each round it calls `HV_MARK(4, round)` and prints `dirtier round R/K ok ...`.
@@ -16,7 +16,7 @@ use guest_rt::{ensure, fail, hypercall, mem, println, setting, timer, Fail};
 guest_rt::guest_main!(main);
 
 const MIB: u64 = setting(option_env!("GUEST_DIRTIER_MIB"), 8);
-const ROUNDS: u64 = setting(option_env!("GUEST_DIRTIER_ROUNDS"), 20);
+const ROUNDS: u64 = setting(option_env!("GUEST_DIRTIER_ROUNDS"), 60);
 /// `HV_MARK` id of a finished round (value: the round number).
 const MARK_ROUND: u32 = 4;
 

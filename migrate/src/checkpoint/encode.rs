@@ -630,6 +630,13 @@ impl<S: Sink> Encoder<S> {
         Ok(())
     }
 
+    /// Gives up the stream without a trailer and returns the sink (a live migration abandoned
+    /// midway, which then tells the destination by other means). What was written stays an
+    /// unfinished stream that any reader refuses.
+    pub fn abandon(self) -> S {
+        self.out.sink
+    }
+
     /// Ends the stream: writes the trailer and returns the sink. A snapshot needs all of guest
     /// RAM given; a live stream needs its timing section written.
     pub fn finish(mut self) -> Result<(S, EncodeSummary), EncodeError> {

@@ -3,10 +3,10 @@
 //! ```text
 //! offset size field
 //!  0     8    magic "HVCTL\0\0\0"
-//!  8     1    kind: 1 READY, 2 REFUSED, 3 COMMIT, 4 DONE, 5 ABORT
+//!  8     1    kind: 1 READY, 2 REFUSED, 3 COMMIT, 4 DONE, 5 ABORT, 6 RECEIVED
 //!  9     3    reserved (0)
 //! 12     4    REFUSED: the refusal code; else 0
-//! 16     8    READY: the stream's length before its trailer; else 0
+//! 16     8    READY: the stream's length before its trailer; RECEIVED: bytes read; else 0
 //! 24     4    READY: the stream's CRC-32C (the trailer's); else 0
 //! 28    32    REFUSED: the reason, UTF-8, NUL-padded; else 0
 //! 60     4    CRC-32C of bytes 0..60
@@ -27,6 +27,7 @@ const KIND_REFUSED: u8 = 2;
 const KIND_COMMIT: u8 = 3;
 const KIND_DONE: u8 = 4;
 const KIND_ABORT: u8 = 5;
+const KIND_RECEIVED: u8 = 6;
 const REASON_AT: usize = 28;
 
 /// Why the destination refused a stream.
@@ -128,6 +129,10 @@ pub enum Control {
     /// Either side, before COMMIT: the migration is abandoned; the source resumes the guest
     /// and the destination discards what it built.
     Abort,
+    /// Destination → source, while the stream flows: this many bytes of it were read. The
+    /// source keeps at most a window of unconfirmed bytes in flight (flow control over a
+    /// transport that may drop what it cannot take, as QEMU's virtio console does).
+    Received { bytes: u64 },
 }
 
 /// A frame that is not a valid control message.
@@ -185,6 +190,7 @@ impl Control {
             Control::Commit => "COMMIT",
             Control::Done => "DONE",
             Control::Abort => "ABORT",
+            Control::Received { .. } => "RECEIVED",
         }
     }
 
@@ -197,6 +203,7 @@ impl Control {
             Control::Commit => KIND_COMMIT,
             Control::Done => KIND_DONE,
             Control::Abort => KIND_ABORT,
+            Control::Received { .. } => KIND_RECEIVED,
         };
         match self {
             Control::Ready { stream_len, stream_crc } => {
@@ -208,6 +215,7 @@ impl Control {
                 let text = reason.as_str().as_bytes();
                 b[REASON_AT..REASON_AT + text.len()].copy_from_slice(text);
             }
+            Control::Received { bytes } => b[16..24].copy_from_slice(&bytes.to_le_bytes()),
             Control::Commit | Control::Done | Control::Abort => {}
         }
         let crc = CRC.checksum(&b[..60]);
@@ -260,6 +268,13 @@ impl Control {
                 }
                 let text = core::str::from_utf8(&reason[..end]).map_err(|_| ControlError::BadReason)?;
                 Ok(Control::Refused { code, reason: Reason::new(text) })
+            }
+            KIND_RECEIVED => {
+                if stream_crc != 0 {
+                    return Err(ControlError::Reserved { field: "stream CRC" });
+                }
+                unused(false, true, false)?;
+                Ok(Control::Received { bytes: stream_len })
             }
             kind @ (KIND_COMMIT | KIND_DONE | KIND_ABORT) => {
                 unused(false, false, false)?;

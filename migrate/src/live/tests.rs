@@ -181,6 +181,8 @@ fn all_messages() -> Vec<Control> {
         Control::Commit,
         Control::Done,
         Control::Abort,
+        Control::Received { bytes: 0 },
+        Control::Received { bytes: 17 << 20 },
     ]
 }
 
@@ -251,6 +253,10 @@ fn control_frames_are_checked_behind_their_checksum() {
     assert!(matches!(e, ControlError::Checksum { .. }));
     assert!(e.to_string().starts_with("control frame: checksum mismatch (stored 0x"), "{e}");
     assert_eq!(decode(resealed(Control::Done, |f| f[8] = 9)), Err(ControlError::UnknownKind(9)));
+    assert_eq!(
+        decode(resealed(Control::Received { bytes: 5 }, |f| f[24] = 1)),
+        Err(ControlError::Reserved { field: "stream CRC" })
+    );
     assert_eq!(decode(resealed(Control::Done, |f| f[8] = 0)), Err(ControlError::UnknownKind(0)));
     assert_eq!(
         decode(resealed(Control::Abort, |f| f[10] = 1)),

@@ -118,6 +118,26 @@ impl RamRegion {
         unsafe { core::slice::from_raw_parts(self.range.start as *const u8, self.range.len()) }
     }
 
+    /// Copies `out.len()` bytes from `offset` into `out` while a guest may be writing them (live
+    /// migration's pre-copy), a word at a time with volatile loads: a page written during the copy
+    /// comes out torn, which the dirty log makes harmless (the page is marked and sent again).
+    /// Returns false (and copies nothing) when the range is not inside the region or not 8-byte
+    /// aligned.
+    pub fn snapshot(&self, offset: usize, out: &mut [u8]) -> bool {
+        let Some(end) = offset.checked_add(out.len()) else { return false };
+        if end > self.range.len() || offset % 8 != 0 || out.len() % 8 != 0 {
+            return false;
+        }
+        let base = (self.range.start + offset) as *const u64;
+        for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
+            // SAFETY: `base + i` is an aligned word inside this region (checked above), which is
+            // mapped RAM (`as_slice`); a volatile load does not assume the guest leaves it alone.
+            let word = unsafe { core::ptr::read_volatile(base.add(i)) };
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        true
+    }
+
     /// Cleans and invalidates the region's data cache lines to the point of coherency, and
     /// invalidates the instruction caches: what was written through the cacheable EL2 map is
     /// then seen by a guest that runs with its MMU and caches off (a vCPU at reset).

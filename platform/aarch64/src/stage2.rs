@@ -10,9 +10,19 @@
 //!   (VS = 0, enough for the 255 VMs a manifest can hold with VMIDs 1..).
 //! - `VTTBR_EL2` = root | VMID << 48, loaded with the vCPU ([`crate::guest::load`]).
 //!
-//! RAM is mapped normal write-back, inner shareable, read-write, executable. Anything else (the
-//! emulated devices, holes) stays unmapped, so the guest's accesses there trap as stage-2 data
-//! aborts.
+//! RAM is mapped normal write-back, inner shareable, read-write, executable, in 4 KiB pages (no
+//! blocks), so that dirty logging can write-protect single pages without splitting a live block
+//! (which would need break-before-make). Anything else (the emulated devices, holes) stays
+//! unmapped, so the guest's accesses there trap as stage-2 data aborts.
+//!
+//! **Dirty logging** (live migration, docs/migration.md): [`Stage2Map::write_protect`] makes RAM
+//! pages read-only at stage 2. With software tracking, the guest's first write to such a page is a
+//! stage-2 permission fault; the exit handler marks the page dirty and makes it writable again
+//! ([`Stage2Map::make_writable`], then [`invalidate_ipa`]). With hardware tracking (FEAT_HAFDBS:
+//! `VTCR_EL2.HD` and the descriptors' DBM bit) the CPU makes the page writable itself on the
+//! first write and [`Stage2Map::harvest_hardware_dirty`] finds such pages. Changing only the
+//! write permission of a live descriptor needs no break-before-make; the TLB entries of the VM
+//! are dropped after each change that takes permission away ([`invalidate_vm`]).
 
 use core::fmt;
 use core::ops::Range;
@@ -21,6 +31,7 @@ use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes};
 use aarch64_paging::idmap::IdTranslation;
 use aarch64_paging::paging::{Constraints, MemoryRegion, Stage2};
 use aarch64_paging::{MapError, Mapping};
+use core::cell::RefCell;
 
 use crate::sysreg::{isb, sysreg_write};
 
@@ -36,7 +47,37 @@ pub fn vtcr() -> u64 {
     let ps = (crate::sysreg::id_aa64mmfr0_el1() & 0xf).min(5);
     let t0sz = u64::from(64 - IPA_BITS);
     let sl0 = 1; // start at level 1 (4 KiB granule)
-    t0sz | (sl0 << 6) | (1 << 8) | (1 << 10) | (3 << 12) | (ps << 16) | (1 << 31)
+    let hd = if hardware_dirty_supported() && HARDWARE_DIRTY.load(core::sync::atomic::Ordering::Relaxed) {
+        VTCR_HD
+    } else {
+        0
+    };
+    t0sz | (sl0 << 6) | (1 << 8) | (1 << 10) | (3 << 12) | (ps << 16) | (1 << 31) | hd
+}
+
+/// `VTCR_EL2.HD`: the CPU updates the dirty state of stage-2 descriptors with DBM set.
+const VTCR_HD: u64 = 1 << 22;
+
+/// Hardware dirty tracking is wanted where the CPU has it (`hv.dirty-log=wp` turns it off).
+static HARDWARE_DIRTY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
+
+/// `hv.dirty-log=hw|wp`: whether stage-2 dirty logging uses the CPU's dirty state where it has it
+/// (else write-protect faults). Before the cores set `VTCR_EL2`.
+pub fn set_hardware_dirty(wanted: bool) {
+    HARDWARE_DIRTY.store(wanted, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the CPU updates stage-2 dirty state (`ID_AA64MMFR1_EL1.HAFDBS` >= 2).
+pub fn hardware_dirty_supported() -> bool {
+    let mmfr1: u64;
+    // SAFETY: reading an ID register has no side effect.
+    unsafe { core::arch::asm!("mrs {}, id_aa64mmfr1_el1", out(reg) mmfr1, options(nomem, nostack, preserves_flags)) };
+    mmfr1 & 0xf >= 2
+}
+
+/// Whether dirty logging uses the hardware's dirty state on this machine.
+pub fn hardware_dirty() -> bool {
+    hardware_dirty_supported() && HARDWARE_DIRTY.load(core::sync::atomic::Ordering::Relaxed)
 }
 
 sysreg_write!(fn write_vtcr_el2 = "vtcr_el2");
@@ -106,6 +147,55 @@ pub fn forget_vm(vttbr: u64) {
     };
 }
 
+/// Drops every TLB entry of the VM with this `VTTBR_EL2` (stage 1 and 2, all cores), after a
+/// permission was taken away. `VTTBR_EL2` is borrowed for the TLBI and given back.
+pub fn invalidate_vm(vttbr: u64) {
+    let saved: u64;
+    // SAFETY: reading VTTBR_EL2 has no side effect.
+    unsafe { core::arch::asm!("mrs {}, vttbr_el2", out(reg) saved, options(nomem, nostack, preserves_flags)) };
+    // SAFETY: no guest runs on this core while it is at EL2, so the VMID in VTTBR_EL2 matters
+    // only to the TLBI, which only drops entries of that VMID on every core; the `dsb ish` before
+    // makes the descriptor writes visible to the walkers first. VTTBR_EL2 is restored before
+    // anything could enter a guest.
+    unsafe {
+        core::arch::asm!(
+            "dsb ishst",
+            "msr vttbr_el2, {vm}",
+            "isb",
+            "tlbi vmalls12e1is",
+            "dsb ish",
+            "msr vttbr_el2, {saved}",
+            "isb",
+            vm = in(reg) vttbr,
+            saved = in(reg) saved,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// Drops the TLB entries of one guest page of the VM whose `VTTBR_EL2` is loaded on this core (an
+/// exit handler's), after its write permission was given back: its stage-2 entry and every
+/// combined stage-1+2 entry of the VMID (those are not tagged by IPA).
+pub fn invalidate_ipa(ipa: u64) {
+    // SAFETY: TLB invalidation by IPA for the current VMID, then of its stage-1 entries; drops
+    // cached translations only.
+    unsafe {
+        core::arch::asm!(
+            "dsb ishst",
+            "tlbi ipas2e1is, {page}",
+            "dsb ish",
+            "tlbi vmalle1is",
+            "dsb ish",
+            "isb",
+            page = in(reg) ipa >> 12,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// The DBM bit of a stage-2 descriptor (`aarch64-paging` has no name for it at stage 2).
+const S2_DBM: Stage2Attributes = Stage2Attributes::from_bits_retain(1 << 51);
+
 /// A VM's stage-2 translation table.
 pub struct Stage2Map {
     map: Mapping<IdTranslation<Stage2Attributes>, Stage2>,
@@ -140,7 +230,59 @@ impl Stage2Map {
     /// any vCPU of the VM runs: the table is not live yet, so no TLB maintenance is needed.
     pub fn map_ram(&mut self, ipa: Range<u64>, pa: u64) -> Result<(), Stage2Error> {
         let region = MemoryRegion::new(ipa.start as usize, ipa.end as usize);
-        self.map.map_range(&region, PhysicalAddress(pa as usize), RAM, Constraints::empty()).map_err(Stage2Error::Map)
+        self.map
+            .map_range(&region, PhysicalAddress(pa as usize), RAM, Constraints::NO_BLOCK_MAPPINGS)
+            .map_err(Stage2Error::Map)
+    }
+
+    /// Makes the RAM pages of `ipa` read-only (with DBM set when `hardware` tracks dirtiness).
+    /// The caller drops the VM's TLB entries after ([`invalidate_vm`]) before it reads the pages.
+    pub fn write_protect(&mut self, ipa: Range<u64>, hardware: bool) -> Result<(), Stage2Error> {
+        let region = MemoryRegion::new(ipa.start as usize, ipa.end as usize);
+        let set = Stage2Attributes::S2AP_ACCESS_RO | if hardware { S2_DBM } else { Stage2Attributes::empty() };
+        self.map
+            .modify_range(&region, &|_, d| {
+                if d.level() == 3 && d.flags().contains(Stage2Attributes::VALID) {
+                    d.modify_flags(set, Stage2Attributes::S2AP_ACCESS_WO)?;
+                }
+                Ok(())
+            })
+            .map_err(Stage2Error::Map)
+    }
+
+    /// Gives the RAM page at `ipa` its write permission back and drops DBM (the end of dirty
+    /// logging, or a software-tracked page written). The caller drops the page's TLB entries.
+    pub fn make_writable(&mut self, ipa: Range<u64>) -> Result<(), Stage2Error> {
+        let region = MemoryRegion::new(ipa.start as usize, ipa.end as usize);
+        self.map
+            .modify_range(&region, &|_, d| {
+                if d.level() == 3 && d.flags().contains(Stage2Attributes::VALID) {
+                    d.modify_flags(Stage2Attributes::S2AP_ACCESS_RW, S2_DBM)?;
+                }
+                Ok(())
+            })
+            .map_err(Stage2Error::Map)
+    }
+
+    /// With hardware dirty tracking: every page of `ipa` the CPU made writable since it was
+    /// write-protected is made read-only again and handed to `dirty` (its IPA). The caller drops
+    /// the VM's TLB entries before it reads those pages: a write through a stale entry lands
+    /// before the copy, a later one marks the page again.
+    pub fn harvest_hardware_dirty(&mut self, ipa: Range<u64>, dirty: &mut dyn FnMut(u64)) -> Result<(), Stage2Error> {
+        let region = MemoryRegion::new(ipa.start as usize, ipa.end as usize);
+        let found = RefCell::new(dirty);
+        self.map
+            .modify_range(&region, &|range, d| {
+                let flags = d.flags();
+                if d.level() == 3 && flags.contains(Stage2Attributes::VALID | S2_DBM | Stage2Attributes::S2AP_ACCESS_WO)
+                {
+                    // Only this bit changes, and only from set to clear: the CPU never clears it.
+                    d.modify_flags(Stage2Attributes::empty(), Stage2Attributes::S2AP_ACCESS_WO)?;
+                    (found.borrow_mut())(range.start().0 as u64);
+                }
+                Ok(())
+            })
+            .map_err(Stage2Error::Map)
     }
 
     /// `VTTBR_EL2` for this VM: root table and VMID.

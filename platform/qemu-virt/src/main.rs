@@ -26,7 +26,7 @@ use core::ops::Range;
 
 use platform_aarch64::entry::{Board, BootInfo, DtbSource};
 use platform_aarch64::layout::MAX_CORES;
-use platform_aarch64::{cpu, exit_code, fail, hyp, mmu, println, ram, semihosting, smp, timer, virtio};
+use platform_aarch64::{cpu, exit_code, fail, hyp, mmu, println, ram, semihosting, smp, stage2, timer, virtio};
 use smccc::Smc;
 use vcpu_runtime::manifest::{self, Manifest};
 use vcpu_runtime::trace::{CoreState, TraceEvent, TraceKind};
@@ -197,6 +197,35 @@ fn boot_main(boot: BootInfo) -> ! {
             Err(_) => fail!("hv.checkpoint-at={value}: give milliseconds, e.g. hv.checkpoint-at=200"),
         }
     }
+    if let Some(value) = boot_arg(bootargs, "hv.migrate-out=") {
+        let (at, vm) = value.split_once(':').unwrap_or((value, "0"));
+        match (at.parse::<u64>(), vm.parse::<u16>()) {
+            (Ok(ms), Ok(vm)) => hyp::live::set_migrate_out(ms, vm),
+            _ => fail!("hv.migrate-out={value}: give milliseconds and optionally the guest's index, e.g. hv.migrate-out=300 or hv.migrate-out=300:1"),
+        }
+    }
+    if bootargs.split_ascii_whitespace().any(|a| a == "hv.migrate-in") {
+        hyp::live::set_migrate_in(true);
+    }
+    if let Some(value) = boot_arg(bootargs, "hv.downtime-ms=") {
+        match value.parse::<u64>() {
+            Ok(ms) if ms > 0 => hyp::live::set_downtime_limit(vcpu_runtime::Nanos::from_millis(ms)),
+            _ => fail!("hv.downtime-ms={value}: give a positive number of milliseconds, e.g. hv.downtime-ms=300"),
+        }
+    }
+    if let Some(value) = boot_arg(bootargs, "hv.migrate-timeout-ms=") {
+        match value.parse::<u64>() {
+            Ok(ms) if ms > 0 => hyp::live::set_answer_timeout(vcpu_runtime::Nanos::from_millis(ms)),
+            _ => fail!("hv.migrate-timeout-ms={value}: give a positive number of milliseconds"),
+        }
+    }
+    if let Some(value) = boot_arg(bootargs, "hv.dirty-log=") {
+        match value {
+            "hw" => stage2::set_hardware_dirty(true),
+            "wp" => stage2::set_hardware_dirty(false),
+            _ => fail!("hv.dirty-log={value}: unknown; use hw (the CPU's dirty state where it has it) or wp (write-protect faults)"),
+        }
+    }
     if bootargs.split_ascii_whitespace().any(|a| a == "hv.restore") {
         hyp::checkpoint::set_restore(true);
     }
@@ -218,6 +247,10 @@ fn boot_main(boot: BootInfo) -> ! {
             Some(test) => selftest::disk(test),
             None => fail!("hv.disk-test={value}: unknown; use write or read"),
         }
+    }
+
+    if bootargs.split_ascii_whitespace().any(|a| a == "hv.stream-test") {
+        selftest::stream();
     }
 
     let Some(bytes) = find_manifest() else {

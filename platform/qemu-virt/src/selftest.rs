@@ -227,3 +227,61 @@ pub fn disk(test: DiskTest) -> ! {
     drop(disk);
     semihosting::exit(exit_code::SUCCESS)
 }
+
+/// The migration stream's end-to-end test (`hv.stream-test`), on the boot core once every core
+/// is online: sends [`DISK_PATTERN_LEN`] bytes of the disk test's pattern over the virtio
+/// console, reads the same number back (the peer echoes them: hw-tests/tests/virtio.rs) and
+/// compares. Ends the run: status 0 with `stream: echoed N bytes ok sent_ms=.. echo_ms=..`, or
+/// `FAIL: stream: ...` and status 1.
+pub fn stream() -> ! {
+    use platform_aarch64::timer;
+    use platform_aarch64::virtio::MigrationStream;
+    use vcpu_runtime::Nanos;
+    let mut stream = match MigrationStream::open() {
+        Ok(s) => s,
+        Err(e) => fail!("stream: {e}"),
+    };
+    println!("stream: virtio console at {:#x}", stream.mmio().base);
+    let start = timer::now();
+    let mut pattern = Pattern::new();
+    let mut piece = [0u8; 3000];
+    let mut left = DISK_PATTERN_LEN;
+    while left > 0 {
+        let n = left.min(piece.len());
+        pattern.fill(&mut piece[..n]);
+        if let Err(e) = stream.write(&piece[..n]) {
+            fail!("stream: {e}");
+        }
+        left -= n;
+    }
+    if let Err(e) = stream.flush() {
+        fail!("stream: {e}");
+    }
+    let sent = timer::now();
+    let mut expected = Pattern::new();
+    let mut want = [0u8; 4096];
+    let mut got = [0u8; 4096];
+    let mut left = DISK_PATTERN_LEN;
+    while left > 0 {
+        let n = left.min(got.len());
+        if let Err(e) = stream.read_exact_quiet(&mut got[..n], Nanos::from_secs(10)) {
+            fail!("stream: after {} bytes back: {e}", DISK_PATTERN_LEN - left);
+        }
+        expected.fill(&mut want[..n]);
+        if got[..n] != want[..n] {
+            fail!(
+                "stream: the echo differs from what was sent, within bytes {}..{}",
+                DISK_PATTERN_LEN - left,
+                DISK_PATTERN_LEN - left + n
+            );
+        }
+        left -= n;
+    }
+    let done = timer::now();
+    println!(
+        "stream: echoed {DISK_PATTERN_LEN} bytes ok sent_ms={} echo_ms={}",
+        sent.since(start).as_millis(),
+        done.since(start).as_millis()
+    );
+    semihosting::exit(exit_code::SUCCESS)
+}

@@ -18,8 +18,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use migrate::checkpoint::{
     CheckpointHeader, CpuRegs, Decoder, DeviceState, El1Regs, EncodeOptions, Encoder, Event, FpSimd, GicCpu,
-    GuestMemory, Pl011State, PowerState, Sink, SinkError, Source, SourceError, TimerState, VcpuState, VirtualTimer,
-    VmConfig,
+    GuestMemory, Pl011State, PowerState, Sink, SinkError, Source, SourceError, TimerState, Timing, Trailer, VcpuState,
+    VirtualTimer, VmConfig,
 };
 use vcpu_runtime::manifest::GUEST_RAM_BASE;
 use vcpu_runtime::{VcpuId, VcpuState as RunState};
@@ -142,12 +142,28 @@ pub fn write(vm: &Vm, vcpus: &[Vcpu], states: &[(VcpuId, RunState)]) -> Result<(
     let config = VmConfig { name: vm.name.clone(), weight: vm.weight, reservation: vm.reservation };
     let sink = DiskSink(disk.writer());
     let mut enc = Encoder::new(sink, &header, &config, EncodeOptions::default()).map_err(|e| format!("{e}"))?;
+    let state_of = |id: VcpuId| states.iter().find(|(v, _)| *v == id).map_or(RunState::Parked, |&(_, s)| s);
+    encode_state(&mut enc, vm, vcpus, state_of)?;
+    vm.with_ram(|ram| enc.memory(header.ram_base, ram)).map_err(|e| format!("{e}"))?;
+    let (sink, _summary) = enc.finish().map_err(|e| format!("{e}"))?;
+    let summary = sink.0.finish().map_err(|e| format!("{e}"))?;
+    Ok((summary.len, summary.crc))
+}
+
+/// Writes the state sections of `vm` (every vCPU off its core, state saved): each vCPU, the
+/// vGIC, the timers and the devices. `state_of` gives a vCPU's runtime state (a parked vCPU is
+/// off; one with a `CPU_ON` waiting is on-pending; any other was on).
+pub fn encode_state<S: Sink>(
+    enc: &mut Encoder<S>,
+    vm: &Vm,
+    vcpus: &[Vcpu],
+    state_of: impl Fn(VcpuId) -> RunState,
+) -> Result<(), String> {
     for vcpu in vcpus.iter().filter(|v| v.vm == vm.id) {
-        let state = states.iter().find(|(id, _)| *id == vcpu.id).map(|&(_, s)| s);
         let boot = *vcpu.boot.lock();
-        let power = match (state, boot) {
+        let power = match (state_of(vcpu.id), boot) {
             (_, Some((entry, context))) => PowerState::OnPending { entry, context },
-            (Some(RunState::Parked) | None, None) => PowerState::Off,
+            (RunState::Parked, None) => PowerState::Off,
             // Stopped here means halted by the end of the run: it was on.
             _ => PowerState::On,
         };
@@ -165,10 +181,7 @@ pub fn write(vm: &Vm, vcpus: &[Vcpu], states: &[(VcpuId, RunState)]) -> Result<(
         Pl011State { ibrd, fbrd, lcr_h, cr, ifls, imsc, ris, dmacr, line: u.pending_line().to_vec() }
     };
     enc.devices(&DeviceState { uart: Some(uart) }).map_err(|e| format!("{e}"))?;
-    vm.with_ram(|ram| enc.memory(header.ram_base, ram)).map_err(|e| format!("{e}"))?;
-    let (sink, _summary) = enc.finish().map_err(|e| format!("{e}"))?;
-    let summary = sink.0.finish().map_err(|e| format!("{e}"))?;
-    Ok((summary.len, summary.crc))
+    Ok(())
 }
 
 /// Guest RAM of a VM being restored.
@@ -184,10 +197,12 @@ impl GuestMemory for RamPages<'_> {
     }
 }
 
-/// What a restore leaves for the runtime: each vCPU's power state and the guest's counter.
+/// What a restore leaves for the runtime: each vCPU's power state, the guest's counter, and for
+/// a live migration the source's timing (its pause, to add to the guest's virtual time).
 pub struct Restored {
     pub power: Vec<PowerState>,
     pub timers: TimerState,
+    pub timing: Option<Timing>,
 }
 
 /// Replaces `vm` (built, never run) from the checkpoint on the disk: RAM, vCPU contexts, vGIC.
@@ -195,14 +210,22 @@ pub struct Restored {
 pub fn restore(vm: &Vm, vcpus: &[Vcpu]) -> Result<Restored, String> {
     let mut disk = CheckpointDisk::open().map_err(|e| format!("{e}"))?;
     let reader = disk.reader().map_err(|e| format!("{e}"))?;
-    let mut decoder = Decoder::new(DiskSource(reader));
+    restore_from(DiskSource(reader), vm, vcpus).map(|(r, _, _)| r)
+}
+
+/// Replaces `vm` (built, never run) from the checkpoint `source` gives, snapshot or live layout.
+/// Everything is verified to the trailer before anything but the VM's RAM changes; on an error
+/// the VM must not run. Returns also the trailer's stream length and CRC.
+pub fn restore_from<S: Source>(source: S, vm: &Vm, vcpus: &[Vcpu]) -> Result<(Restored, u64, u32), String> {
+    let mut decoder = Decoder::new(source);
     let mut power = Vec::new();
     let mut timers = None;
+    let mut timing = None;
     let mut states: Vec<Box<VcpuState>> = Vec::new();
     let mut vgic_state = None;
     let mut devices: Option<DeviceState> = None;
     let mine: Vec<&Vcpu> = vcpus.iter().filter(|v| v.vm == vm.id).collect();
-    vm.with_ram_mut(|ram| -> Result<(), String> {
+    let trailer = vm.with_ram_mut(|ram| -> Result<Trailer, String> {
         let mut memory = RamPages { ram, base: vm.ram_ipa.start };
         loop {
             let event = decoder.next_event(&mut memory).map_err(|e| e.to_string())?;
@@ -240,10 +263,9 @@ pub fn restore(vm: &Vm, vcpus: &[Vcpu]) -> Result<Restored, String> {
                     timers = Some(t);
                 }
                 Some(Event::Devices(d)) => devices = Some(d),
-                // A live stream's dirty runs are already written into RAM; its timing section
-                // is for a live migration's destination, not a restore from disk.
-                Some(Event::Memory(_) | Event::Dirty(_) | Event::Timing(_)) => {}
-                Some(Event::End(_)) => return Ok(()),
+                Some(Event::Timing(t)) => timing = Some(t),
+                Some(Event::Memory(_)) | Some(Event::Dirty(_)) => {}
+                Some(Event::End(t)) => return Ok(t),
                 None => return Err("the checkpoint ended without its trailer".to_string()),
             }
         }
@@ -265,5 +287,5 @@ pub fn restore(vm: &Vm, vcpus: &[Vcpu]) -> Result<Restored, String> {
         power.push(s.power);
     }
     let timers = timers.ok_or("the checkpoint has no timer section")?;
-    Ok(Restored { power, timers })
+    Ok((Restored { power, timers, timing }, trailer.length, trailer.stream_crc))
 }

@@ -190,6 +190,9 @@ impl Core<'_> {
             if self.me.index() == 0 && self.hyp.govern(self.me, now) {
                 self.poll = true;
             }
+            if self.me.index() == 0 && super::live::step(self, now) {
+                self.poll = true;
+            }
             let shared = &self.hyp.cores[self.me.index()];
             if shared.power.load(Ordering::Acquire) == power::DRAIN {
                 // The vCPU kept loaded goes back to memory before anyone else may take it.
@@ -211,7 +214,7 @@ impl Core<'_> {
                 Decision::Run { vcpu, until } => {
                     let mut until = until.min(self.next_timer()).min(self.hyp.end);
                     if self.me.index() == 0 {
-                        until = until.min(self.hyp.next_governor_tick());
+                        until = until.min(self.hyp.next_governor_tick()).min(super::live::next_step());
                     }
                     let reason = self.run_vcpu(vcpu, until);
                     let now = timer::now();
@@ -280,7 +283,7 @@ impl Core<'_> {
     fn idle(&mut self, until: Instant) {
         let mut wake = until.min(self.next_timer()).min(self.hyp.end);
         if self.me.index() == 0 {
-            wake = wake.min(self.hyp.next_governor_tick());
+            wake = wake.min(self.hyp.next_governor_tick()).min(super::live::next_step());
         }
         if wake != Instant::NEVER {
             timer::arm_hyp_timer(wake);
@@ -478,6 +481,11 @@ impl Core<'_> {
             vcpu.boot.lock().take();
             return ExitReason::PsciCpuOff;
         }
+        if vm.paused.load(Ordering::Acquire) {
+            // Live migration holds the VM: blocked until it is resumed (which wakes it).
+            self.put_away();
+            return ExitReason::Wfi;
+        }
         let mut ctx = match self.kept.take() {
             // Picked again right away: still loaded, as its last run left it (a runnable vCPU
             // has no CPU_ON waiting in its boot slot).
@@ -531,6 +539,9 @@ impl Core<'_> {
             if vm.is_resetting() {
                 break ExitReason::PsciCpuOff;
             }
+            if vm.paused.load(Ordering::Acquire) {
+                break ExitReason::Wfi;
+            }
             // The run is over (every other guest stopped, or the scenario's time is up).
             // (`end_ticks` is `end` in counter ticks: the same test without a conversion.)
             if hyp.ending() || timer::ticks() >= hyp.end_ticks {
@@ -544,6 +555,13 @@ impl Core<'_> {
             }
         };
         timer::disarm_hyp_timer();
+        if self.lrs_fresh {
+            // An exit handler loaded the list registers directly and the vCPU leaves before
+            // entering again: what they hold goes back into the model, as at an exit, or it
+            // would be lost when another vCPU's fill overwrites them.
+            self.vgic_exit(vm, vcpu);
+            self.lrs_fresh = false;
+        }
         // The run (and the deciding before it) is this vCPU's; booked when the core rests.
         let end = timer::now();
         if let Some(t) = self.vcpu_busy.get_mut(id.index()) {
@@ -580,6 +598,11 @@ impl Core<'_> {
         if let (Some(runs_end), Some(book)) = (self.runs_end.take(), self.hyp.power.accounts.get(self.me.index())) {
             book.lock().book_runs(self.me, self.hyp.power.opp(self.me), runs_end, &mut self.vcpu_busy);
         }
+    }
+
+    /// [`Core::put_away`], for the migration, which reads vCPU contexts on this core.
+    pub fn put_away_kept(&mut self) {
+        self.put_away();
     }
 
     /// Puts away the vCPU kept loaded since its last run, if any (before anything else runs

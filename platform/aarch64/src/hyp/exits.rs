@@ -305,6 +305,16 @@ enum Outcome {
 /// guest has (an abort is injected).
 fn data_abort(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, syn: Syndrome) -> Action {
     let write = syn.esr & (1 << 6) != 0;
+    // A permission fault (DFSC 0b0011xx) on a write, or on the guest's own stage-1 walk (which may
+    // write its tables' access flags), in RAM that dirty logging write-protected: marked, made
+    // writable, and the access is retried.
+    let s1ptw = syn.esr & (1 << 7) != 0;
+    if syn.esr & 0x3c == 0x0c && (write || s1ptw) {
+        let ipa = ((syn.hpfar & 0x0fff_ffff_fff0) << 8) | (syn.far & 0xfff);
+        if vm.dirty_fault(ipa) {
+            return Action::Resume;
+        }
+    }
     let il32 = syn.esr & (1 << 25) != 0;
     let access = match decode_data_abort(syn.esr, syn.hpfar, syn.far) {
         Ok(a) => a,

@@ -16,6 +16,7 @@
 pub mod checkpoint;
 mod core_loop;
 mod exits;
+pub mod live;
 pub mod power;
 pub mod vm;
 
@@ -299,6 +300,27 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
     let mut config = runtime_config(&manifest, n_cores);
     // `hv.restore`: the first VM continues from the checkpoint on the disk (verified whole
     // before anything of it runs).
+    // `hv.migrate-in`: the first VM comes from another instance over the migration stream; it
+    // runs once the source committed.
+    let mut incoming = None;
+    if live::migrate_in_requested() {
+        let Some(vm) = vms.first() else { fail("migrate: the scenario has no guest to receive into".into()) };
+        match live::receive(vm, &vcpus) {
+            Ok(mut i) => {
+                if let Err(e) = live::await_commit(&mut i) {
+                    fail(format!("migrate: guest {} verified but not committed, it does not run here: {e}", vm.name));
+                }
+                println!("migrate: guest {} received and committed", vm.name);
+                for (k, power) in i.restored.power.iter().enumerate() {
+                    if let Some(v) = config.vcpus.get_mut(vm.first_vcpu.index() + k) {
+                        v.starts_parked = !matches!(power, migrate::checkpoint::PowerState::On);
+                    }
+                }
+                incoming = Some(i);
+            }
+            Err(e) => fail(format!("migrate: guest {} refused: {e}", vm.name)),
+        }
+    }
     let restored = match checkpoint::restore_requested() {
         true => match vms.first() {
             Some(vm) => match checkpoint::restore(vm, &vcpus) {
@@ -384,6 +406,31 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
         }
         vm.cntvoff.store(r.timers.cntvoff(timer::counter()), Ordering::Release);
     }
+    if let (Some(i), Some(vm)) = (&mut incoming, hyp.vms.first()) {
+        for (k, power) in i.restored.power.iter().enumerate() {
+            if let (migrate::checkpoint::PowerState::OnPending { .. }, Some(id)) = (power, vm.vcpu_id(k as u16)) {
+                let _ = hyp.sys.request_power_on(id);
+            }
+        }
+        // The guest's virtual time continues from the source's, plus the downtime both sides
+        // measured: the source's pause until its last section, this side's wait since the
+        // trailer (the stream's transit time is not seen by either).
+        let here = timer::now().since(i.received_at).as_nanos();
+        let paused = i.restored.timing.as_ref().map_or(0, |t| t.downtime_ns);
+        let downtime = timer::nanos_to_ticks(paused + here, timer::frequency_hz());
+        vm.cntvoff.store(i.restored.timers.cntvoff(timer::counter()).wrapping_sub(downtime), Ordering::Release);
+        println!(
+            "migrate: guest {} resumes: downtime_us={} (source {} + here {})",
+            vm.name,
+            (paused + here) / 1000,
+            paused / 1000,
+            here / 1000
+        );
+        live::send_done(i);
+    }
+    if let Err(e) = live::arm(now, hyp.vms.len()) {
+        fail(format!("migrate: {e}"));
+    }
     HYP.call_once(|| hyp);
     smp::wake_all();
     core_loop::run(hyp, CoreId(0))
@@ -467,6 +514,7 @@ impl Hypervisor {
             }
         }
         let elapsed = end.since(self.start);
+        live::end_of_run(&self.vms);
         for vm in &self.vms {
             let mut uart = vm.uart.lock();
             uart.flush(|line| println!("[{}] {}", vm.name, Printable(line)));

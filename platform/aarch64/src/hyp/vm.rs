@@ -54,6 +54,9 @@ pub struct LinuxBoot {
     pub initrd: Option<Range<u64>>,
 }
 
+/// The granule of stage 2 and of dirty logging.
+pub const PAGE: u64 = 4096;
+
 /// No timer armed ([`Vcpu::timer_deadline`]).
 pub const NO_DEADLINE: u64 = u64::MAX;
 
@@ -82,6 +85,12 @@ pub struct Vm {
     pub boot_x0: u64,
     /// `VTTBR_EL2` of its stage-2 map (the tables live for the rest of the run).
     pub vttbr: u64,
+    /// The stage-2 map and, while live migration logs it, the set of pages written since the
+    /// last harvest (both under one lock: a page is marked and made writable together).
+    stage2: Mutex<Stage2State>,
+    /// Live migration paused the VM: its vCPUs leave their cores at their next exit or entry
+    /// and do not run until it is resumed (docs/migration.md).
+    pub paused: AtomicBool,
     /// The interrupt controller model; reach it with [`Vm::vgic`].
     vgic: Mutex<Vgic>,
     pub uart: Mutex<Pl011>,
@@ -107,6 +116,38 @@ pub const RESET_NONE: u8 = 0;
 pub const RESET_QUIESCING: u8 = 1;
 /// Every vCPU is off; the core that saw it last loads the image and starts vCPU 0.
 pub const RESET_LOADING: u8 = 2;
+
+/// The stage-2 map and its dirty log.
+struct Stage2State {
+    map: Stage2Map,
+    log: Option<DirtyLog>,
+}
+
+/// Pages written since the last harvest, one bit per page of guest RAM (software tracking; with
+/// hardware tracking the descriptors hold the state and this stays empty).
+struct DirtyLog {
+    bits: Vec<u64>,
+    hardware: bool,
+}
+
+impl DirtyLog {
+    fn mark(&mut self, page: usize) {
+        if let Some(word) = self.bits.get_mut(page / 64) {
+            *word |= 1 << (page % 64);
+        }
+    }
+}
+
+/// Runs of dirty pages of a harvest: (page index from the RAM base, pages).
+pub type DirtyRuns = Vec<(u64, u64)>;
+
+/// Appends `page` to `runs`, extending the last run when it follows it.
+fn push_page(runs: &mut DirtyRuns, page: u64) {
+    match runs.last_mut() {
+        Some((first, n)) if *first + *n == page => *n += 1,
+        _ => runs.push((page, 1)),
+    }
+}
 
 impl fmt::Debug for Vm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -254,8 +295,6 @@ impl Vm {
         let mut stage2 = Stage2Map::new(vmid).map_err(VmError::Stage2)?;
         stage2.map_ram(ram_ipa.clone(), ram.range().start as u64).map_err(VmError::Stage2)?;
         let vttbr = stage2.vttbr();
-        // The tables must outlive every vCPU that runs on them: never freed.
-        core::mem::forget(stage2);
 
         let config = VgicConfig { vcpus: guest.vcpus, spis: GUEST_SPIS, priority_bits: priority_bits.clamp(4, 8) };
         let vgic = Vgic::new(config).map_err(VmError::Vgic)?;
@@ -272,6 +311,9 @@ impl Vm {
             entry_ipa: guest.entry_ipa,
             boot_x0,
             vttbr,
+            // The tables must outlive every vCPU that runs on them: the VM lives for the run.
+            stage2: Mutex::new(Stage2State { map: stage2, log: None }),
+            paused: AtomicBool::new(false),
             vgic: Mutex::new(vgic),
             uart: Mutex::new(Pl011::new()),
             stopping: AtomicBool::new(false),
@@ -338,6 +380,98 @@ impl Vm {
         f(self.ram.lock().as_mut_slice())
     }
 
+    /// Copies guest RAM at `offset` (bytes from its base) into `out` while its vCPUs may run: see
+    /// [`RamRegion::snapshot`]. False if the range is not RAM.
+    pub fn snapshot_ram(&self, offset: u64, out: &mut [u8]) -> bool {
+        usize::try_from(offset).is_ok_and(|o| self.ram.lock().snapshot(o, out))
+    }
+
+    /// Bytes of guest RAM.
+    pub fn ram_bytes(&self) -> u64 {
+        self.ram_ipa.end - self.ram_ipa.start
+    }
+
+    /// Starts logging the pages the guest writes: all of RAM becomes read-only at stage 2 (with
+    /// DBM where the CPU tracks dirtiness itself), the log empty. Returns whether the hardware
+    /// tracks.
+    pub fn start_dirty_log(&self) -> Result<bool, Stage2Error> {
+        let hardware = crate::stage2::hardware_dirty();
+        {
+            let mut s2 = self.stage2.lock();
+            let pages = (self.ram_bytes() / PAGE) as usize;
+            s2.log = Some(DirtyLog { bits: alloc::vec![0; pages.div_ceil(64)], hardware });
+            s2.map.write_protect(self.ram_ipa.clone(), hardware)?;
+        }
+        crate::stage2::invalidate_vm(self.vttbr);
+        Ok(hardware)
+    }
+
+    /// A stage-2 permission fault at `ipa` by a vCPU of this VM (loaded on this core): when the VM
+    /// logs dirty pages and `ipa` is RAM, the page is marked and made writable again, and the
+    /// access can be retried. False when the fault is not the log's.
+    pub fn dirty_fault(&self, ipa: u64) -> bool {
+        if !self.is_ram(ipa, 1) {
+            return false;
+        }
+        let page_ipa = ipa & !(PAGE - 1);
+        {
+            let mut s2 = self.stage2.lock();
+            let Stage2State { map, log } = &mut *s2;
+            let Some(log) = log else { return false };
+            if map.make_writable(page_ipa..page_ipa + PAGE).is_err() {
+                return false;
+            }
+            log.mark(((page_ipa - self.ram_ipa.start) / PAGE) as usize);
+        }
+        crate::stage2::invalidate_ipa(page_ipa);
+        true
+    }
+
+    /// Harvests the pages written since the log started or since the last harvest into `runs`
+    /// (page indices from the RAM base) and write-protects them again; their TLB entries are
+    /// gone when this returns, so what the caller copies of them afterwards is at least as new as
+    /// what the log saw, and later writes are logged again.
+    pub fn harvest_dirty(&self, runs: &mut DirtyRuns) -> Result<(), Stage2Error> {
+        let base = self.ram_ipa.start;
+        {
+            let mut s2 = self.stage2.lock();
+            let Stage2State { map, log } = &mut *s2;
+            let Some(log) = log else { return Ok(()) };
+            // Pages marked by write faults: always with software tracking, and with hardware
+            // tracking too where a write still faulted (a CPU that reports HAFDBS but leaves a
+            // stage-2 DBM page read-only, or a stage-1 walk's write).
+            let first_new = runs.len();
+            for (w, word) in log.bits.iter_mut().enumerate() {
+                let mut bits = core::mem::take(word);
+                while bits != 0 {
+                    let page = w as u64 * 64 + u64::from(bits.trailing_zeros());
+                    bits &= bits - 1;
+                    push_page(runs, page);
+                }
+            }
+            for &(first, n) in &runs[first_new..] {
+                let ipa = base + first * PAGE;
+                map.write_protect(ipa..ipa + n * PAGE, log.hardware)?;
+            }
+            if log.hardware {
+                map.harvest_hardware_dirty(self.ram_ipa.clone(), &mut |ipa| push_page(runs, (ipa - base) / PAGE))?;
+            }
+        }
+        crate::stage2::invalidate_vm(self.vttbr);
+        Ok(())
+    }
+
+    /// Ends dirty logging: every page writable again, DBM off.
+    pub fn stop_dirty_log(&self) -> Result<(), Stage2Error> {
+        {
+            let mut s2 = self.stage2.lock();
+            s2.log = None;
+            s2.map.make_writable(self.ram_ipa.clone())?;
+        }
+        crate::stage2::invalidate_vm(self.vttbr);
+        Ok(())
+    }
+
     /// The RAM region backing the guest's memory (for reports).
     pub fn ram_pa(&self) -> Range<usize> {
         self.ram.lock().range()
@@ -368,6 +502,7 @@ impl Vm {
             1 => StopReason::SystemReset,
             2 => StopReason::Fault,
             3 => StopReason::Halted,
+            4 => StopReason::Migrated,
             _ => StopReason::SystemOff,
         }
     }
@@ -461,6 +596,7 @@ fn reason_code(reason: StopReason) -> u8 {
         StopReason::SystemReset => 1,
         StopReason::Fault => 2,
         StopReason::Halted => 3,
+        StopReason::Migrated => 4,
     }
 }
 

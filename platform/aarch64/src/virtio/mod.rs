@@ -20,6 +20,7 @@
 //! Completions are polled: no interrupt is routed (the SPIs 48..79 stay disabled).
 
 pub mod disk;
+pub mod stream;
 
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
 use alloc::vec::Vec;
@@ -35,6 +36,7 @@ use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 use crate::{console, mmu};
 
 pub use disk::{CheckpointDisk, DiskError, DiskOp, DiskReader, DiskWriter, HeaderError, StreamSummary};
+pub use stream::{MigrationStream, StreamError};
 
 /// The virtio-mmio register header: the config space starts here.
 const MMIO_HEADER_SIZE: usize = 0x100;
