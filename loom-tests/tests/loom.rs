@@ -88,3 +88,42 @@ fn move_request_overtaking_its_vcpu() {
         loom_tests::move_request_overtaking_its_vcpu,
     );
 }
+
+/// Model 9: a core marks two dirty pages on either side of a bitmap word's boundary while
+/// another takes the runs (`migrate::live::AtomicDirtyBitmap`, the live-migration dirty log).
+/// However the two interleave, each page is taken exactly once over that take and one more
+/// after both are done, and the first take may have seen none, either or both.
+#[test]
+fn dirty_bitmap_mark_vs_take() {
+    use migrate::live::AtomicDirtyBitmap;
+    let reached = Arc::new(Reached::default());
+    let r = reached.clone();
+    loom::model(move || {
+        let map = loom::sync::Arc::new(AtomicDirtyBitmap::new(128));
+        let marker = {
+            let map = map.clone();
+            loom::thread::spawn(move || {
+                map.mark(63);
+                map.mark(64);
+            })
+        };
+        let taker = {
+            let map = map.clone();
+            loom::thread::spawn(move || {
+                let mut first = Vec::new();
+                map.take_runs(|page, count| first.push((page, count)));
+                first
+            })
+        };
+        marker.join().expect("the marker panicked");
+        let first = taker.join().expect("the taker panicked");
+        let mut rest = Vec::new();
+        map.take_runs(|page, count| rest.push((page, count)));
+        let mut pages: Vec<u64> = first.iter().chain(&rest).flat_map(|&(p, n)| p..p + n).collect();
+        pages.sort_unstable();
+        assert_eq!(pages, [63, 64], "first take {first:?}, then {rest:?}");
+        assert_eq!(map.count(), 0);
+        r.add(vec![format!("first take {first:?}")]);
+    });
+    reached.check(&["first take []", "first take [(63, 1)]", "first take [(64, 1)]", "first take [(63, 2)]"]);
+}

@@ -156,10 +156,7 @@ fn check(bytes: &[u8]) {
     if let Ok(c) = all {
         let again = c.encode(EncodeOptions::default()).expect("an accepted checkpoint encodes again");
         let back = decode_all(&again).expect("and decodes again");
-        assert_eq!(
-            (&back.vcpus, &back.vgic, &back.devices, &back.timing),
-            (&c.vcpus, &c.vgic, &c.devices, &c.timing)
-        );
+        assert_eq!((&back.vcpus, &back.vgic, &back.devices, &back.timing), (&c.vcpus, &c.vgic, &c.devices, &c.timing));
         assert_eq!(back.header, CheckpointHeader { format_version: back.header.format_version, ..c.header });
     }
 }

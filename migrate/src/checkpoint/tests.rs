@@ -189,6 +189,9 @@ fn split(bytes: &[u8]) -> (Vec<u8>, Vec<(u8, Vec<u8>)>) {
     (bytes[..FILE_HEADER_LEN].to_vec(), sections)
 }
 
+/// A stream's sections (kind, payload), trailer excluded.
+type Sections = Vec<(u8, Vec<u8>)>;
+
 /// A stream with correct checksums and trailer around whatever the header and sections hold.
 fn build(header: &[u8], sections: &[(u8, Vec<u8>)]) -> Vec<u8> {
     let mut out = header.to_vec();
@@ -1410,4 +1413,132 @@ mod props {
             let _ = decode_both(&b);
         }
     }
+}
+
+// ----- the examples in docs/checkpoint-format.md -----
+
+/// The documented VM: 1 vCPU, no SPIs, 12 KiB of RAM whose first page is text, a PL011 at
+/// reset.
+fn documented_vm() -> Checkpoint {
+    let mut ram = vec![0u8; 3 * PAGE_SIZE];
+    for (i, b) in ram[..PAGE_SIZE].iter_mut().enumerate() {
+        *b = b"hello from the guest\n"[i % 21];
+    }
+    Checkpoint {
+        header: CheckpointHeader::new(1, RAM_BASE, ram.len() as u64),
+        config: VmConfig { name: "demo".to_string(), weight: 1024, reservation: None },
+        vcpus: vec![VcpuState::reset(0, PowerState::On)],
+        vgic: Vgic::new(VgicConfig::new(1, 0)).unwrap().save(),
+        timers: TimerState { counter_hz: 62_500_000, virtual_count: 1_000_000 },
+        devices: DeviceState { uart: Some(Pl011State::default()) },
+        memory: memory_ranges(&ram),
+        timing: None,
+    }
+}
+
+/// The documented live stream of that VM: round 0, one pre-copy round re-sending page 1 (now
+/// text too), the state, page 0 once more (zeroed meanwhile), the timing section.
+fn documented_live() -> Vec<u8> {
+    let c = documented_vm();
+    let mut ram = flat(&c);
+    let mut e = Encoder::new_live(Vec::new(), &c.header, &c.config, EncodeOptions::default()).unwrap();
+    e.memory(RAM_BASE, &ram).unwrap();
+    ram.copy_within(..PAGE_SIZE, PAGE_SIZE);
+    e.dirty(RAM_BASE + PAGE_SIZE as u64, &ram[PAGE_SIZE..2 * PAGE_SIZE]).unwrap();
+    e.vcpu(&c.vcpus[0]).unwrap();
+    e.vgic(&c.vgic).unwrap();
+    e.timers(&c.timers).unwrap();
+    e.devices(&c.devices).unwrap();
+    ram[..PAGE_SIZE].fill(0);
+    e.dirty(RAM_BASE, &ram[..PAGE_SIZE]).unwrap();
+    e.timing(&Timing { downtime_ns: 4_200_000, precopy_rounds: 1, pages_resent: 2 }).unwrap();
+    e.finish().unwrap().0
+}
+
+/// (kind, offset, payload length) of every section.
+fn layout(bytes: &[u8]) -> Vec<(u8, usize, usize)> {
+    let mut at = FILE_HEADER_LEN;
+    let mut out = Vec::new();
+    while at < bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        out.push((bytes[at], at, len));
+        at += 16 + len;
+    }
+    out
+}
+
+#[test]
+fn documented_examples_are_what_the_code_writes() {
+    let snapshot = documented_vm().encode(EncodeOptions::default()).unwrap();
+    assert_eq!(snapshot.len(), 2192);
+    assert_eq!(
+        (&snapshot[8..10], &snapshot[16..20], &snapshot[60..64]),
+        (&[2, 0][..], &[0; 4][..], &[0x30, 0xcc, 0xe3, 0x28][..])
+    );
+    #[rustfmt::skip]
+    let want = [
+        (KIND_CONFIG, 64, 56), (KIND_VCPU, 136, 1104), (KIND_VGIC, 1256, 408), (KIND_TIMERS, 1680, 16),
+        (KIND_DEVICES, 1712, 312), (KIND_MEMORY, 2040, 64), (KIND_MEMORY, 2120, 16), (KIND_END, 2152, 24),
+    ];
+    assert_eq!(layout(&snapshot), want);
+    assert_eq!(&snapshot[64..80], &[1, 0, 0, 0, 0x38, 0, 0, 0, 0x14, 0xf2, 0x17, 0x87, 0x0a, 0xcd, 0x45, 0xc2]);
+    assert_eq!(&snapshot[1272..1289], &[1, 0, 0, 0, 5, 0, 0, 0, 0x50, 0, 0, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(snapshot[2056 + 12], RunEncoding::Lz4 as u8);
+    assert_eq!(
+        &snapshot[2168..2192],
+        &[7, 0, 0, 0, 0, 0, 0, 0, 0x68, 0x08, 0, 0, 0, 0, 0, 0, 0x5f, 0xb1, 0x20, 0xb2, 0, 0, 0, 0]
+    );
+
+    let live = documented_live();
+    assert_eq!(live.len(), 2344);
+    assert_eq!((live[16], &live[60..64]), (1, &[0x0f, 0xe8, 0xb2, 0x48][..]));
+    #[rustfmt::skip]
+    let want = [
+        (KIND_CONFIG, 64, 56), (KIND_MEMORY, 136, 64), (KIND_MEMORY, 216, 16), (KIND_DIRTY, 248, 64),
+        (KIND_VCPU, 328, 1104), (KIND_VGIC, 1448, 408), (KIND_TIMERS, 1872, 16), (KIND_DEVICES, 1904, 312),
+        (KIND_DIRTY, 2232, 16), (KIND_TIMING, 2264, 24), (KIND_END, 2304, 24),
+    ];
+    assert_eq!(layout(&live), want);
+    assert_eq!(&live[264..280], &codec::run_header(RAM_BASE + PAGE_SIZE as u64, 1, RunEncoding::Lz4));
+    assert_eq!(&live[2248..2264], &codec::run_header(RAM_BASE, 1, RunEncoding::Zero));
+    assert_eq!(&live[2280..2304], &[0x40, 0x16, 0x40, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        &live[2320..2344],
+        &[10, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x09, 0, 0, 0, 0, 0, 0, 0xfc, 0x8c, 0x23, 0x97, 0, 0, 0, 0]
+    );
+    let back = decode_both(&live).unwrap();
+    let mut c = documented_vm();
+    c.memory = vec![DataRange { ipa: RAM_BASE + PAGE_SIZE as u64, bytes: c.memory[0].bytes[..PAGE_SIZE].to_vec() }];
+    c.timing = Some(Timing { downtime_ns: 4_200_000, precopy_rounds: 1, pages_resent: 2 });
+    assert_same(&c, &back);
+
+    // The error examples.
+    let message = |bytes: &[u8], sections: &dyn Fn(&mut Sections)| {
+        let (header, mut s) = split(bytes);
+        sections(&mut s);
+        decode_both(&build(&header, &s)).err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    // Sections of the live example: 0 config, 1-2 memory, 3 dirty, 4 vcpu, 5 vgic, 6 timers,
+    // 7 devices, 8 dirty, 9 timing.
+    let messages = [
+        message(&live, &|s| s.swap(2, 3)),
+        message(&live, &|s| s[3].1[0] = 0x10),
+        message(&live, &|s| s[8].1[8] = 7),
+        message(&live, &|s| s.insert(8, s[4].clone())),
+        message(&live, &|s| {
+            s.remove(9);
+        }),
+        message(&snapshot, &|s| s.push((KIND_DIRTY, s[6].1.clone()))),
+    ];
+    assert_eq!(
+        messages,
+        [
+            "checkpoint: section 2 (dirty) at byte 216: memory ends after 4096 of 12288 bytes of guest RAM",
+            "checkpoint: section 3 (dirty) at byte 248: run IPA 0x40001010 is not page aligned",
+            "checkpoint: section 8 (dirty) at byte 2232: run of 7 pages at IPA 0x40000000 is not inside guest RAM",
+            "checkpoint: section 8 (section header) at byte 2232: found a vcpu section where timing was expected",
+            "checkpoint: section 9 (end) at byte 2264: the timing section is missing",
+            "checkpoint: section 7 (section header) at byte 2152: a dirty section in a snapshot (the header has no LIVE flag)",
+        ]
+    );
 }

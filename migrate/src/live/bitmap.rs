@@ -3,7 +3,9 @@
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+// The runtime's `sync` shim: `core`'s atomics, loom's under `cfg(loom)` (`loom-tests` models
+// the marking against the taking).
+use vcpu_runtime::sync::atomic::{AtomicU64, Ordering};
 
 /// Words for `pages` bits.
 fn words_for(pages: u64) -> usize {

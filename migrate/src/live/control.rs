@@ -126,8 +126,9 @@ pub enum Control {
     Commit,
     /// Destination → source: the guest runs on the destination; the source may free it.
     Done,
-    /// Either side, before COMMIT: the migration is abandoned; the source resumes the guest
-    /// and the destination discards what it built.
+    /// The migration is abandoned: the source resumes the guest and the destination discards
+    /// what it built. Either side may send it before COMMIT; after COMMIT only the
+    /// destination, and only if no vCPU of the guest has run there.
     Abort,
     /// Destination → source, while the stream flows: this many bytes of it were read. The
     /// source keeps at most a window of unconfirmed bytes in flight (flow control over a
