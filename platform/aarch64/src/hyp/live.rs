@@ -304,6 +304,8 @@ pub(super) fn step(core: &mut Core<'_>, now: Instant) -> bool {
             }
             Err(e) => {
                 let vm = out.vm;
+                let mut peer = out.enc.abandon().0;
+                send_abort(&mut peer);
                 abort(core, vm, &e);
                 (State::Over, true)
             }
@@ -570,6 +572,7 @@ fn finish(core: &mut Core<'_>, out: alloc::boxed::Box<Outgoing>, vm_index: usize
         Ok(Control::Ready { stream_len, stream_crc })
             if summary.trailer.is_some_and(|t| t.length == stream_len && t.stream_crc == stream_crc) => {}
         Ok(Control::Ready { stream_len, stream_crc }) => {
+            send_abort(&mut peer);
             abort(
                 core,
                 vm_index,
@@ -585,10 +588,12 @@ fn finish(core: &mut Core<'_>, out: alloc::boxed::Box<Outgoing>, vm_index: usize
             return true;
         }
         Ok(other) => {
-            abort(core, vm_index, &format!("the destination answered {other:?} instead of READY"));
+            send_abort(&mut peer);
+            abort(core, vm_index, &format!("the destination answered {other} instead of READY"));
             return true;
         }
         Err(e) => {
+            send_abort(&mut peer);
             abort(core, vm_index, &format!("no READY from the destination: {e}"));
             return true;
         }
@@ -606,7 +611,7 @@ fn finish(core: &mut Core<'_>, out: alloc::boxed::Box<Outgoing>, vm_index: usize
             paused_ns / 1000,
             total.as_millis()
         ),
-        Ok(other) => println!("migrate: guest {}: IN DOUBT: COMMIT sent, the destination answered {other:?}; the guest is stopped here", vm.name),
+        Ok(other) => println!("migrate: guest {}: IN DOUBT: COMMIT sent, the destination answered {other}; the guest is stopped here", vm.name),
         Err(e) => println!(
             "migrate: guest {}: IN DOUBT: COMMIT sent, no DONE ({e}); the guest is stopped here and may not run there",
             vm.name
@@ -620,9 +625,14 @@ fn finish(core: &mut Core<'_>, out: alloc::boxed::Box<Outgoing>, vm_index: usize
 fn abandon(out: alloc::boxed::Box<Outgoing>, vms: &[Vm]) {
     let vm = &vms[out.vm];
     let mut peer = out.enc.abandon().0;
-    let _ = peer.stream.write(&Control::Abort.encode()).and_then(|()| peer.stream.flush());
+    send_abort(&mut peer);
     let _ = vm.stop_dirty_log();
     println!("migrate: not migrated: guest {} stopped before it was sent; the destination was told to abort", vm.name);
+}
+
+/// Tells the destination, best effort, to drop what it has (ABORT).
+fn send_abort(peer: &mut Peer) {
+    let _ = peer.stream.write(&Control::Abort.encode()).and_then(|()| peer.stream.flush());
 }
 
 /// The run ends: a migration still under way is abandoned.
@@ -675,7 +685,7 @@ pub fn receive(vm: &Vm, vcpus: &[super::vm::Vcpu]) -> Result<Incoming, String> {
 pub fn await_commit(incoming: &mut Incoming) -> Result<(), String> {
     match incoming.stream.await_control(timer::now() + answer_timeout())? {
         Control::Commit => Ok(()),
-        other => Err(format!("the source answered {other:?} instead of COMMIT")),
+        other => Err(format!("the source answered {other} instead of COMMIT")),
     }
 }
 
