@@ -18,7 +18,6 @@ pub struct Bench {
 }
 
 /// Every known benchmark group, in the order `cargo xtask bench` runs them.
-/// (`migrate` will join when its crate has benches.)
 pub const BENCHES: &[Bench] = &[
     Bench { name: "sched", package: "vcpu-runtime", about: "run queues and scheduler decisions" },
     Bench { name: "sim", package: "platform-sim", about: "simulator throughput" },
@@ -27,6 +26,12 @@ pub const BENCHES: &[Bench] = &[
         name: "energy",
         package: "",
         about: "energy of every power policy on the built-in phone traces (simulator)",
+    },
+    Bench { name: "migrate", package: "migrate", about: "checkpoint codec against memcpy (criterion)" },
+    Bench {
+        name: "live",
+        package: "",
+        about: "live migration of an idle 256 MiB guest between two instances on QEMU: downtime, migration time",
     },
     Bench {
         name: "linux",

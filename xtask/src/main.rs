@@ -9,6 +9,7 @@
 mod cli;
 mod exec;
 mod linux;
+mod live_bench;
 mod manifest;
 mod pathlen;
 mod qemu;

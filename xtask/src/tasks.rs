@@ -299,6 +299,8 @@ pub fn bench(ctx: &Ctx, only: Option<Bench>) -> Result<(), Error> {
         println!("xtask: bench {}: {}", b.name, b.about);
         if b.name == "qemu" {
             crate::pathlen::run(ctx)?;
+        } else if b.name == "live" {
+            crate::live_bench::run_bench(ctx)?;
         } else if b.name == "linux" {
             crate::linux::bench::run(ctx)?;
         } else if b.name == "energy" {

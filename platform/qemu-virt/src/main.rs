@@ -204,6 +204,14 @@ fn boot_main(boot: BootInfo) -> ! {
             _ => fail!("hv.migrate-out={value}: give milliseconds and optionally the guest's index, e.g. hv.migrate-out=300 or hv.migrate-out=300:1"),
         }
     }
+    if let Some(value) = boot_arg(bootargs, "hv.offload=") {
+        if hyp::live::set_offload(value).is_none() {
+            fail!("hv.offload={value}: unknown; use wifi, lte or 3g (decide by the model over that link), always or never");
+        }
+    }
+    if bootargs.split_ascii_whitespace().any(|a| a == "hv.offload-server") {
+        hyp::live::set_offload_server(true);
+    }
     if bootargs.split_ascii_whitespace().any(|a| a == "hv.migrate-in") {
         hyp::live::set_migrate_in(true);
     }

@@ -188,12 +188,30 @@ pub fn encode_state<S: Sink>(
 struct RamPages<'a> {
     ram: &'a mut [u8],
     base: u64,
+    vm: &'a Vm,
 }
 
 impl GuestMemory for RamPages<'_> {
     fn pages_mut(&mut self, ipa: u64, len: usize) -> Option<&mut [u8]> {
         let start = usize::try_from(ipa.checked_sub(self.base)?).ok()?;
         self.ram.get_mut(start..start.checked_add(len)?)
+    }
+
+    /// A zero run: only the pages this VM ever wrote need clearing (the others are zero).
+    fn zero(&mut self, ipa: u64, len: u64) -> bool {
+        let page = super::vm::PAGE;
+        let mut at = 0;
+        while at < len {
+            let offset = ipa - self.base + at;
+            if self.vm.page_touched(offset) {
+                match self.pages_mut(ipa + at, page as usize) {
+                    Some(p) => p.fill(0),
+                    None => return false,
+                }
+            }
+            at += page;
+        }
+        true
     }
 }
 
@@ -226,7 +244,7 @@ pub fn restore_from<S: Source>(source: S, vm: &Vm, vcpus: &[Vcpu]) -> Result<(Re
     let mut devices: Option<DeviceState> = None;
     let mine: Vec<&Vcpu> = vcpus.iter().filter(|v| v.vm == vm.id).collect();
     let trailer = vm.with_ram_mut(|ram| -> Result<Trailer, String> {
-        let mut memory = RamPages { ram, base: vm.ram_ipa.start };
+        let mut memory = RamPages { ram, base: vm.ram_ipa.start, vm };
         loop {
             let event = decoder.next_event(&mut memory).map_err(|e| e.to_string())?;
             match event {

@@ -152,6 +152,7 @@ fn hvc(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs) -> Actio
             let event =
                 TraceEvent { at: timer::now(), kind: TraceKind::Mark { id: regs.x[1] as u32, value: regs.x[2] } };
             core.hyp.trace().emit(event);
+            super::live::on_mark(core.hyp, vm.id.index(), regs.x[1] as u32, regs.x[2]);
             regs.x[0] = 0;
         }
         HV_YIELD => {

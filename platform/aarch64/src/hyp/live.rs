@@ -55,6 +55,149 @@ const STEP_BYTES: u64 = 1 << 20;
 /// How long the source waits for READY after the trailer, and the destination for COMMIT (and
 /// for each piece of the stream), ns: `hv.migrate-timeout-ms=`, default 10 s.
 static ANSWER_TIMEOUT_NS: AtomicU64 = AtomicU64::new(10_000_000_000);
+/// `HV_MARK` id with which a guest says it is about to run a heavy job (the value: its size in
+/// millions of instructions): the offload point (docs/migration.md, *Offload*).
+pub const MARK_OFFLOAD_POINT: u32 = 5;
+/// `HV_MARK` id with which a guest says its heavy job is done: the return point.
+pub const MARK_RETURN_POINT: u32 = 6;
+/// How often the phone looks for its guest coming back.
+const RETURN_POLL: Nanos = Nanos::from_millis(1);
+
+/// `hv.offload=`: what the phone decides at the offload point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffloadPolicy {
+    /// By the model over this link profile (`migrate::offload::LinkProfile::ALL`, by index).
+    Model(usize),
+    Always,
+    Never,
+}
+
+static OFFLOAD: Mutex<Option<OffloadPolicy>> = Mutex::new(None);
+static OFFLOAD_SERVER: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// A guest's mark the boot core has not handled yet: (mark id, VM, value).
+static PENDING_MARK: Mutex<Option<(u32, usize, u64)>> = Mutex::new(None);
+
+/// `hv.offload=wifi|lte|3g|always|never`; `None` for an unknown word.
+pub fn set_offload(word: &str) -> Option<()> {
+    let policy = match word {
+        "always" => OffloadPolicy::Always,
+        "never" => OffloadPolicy::Never,
+        _ => OffloadPolicy::Model(
+            migrate::offload::LinkProfile::ALL.iter().position(|l| l.name.eq_ignore_ascii_case(word))?,
+        ),
+    };
+    *OFFLOAD.lock() = Some(policy);
+    Some(())
+}
+
+/// `hv.offload-server`: a guest received at boot goes back at its return point.
+pub fn set_offload_server(on: bool) {
+    OFFLOAD_SERVER.store(on, Ordering::Relaxed);
+}
+
+pub fn offload_server() -> bool {
+    OFFLOAD_SERVER.load(Ordering::Relaxed)
+}
+
+/// A guest's `HV_MARK` (any core): the offload and return points wake the boot core's
+/// migration step.
+pub(super) fn on_mark(hyp: &super::Hypervisor, vm: usize, id: u32, value: u64) {
+    if id != MARK_OFFLOAD_POINT && id != MARK_RETURN_POINT {
+        return;
+    }
+    if OFFLOAD.lock().is_none() && !offload_server() {
+        return;
+    }
+    *PENDING_MARK.lock() = Some((id, vm, value));
+    NEXT_STEP.store(0, Ordering::Release);
+    hyp.kick_core(vcpu_runtime::CoreId(0), true);
+}
+
+/// The value of a pending mark `id` of guest `vm`, taken.
+fn take_request(id: u32, vm: usize) -> Option<u64> {
+    let mut pending = PENDING_MARK.lock();
+    match *pending {
+        Some((i, v, value)) if i == id && v == vm => {
+            *pending = None;
+            Some(value)
+        }
+        _ => None,
+    }
+}
+
+/// The offload decision at the offload point of guest `vm`, whose job is `job_minstr` million
+/// instructions: by the model (`migrate::offload::estimate`) over the configured link, for the
+/// least phone energy. The phone is the board's energy model: one instruction per cycle at the
+/// top operating point on each core the guest's vCPUs can use, busy at the top OPP's power,
+/// idle in the deepest idle state. The server runs as many of the guest's vCPUs at once as it
+/// has cores ([`SERVER_CORES`]), each at the phone core's speed (both run on the same emulation
+/// host; a real server core is faster, which only favours offloading). The state to send is the
+/// guest's RAM that is not zero, each way.
+fn offload_pays(core: &Core<'_>, vm_index: usize, job_minstr: u64) -> bool {
+    use migrate::offload::{estimate, Choice, Device, Goal, Job, LinkProfile};
+    let vm = &core.hyp.vms[vm_index];
+    let policy = match *OFFLOAD.lock() {
+        Some(p) => p,
+        None => return false,
+    };
+    let model = &core.hyp.power.model;
+    let cores = model.cores().len() as u64;
+    let ty = model.core_type(vcpu_runtime::CoreId(0));
+    let top = ty.opps.last().map_or((1_000_000, 0), |o| (u64::from(o.freq_khz), u64::from(o.power_uw)));
+    let deepest_idle_uw = ty.idle_states.last().map_or(u64::from(ty.off_power_uw), |i| u64::from(i.power_uw));
+    let vcpus = u64::from(vm.vcpus);
+    let used = vcpus.min(cores);
+    let per_core_ips = top.0 * 1000;
+    let phone = Device {
+        instructions_per_sec: per_core_ips * used,
+        busy_mw: ((top.1 * used + deepest_idle_uw * (cores - used)) / 1000) as u32,
+        idle_mw: (deepest_idle_uw * cores / 1000) as u32,
+    };
+    let mut state = alloc::vec![0u8; PAGE as usize];
+    let mut nonzero = 0u64;
+    let mut offset = 0;
+    while offset < vm.ram_bytes() {
+        if vm.snapshot_ram(offset, &mut state) && state.iter().any(|&b| b != 0) {
+            nonzero += 1;
+        }
+        offset += PAGE;
+    }
+    let bytes = nonzero * PAGE;
+    let job = Job { instructions: job_minstr.saturating_mul(1_000_000), upload_bytes: bytes, download_bytes: bytes };
+    let server_ips = per_core_ips * vcpus.min(SERVER_CORES);
+    let (link, decision) = match policy {
+        OffloadPolicy::Always => ("forced", true),
+        OffloadPolicy::Never => ("forced", false),
+        OffloadPolicy::Model(k) => {
+            let link = &LinkProfile::ALL[k];
+            let e = estimate(&job, &phone, server_ips, link);
+            println!(
+                "offload: model over {}: local {} ms {} uJ; offloaded {} ms {} uJ (upload {} ms, remote {} ms, download {} ms)",
+                link.name,
+                e.local.time_ns / 1_000_000,
+                e.local.energy_uj,
+                e.offload.total.time_ns / 1_000_000,
+                e.offload.total.energy_uj,
+                e.offload.upload.time_ns / 1_000_000,
+                e.offload.remote.time_ns / 1_000_000,
+                e.offload.download.time_ns / 1_000_000
+            );
+            (link.name, e.choose(Goal::Energy) == Choice::Offload)
+        }
+    };
+    println!(
+        "offload: decision={} link={link} guest={} job_minstr={job_minstr} state_bytes={bytes}",
+        if decision { "offload" } else { "local" },
+        vm.name
+    );
+    decision
+}
+
+/// The cores of the server the offload model assumes (`-smp 8` in `cargo xtask offload`).
+const SERVER_CORES: u64 = 8;
+
+/// The longest a pre-copy step works before the boot core's guests get their turn.
+const STEP_TIME: Nanos = Nanos::from_millis(1);
 /// The shortest pause between two steps of a migration under way.
 const STEP_PERIOD: Nanos = Nanos::from_micros(500);
 
@@ -230,6 +373,17 @@ struct Outgoing {
     final_runs: DirtyRuns,
     /// The guest's pause, from its request to the timing section.
     paused_ns: u64,
+    after: After,
+}
+
+/// What becomes of the source's VM once the destination took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum After {
+    /// It stops here for good (`migrated`).
+    Stop,
+    /// It stays paused here, its memory kept, until it comes back over the same stream
+    /// (offload: the phone waits for the guest the server sends back).
+    AwaitReturn,
 }
 
 /// The boot core's migration state: before, during, after.
@@ -241,6 +395,24 @@ enum State {
         stream: alloc::boxed::Box<MigrationStream>,
     },
     Running(alloc::boxed::Box<Outgoing>),
+    /// Offload, on the phone: the stream is open, the guest runs here until it reaches its
+    /// offload point (`HV_MARK` [`MARK_OFFLOAD_POINT`]) and the model says offloading pays.
+    Phone {
+        vm: usize,
+        peer: alloc::boxed::Box<Peer>,
+    },
+    /// Offload, on the phone: the guest was sent and is paused here; it comes back over `peer`.
+    AwaitingReturn {
+        vm: usize,
+        peer: alloc::boxed::Box<Peer>,
+        since: Instant,
+    },
+    /// Offload, on the server: the guest arrived at boot over `peer`; it goes back when it
+    /// reaches its return point (`HV_MARK` [`MARK_RETURN_POINT`]).
+    Server {
+        vm: usize,
+        peer: alloc::boxed::Box<Peer>,
+    },
     Over,
 }
 
@@ -251,6 +423,19 @@ static NEXT_STEP: AtomicU64 = AtomicU64::new(NEVER);
 /// At boot, with `hv.migrate-out`: opens the stream (a missing device fails the boot now, not
 /// in the middle of the run) and arms the migration for its time.
 pub fn arm(start: Instant, vms: usize) -> Result<(), String> {
+    if let Some(policy) = *OFFLOAD.lock() {
+        if vms == 0 {
+            return Err("hv.offload: the scenario has no guest".to_string());
+        }
+        if policy == OffloadPolicy::Never {
+            println!("offload: never: guest 0 runs here");
+            return Ok(());
+        }
+        let stream = MigrationStream::open().map_err(|e| format!("{e}"))?;
+        println!("offload: {policy:?}: guest 0 may leave at its offload point; stream at {:#x}", stream.mmio().base);
+        *STATE.lock() = Some(State::Phone { vm: 0, peer: alloc::boxed::Box::new(Peer::new(stream)) });
+        return Ok(());
+    }
     let at_ms = MIGRATE_OUT_AT_MS.load(Ordering::Relaxed);
     if at_ms == NEVER {
         return Ok(());
@@ -284,7 +469,7 @@ pub(super) fn step(core: &mut Core<'_>, now: Instant) -> bool {
         None => return false,
     };
     let (next, poll) = match state {
-        State::Armed { at, vm, stream } if now >= at => match start(core, vm, *stream, now) {
+        State::Armed { at, vm, stream } if now >= at => match start(core, vm, Peer::new(*stream), After::Stop, now) {
             Ok(out) => (State::Running(out), false),
             Err(e) => {
                 println!("migrate: not migrated: cannot start: {e}; guest {vm} stays here");
@@ -300,7 +485,7 @@ pub(super) fn step(core: &mut Core<'_>, now: Instant) -> bool {
             Ok(Progress::More { poll }) => (State::Running(out), poll),
             Ok(Progress::Sent) => {
                 let vm = out.vm;
-                (State::Over, finish(core, out, vm))
+                finish(core, out, vm)
             }
             Err(e) => {
                 let vm = out.vm;
@@ -309,6 +494,46 @@ pub(super) fn step(core: &mut Core<'_>, now: Instant) -> bool {
                 abort(core, vm, &e);
                 (State::Over, true)
             }
+        },
+        State::Phone { vm, peer } => match take_request(MARK_OFFLOAD_POINT, vm) {
+            Some(job) if offload_pays(core, vm, job) => match start(core, vm, *peer, After::AwaitReturn, now) {
+                Ok(out) => (State::Running(out), false),
+                Err(e) => {
+                    println!("offload: cannot start: {e}; guest {vm} runs here");
+                    (State::Over, false)
+                }
+            },
+            Some(_) => {
+                // Kept here: the server, waiting for a stream, is told at once.
+                let mut peer = peer;
+                send_abort(&mut peer);
+                (State::Over, false)
+            }
+            None => (State::Phone { vm, peer }, false),
+        },
+        State::AwaitingReturn { vm, mut peer, since } => match peer.stream.has_data() {
+            Ok(true) => {
+                receive_back(core, vm, &mut peer, since);
+                (State::Over, true)
+            }
+            Ok(false) => (State::AwaitingReturn { vm, peer, since }, false),
+            Err(e) => {
+                println!(
+                    "offload: guest {}: the stream failed while it was away ({e}); it stays paused here",
+                    core.hyp.vms[vm].name
+                );
+                (State::Over, false)
+            }
+        },
+        State::Server { vm, peer } => match take_request(MARK_RETURN_POINT, vm) {
+            Some(_) => match start(core, vm, *peer, After::Stop, now) {
+                Ok(out) => (State::Running(out), false),
+                Err(e) => {
+                    println!("offload: cannot send the guest back: {e}; it runs on here");
+                    (State::Over, false)
+                }
+            },
+            None => (State::Server { vm, peer }, false),
         },
         State::Over => (State::Over, false),
     };
@@ -319,6 +544,9 @@ pub(super) fn step(core: &mut Core<'_>, now: Instant) -> bool {
         match &next {
             State::Armed { at, .. } => at.as_nanos(),
             State::Running(_) => (done + Nanos(done.since(now).as_nanos().max(STEP_PERIOD.as_nanos()))).as_nanos(),
+            // Woken by the guest's mark (`on_mark`).
+            State::Phone { .. } | State::Server { .. } => NEVER,
+            State::AwaitingReturn { .. } => (done + RETURN_POLL).as_nanos(),
             State::Over => NEVER,
         },
         Ordering::Release,
@@ -339,14 +567,15 @@ enum Progress {
 fn start(
     core: &mut Core<'_>,
     vm_index: usize,
-    stream: MigrationStream,
+    peer: Peer,
+    after: After,
     now: Instant,
 ) -> Result<alloc::boxed::Box<Outgoing>, String> {
     let vm = &core.hyp.vms[vm_index];
     let hardware = vm.start_dirty_log().map_err(|e| format!("dirty logging: {e}"))?;
     let header = CheckpointHeader::new(vm.vcpus, vm.ram_ipa.start, vm.ram_bytes());
     let config = VmConfig { name: vm.name.clone(), weight: vm.weight, reservation: vm.reservation };
-    let enc = match Encoder::new_live(StreamSink(Peer::new(stream)), &header, &config, EncodeOptions::default()) {
+    let enc = match Encoder::new_live(StreamSink(peer), &header, &config, EncodeOptions::default()) {
         Ok(enc) => enc,
         Err(e) => {
             let _ = vm.stop_dirty_log();
@@ -376,6 +605,7 @@ fn start(
         started: now,
         final_runs: DirtyRuns::new(),
         paused_ns: 0,
+        after,
     }))
 }
 
@@ -385,14 +615,24 @@ fn run_step(core: &mut Core<'_>, out: &mut Outgoing, now: Instant) -> Result<Pro
     let mut page = alloc::vec![0u8; PAGE as usize * 16];
     match &mut out.phase {
         Phase::FullCopy { offset } => {
-            let end = (*offset + STEP_BYTES).min(vm.ram_bytes());
-            while *offset < end {
-                let n = (end - *offset).min(page.len() as u64) as usize;
-                if !vm.snapshot_ram(*offset, &mut page[..n]) {
-                    return Err(format!("guest RAM at offset {:#x} cannot be read", *offset));
+            // Pages never written are zero runs, not read: a step reads at most STEP_BYTES.
+            let mut read = 0;
+            while read < STEP_BYTES && *offset < vm.ram_bytes() && timer::now().since(now) < STEP_TIME {
+                // Data runs of up to 16 pages (the copy buffer), zero runs of any length.
+                let (touched, n) = vm.touched_run(*offset, 16);
+                let n = if touched { n } else { vm.touched_run(*offset, u64::MAX).1 };
+                let ipa = vm.ram_ipa.start + *offset;
+                if touched {
+                    let bytes = (n * PAGE) as usize;
+                    if !vm.snapshot_ram(*offset, &mut page[..bytes]) {
+                        return Err(format!("guest RAM at offset {:#x} cannot be read", *offset));
+                    }
+                    out.enc.memory(ipa, &page[..bytes]).map_err(|e| format!("{e}"))?;
+                    read += n * PAGE;
+                } else {
+                    out.enc.memory_zero(ipa, n).map_err(|e| format!("{e}"))?;
                 }
-                out.enc.memory(vm.ram_ipa.start + *offset, &page[..n]).map_err(|e| format!("{e}"))?;
-                *offset += n as u64;
+                *offset += n * PAGE;
             }
             if *offset < vm.ram_bytes() {
                 return Ok(Progress::More { poll: false });
@@ -400,7 +640,7 @@ fn run_step(core: &mut Core<'_>, out: &mut Outgoing, now: Instant) -> Result<Pro
         }
         Phase::Rounds { runs, next, done } => {
             let mut budget = STEP_BYTES / PAGE;
-            while budget > 0 && *next < runs.len() {
+            while budget > 0 && *next < runs.len() && timer::now().since(now) < STEP_TIME {
                 let (first, count) = runs[*next];
                 let n = (count - *done).min(budget).min(16);
                 let offset = (first + *done) * PAGE;
@@ -552,19 +792,19 @@ fn vcpu_power(core: &Core<'_>, id: VcpuId) -> VcpuState {
 }
 
 /// The stream is complete: READY or not decides.
-fn finish(core: &mut Core<'_>, out: alloc::boxed::Box<Outgoing>, vm_index: usize) -> bool {
-    let Outgoing { enc, started, rounds, pages_resent, hardware, paused_ns, .. } = *out;
+fn finish(core: &mut Core<'_>, out: alloc::boxed::Box<Outgoing>, vm_index: usize) -> (State, bool) {
+    let Outgoing { enc, started, rounds, pages_resent, hardware, paused_ns, after, .. } = *out;
     let (sink, summary) = match enc.finish() {
         Ok(done) => done,
         Err(e) => {
             abort(core, vm_index, &format!("{e}"));
-            return true;
+            return (State::Over, true);
         }
     };
     let mut peer = sink.0;
     if let Err(e) = peer.stream.flush() {
         abort(core, vm_index, &format!("{e}"));
-        return true;
+        return (State::Over, true);
     }
     let answer = peer.await_control(timer::now() + answer_timeout());
     let vm = &core.hyp.vms[vm_index];
@@ -581,26 +821,34 @@ fn finish(core: &mut Core<'_>, out: alloc::boxed::Box<Outgoing>, vm_index: usize
                     summary.trailer
                 ),
             );
-            return true;
+            return (State::Over, true);
         }
         Ok(Control::Refused { code, reason }) => {
             abort(core, vm_index, &format!("the destination refused ({}): {reason}", code.name()));
-            return true;
+            return (State::Over, true);
         }
         Ok(other) => {
             send_abort(&mut peer);
             abort(core, vm_index, &format!("the destination answered {other} instead of READY"));
-            return true;
+            return (State::Over, true);
         }
         Err(e) => {
             send_abort(&mut peer);
             abort(core, vm_index, &format!("no READY from the destination: {e}"));
-            return true;
+            return (State::Over, true);
         }
     }
     // Committed: from here the guest belongs to the destination.
     let commit = peer.stream.write(&Control::Commit.encode()).and_then(|()| peer.stream.flush());
-    core.stop_vm(vm, StopReason::Migrated, VcpuId(u16::MAX));
+    match after {
+        After::Stop => core.stop_vm(vm, StopReason::Migrated, VcpuId(u16::MAX)),
+        // Paused, its memory kept; nothing here runs it until it comes back.
+        After::AwaitReturn => {
+            if let Err(e) = vm.stop_dirty_log() {
+                crate::fail!("migrate: guest {}: cannot end dirty logging: {e}", vm.name);
+            }
+        }
+    }
     let total = timer::now().since(started);
     match commit.map_err(|e| format!("{e}")).and_then(|()| peer.await_control(timer::now() + answer_timeout())) {
         Ok(Control::Done) => println!(
@@ -617,7 +865,14 @@ fn finish(core: &mut Core<'_>, out: alloc::boxed::Box<Outgoing>, vm_index: usize
             vm.name
         ),
     }
-    true
+    let next = match after {
+        After::AwaitReturn => {
+            println!("offload: guest {} is away; waiting for it to come back", vm.name);
+            State::AwaitingReturn { vm: vm_index, peer: alloc::boxed::Box::new(peer), since: timer::now() }
+        }
+        After::Stop => State::Over,
+    };
+    (next, true)
 }
 
 /// The guest stopped (or the run ends) while it was being sent: the destination is told to
@@ -665,12 +920,19 @@ pub struct Incoming {
 pub fn receive(vm: &Vm, vcpus: &[super::vm::Vcpu]) -> Result<Incoming, String> {
     let mut stream = MigrationStream::open().map_err(|e| format!("{e}"))?;
     println!("migrate: waiting for a guest on the virtio console at {:#x}", stream.mmio().base);
-    let result = checkpoint::restore_from(StreamSource { stream: &mut stream, confirmed: 0 }, vm, vcpus);
+    let result = first_bytes(&mut stream).and_then(|head| {
+        checkpoint::restore_from(
+            Prefixed { head, used: 0, rest: StreamSource { stream: &mut stream, confirmed: 0 } },
+            vm,
+            vcpus,
+        )
+    });
     match result {
         Ok((restored, stream_len, stream_crc)) => {
             let ready = Control::Ready { stream_len, stream_crc };
             stream.write(&ready.encode()).and_then(|()| stream.flush()).map_err(|e| format!("{e}"))?;
             let received_at = timer::now();
+            vm.touch_all();
             Ok(Incoming { restored, stream: Peer::new(stream), received_at })
         }
         Err(e) => {
@@ -678,6 +940,50 @@ pub fn receive(vm: &Vm, vcpus: &[super::vm::Vcpu]) -> Result<Incoming, String> {
             let _ = stream.write(&refused.encode()).and_then(|()| stream.flush());
             Err(e)
         }
+    }
+}
+
+/// The stream's first 8 bytes: a checkpoint's magic, or the start of a control frame (a source
+/// that decided to keep its guest sends ABORT instead of a stream), which is read whole and
+/// reported as the error.
+fn first_bytes(stream: &mut MigrationStream) -> Result<[u8; 8], String> {
+    let mut head = [0u8; 8];
+    let mut source = StreamSource { stream, confirmed: 0 };
+    let mut got = 0;
+    while got < head.len() {
+        got += source.read(&mut head[got..]).map_err(|e| e.0.to_string())?;
+    }
+    if head == migrate::live::CONTROL_MAGIC {
+        let mut frame = [0u8; CONTROL_FRAME_LEN];
+        frame[..8].copy_from_slice(&head);
+        let mut got = 8;
+        while got < frame.len() {
+            got += source.read(&mut frame[got..]).map_err(|e| e.0.to_string())?;
+        }
+        return Err(match Control::decode(&frame) {
+            Ok(c) => format!("the source sent {c} instead of a guest"),
+            Err(e) => format!("the source sent a bad control frame ({e}) instead of a guest"),
+        });
+    }
+    Ok(head)
+}
+
+/// A source that gives `head` first, then `rest`.
+struct Prefixed<'a> {
+    head: [u8; 8],
+    used: usize,
+    rest: StreamSource<'a>,
+}
+
+impl Source for Prefixed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, SourceError> {
+        if self.used < self.head.len() {
+            let n = (self.head.len() - self.used).min(buf.len());
+            buf[..n].copy_from_slice(&self.head[self.used..self.used + n]);
+            self.used += n;
+            return Ok(n);
+        }
+        self.rest.read(buf)
     }
 }
 
@@ -689,8 +995,77 @@ pub fn await_commit(incoming: &mut Incoming) -> Result<(), String> {
     }
 }
 
-/// The VM runs here now: DONE tells the source.
-pub fn send_done(incoming: &mut Incoming) {
-    let stream = &mut incoming.stream.stream;
-    let _ = stream.write(&Control::Done.encode()).and_then(|()| stream.flush());
+/// The VM runs here now: DONE tells the source. With `hv.offload-server` the stream is kept:
+/// the guest goes back over it at its return point.
+pub fn send_done(incoming: Incoming, vm: usize) {
+    let mut peer = incoming.stream;
+    let _ = peer.stream.write(&Control::Done.encode()).and_then(|()| peer.stream.flush());
+    if offload_server() {
+        println!("offload: serving guest {vm}; it goes back at its return point");
+        *STATE.lock() = Some(State::Server { vm, peer: alloc::boxed::Box::new(peer) });
+    }
+}
+
+/// The phone's guest comes back (it is paused here, its vCPUs off their cores): its RAM, vCPUs,
+/// vGIC and devices are replaced from the stream, verified to the trailer; then READY, COMMIT,
+/// and it resumes with its virtual time moved on by the downtime. A failure before COMMIT leaves
+/// it to the server, which resumes it there (this copy may be half overwritten: it stays
+/// paused).
+fn receive_back(core: &mut Core<'_>, vm_index: usize, peer: &mut Peer, since: Instant) {
+    let hyp = core.hyp;
+    let vm = &hyp.vms[vm_index];
+    let away = timer::now().since(since);
+    let result = checkpoint::restore_from(StreamSource { stream: &mut peer.stream, confirmed: 0 }, vm, &hyp.vcpus);
+    let (restored, stream_len, stream_crc) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ =
+                peer.stream.write(&Control::refused(Refusal::Invalid, &e).encode()).and_then(|()| peer.stream.flush());
+            println!("offload: guest {} could not come back: {e}; it stays with the server", vm.name);
+            return;
+        }
+    };
+    let received_at = timer::now();
+    vm.touch_all();
+    // Every vCPU must be as the server had it: on (the runtime has them paused, not off).
+    if let Some(k) = restored.power.iter().position(|p| !matches!(p, migrate::checkpoint::PowerState::On)) {
+        let why = format!("vCPU {k} comes back off; the phone has it on");
+        let _ = peer
+            .stream
+            .write(&Control::refused(Refusal::Incompatible, &why).encode())
+            .and_then(|()| peer.stream.flush());
+        println!("offload: guest {} could not come back: {why}", vm.name);
+        return;
+    }
+    let ready = Control::Ready { stream_len, stream_crc };
+    if peer.stream.write(&ready.encode()).and_then(|()| peer.stream.flush()).is_err() {
+        println!("offload: guest {}: READY could not be sent; it stays with the server", vm.name);
+        return;
+    }
+    match peer.await_control(timer::now() + answer_timeout()) {
+        Ok(Control::Commit) => {}
+        Ok(other) => {
+            println!("offload: guest {}: the server answered {other} instead of COMMIT; it stays there", vm.name);
+            return;
+        }
+        Err(e) => {
+            println!("offload: guest {}: no COMMIT ({e}); it stays with the server", vm.name);
+            return;
+        }
+    }
+    let here = timer::now().since(received_at).as_nanos();
+    let downtime = restored.timing.as_ref().map_or(0, |t| t.downtime_ns) + here;
+    let ticks = timer::nanos_to_ticks(downtime, timer::frequency_hz());
+    vm.cntvoff.store(restored.timers.cntvoff(timer::counter()).wrapping_sub(ticks), Ordering::Release);
+    for index in 0..vm.vcpus {
+        if let Some(id) = vm.vcpu_id(index) {
+            let vcpu = hyp.vcpu(id);
+            // Its timer's deadline comes from the restored state, when it next leaves a core.
+            vcpu.timer_deadline.store(super::vm::NO_DEADLINE, Ordering::Release);
+            vcpu.vgic_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+    resume(core, vm_index);
+    let _ = peer.stream.write(&Control::Done.encode()).and_then(|()| peer.stream.flush());
+    println!("offload: guest {} is back: away_ms={} downtime_us={}", vm.name, away.as_millis(), downtime / 1000);
 }

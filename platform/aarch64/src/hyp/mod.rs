@@ -306,11 +306,7 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
     if live::migrate_in_requested() {
         let Some(vm) = vms.first() else { fail("migrate: the scenario has no guest to receive into".into()) };
         match live::receive(vm, &vcpus) {
-            Ok(mut i) => {
-                if let Err(e) = live::await_commit(&mut i) {
-                    fail(format!("migrate: guest {} verified but not committed, it does not run here: {e}", vm.name));
-                }
-                println!("migrate: guest {} received and committed", vm.name);
+            Ok(i) => {
                 for (k, power) in i.restored.power.iter().enumerate() {
                     if let Some(v) = config.vcpus.get_mut(vm.first_vcpu.index() + k) {
                         v.starts_parked = !matches!(power, migrate::checkpoint::PowerState::On);
@@ -325,6 +321,7 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
         true => match vms.first() {
             Some(vm) => match checkpoint::restore(vm, &vcpus) {
                 Ok(r) => {
+                    vm.touch_all();
                     println!("restore: guest {} from the checkpoint disk", vm.name);
                     for (k, power) in r.power.iter().enumerate() {
                         if let Some(v) = config.vcpus.get_mut(vm.first_vcpu.index() + k) {
@@ -406,7 +403,14 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
         }
         vm.cntvoff.store(r.timers.cntvoff(timer::counter()), Ordering::Release);
     }
+    // COMMIT is awaited only now: the source's round trip overlaps the setup above.
     if let (Some(i), Some(vm)) = (&mut incoming, hyp.vms.first()) {
+        if let Err(e) = live::await_commit(i) {
+            fail(format!("migrate: guest {} verified but not committed, it does not run here: {e}", vm.name));
+        }
+        println!("migrate: guest {} received and committed", vm.name);
+    }
+    if let (Some(i), Some(vm)) = (&incoming, hyp.vms.first()) {
         for (k, power) in i.restored.power.iter().enumerate() {
             if let (migrate::checkpoint::PowerState::OnPending { .. }, Some(id)) = (power, vm.vcpu_id(k as u16)) {
                 let _ = hyp.sys.request_power_on(id);
@@ -426,7 +430,9 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
             paused / 1000,
             here / 1000
         );
-        live::send_done(i);
+        if let Some(i) = incoming.take() {
+            live::send_done(i, 0);
+        }
     }
     if let Err(e) = live::arm(now, hyp.vms.len()) {
         fail(format!("migrate: {e}"));

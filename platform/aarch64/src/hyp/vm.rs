@@ -117,10 +117,39 @@ pub const RESET_QUIESCING: u8 = 1;
 /// Every vCPU is off; the core that saw it last loads the image and starts vCPU 0.
 pub const RESET_LOADING: u8 = 2;
 
-/// The stage-2 map and its dirty log.
+/// The stage-2 map, the pages the guest (or the hypervisor's loading) ever wrote, and the dirty
+/// log.
+///
+/// **Touched pages.** Guest RAM starts zero and read-only at stage 2, but for the pages the
+/// hypervisor loads; a guest's first write to any other page faults once, which marks it
+/// touched and makes it writable. A page never touched is known to be zero: a migration's round
+/// 0 sends it as a zero run without reading it (an idle guest with much RAM moves at the cost of
+/// the pages it uses), and dirty logging has nothing to protect there.
 struct Stage2State {
     map: Stage2Map,
+    touched: Vec<u64>,
     log: Option<DirtyLog>,
+}
+
+fn bit(bits: &[u64], page: usize) -> bool {
+    bits.get(page / 64).is_some_and(|w| w & (1 << (page % 64)) != 0)
+}
+
+fn set_bit(bits: &mut [u64], page: usize) {
+    if let Some(w) = bits.get_mut(page / 64) {
+        *w |= 1 << (page % 64);
+    }
+}
+
+/// Runs of set bits of `bits`, as (first page, pages), over `pages` pages.
+fn runs_of(bits: &[u64], pages: usize) -> DirtyRuns {
+    let mut runs = DirtyRuns::new();
+    for page in 0..pages {
+        if bit(bits, page) {
+            push_page(&mut runs, page as u64);
+        }
+    }
+    runs
 }
 
 /// Pages written since the last harvest, one bit per page of guest RAM (software tracking; with
@@ -132,9 +161,7 @@ struct DirtyLog {
 
 impl DirtyLog {
     fn mark(&mut self, page: usize) {
-        if let Some(word) = self.bits.get_mut(page / 64) {
-            *word |= 1 << (page % 64);
-        }
+        set_bit(&mut self.bits, page);
     }
 }
 
@@ -295,6 +322,19 @@ impl Vm {
         let mut stage2 = Stage2Map::new(vmid).map_err(VmError::Stage2)?;
         stage2.map_ram(ram_ipa.clone(), ram.range().start as u64).map_err(VmError::Stage2)?;
         let vttbr = stage2.vttbr();
+        // Read-only until first written (no vCPU runs yet: no TLB maintenance); what was loaded
+        // counts as written.
+        stage2.write_protect(ram_ipa.clone(), false).map_err(VmError::Stage2)?;
+        let pages = ((ram_ipa.end - ram_ipa.start) / PAGE) as usize;
+        let mut touched = alloc::vec![0u64; pages.div_ceil(64)];
+        for &(ipa, data, mem_len) in &with_dtb(&segments, boot_x0, &dtb) {
+            let end = ipa + mem_len.max(data.len() as u64);
+            let mut page_ipa = ipa & !(PAGE - 1);
+            while page_ipa < end {
+                set_bit(&mut touched, ((page_ipa - ram_ipa.start) / PAGE) as usize);
+                page_ipa += PAGE;
+            }
+        }
 
         let config = VgicConfig { vcpus: guest.vcpus, spis: GUEST_SPIS, priority_bits: priority_bits.clamp(4, 8) };
         let vgic = Vgic::new(config).map_err(VmError::Vgic)?;
@@ -312,7 +352,7 @@ impl Vm {
             boot_x0,
             vttbr,
             // The tables must outlive every vCPU that runs on them: the VM lives for the run.
-            stage2: Mutex::new(Stage2State { map: stage2, log: None }),
+            stage2: Mutex::new(Stage2State { map: stage2, touched, log: None }),
             paused: AtomicBool::new(false),
             vgic: Mutex::new(vgic),
             uart: Mutex::new(Pl011::new()),
@@ -400,15 +440,20 @@ impl Vm {
             let mut s2 = self.stage2.lock();
             let pages = (self.ram_bytes() / PAGE) as usize;
             s2.log = Some(DirtyLog { bits: alloc::vec![0; pages.div_ceil(64)], hardware });
-            s2.map.write_protect(self.ram_ipa.clone(), hardware)?;
+            // Untouched pages are read-only already; their first write is logged by its fault.
+            for (first, n) in runs_of(&s2.touched, pages) {
+                let ipa = self.ram_ipa.start + first * PAGE;
+                s2.map.write_protect(ipa..ipa + n * PAGE, hardware)?;
+            }
         }
         crate::stage2::invalidate_vm(self.vttbr);
         Ok(hardware)
     }
 
-    /// A stage-2 permission fault at `ipa` by a vCPU of this VM (loaded on this core): when the VM
-    /// logs dirty pages and `ipa` is RAM, the page is marked and made writable again, and the
-    /// access can be retried. False when the fault is not the log's.
+    /// A stage-2 permission fault at `ipa` by a vCPU of this VM (loaded on this core): a first
+    /// write to an untouched page, or a write logged by live migration. The page is marked
+    /// (touched, and dirty while the VM logs) and made writable, and the access can be retried.
+    /// False when `ipa` is not RAM.
     pub fn dirty_fault(&self, ipa: u64) -> bool {
         if !self.is_ram(ipa, 1) {
             return false;
@@ -416,12 +461,15 @@ impl Vm {
         let page_ipa = ipa & !(PAGE - 1);
         {
             let mut s2 = self.stage2.lock();
-            let Stage2State { map, log } = &mut *s2;
-            let Some(log) = log else { return false };
+            let Stage2State { map, touched, log } = &mut *s2;
             if map.make_writable(page_ipa..page_ipa + PAGE).is_err() {
                 return false;
             }
-            log.mark(((page_ipa - self.ram_ipa.start) / PAGE) as usize);
+            let page = ((page_ipa - self.ram_ipa.start) / PAGE) as usize;
+            set_bit(touched, page);
+            if let Some(log) = log {
+                log.mark(page);
+            }
         }
         crate::stage2::invalidate_ipa(page_ipa);
         true
@@ -435,7 +483,7 @@ impl Vm {
         let base = self.ram_ipa.start;
         {
             let mut s2 = self.stage2.lock();
-            let Stage2State { map, log } = &mut *s2;
+            let Stage2State { map, log, .. } = &mut *s2;
             let Some(log) = log else { return Ok(()) };
             // Pages marked by write faults: always with software tracking, and with hardware
             // tracking too where a write still faulted (a CPU that reports HAFDBS but leaves a
@@ -461,12 +509,55 @@ impl Vm {
         Ok(())
     }
 
-    /// Ends dirty logging: every page writable again, DBM off.
+    /// Whether the page at `offset` (bytes from the RAM base) was ever written: a page that was
+    /// not is zero.
+    pub fn page_touched(&self, offset: u64) -> bool {
+        bit(&self.stage2.lock().touched, (offset / PAGE) as usize)
+    }
+
+    /// From the page at `offset` (bytes from the RAM base): whether it was ever written, and how
+    /// many pages from it (at most `most`) are alike, under one lock.
+    pub fn touched_run(&self, offset: u64, most: u64) -> (bool, u64) {
+        let s2 = self.stage2.lock();
+        let pages = self.ram_bytes() / PAGE;
+        let first = offset / PAGE;
+        let touched = bit(&s2.touched, first as usize);
+        let mut n = 1;
+        while n < most && first + n < pages {
+            let page = (first + n) as usize;
+            // A whole word alike at once.
+            if page % 64 == 0 && first + n + 64 <= pages {
+                let word = s2.touched[page / 64];
+                if word == if touched { u64::MAX } else { 0 } {
+                    n += 64;
+                    continue;
+                }
+            }
+            if bit(&s2.touched, page) != touched {
+                break;
+            }
+            n += 1;
+        }
+        (touched, n.min(most))
+    }
+
+    /// After a restore wrote guest RAM from a checkpoint: every page counts as touched (the
+    /// checkpoint's zero runs did not write, but a page may have been written before).
+    pub fn touch_all(&self) {
+        self.stage2.lock().touched.fill(u64::MAX);
+    }
+
+    /// Ends dirty logging: every touched page writable again, DBM off.
     pub fn stop_dirty_log(&self) -> Result<(), Stage2Error> {
         {
             let mut s2 = self.stage2.lock();
             s2.log = None;
-            s2.map.make_writable(self.ram_ipa.clone())?;
+            // Untouched pages stay read-only: their first write is still to be seen.
+            let pages = (self.ram_bytes() / PAGE) as usize;
+            for (first, n) in runs_of(&s2.touched, pages) {
+                let ipa = self.ram_ipa.start + first * PAGE;
+                s2.map.make_writable(ipa..ipa + n * PAGE)?;
+            }
         }
         crate::stage2::invalidate_vm(self.vttbr);
         Ok(())

@@ -193,6 +193,15 @@ impl MigrationStream {
         Ok(())
     }
 
+    /// Whether bytes have arrived that were not read yet.
+    pub fn has_data(&mut self) -> Result<bool, StreamError> {
+        let b = &self.rx[self.rx_next];
+        Ok(match b.token {
+            Some(token) => self.rxq.peek_used() == Some(token),
+            None => b.read < b.len,
+        })
+    }
+
     /// Reads what has arrived into `buf`, without waiting; returns how many bytes.
     pub fn read_available(&mut self, buf: &mut [u8]) -> Result<usize, StreamError> {
         let mut n = 0;
