@@ -59,7 +59,8 @@ pub struct Relay {
     done: Option<JoinHandle<RelayReport>>,
 }
 
-/// The length of a control frame (`migrate::live::CONTROL_LEN`).
+/// The length of a control frame (`migrate::live::CONTROL_FRAME_LEN`), for the tests.
+#[cfg(test)]
 const CONTROL_LEN: usize = migrate::live::CONTROL_FRAME_LEN;
 /// The kind byte of a READY frame (`migrate::live::Control`, offset 8).
 const READY_KIND: u8 = 1;
@@ -264,7 +265,8 @@ fn forward_up(
 }
 
 /// Destination to source: control frames (RECEIVED while the stream flows, then READY or
-/// REFUSED, then DONE), read whole so that READY can be recognized (kind byte 1).
+/// REFUSED, then DONE) — or, when the destination sends a guest back (offload), a stream.
+/// Bytes are forwarded as they come; READY is recognized by its magic and kind byte 1.
 fn forward_down(
     mut from: TcpStream,
     mut to: TcpStream,
@@ -274,23 +276,39 @@ fn forward_down(
     cut_now: &AtomicBool,
     ready_seen: &AtomicU64,
 ) {
-    let mut frame = [0u8; CONTROL_LEN];
+    let magic = migrate::live::CONTROL_MAGIC;
+    let mut buf = vec![0u8; 64 * 1024];
+    // The last bytes of the previous piece, so that a frame's magic split across pieces is found.
+    let mut tail: Vec<u8> = Vec::new();
     loop {
-        if from.read_exact(&mut frame).is_err() || cut_now.load(Ordering::SeqCst) {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if cut_now.load(Ordering::SeqCst) {
             break;
         }
-        if frame[8] == READY_KIND {
+        let mut seen = tail.clone();
+        seen.extend_from_slice(&buf[..n]);
+        let ready_at =
+            seen.windows(magic.len() + 1).position(|w| w[..magic.len()] == magic && w[magic.len()] == READY_KIND);
+        if let Some(at) = ready_at {
             if cut == Cut::DropReady {
+                // Forward what came before the frame, then cut.
+                let before = at.saturating_sub(tail.len());
+                let _ = to.write_all(&buf[..before]);
                 cut_both(&from, &to, report, cut_now);
                 return;
             }
             ready_seen.store(1, Ordering::SeqCst);
         }
-        pace(CONTROL_LEN, link.down_bytes_per_s, link.latency);
-        if to.write_all(&frame).is_err() {
+        let keep = seen.len().saturating_sub(magic.len());
+        tail = seen[keep..].to_vec();
+        pace(n, link.down_bytes_per_s, link.latency);
+        if to.write_all(&buf[..n]).is_err() {
             break;
         }
-        report.lock().unwrap().destination_bytes += CONTROL_LEN as u64;
+        report.lock().unwrap().destination_bytes += n as u64;
     }
     let _ = to.shutdown(Shutdown::Write);
 }
@@ -318,6 +336,7 @@ mod tests {
 
     fn ready_frame() -> Vec<u8> {
         let mut f = vec![0xaa; CONTROL_LEN];
+        f[..8].copy_from_slice(&migrate::live::CONTROL_MAGIC);
         f[8] = READY_KIND;
         f
     }
@@ -357,9 +376,7 @@ mod tests {
                 got.extend_from_slice(&buf[..n]);
                 if got.len() >= want && !answered {
                     answered = true;
-                    let mut ready = [0xaa; CONTROL_LEN];
-                    ready[8] = READY_KIND;
-                    let _ = d.write_all(&ready);
+                    let _ = d.write_all(&ready_frame());
                 }
             }
             got

@@ -57,6 +57,8 @@ pub enum Command {
     Qemu(QemuArgs),
     /// Fetch the Linux guest's kernel and busybox and build its initramfs, in target/linux/.
     Linux,
+    /// `offload`: the offload experiment on QEMU (phone, server, relay), every link profile.
+    Offload,
 }
 
 /// The `--cpu` QEMU runs when none is given.
@@ -132,6 +134,9 @@ COMMANDS:
                          hypervisor runs its guests; without, it only checks its boot.
                          A Linux guest's kernel or initramfs under target/linux/ is made first
                          when missing (as `linux` does)
+  offload                the offload experiment on QEMU: a phone (-smp 2) offloads a guest's heavy job
+                         to a server (-smp 8) through a relay modelling WiFi, LTE and 3G when the model
+                         says it pays, against running it locally; table and plot in target/offload/
   linux                  fetch an arm64 kernel and busybox from Debian (private apt state) into
                          target/linux/ and build the test initramfs; prints the paths of
                          target/linux/Image and target/linux/initramfs.cpio (kept: a second run
@@ -157,7 +162,7 @@ See docs/xtask.md, docs/linux-guests.md and, for the hypervisor's boot and exit 
 }
 
 fn command_names() -> &'static str {
-    "demo, test, sim, bench, qemu, linux, help"
+    "demo, test, sim, bench, qemu, linux, offload, help"
 }
 
 fn bench_names() -> String {
@@ -229,6 +234,11 @@ where
             }
             parse_qemu(rest).map(Command::Qemu)
         }
+        "offload" => match rest {
+            [] => Ok(Command::Offload),
+            _ if wants_help(rest) => Ok(Command::Help),
+            _ => Err(Error::usage(format!("`offload` takes no arguments, got `{}`", rest.join(" ")))),
+        },
         "linux" => match rest {
             [] => Ok(Command::Linux),
             _ if wants_help(rest) => Ok(Command::Help),
@@ -324,7 +334,7 @@ mod tests {
     fn unknown_command_lists_the_commands() {
         let e = err(&["frobnicate"]);
         assert!(e.contains("unknown command `frobnicate`"), "{e}");
-        for name in ["demo", "test", "sim", "bench", "qemu", "linux", "help"] {
+        for name in ["demo", "test", "sim", "bench", "qemu", "linux", "offload", "help"] {
             assert!(e.contains(name), "{e} lacks {name}");
         }
     }
@@ -363,6 +373,8 @@ mod tests {
     #[test]
     fn linux_takes_nothing() {
         assert_eq!(parse(["linux"]).unwrap(), Command::Linux);
+        assert_eq!(parse(["offload"]).unwrap(), Command::Offload);
+        assert!(parse(["offload", "x"]).is_err());
         assert_eq!(parse(["linux", "--help"]).unwrap(), Command::Help);
         assert!(err(&["linux", "now"]).contains("`linux` takes no arguments"));
     }

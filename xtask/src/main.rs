@@ -11,6 +11,7 @@ mod exec;
 mod linux;
 mod live_bench;
 mod manifest;
+mod offload;
 mod pathlen;
 mod qemu;
 mod setup;
@@ -82,6 +83,7 @@ fn run(command: Command, ctx: &Ctx) -> Result<(), Error> {
         Command::Bench { only } => tasks::bench(ctx, only),
         Command::Qemu(args) => qemu::qemu(ctx, &args),
         Command::Linux => linux::linux(ctx),
+        Command::Offload => offload::offload(ctx),
     }
 }
 

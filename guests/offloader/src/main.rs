@@ -29,7 +29,7 @@ use guest_rt::{cpu_index, ensure, fail, gic, hypercall, println, setting, timer,
 guest_rt::guest_main!(main);
 
 /// Millions of job rounds per vCPU.
-const MITER: u64 = setting(option_env!("GUEST_OFFLOADER_MITER"), 40);
+const MITER: u64 = setting(option_env!("GUEST_OFFLOADER_MITER"), 100);
 /// Instructions one round of [`mix`] takes (an estimate from its code: a multiply, shifts,
 /// xors, the loop).
 const INSTR_PER_ROUND: u64 = 10;
@@ -55,6 +55,10 @@ fn mix(mut x: u64, rounds: u64) -> u64 {
 fn work(me: usize) {
     RESULTS[me].store(mix(me as u64 + 1, MITER * 1_000_000), Ordering::Release);
     FINISHED.fetch_add(1, Ordering::AcqRel);
+    if me != 0 {
+        // vCPU 0 waits in WFI for the last one.
+        gic::send_sgi(SGI_WORK, 0);
+    }
 }
 
 fn on_work(_intid: u32) {}
@@ -64,6 +68,7 @@ fn secondary(index: u64) -> ! {
     if me as u64 != index {
         guest_rt::finish(Err(fail!("cpu_on context {index} arrived on cpu {me}")));
     }
+    gic::init();
     gic::set_handler(SGI_WORK, on_work);
     gic::irq_enable();
     let mut seen = 0;

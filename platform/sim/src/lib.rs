@@ -8,6 +8,7 @@
 //! at most one core, only its owner runs it, parked and stopped vCPUs never run) and reports
 //! CPU time, wake-up latency, job response times and deadline misses per vCPU.
 
+pub mod chart;
 pub mod demand;
 pub mod energy;
 pub mod report;

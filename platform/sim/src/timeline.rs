@@ -1482,14 +1482,14 @@ fn axis_ticks(start: Instant, end: Instant, plot_width: u32) -> Ticks {
 }
 
 /// An RGB picture being drawn; every drawing call is clipped to it.
-struct Canvas {
+pub(crate) struct Canvas {
     w: u32,
     h: u32,
     px: Vec<u8>,
 }
 
 impl Canvas {
-    fn new(w: u32, h: u32) -> Canvas {
+    pub(crate) fn new(w: u32, h: u32) -> Canvas {
         let mut px = Vec::with_capacity(w as usize * h as usize * 3);
         for _ in 0..w as usize * h as usize {
             px.extend_from_slice(&BACKGROUND);
@@ -1497,7 +1497,7 @@ impl Canvas {
         Canvas { w, h, px }
     }
 
-    fn fill(&mut self, x: u32, y: u32, w: u32, h: u32, c: Rgb) {
+    pub(crate) fn fill(&mut self, x: u32, y: u32, w: u32, h: u32, c: Rgb) {
         let (x1, y1) = (x.saturating_add(w).min(self.w), y.saturating_add(h).min(self.h));
         for yy in y.min(y1)..y1 {
             let row = yy as usize * self.w as usize;
@@ -1509,7 +1509,7 @@ impl Canvas {
     }
 
     /// Writes `s` with its top-left corner at (`x`, `y`).
-    fn text(&mut self, x: u32, y: u32, s: &str, c: Rgb) {
+    pub(crate) fn text(&mut self, x: u32, y: u32, s: &str, c: Rgb) {
         let mut x = x;
         for ch in s.chars() {
             let glyph = font::glyph(ch);
@@ -1527,6 +1527,25 @@ impl Canvas {
         }
     }
 }
+
+impl Canvas {
+    /// The picture as a PNG (8-bit RGB).
+    pub(crate) fn png(&self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, self.w, self.h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(png::Compression::Fast);
+        let mut writer = enc.write_header().map_err(io::Error::other)?;
+        writer.write_image_data(&self.px).map_err(io::Error::other)?;
+        writer.finish().map_err(io::Error::other)?;
+        Ok(out)
+    }
+}
+
+/// The font's advance and line height, for other pictures of this crate.
+pub(crate) const FONT_ADVANCE: u32 = font::ADVANCE;
+pub(crate) const FONT_LINE: u32 = font::LINE;
 
 /// A small bitmap font drawn for this module: 5 pixels wide, 7 above the baseline and 2 below
 /// (for g, j, p, q, y and the comma), printable ASCII. Anything else is drawn as `?`.

@@ -491,7 +491,8 @@ impl Core<'_> {
             // has no CPU_ON waiting in its boot slot).
             Some((kept, ctx)) if kept == id => ctx,
             kept => {
-                if let Some((_, ctx)) = kept {
+                if let Some((kept, ctx)) = kept {
+                    self.sync_direct_lrs(kept);
                     self.put_away_vcpu(ctx);
                 }
                 let mut ctx = vcpu.ctx.lock();
@@ -555,13 +556,6 @@ impl Core<'_> {
             }
         };
         timer::disarm_hyp_timer();
-        if self.lrs_fresh {
-            // An exit handler loaded the list registers directly and the vCPU leaves before
-            // entering again: what they hold goes back into the model, as at an exit, or it
-            // would be lost when another vCPU's fill overwrites them.
-            self.vgic_exit(vm, vcpu);
-            self.lrs_fresh = false;
-        }
         // The run (and the deciding before it) is this vCPU's; booked when the core rests.
         let end = timer::now();
         if let Some(t) = self.vcpu_busy.get_mut(id.index()) {
@@ -572,6 +566,7 @@ impl Core<'_> {
         match reason {
             // Off the core for good (or until a CPU_ON): put away now, no deadline.
             ExitReason::Stop(_) | ExitReason::PsciCpuOff => {
+                self.sync_direct_lrs(id);
                 self.put_away_vcpu(ctx);
                 vcpu.timer_deadline.store(NO_DEADLINE, Ordering::Release);
             }
@@ -608,8 +603,22 @@ impl Core<'_> {
     /// Puts away the vCPU kept loaded since its last run, if any (before anything else runs
     /// or the core idles).
     fn put_away(&mut self) {
-        if let Some((_, ctx)) = self.kept.take() {
+        if let Some((id, ctx)) = self.kept.take() {
+            self.sync_direct_lrs(id);
             self.put_away_vcpu(ctx);
+        }
+    }
+
+    /// An exit handler loaded the list registers directly (`send_sgi_to_self`) and the vCPU
+    /// leaves the core before entering again: what they hold goes back into the model, as at an
+    /// exit, or the next vCPU's entry would find them (an interrupt lost, or delivered to the
+    /// wrong vCPU). A vCPU picked again at once keeps them: it is entered as it was left.
+    fn sync_direct_lrs(&mut self, id: VcpuId) {
+        if self.lrs_fresh {
+            let vcpu = self.hyp.vcpu(id);
+            let vm = &self.hyp.vms[vcpu.vm.index()];
+            self.vgic_exit(vm, vcpu);
+            self.lrs_fresh = false;
         }
     }
 

@@ -105,7 +105,8 @@ pub(super) fn on_mark(hyp: &super::Hypervisor, vm: usize, id: u32, value: u64) {
     if id != MARK_OFFLOAD_POINT && id != MARK_RETURN_POINT {
         return;
     }
-    if OFFLOAD.lock().is_none() && !offload_server() {
+    let phone = matches!(*OFFLOAD.lock(), Some(OffloadPolicy::Model(_) | OffloadPolicy::Always));
+    if !phone && !offload_server() {
         return;
     }
     *PENDING_MARK.lock() = Some((id, vm, value));
@@ -466,7 +467,10 @@ pub(super) fn step(core: &mut Core<'_>, now: Instant) -> bool {
     let mut slot = STATE.lock();
     let state = match slot.take() {
         Some(s) => s,
-        None => return false,
+        None => {
+            NEXT_STEP.store(NEVER, Ordering::Release);
+            return false;
+        }
     };
     let (next, poll) = match state {
         State::Armed { at, vm, stream } if now >= at => match start(core, vm, Peer::new(*stream), After::Stop, now) {
@@ -913,10 +917,13 @@ pub struct Incoming {
     stream: Peer,
     /// When the trailer was in.
     pub received_at: Instant,
+    /// READY for the stream received, sent once this instance is ready to run the guest.
+    ready: Control,
 }
 
-/// The destination's part, at boot before any core runs the VM: fills `vm` from the stream and
-/// answers READY, or REFUSED with the reason (and returns it as the error).
+/// The destination's part, at boot before any core runs the VM: fills `vm` from the stream,
+/// verified to its trailer, or answers REFUSED with the reason (and returns it as the error).
+/// READY follows in [`await_commit`].
 pub fn receive(vm: &Vm, vcpus: &[super::vm::Vcpu]) -> Result<Incoming, String> {
     let mut stream = MigrationStream::open().map_err(|e| format!("{e}"))?;
     println!("migrate: waiting for a guest on the virtio console at {:#x}", stream.mmio().base);
@@ -929,11 +936,14 @@ pub fn receive(vm: &Vm, vcpus: &[super::vm::Vcpu]) -> Result<Incoming, String> {
     });
     match result {
         Ok((restored, stream_len, stream_crc)) => {
-            let ready = Control::Ready { stream_len, stream_crc };
-            stream.write(&ready.encode()).and_then(|()| stream.flush()).map_err(|e| format!("{e}"))?;
             let received_at = timer::now();
             vm.touch_all();
-            Ok(Incoming { restored, stream: Peer::new(stream), received_at })
+            Ok(Incoming {
+                restored,
+                stream: Peer::new(stream),
+                received_at,
+                ready: Control::Ready { stream_len, stream_crc },
+            })
         }
         Err(e) => {
             let refused = Control::refused(Refusal::Invalid, &e);
@@ -987,8 +997,13 @@ impl Source for Prefixed<'_> {
     }
 }
 
-/// After READY: waits for COMMIT. Only then may the VM run.
+/// Once everything that could still fail here is done (the runtime, the energy model): READY,
+/// then COMMIT is awaited. Only then may the VM run. (A failure before READY leaves the source
+/// without an answer: it resumes the guest at its timeout.)
 pub fn await_commit(incoming: &mut Incoming) -> Result<(), String> {
+    let ready = incoming.ready.encode();
+    let stream = &mut incoming.stream.stream;
+    stream.write(&ready).and_then(|()| stream.flush()).map_err(|e| format!("{e}"))?;
     match incoming.stream.await_control(timer::now() + answer_timeout())? {
         Control::Commit => Ok(()),
         other => Err(format!("the source answered {other} instead of COMMIT")),

@@ -403,7 +403,7 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
         }
         vm.cntvoff.store(r.timers.cntvoff(timer::counter()), Ordering::Release);
     }
-    // COMMIT is awaited only now: the source's round trip overlaps the setup above.
+    // READY only now, once everything that could fail here has been done; then COMMIT.
     if let (Some(i), Some(vm)) = (&mut incoming, hyp.vms.first()) {
         if let Err(e) = live::await_commit(i) {
             fail(format!("migrate: guest {} verified but not committed, it does not run here: {e}", vm.name));
