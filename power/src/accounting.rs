@@ -12,8 +12,12 @@
 //! A core's busy energy is charged to the vCPU it ran and that vCPU's VM. Idle and off energy
 //! is charged to no one: a core idles because no guest needs it, and splitting that energy
 //! among guests would make one guest's bill depend on how busy the others are. It is reported
-//! per core and in total as [`Accounting::unattributed_energy`]. Cluster energy is not
-//! accounted here (see [`EnergyModel::cluster_power_uw`]).
+//! per core and in total as [`Accounting::unattributed_energy`].
+//!
+//! Books made with [`Accounting::with_clusters`] also account each cluster's shared logic
+//! (up, in a cluster idle state, or off), derived from its cores' timelines: see the `clusters`
+//! module for the rules. That needs every core's timeline in one set of books; the hypervisor,
+//! whose cores keep books of their own, uses [`Accounting::new`], which leaves clusters out.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -22,8 +26,9 @@ use core::fmt;
 use vcpu_runtime::ids::{CoreId, VcpuId, VmId};
 use vcpu_runtime::time::{Instant, Nanos};
 
+use crate::clusters::{Clusters, Hold};
 use crate::energy::Energy;
-use crate::EnergyModel;
+use crate::{ClusterState, EnergyModel};
 
 /// What a core is doing over an interval.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -155,6 +160,7 @@ pub struct Accounting {
     cores: Vec<CoreAccount>,
     vcpus: Vec<Energy>,
     vms: Vec<Energy>,
+    clusters: Option<Clusters>,
 }
 
 impl Accounting {
@@ -180,7 +186,23 @@ impl Accounting {
             cores,
             vcpus: vec![Energy::ZERO; vcpus],
             vms: vec![Energy::ZERO; vms],
+            clusters: None,
         }
+    }
+
+    /// Like [`new`](Self::new), and accounting every cluster's shared logic from its cores'
+    /// timelines (see the [module documentation](self)): all of a cluster's cores must be
+    /// booked here. Intervals of a core that runs ahead of the others of its cluster are kept
+    /// until they catch up, so this allocates as it goes.
+    pub fn with_clusters(model: &EnergyModel, vcpus: usize, vms: usize, start: Instant) -> Accounting {
+        let mut a = Accounting::new(model, vcpus, vms, start);
+        a.clusters = Some(Clusters::new(model, start));
+        a
+    }
+
+    /// Whether cluster energy is accounted ([`with_clusters`](Self::with_clusters)).
+    pub fn tracks_clusters(&self) -> bool {
+        self.clusters.is_some()
     }
 
     pub fn model(&self) -> &EnergyModel {
@@ -259,6 +281,17 @@ impl Accounting {
         account.entries[s] += 1;
         account.accounted_until = to;
         account.last = Some(state);
+        if let Some(clusters) = self.clusters.as_mut() {
+            let hold = match state {
+                CoreState::Busy { .. } => Hold::Up,
+                // The cluster can power down only once every core has: in its deepest state
+                // (not WFI), or off.
+                CoreState::Idle { state } if state > 0 && state + 1 == self.model.idle_state_count(core) => Hold::Rest,
+                CoreState::Idle { .. } => Hold::Up,
+                CoreState::Off => Hold::Off,
+            };
+            clusters.push(&self.model, core, hold, from, to);
+        }
         Ok(duration)
     }
 
@@ -364,19 +397,46 @@ impl Accounting {
         self.vms[vm.index()]
     }
 
-    /// The energy of every core.
-    pub fn total_energy(&self) -> Energy {
-        (0..self.cores.len()).map(|i| self.core_energy(CoreId(i as u16)).total()).sum()
+    /// The energy of cluster `cluster`'s shared logic (zero unless the books were made
+    /// [`with_clusters`](Self::with_clusters)), up to where all its cores are booked.
+    ///
+    /// # Panics
+    /// If `cluster` is not a cluster of the model.
+    pub fn cluster_energy(&self, cluster: usize) -> Energy {
+        assert!(cluster < self.model.clusters().len(), "no cluster {cluster}");
+        self.clusters.as_ref().map_or(Energy::ZERO, |c| c.energy(&self.model, cluster))
     }
 
-    /// Idle and off energy of every core: charged to no guest.
+    /// Time cluster `cluster` spent in `state` (zero unless the books were made
+    /// [`with_clusters`](Self::with_clusters)).
+    ///
+    /// # Panics
+    /// If `cluster` or the state does not exist.
+    pub fn cluster_residency(&self, cluster: usize, state: ClusterState) -> Nanos {
+        assert!(cluster < self.model.clusters().len(), "no cluster {cluster}");
+        self.clusters.as_ref().map_or(Nanos::ZERO, |c| c.residency(&self.model, cluster, state))
+    }
+
+    /// The energy of every cluster's shared logic.
+    pub fn clusters_energy(&self) -> Energy {
+        (0..self.model.clusters().len()).map(|k| self.cluster_energy(k)).sum()
+    }
+
+    /// The energy of every core, and of every cluster when clusters are accounted.
+    pub fn total_energy(&self) -> Energy {
+        (0..self.cores.len()).map(|i| self.core_energy(CoreId(i as u16)).total()).sum::<Energy>()
+            + self.clusters_energy()
+    }
+
+    /// Idle and off energy of every core, and cluster energy: charged to no guest.
     pub fn unattributed_energy(&self) -> Energy {
         (0..self.cores.len())
             .map(|i| {
                 let e = self.core_energy(CoreId(i as u16));
                 e.idle + e.off
             })
-            .sum()
+            .sum::<Energy>()
+            + self.clusters_energy()
     }
 
     /// Checks that every core's residencies add up to the run from the start to `until`: no
@@ -499,6 +559,30 @@ mod tests {
         b.book(c, CoreState::Idle { state: 1 }, None, Instant::ZERO, at(10)).unwrap();
         assert_eq!(b.core_energy(c).idle.as_nanojoules(), 15_000);
         assert_eq!(b.transition_count(c), 0);
+    }
+
+    #[test]
+    fn books_with_clusters_add_the_shared_logic() {
+        let model = EnergyModel::builtin("phone-dual").unwrap();
+        let mut plain = Accounting::new(&model, 1, 1, Instant::ZERO);
+        let mut full = Accounting::with_clusters(&model, 1, 1, Instant::ZERO);
+        assert!(!plain.tracks_clusters() && full.tracks_clusters());
+        for a in [&mut plain, &mut full] {
+            // Core 0 runs 0–5 ms and rests deeply to 20 ms; core 1 is off throughout.
+            a.book(CoreId(0), CoreState::Busy { opp: 0 }, Some((VcpuId(0), VmId(0))), at(0), at(5)).unwrap();
+            a.book(CoreId(0), CoreState::Idle { state: 1 }, None, at(5), at(20)).unwrap();
+            a.book(CoreId(1), CoreState::Off, None, at(0), at(20)).unwrap();
+        }
+        assert_eq!(plain.clusters_energy(), Energy::ZERO);
+        assert_eq!(plain.cluster_residency(0, ClusterState::Active), Nanos::ZERO);
+        // Up while core 0 runs (5 ms at 47 mW), then cluster-sleep for 15 ms (0 µW), entered
+        // once at its break-even cost (47 mW × 2.7 ms).
+        assert_eq!(full.cluster_residency(0, ClusterState::Active), Nanos::from_millis(5));
+        assert_eq!(full.cluster_residency(0, ClusterState::Idle(0)), Nanos::from_millis(15));
+        assert_eq!(full.cluster_energy(0).as_nanojoules(), 235_000 + 126_900);
+        assert_eq!(full.total_energy(), plain.total_energy() + full.clusters_energy());
+        assert_eq!(full.unattributed_energy(), plain.unattributed_energy() + full.clusters_energy());
+        assert_eq!(full.vcpu_energy(VcpuId(0)), plain.vcpu_energy(VcpuId(0)), "no guest pays for the cluster");
     }
 
     #[test]

@@ -1,15 +1,16 @@
 //! The consolidation governor and its baselines: every period it reads the vCPUs' utilization,
 //! the cores' state and the energy model, and returns a [`Plan`]: cores to power on, vCPU moves,
-//! cores to power off. The platform carries the plan out (docs/governor.md): moves through the
-//! runtime's mailboxes, power-off by the core itself (it drains, hands its vCPUs over and calls
-//! PSCI CPU_OFF), power-on with CPU_ON from another core.
+//! cores to power off, and the operating point of every frequency domain. The platform carries
+//! the plan out (docs/governor.md): moves through the runtime's mailboxes, power-off by the core
+//! itself (it drains, hands its vCPUs over and calls PSCI CPU_OFF), power-on with CPU_ON from
+//! another core, operating points through its cpufreq driver where it has one.
 //!
-//! The same code runs in the simulator and in the hypervisor; it allocates only when it is built.
+//! The same code runs in the simulator and in the hypervisor.
 //!
-//! Units: a vCPU's utilization is the runtime's ([`UTIL_ONE`] = always running on its core).
-//! Demand is utilization scaled by the capacity of the core it was measured on, in
-//! [`UTIL_ONE`] = "all of the biggest core at its top operating point" (capacity 1024), so
-//! demands measured on cores of different types add up.
+//! Units: a vCPU's utilization is the runtime's, which counts running time at the core's speed
+//! (`CoreRuntime::set_capacity`): [`UTIL_ONE`] is "all of the biggest core at its top operating
+//! point" (capacity 1024), so it measures work, and demands measured on cores of different
+//! types or at different operating points add up.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -18,36 +19,8 @@ use vcpu_runtime::scenario::GovernorPolicy;
 use vcpu_runtime::util::UTIL_ONE;
 use vcpu_runtime::{CoreId, CoreMask, Instant, Nanos, System, VcpuConfig, VcpuId, VcpuState};
 
-/// Capacity of the biggest core at its top operating point (Linux's `SCHED_CAPACITY_SCALE`).
-pub const CAPACITY_SCALE: u32 = 1024;
-
-/// What the governor needs to know of the energy model, per physical core and cluster. Powers
-/// are in microwatts at the operating point the core runs at (the hypervisor does not scale
-/// frequencies, so that is the top one).
-pub trait PowerCosts {
-    /// Physical cores the model describes.
-    fn core_count(&self) -> usize;
-    /// Capacity at the running operating point, in [`CAPACITY_SCALE`] units.
-    fn capacity(&self, core: CoreId) -> u32;
-    /// Power while busy 100 % of the time.
-    fn busy_power_uw(&self, core: CoreId) -> u64;
-    /// Idle states of the core, shallowest (WFI) first.
-    fn idle_state_count(&self, core: CoreId) -> usize;
-    /// Power in idle state `state`.
-    fn idle_power_uw(&self, core: CoreId, state: usize) -> u64;
-    /// Shortest stay in idle state `state` that saves energy.
-    fn idle_min_residency(&self, core: CoreId, state: usize) -> Nanos;
-    /// Power while the core is off (PSCI CPU_OFF).
-    fn off_power_uw(&self, core: CoreId) -> u64;
-    /// Shortest time off that saves energy (the break-even of CPU_OFF + CPU_ON).
-    fn off_min_residency(&self, core: CoreId) -> Nanos;
-    /// The cluster (shared power domain) of the core.
-    fn cluster_of(&self, core: CoreId) -> usize;
-    /// Clusters in the model.
-    fn cluster_count(&self) -> usize;
-    /// Power of a cluster's shared logic while any of its cores is on (`on`) or all are off.
-    fn cluster_power_uw(&self, cluster: usize, on: bool) -> u64;
-}
+pub use crate::model::CAPACITY_SCALE;
+use crate::{ClusterState, EnergyModel};
 
 /// What the governor reads of the runtime each period. [`System`] is the real one; tests give
 /// loads of their own.
@@ -56,7 +29,8 @@ pub trait LoadView {
     fn online_cores(&self) -> CoreMask;
     /// The vCPU's owner core, and whether it is on (not parked by its guest, not stopped).
     fn vcpu_placement(&self, vcpu: VcpuId) -> (CoreId, bool);
-    /// The vCPU's utilization at `now` on its owner core, in [`UTIL_ONE`] units.
+    /// The vCPU's utilization at `now`, in [`UTIL_ONE`] units of the biggest core at its top
+    /// operating point (running time scaled by the speed it ran at).
     fn vcpu_utilization(&self, vcpu: VcpuId, now: Instant) -> u32;
     /// How many times the vCPU has woken up so far (a running count).
     fn vcpu_wakeups(&self, vcpu: VcpuId) -> u64;
@@ -93,7 +67,7 @@ pub struct GovernorConfig {
     /// The share of a core's capacity the plan may fill, in ppm (default 80 %): the rest is
     /// headroom for bursts until the next period.
     pub headroom_ppm: u32,
-    /// Real-time admission bound per core, in ppm (the runtime's `rt_bound_ppm`).
+    /// Real-time admission bound per core, in ppm of its time (the runtime's `rt_bound_ppm`).
     pub rt_bound_ppm: u64,
     /// A different set of cores must model at least this much less power than the current one
     /// (ppm of the current), unless the current one is overloaded (default 1 %).
@@ -105,6 +79,9 @@ pub struct GovernorConfig {
     /// Cores never powered off: the hypervisor keeps its boot core on (it runs the governor
     /// and ends the run).
     pub always_on: CoreMask,
+    /// The platform can set operating points (default true). Without, every core runs at its
+    /// top operating point and the governor plans with it, whatever the policy.
+    pub dvfs: bool,
 }
 
 impl GovernorConfig {
@@ -120,6 +97,7 @@ impl GovernorConfig {
             hotplug_up_ppm: 800_000,
             hotplug_down_ppm: 300_000,
             always_on: CoreMask::single(CoreId(0)),
+            dvfs: true,
         }
     }
 }
@@ -133,13 +111,16 @@ pub struct Plan {
     pub moves: Vec<(VcpuId, CoreId)>,
     /// Cores that drain and power themselves off (after the moves).
     pub power_off: CoreMask,
+    /// Per core: the operating point (index into its type's OPPs) it runs at from now on, the
+    /// same for every core of a frequency domain.
+    pub opps: Vec<usize>,
     /// The cores the plan keeps on, and the power the model predicts for it (µW).
     pub keep: CoreMask,
     pub predicted_uw: u64,
 }
 
 impl Plan {
-    /// Whether the plan changes nothing.
+    /// Whether the plan changes no core's power and moves nothing (operating points aside).
     pub fn is_empty(&self) -> bool {
         self.power_on.is_empty() && self.power_off.is_empty() && self.moves.is_empty()
     }
@@ -150,7 +131,9 @@ impl Plan {
 struct VcpuLoad {
     id: VcpuId,
     owner: CoreId,
+    /// Work wanted, in [`UTIL_ONE`] units of the biggest core at its top OPP.
     demand: u64,
+    /// Reserved bandwidth, ppm of a core's time at full speed.
     reserved_ppm: u64,
     affinity: CoreMask,
     active: bool,
@@ -177,12 +160,21 @@ pub struct Governor {
     low_streak: u32,
     /// `consolidate`: the set of cores the last plan chose.
     last_target: CoreMask,
+    /// The capacity of the fastest core at its top OPP.
+    fastest: u32,
     // Scratch, sized once.
     loads: Vec<VcpuLoad>,
     order: Vec<usize>,
+    placed: Vec<bool>,
     assign: Vec<CoreId>,
+    best_assign: Vec<CoreId>,
     core_load: Vec<u64>,
     core_rt: Vec<u64>,
+    /// Per frequency domain: the OPP index (of its cores' type).
+    domain_opp: Vec<usize>,
+    best_domain_opp: Vec<usize>,
+    alt_assign: Vec<CoreId>,
+    alt_domain_opp: Vec<usize>,
 }
 
 /// Why a governor cannot be built.
@@ -205,33 +197,36 @@ impl core::fmt::Display for GovernorError {
     }
 }
 
-/// The idle state `policy` puts a core in for a rest predicted to last `predicted`: `spread`
-/// and `hotplug` use WFI only (state 0), `race-to-idle` the deepest state, `consolidate` the
-/// deepest state whose minimum residency the prediction covers.
-pub fn idle_state(policy: GovernorPolicy, core: CoreId, predicted: Nanos, costs: &impl PowerCosts) -> usize {
-    let n = costs.idle_state_count(core);
-    if n == 0 {
-        return 0;
-    }
-    match policy {
-        GovernorPolicy::Spread | GovernorPolicy::Hotplug => 0,
-        GovernorPolicy::RaceToIdle => n - 1,
-        GovernorPolicy::Consolidate => {
-            (0..n).rev().find(|&s| costs.idle_min_residency(core, s) <= predicted).unwrap_or(0)
-        }
-    }
+/// The idle state a core enters for a rest predicted to last `predicted`: the deepest state
+/// whose minimum residency the prediction covers, as Linux's cpuidle governors (menu, teo)
+/// choose whatever the cpufreq governor and the placement. The policies differ in where vCPUs
+/// run, on how many cores and how fast, not in this (docs/governor.md).
+pub fn idle_state(_policy: GovernorPolicy, core: CoreId, predicted: Nanos, model: &EnergyModel) -> usize {
+    model.deepest_idle_state_for(core, predicted)
 }
 
 /// A core is wanted off for at least this many periods before it goes off, whatever its off
 /// state's minimum residency: bursty loads would otherwise turn cores off and on every few
 /// periods, and each round trip costs the off state's break-even energy and moves vCPUs twice.
-/// (Two, from the energy table: five removed sd410's churn losses but kept transient placements
-/// long enough to cost 25 % on a big.LITTLE row; docs/governor.md.)
+/// (Two. On the energy table five moves the light rows by −1.5 to +0.5 points; the churn losses
+/// once blamed on two periods were an accounting error, docs/governor.md.)
 pub const MIN_OFF_PERIODS: u32 = 2;
 
 /// Subsets of at most this many cores are searched exhaustively; bigger boards try the
 /// cheapest-first prefixes only.
 const EXHAUSTIVE_CORES: usize = 10;
+
+/// schedutil's margin (Linux `map_util_perf`: util + util / 4): a frequency domain runs at the
+/// slowest OPP with 1.25 times the utilization of its busiest core.
+const SCHEDUTIL_MARGIN_PPM: u64 = 1_250_000;
+
+const PPM: u64 = 1_000_000;
+const NS_PER_S: u64 = 1_000_000_000;
+
+/// A capacity (out of [`CAPACITY_SCALE`]) in [`UTIL_ONE`] units.
+fn util_of(capacity: u32) -> u64 {
+    u64::from(capacity) * u64::from(UTIL_ONE) / u64::from(CAPACITY_SCALE)
+}
 
 impl Governor {
     /// A governor for the vCPUs of `vcpus` (the runtime configuration) on `cores` cores.
@@ -239,15 +234,16 @@ impl Governor {
         config: GovernorConfig,
         vcpus: &[VcpuConfig],
         cores: usize,
-        costs: &impl PowerCosts,
+        model: &EnergyModel,
     ) -> Result<Governor, GovernorError> {
-        if costs.core_count() < cores {
-            return Err(GovernorError::ModelCores { model: costs.core_count(), runtime: cores });
+        if model.core_count() < cores {
+            return Err(GovernorError::ModelCores { model: model.core_count(), runtime: cores });
         }
         if config.period == Nanos::ZERO {
             return Err(GovernorError::Period);
         }
         let n = vcpus.len();
+        let domains = model.freq_domain_count();
         Ok(Governor {
             config,
             statics: vcpus
@@ -260,18 +256,25 @@ impl Governor {
             off_streak: vec![0; cores],
             min_streak: (0..cores)
                 .map(|c| {
-                    let residency = costs.off_min_residency(CoreId(c as u16)).as_nanos();
+                    let residency = model.off_min_residency(CoreId(c as u16)).as_nanos();
                     residency.div_ceil(config.period.as_nanos()).clamp(u64::from(MIN_OFF_PERIODS), u64::from(u32::MAX))
                         as u32
                 })
                 .collect(),
             low_streak: 0,
             last_target: CoreMask::NONE,
+            fastest: (0..cores).map(|c| model.max_capacity(CoreId(c as u16))).max().unwrap_or(CAPACITY_SCALE),
             loads: Vec::with_capacity(n),
             order: Vec::with_capacity(n),
+            placed: vec![false; n],
             assign: vec![CoreId(0); n],
+            best_assign: vec![CoreId(0); n],
             core_load: vec![0; cores],
             core_rt: vec![0; cores],
+            domain_opp: vec![0; domains],
+            best_domain_opp: vec![0; domains],
+            alt_assign: vec![CoreId(0); n],
+            alt_domain_opp: vec![0; domains],
         })
     }
 
@@ -279,71 +282,70 @@ impl Governor {
         &self.config
     }
 
-    /// The idle state a core enters for an idle period predicted to last `predicted`: `spread`
-    /// and `hotplug` use WFI only (state 0), `race-to-idle` the deepest state, `consolidate`
-    /// the deepest state whose minimum residency the prediction covers.
-    pub fn idle_state(&self, core: CoreId, predicted: Nanos, costs: &impl PowerCosts) -> usize {
-        idle_state(self.config.policy, core, predicted, costs)
+    /// The idle state a core enters for an idle period predicted to last `predicted`
+    /// ([`idle_state`]).
+    pub fn idle_state(&self, core: CoreId, predicted: Nanos, model: &EnergyModel) -> usize {
+        idle_state(self.config.policy, core, predicted, model)
     }
 
     /// Decides one period at `now`.
-    pub fn decide(&mut self, sys: &impl LoadView, now: Instant, costs: &impl PowerCosts) -> Plan {
+    pub fn decide(&mut self, sys: &impl LoadView, now: Instant, model: &EnergyModel) -> Plan {
         let cores = self.off_streak.len();
         let online = sys.online_cores().and(CoreMask::first(cores));
-        self.read_loads(sys, now, costs);
+        self.read_loads(sys, now);
         let target = match self.config.policy {
             GovernorPolicy::Spread | GovernorPolicy::RaceToIdle => CoreMask::first(cores),
-            GovernorPolicy::Hotplug => self.hotplug_target(online, costs),
-            GovernorPolicy::Consolidate => self.consolidate_target(online, costs),
+            GovernorPolicy::Hotplug => self.hotplug_target(online, model),
+            GovernorPolicy::Consolidate => self.consolidate_target(online, model),
         };
-        // Place the vCPUs on the target set (kept where they are when that fits).
-        let balance = !matches!(self.config.policy, GovernorPolicy::Consolidate);
-        let feasible = self.pack(target, balance, costs);
-        if !feasible {
-            // Nothing fits the headroom: overloaded. Keep vCPUs where they are on cores that
-            // stay; those on cores going away go to the least loaded.
-            self.pack_overloaded(target, costs);
+        if self.config.policy != GovernorPolicy::Consolidate {
+            // Place the vCPUs on the target set, balanced (kept where they are when that is
+            // about as good), and pick the operating points.
+            if !self.pack(target, true, model) {
+                // Nothing fits the headroom: overloaded. Keep vCPUs where they are on cores
+                // that stay; those on cores going away go to the least loaded.
+                self.pack_overloaded(target, model);
+            }
+            self.baseline_opps(target, model);
         }
-        let predicted_uw = self.power_of(target, costs);
-        self.plan(online, target, now, predicted_uw)
+        let predicted_uw = self.power_of(target, model);
+        let mut plan = self.plan(online, target, now, predicted_uw);
+        plan.opps = (0..cores)
+            .map(|c| self.domain_opp[model.freq_domain_of(CoreId(c as u16))].min(model.top_opp(CoreId(c as u16))))
+            .collect();
+        plan
     }
 
     /// Reads each vCPU's demand and placement.
-    fn read_loads(&mut self, sys: &impl LoadView, now: Instant, costs: &impl PowerCosts) {
+    fn read_loads(&mut self, sys: &impl LoadView, now: Instant) {
         self.loads.clear();
         let elapsed = self.last_decision.map_or(self.config.period, |t| now.since(t)).as_nanos().max(1);
         self.last_decision = Some(now);
         for (i, &(affinity, reserved_ppm)) in self.statics.iter().enumerate() {
             let id = VcpuId(i as u16);
             let (owner, active) = sys.vcpu_placement(id);
-            let util = u64::from(sys.vcpu_utilization(id, now).min(UTIL_ONE));
-            let cap = u64::from(costs.capacity(owner).max(1));
             // What the vCPU uses. A reservation's bandwidth is not added: it is an admission
             // constraint (the RT bound per core, checked when packing), and the time a
             // reserved vCPU leaves unused goes to the share vCPUs of its core.
-            let mut demand = util * cap / u64::from(CAPACITY_SCALE);
-            if !active {
-                demand = 0;
-            }
+            let demand = if active { u64::from(sys.vcpu_utilization(id, now).min(UTIL_ONE)) } else { 0 };
             let wakeups = sys.vcpu_wakeups(id);
             let wakes = wakeups.saturating_sub(self.last_wakeups[i]);
             self.last_wakeups[i] = wakeups;
-            let wakes_per_s = (u128::from(wakes) * 1_000_000_000 / u128::from(elapsed)) as u64;
+            let wakes_per_s = (u128::from(wakes) * u128::from(NS_PER_S) / u128::from(elapsed)) as u64;
             self.loads.push(VcpuLoad { id, owner, demand, reserved_ppm, affinity, active, wakes_per_s });
         }
     }
 
-    /// `hotplug`: one core more when the online cores are loaded over the up threshold, one
-    /// fewer (the highest-numbered) after the load has fit the others below the down threshold
-    /// for long enough.
-    fn hotplug_target(&mut self, online: CoreMask, costs: &impl PowerCosts) -> CoreMask {
+    /// `hotplug`: one core more when the online cores are loaded over the up threshold or a
+    /// vCPU fits none of them (a saturated core), one fewer (the highest-numbered) after the load
+    /// has fit the others below the down threshold for long enough.
+    fn hotplug_target(&mut self, online: CoreMask, model: &EnergyModel) -> CoreMask {
         let total: u64 = self.loads.iter().map(|l| l.demand).sum();
-        let cap_of = |set: CoreMask| -> u64 {
-            set.iter().map(|c| u64::from(costs.capacity(c)) * u64::from(UTIL_ONE) / u64::from(CAPACITY_SCALE)).sum()
-        };
+        let cap_of = |set: CoreMask| -> u64 { set.iter().map(|c| util_of(model.max_capacity(c))).sum() };
         let cores = self.off_streak.len();
         let mut target = if online.is_empty() { CoreMask::single(CoreId(0)) } else { online };
-        if total * 1_000_000 > cap_of(target) * u64::from(self.config.hotplug_up_ppm) {
+        let saturated = !self.pack(target, true, model);
+        if saturated || total * PPM > cap_of(target) * u64::from(self.config.hotplug_up_ppm) {
             self.low_streak = 0;
             if let Some(c) = (0..cores).map(|c| CoreId(c as u16)).find(|&c| !target.contains(c)) {
                 target = target.with(c);
@@ -353,9 +355,11 @@ impl Governor {
         let last = target.iter().filter(|&c| !self.config.always_on.contains(c)).last();
         if let Some(last) = last.filter(|_| target.count() > 1) {
             let rest = target.without(last);
-            if total * 1_000_000 < cap_of(rest) * u64::from(self.config.hotplug_down_ppm) {
+            // Only if the others can hold every vCPU and reservation: Linux refuses to take a
+            // CPU offline when the rest cannot hold the admitted deadline bandwidth.
+            if total * PPM < cap_of(rest) * u64::from(self.config.hotplug_down_ppm) && self.pack(rest, true, model) {
                 self.low_streak += 1;
-                let residency = costs.off_min_residency(last);
+                let residency = model.off_min_residency(last);
                 if u64::from(self.low_streak) * self.config.period.as_nanos() >= residency.as_nanos() {
                     self.low_streak = 0;
                     return rest;
@@ -367,15 +371,62 @@ impl Governor {
         target
     }
 
-    /// `consolidate`: the set of cores whose packing the model says costs least, among those
-    /// that hold every vCPU within the headroom and every reservation within the RT bound.
-    /// The current set is kept unless another saves the switch margin, or it no longer fits.
-    fn consolidate_target(&mut self, online: CoreMask, costs: &impl PowerCosts) -> CoreMask {
+    /// The baselines' operating points: `race-to-idle` (and any policy without DVFS) runs every
+    /// core at its top OPP; `spread` and `hotplug` follow schedutil: each frequency domain at
+    /// the slowest OPP whose capacity is 1.25 times the utilization of its busiest core, a
+    /// reservation counting its bandwidth (as Linux adds `SCHED_DEADLINE` bandwidth).
+    fn baseline_opps(&mut self, set: CoreMask, model: &EnergyModel) {
+        let domains = self.domain_opp.len();
+        let race = self.config.policy == GovernorPolicy::RaceToIdle || !self.config.dvfs;
+        for d in 0..domains {
+            let members = model.cores_of_freq_domain(d);
+            let Some(first) = members.iter().next() else { continue };
+            if race {
+                self.domain_opp[d] = model.top_opp(first);
+                continue;
+            }
+            let mut want = 0u64;
+            for c in members.iter().filter(|&c| set.contains(c) && c.index() < self.core_load.len()) {
+                let mut util = 0u64;
+                for (i, l) in self.loads.iter().enumerate() {
+                    if l.active && self.assign[i] == c {
+                        util += if l.reserved_ppm > 0 { l.reserved_ppm * u64::from(UTIL_ONE) / PPM } else { l.demand };
+                    }
+                }
+                want = want.max(util * SCHEDUTIL_MARGIN_PPM / PPM);
+            }
+            let opps = model.opp_count(first);
+            self.domain_opp[d] = (0..opps).find(|&k| util_of(model.capacity_at(first, k)) >= want).unwrap_or(opps - 1);
+        }
+    }
+
+    /// `consolidate`: the set of cores, the placement and the operating points the model says
+    /// cost least, among those that hold every vCPU within the headroom and every reservation
+    /// within the RT bound. Each set is tried packed (fullest first, so some cores rest long)
+    /// and balanced (so its frequency domains can run slower), each at the cheapest operating
+    /// points that hold it. The current set is kept unless another saves the switch margin, or
+    /// it no longer fits. Leaves the choice in `assign` and `domain_opp`.
+    fn consolidate_target(&mut self, online: CoreMask, model: &EnergyModel) -> CoreMask {
         let cores = self.off_streak.len();
         let mut best: Option<(u64, CoreMask)> = None;
-        let mut consider = |gov: &mut Governor, set: CoreMask| {
-            if gov.pack(set, false, costs) {
-                let p = gov.power_of(set, costs);
+        let always = self.config.always_on.0 & CoreMask::first(cores).0;
+        let mut candidates: Vec<CoreMask> = Vec::new();
+        if cores <= EXHAUSTIVE_CORES {
+            candidates.extend((1..(1u64 << cores)).filter(|b| b & always == always).map(CoreMask));
+        } else {
+            // Cheapest work first (busy power per capacity), then growing prefixes.
+            let mut by_cost: Vec<CoreId> = (0..cores).map(|c| CoreId(c as u16)).collect();
+            by_cost.sort_by_key(|&c| {
+                (u64::from(model.opp_power_uw(c, model.top_opp(c))) * 1024 / u64::from(model.max_capacity(c).max(1)), c)
+            });
+            let mut set = CoreMask(always);
+            for c in by_cost {
+                set = set.with(c);
+                candidates.push(set);
+            }
+        }
+        for &set in &candidates {
+            if let Some(p) = self.cheapest_for(set, model) {
                 // Ties go to more cores on (less queueing), then to the lower-numbered set.
                 let better = match best {
                     None => true,
@@ -383,28 +434,22 @@ impl Governor {
                 };
                 if better {
                     best = Some((p, set));
+                    self.best_assign.copy_from_slice(&self.assign);
+                    self.best_domain_opp.copy_from_slice(&self.domain_opp);
                 }
-            }
-        };
-        let always = self.config.always_on.0;
-        if cores <= EXHAUSTIVE_CORES {
-            for bits in (1..(1u64 << cores)).filter(|b| b & always == always & ((1u64 << cores) - 1)) {
-                consider(self, CoreMask(bits));
-            }
-        } else {
-            // Cheapest work first (busy power per capacity), then growing prefixes.
-            let mut by_cost: Vec<CoreId> = (0..cores).map(|c| CoreId(c as u16)).collect();
-            by_cost.sort_by_key(|&c| (costs.busy_power_uw(c) * 1024 / u64::from(costs.capacity(c).max(1)), c));
-            let mut set = CoreMask(always & CoreMask::first(cores).0);
-            for c in by_cost {
-                set = set.with(c);
-                consider(self, set);
             }
         }
         let Some((best_uw, best_set)) = best else {
-            // Nothing fits: everything on.
-            self.last_target = CoreMask::first(cores);
-            return self.last_target;
+            // Nothing fits: everything on, at full speed.
+            let all = CoreMask::first(cores);
+            self.last_target = all;
+            if !self.pack(all, true, model) {
+                self.pack_overloaded(all, model);
+            }
+            for d in 0..self.domain_opp.len() {
+                self.domain_opp[d] = model.cores_of_freq_domain(d).iter().next().map_or(0, |c| model.top_opp(c));
+            }
+            return all;
         };
         // The set the last plan chose, which is being carried out (cores it wanted off may not
         // be off yet): kept unless another saves the margin. Judged against the cores that
@@ -412,34 +457,126 @@ impl Governor {
         // would flip back before the core could go off.
         let current = if self.last_target.is_empty() { online } else { self.last_target };
         let mut chosen = best_set;
-        if !current.is_empty() && best_set != current && self.pack(current, false, costs) {
-            let current_uw = self.power_of(current, costs);
-            let margin = current_uw * u64::from(self.config.switch_margin_ppm) / 1_000_000;
-            if best_uw + margin >= current_uw {
-                chosen = current;
+        if !current.is_empty() && best_set != current {
+            if let Some(current_uw) = self.cheapest_for(current, model) {
+                let margin = current_uw * u64::from(self.config.switch_margin_ppm) / PPM;
+                if best_uw + margin >= current_uw {
+                    chosen = current;
+                    self.best_assign.copy_from_slice(&self.assign);
+                    self.best_domain_opp.copy_from_slice(&self.domain_opp);
+                }
             }
         }
+        self.assign.copy_from_slice(&self.best_assign);
+        self.domain_opp.copy_from_slice(&self.best_domain_opp);
         self.last_target = chosen;
         chosen
+    }
+
+    /// The cheapest way to run the load on `set`: packed or balanced, at the operating points
+    /// that cost least; its modelled power, with the placement in `assign` and the OPPs in
+    /// `domain_opp`. `None` if the load does not fit `set`.
+    fn cheapest_for(&mut self, set: CoreMask, model: &EnergyModel) -> Option<u64> {
+        let packed = self.pack(set, false, model).then(|| self.choose_opps(set, model));
+        if packed.is_some() {
+            self.alt_assign.copy_from_slice(&self.assign);
+            self.alt_domain_opp.copy_from_slice(&self.domain_opp);
+        }
+        let balanced = self.pack(set, true, model).then(|| self.choose_opps(set, model));
+        match (packed, balanced) {
+            (Some(p), Some(b)) if b < p => Some(b),
+            (Some(p), _) => {
+                self.assign.copy_from_slice(&self.alt_assign);
+                self.domain_opp.copy_from_slice(&self.alt_domain_opp);
+                Some(p)
+            }
+            (None, b) => b,
+        }
+    }
+
+    /// The operating point of every frequency domain that costs least for the placement in
+    /// `assign` on `set`, among those that keep every core of the set within the headroom and
+    /// its reservations within the RT bound (the top OPP when none does, or without DVFS); its
+    /// modelled power. One domain after the other, the others held at their slowest fitting
+    /// OPP until their turn.
+    fn choose_opps(&mut self, set: CoreMask, model: &EnergyModel) -> u64 {
+        self.tally(set);
+        let domains = self.domain_opp.len();
+        let mut lowest = [0usize; CoreMask::MAX_CORES];
+        for (d, low) in lowest.iter_mut().enumerate().take(domains) {
+            let members = model.cores_of_freq_domain(d);
+            let Some(first) = members.iter().next() else { continue };
+            let top = model.top_opp(first);
+            *low = if self.config.dvfs {
+                (0..=top)
+                    .find(|&k| {
+                        members.iter().filter(|&c| set.contains(c) && c.index() < self.core_load.len()).all(|c| {
+                            let cap = model.capacity_at(c, k);
+                            self.core_load[c.index()] * PPM <= util_of(cap) * u64::from(self.config.headroom_ppm)
+                                && self.core_rt[c.index()] * u64::from(CAPACITY_SCALE)
+                                    <= self.config.rt_bound_ppm * u64::from(cap)
+                        })
+                    })
+                    .unwrap_or(top)
+            } else {
+                top
+            };
+            self.domain_opp[d] = *low;
+        }
+        let mut best = self.power_of(set, model);
+        for (d, &low) in lowest.iter().enumerate().take(domains) {
+            let members = model.cores_of_freq_domain(d);
+            let Some(first) = members.iter().next() else { continue };
+            if !members.iter().any(|c| set.contains(c)) {
+                continue;
+            }
+            let mut best_k = self.domain_opp[d];
+            for k in low + 1..=model.top_opp(first) {
+                self.domain_opp[d] = k;
+                let p = self.power_of(set, model);
+                if p < best {
+                    best = p;
+                    best_k = k;
+                }
+            }
+            self.domain_opp[d] = best_k;
+        }
+        best
+    }
+
+    /// Sums each core's demand and reserved bandwidth under the placement in `assign`.
+    fn tally(&mut self, set: CoreMask) {
+        self.core_load.iter_mut().for_each(|l| *l = 0);
+        self.core_rt.iter_mut().for_each(|l| *l = 0);
+        for (i, l) in self.loads.iter().enumerate() {
+            let c = self.assign[i];
+            if l.active && set.contains(c) && c.index() < self.core_load.len() {
+                self.core_load[c.index()] += l.demand;
+                self.core_rt[c.index()] += l.reserved_ppm;
+            }
+        }
     }
 
     /// Places every active vCPU on a core of `set`: where it is when that core is in the set and
     /// it fits, else (largest demand first) on the fitting core that is cheapest for its work
     /// (`balance` = false: the most loaded that fits, so cores empty out) or least loaded
-    /// (`balance` = true, spreading). Returns whether everything fits the headroom and the RT
-    /// bound; `self.assign` holds the placement.
-    fn pack(&mut self, set: CoreMask, balance: bool, costs: &impl PowerCosts) -> bool {
+    /// (`balance` = true, spreading). Fitting is at each core's top OPP: the load within the
+    /// headroom (a vCPU alone on one of the fastest cores always fits: it cannot go faster), the
+    /// reservations within the RT bound of the core's time (a reservation's bandwidth is at
+    /// full speed, so a slower core gives it more of its time). Returns whether everything
+    /// fits; `self.assign` holds the placement.
+    fn pack(&mut self, set: CoreMask, balance: bool, model: &EnergyModel) -> bool {
         self.core_load.iter_mut().for_each(|l| *l = 0);
         self.core_rt.iter_mut().for_each(|l| *l = 0);
-        let limit = |c: CoreId| -> u64 {
-            u64::from(costs.capacity(c)) * u64::from(UTIL_ONE) / u64::from(CAPACITY_SCALE)
-                * u64::from(self.config.headroom_ppm)
-                / 1_000_000
+        let headroom = u64::from(self.config.headroom_ppm);
+        let rt_bound = self.config.rt_bound_ppm;
+        let fastest = self.fastest;
+        let fits_core = |load: u64, rt: u64, l: &VcpuLoad, c: CoreId| {
+            let cap = model.max_capacity(c);
+            let alone = load == 0 && cap >= fastest;
+            (alone || (load + l.demand) * PPM <= util_of(cap) * headroom)
+                && (rt + l.reserved_ppm) * u64::from(CAPACITY_SCALE) <= rt_bound * u64::from(cap)
         };
-        // A vCPU alone on a core fits it whatever its demand: it cannot use more than one core,
-        // and on a smaller core it only runs slower, which costs less energy than a big core
-        // (the headroom is about vCPUs sharing a core, not about one vCPU's speed).
-        let alone_fits = |load: u64, _c: CoreId| load == 0;
         self.order.clear();
         self.order.extend(0..self.loads.len());
         let loads = &self.loads;
@@ -451,8 +588,8 @@ impl Governor {
             ))
         });
         let mut ok = true;
+        self.placed.iter_mut().for_each(|p| *p = false);
         // First pass: vCPUs that may stay where they are, stay (in demand order).
-        let mut placed = vec![false; self.loads.len()];
         if !balance {
             for k in 0..self.order.len() {
                 let i = self.order[k];
@@ -460,24 +597,23 @@ impl Governor {
                 let c = l.owner;
                 if !l.active {
                     self.assign[i] = c;
-                    placed[i] = true;
+                    self.placed[i] = true;
                     continue;
                 }
                 if set.contains(c)
                     && l.affinity.contains(c)
-                    && (alone_fits(self.core_load[c.index()], c) || self.core_load[c.index()] + l.demand <= limit(c))
-                    && self.core_rt[c.index()] + l.reserved_ppm <= self.config.rt_bound_ppm
+                    && fits_core(self.core_load[c.index()], self.core_rt[c.index()], &l, c)
                 {
                     self.core_load[c.index()] += l.demand;
                     self.core_rt[c.index()] += l.reserved_ppm;
                     self.assign[i] = c;
-                    placed[i] = true;
+                    self.placed[i] = true;
                 }
             }
         }
         for k in 0..self.order.len() {
             let i = self.order[k];
-            if placed[i] {
+            if self.placed[i] {
                 continue;
             }
             let l = self.loads[i];
@@ -485,20 +621,18 @@ impl Governor {
                 self.assign[i] = l.owner;
                 continue;
             }
-            let fits = |g: &Governor, c: CoreId| {
-                (alone_fits(g.core_load[c.index()], c) || g.core_load[c.index()] + l.demand <= limit(c))
-                    && g.core_rt[c.index()] + l.reserved_ppm <= g.config.rt_bound_ppm
-            };
+            let fits = |g: &Governor, c: CoreId| fits_core(g.core_load[c.index()], g.core_rt[c.index()], &l, c);
             let candidates = set.and(l.affinity);
             let choice = if balance {
                 // Least loaded (relative to capacity); the vCPU's own core wins ties and near-ties
                 // (within half its own demand), so balanced loads do not churn.
-                let rel = |g: &Governor, c: CoreId| g.core_load[c.index()] * 1024 / u64::from(costs.capacity(c).max(1));
+                let rel =
+                    |g: &Governor, c: CoreId| g.core_load[c.index()] * 1024 / u64::from(model.max_capacity(c).max(1));
                 let best = candidates.iter().filter(|&c| fits(self, c)).min_by_key(|&c| (rel(self, c), c));
                 match best {
                     Some(b) if candidates.contains(l.owner) && fits(self, l.owner) => {
                         let own = rel(self, l.owner);
-                        let slack = l.demand * 512 / u64::from(costs.capacity(l.owner).max(1));
+                        let slack = l.demand * 512 / u64::from(model.max_capacity(l.owner).max(1));
                         if own <= rel(self, b) + slack {
                             Some(l.owner)
                         } else {
@@ -511,7 +645,8 @@ impl Governor {
                 // Cheapest per unit of work, then fullest (so the others empty), then lowest.
                 candidates.iter().filter(|&c| fits(self, c)).min_by_key(|&c| {
                     (
-                        costs.busy_power_uw(c) * 1024 / u64::from(costs.capacity(c).max(1)),
+                        u64::from(model.opp_power_uw(c, model.top_opp(c))) * 1024
+                            / u64::from(model.max_capacity(c).max(1)),
                         u64::MAX - self.core_load[c.index()],
                         c,
                     )
@@ -532,32 +667,50 @@ impl Governor {
         ok
     }
 
-    /// Placement when nothing fits: vCPUs stay where they are if their core stays on; the others
-    /// go to the least loaded core of the set they may use.
-    fn pack_overloaded(&mut self, set: CoreMask, costs: &impl PowerCosts) {
+    /// Placement when not everything fits: every active vCPU, largest first, on the core of the
+    /// set it may use with the most capacity to spare at its top OPP (its own core on ties), so
+    /// that a vCPU too big for a little core reaches a big one when one is on (Linux's misfit
+    /// migration) and the overload spreads.
+    fn pack_overloaded(&mut self, set: CoreMask, model: &EnergyModel) {
         self.core_load.iter_mut().for_each(|l| *l = 0);
-        for i in 0..self.loads.len() {
+        self.core_rt.iter_mut().for_each(|l| *l = 0);
+        self.order.clear();
+        self.order.extend(0..self.loads.len());
+        let loads = &self.loads;
+        self.order.sort_by(|&a, &b| (loads[b].demand, loads[a].id).cmp(&(loads[a].demand, loads[b].id)));
+        for k in 0..self.order.len() {
+            let i = self.order[k];
             let l = self.loads[i];
-            if set.contains(l.owner) || !l.active {
+            if !l.active {
                 self.assign[i] = l.owner;
-                self.core_load[l.owner.index()] += l.demand;
-            }
-        }
-        for i in 0..self.loads.len() {
-            let l = self.loads[i];
-            if set.contains(l.owner) || !l.active {
                 continue;
             }
-            let rel = |g: &Governor, c: CoreId| g.core_load[c.index()] * 1024 / u64::from(costs.capacity(c).max(1));
+            let spare = |g: &Governor, c: CoreId| {
+                util_of(model.max_capacity(c)) as i64 - (g.core_load[c.index()] + l.demand) as i64
+            };
             let candidates = set.and(l.affinity);
-            let c = candidates.iter().min_by_key(|&c| (rel(self, c), c)).unwrap_or(l.owner);
+            let c = candidates
+                .iter()
+                .max_by_key(|&c| (spare(self, c), c == l.owner, core::cmp::Reverse(c)))
+                .unwrap_or(l.owner);
             self.assign[i] = c;
             self.core_load[c.index()] += l.demand;
+            self.core_rt[c.index()] += l.reserved_ppm;
         }
     }
 
-    /// Modeled power (µW) of the placement in `self.assign` with `set` on and the rest off.
-    fn power_of(&self, set: CoreMask, costs: &impl PowerCosts) -> u64 {
+    /// Modelled power (µW) of the placement in `assign` with `set` on at the operating points
+    /// in `domain_opp`, the rest off.
+    ///
+    /// Per core on: busy power at its OPP times its busy share (its load over its capacity
+    /// there); the rest of the time in the idle state the policy picks for the predicted rests
+    /// (the idle share of a second over the wake-ups of the vCPUs placed on it), plus that
+    /// state's break-even energy once per wake-up. Per core off: its off power. Per cluster
+    /// with a core on: the cluster is up while any of its cores runs or rests in a state that
+    /// keeps it up (independent cores: 1 − Π(1 − up share)); the rest of the time in the cluster
+    /// state its rests (split by all its cores' wake-ups) cover, with that state's break-even
+    /// energy per wake-up; a cluster with every core off costs its off power.
+    fn power_of(&self, set: CoreMask, model: &EnergyModel) -> u64 {
         let cores = self.off_streak.len();
         let mut load = [0u64; CoreMask::MAX_CORES];
         let mut wakes = [0u64; CoreMask::MAX_CORES];
@@ -567,36 +720,70 @@ impl Governor {
                 wakes[self.assign[i].index()] += l.wakes_per_s;
             }
         }
+        let clusters = model.clusters().len();
+        // Per cluster: the share of time no core holds it up (ppm), whether a core is on, its
+        // cores' wake-ups.
+        let mut down = [PPM; CoreMask::MAX_CORES];
+        let mut any_on = [false; CoreMask::MAX_CORES];
+        let mut cluster_wakes = [0u64; CoreMask::MAX_CORES];
         let mut total = 0u64;
         for c in (0..cores).map(|c| CoreId(c as u16)) {
             if !set.contains(c) {
-                total += costs.off_power_uw(c);
+                total += u64::from(model.off_power_uw(c));
                 continue;
             }
-            let cap = u64::from(costs.capacity(c).max(1)) * u64::from(UTIL_ONE) / u64::from(CAPACITY_SCALE);
-            let busy = load[c.index()].min(cap);
-            let idle = cap - busy;
+            let k = model.cluster_of(c);
+            let opp = self.domain_opp[model.freq_domain_of(c)].min(model.top_opp(c));
+            let cap = util_of(model.capacity_at(c, opp)).max(1);
+            let busy_ppm = (load[c.index()] * PPM / cap).min(PPM);
+            let idle_ppm = PPM - busy_ppm;
             // The idle gaps: the idle share of a second, split by the wake-ups of the vCPUs on it
             // (a core without wake-ups rests a whole period at least).
-            let idle_ns_per_s = 1_000_000_000 * idle / cap;
+            let idle_ns_per_s = idle_ppm * (NS_PER_S / PPM);
             let gap = match wakes[c.index()] {
                 0 => Nanos(idle_ns_per_s.max(self.config.period.as_nanos())),
                 w => Nanos(idle_ns_per_s / w),
             };
-            let state = self.idle_state(c, gap, costs);
+            let state = self.idle_state(c, gap, model);
+            let entries = wakes[c.index()].max(1);
+            let wfi = u64::from(model.idle_power_uw(c, 0));
+            let deep = u64::from(model.idle_power_uw(c, state));
             // Entering a state deeper than WFI costs its break-even energy per gap: what WFI
             // would have saved over its minimum residency (docs/governor.md).
-            let entries = wakes[c.index()].max(1);
-            let wfi = costs.idle_power_uw(c, 0);
-            let deep = costs.idle_power_uw(c, state);
-            let penalty = wfi.saturating_sub(deep) * costs.idle_min_residency(c, state).as_nanos().min(idle_ns_per_s)
-                / 1_000_000_000
-                * entries;
-            total += (costs.busy_power_uw(c) * busy + deep * idle) / cap + penalty.min(wfi.saturating_sub(deep));
+            let penalty = (wfi.saturating_sub(deep) * model.idle_min_residency(c, state).as_nanos().min(idle_ns_per_s)
+                / NS_PER_S
+                * entries)
+                .min(wfi.saturating_sub(deep));
+            total += (u64::from(model.opp_power_uw(c, opp)) * busy_ppm + deep * idle_ppm) / PPM + penalty;
+            // A core holds its cluster up unless it rests in its deepest state.
+            let rests_deep = state > 0 && state + 1 == model.idle_state_count(c);
+            let up_ppm = if rests_deep { busy_ppm } else { PPM };
+            down[k] = down[k] * (PPM - up_ppm) / PPM;
+            any_on[k] = true;
+            cluster_wakes[k] += wakes[c.index()];
         }
-        for k in 0..costs.cluster_count() {
-            let on = (0..cores).any(|c| set.contains(CoreId(c as u16)) && costs.cluster_of(CoreId(c as u16)) == k);
-            total += costs.cluster_power_uw(k, on);
+        for k in 0..clusters {
+            if !any_on[k] {
+                total += u64::from(model.cluster_power_uw(k, ClusterState::Off));
+                continue;
+            }
+            let active = u64::from(model.cluster_power_uw(k, ClusterState::Active));
+            let down_ns_per_s = down[k] * (NS_PER_S / PPM);
+            let gap = match cluster_wakes[k] {
+                0 => Nanos(down_ns_per_s.max(self.config.period.as_nanos())),
+                w => Nanos(down_ns_per_s / w),
+            };
+            total += match model.deepest_cluster_state_for(k, gap) {
+                Some(s) => {
+                    let p = u64::from(model.cluster_power_uw(k, ClusterState::Idle(s)));
+                    let residency = Nanos::from_micros(u64::from(model.clusters()[k].idle_states[s].min_residency_us));
+                    let penalty = (active.saturating_sub(p) * residency.as_nanos().min(down_ns_per_s) / NS_PER_S
+                        * cluster_wakes[k].max(1))
+                    .min(active.saturating_sub(p));
+                    (active * (PPM - down[k]) + p * down[k]) / PPM + penalty
+                }
+                None => active,
+            };
         }
         total
     }
@@ -668,359 +855,4 @@ impl Governor {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use vcpu_runtime::Reservation;
-
-    /// A board for tests: `types[c]` = (capacity, busy µW, cluster) per core; idle states WFI
-    /// (0 residency) and retention (2 ms); off after `off_residency`.
-    struct Board {
-        cores: Vec<(u32, u64, usize)>,
-        off_residency: Nanos,
-    }
-
-    impl Board {
-        fn quad() -> Board {
-            Board { cores: vec![(1024, 500_000, 0); 4], off_residency: Nanos::from_millis(5) }
-        }
-        fn big_little() -> Board {
-            let mut cores = vec![(400, 120_000, 0); 4];
-            cores.extend([(1024, 1_100_000, 1); 4]);
-            Board { cores, off_residency: Nanos::from_millis(5) }
-        }
-    }
-
-    impl PowerCosts for Board {
-        fn core_count(&self) -> usize {
-            self.cores.len()
-        }
-        fn capacity(&self, core: CoreId) -> u32 {
-            self.cores[core.index()].0
-        }
-        fn busy_power_uw(&self, core: CoreId) -> u64 {
-            self.cores[core.index()].1
-        }
-        fn idle_state_count(&self, _core: CoreId) -> usize {
-            2
-        }
-        fn idle_power_uw(&self, core: CoreId, state: usize) -> u64 {
-            self.cores[core.index()].1 / if state == 0 { 10 } else { 25 }
-        }
-        fn idle_min_residency(&self, _core: CoreId, state: usize) -> Nanos {
-            if state == 0 {
-                Nanos::ZERO
-            } else {
-                Nanos::from_millis(2)
-            }
-        }
-        fn off_power_uw(&self, _core: CoreId) -> u64 {
-            0
-        }
-        fn off_min_residency(&self, _core: CoreId) -> Nanos {
-            self.off_residency
-        }
-        fn cluster_of(&self, core: CoreId) -> usize {
-            self.cores[core.index()].2
-        }
-        fn cluster_count(&self) -> usize {
-            self.cores.iter().map(|c| c.2).max().unwrap_or(0) + 1
-        }
-        fn cluster_power_uw(&self, cluster: usize, on: bool) -> u64 {
-            match (cluster, on) {
-                (_, false) => 0,
-                (0, true) => 30_000,
-                _ => 90_000,
-            }
-        }
-    }
-
-    /// Loads set by hand: per vCPU (owner, on, utilization in percent).
-    struct Loads {
-        online: CoreMask,
-        vcpus: Vec<(CoreId, bool, u32)>,
-    }
-
-    impl LoadView for Loads {
-        fn online_cores(&self) -> CoreMask {
-            self.online
-        }
-        fn vcpu_placement(&self, vcpu: VcpuId) -> (CoreId, bool) {
-            let v = self.vcpus[vcpu.index()];
-            (v.0, v.1)
-        }
-        fn vcpu_utilization(&self, vcpu: VcpuId, _now: Instant) -> u32 {
-            self.vcpus[vcpu.index()].2 * UTIL_ONE / 100
-        }
-        fn vcpu_wakeups(&self, _vcpu: VcpuId) -> u64 {
-            0
-        }
-    }
-
-    impl Loads {
-        /// Carries a plan out at once (moves and power changes).
-        fn apply(&mut self, plan: &Plan) {
-            for &(v, c) in &plan.moves {
-                self.vcpus[v.index()].0 = c;
-            }
-            self.online = CoreMask((self.online.0 | plan.power_on.0) & !plan.power_off.0);
-            // What a draining core still holds goes to the least numbered online core.
-            let first = self.online.iter().next().unwrap();
-            for v in &mut self.vcpus {
-                if !self.online.contains(v.0) {
-                    v.0 = first;
-                }
-            }
-        }
-    }
-
-    fn vcpus(n: usize, cores: usize) -> Vec<VcpuConfig> {
-        (0..n)
-            .map(|i| VcpuConfig {
-                vm: vcpu_runtime::VmId(0),
-                index_in_vm: i as u16,
-                weight: 256,
-                reservation: None,
-                affinity: CoreMask::first(cores),
-                starts_parked: false,
-            })
-            .collect()
-    }
-
-    /// A governor that may power any core off.
-    fn governor(policy: GovernorPolicy, configs: &[VcpuConfig], board: &Board) -> Governor {
-        let cores = board.core_count();
-        let config =
-            GovernorConfig { always_on: CoreMask::NONE, ..GovernorConfig::new(policy, Nanos::from_millis(10)) };
-        Governor::new(config, configs, cores, board).unwrap()
-    }
-
-    #[test]
-    fn always_on_cores_stay_on() {
-        let board = Board::quad();
-        for policy in GovernorPolicy::ALL {
-            let config = GovernorConfig::new(policy, Nanos::from_millis(10));
-            assert_eq!(config.always_on, CoreMask::single(CoreId(0)), "the default keeps the boot core");
-            let mut gov = Governor::new(config, &vcpus(2, 4), 4, &board).unwrap();
-            let mut loads =
-                Loads { online: CoreMask::first(4), vcpus: vec![(CoreId(2), true, 5), (CoreId(3), true, 5)] };
-            run(&mut gov, &mut loads, &board, 10);
-            assert!(loads.online.contains(CoreId(0)), "{policy}: {:?}", loads.online);
-            if matches!(policy, GovernorPolicy::Consolidate | GovernorPolicy::Hotplug) {
-                assert_eq!(loads.online, CoreMask::single(CoreId(0)), "{policy}: everything on the boot core");
-            }
-        }
-    }
-
-    /// Runs `periods` governor periods, applying each plan; returns the last plan.
-    fn run(gov: &mut Governor, loads: &mut Loads, board: &Board, periods: u32) -> Plan {
-        let mut plan = Plan::default();
-        for p in 0..periods {
-            let now = Instant(u64::from(p + 1) * 10_000_000);
-            plan = gov.decide(loads, now, board);
-            loads.apply(&plan);
-        }
-        plan
-    }
-
-    #[test]
-    fn light_load_packs_onto_one_core_and_powers_the_rest_off() {
-        let board = Board::quad();
-        let mut gov = governor(GovernorPolicy::Consolidate, &vcpus(4, 4), &board);
-        let mut loads = Loads { online: CoreMask::first(4), vcpus: (0..4).map(|c| (CoreId(c), true, 10)).collect() };
-        let plan = gov.decide(&loads, Instant(10_000_000), &board);
-        assert_eq!(plan.keep.count(), 1, "{plan:?}");
-        assert_eq!(plan.moves.len(), 3, "three vCPUs join the fourth: {plan:?}");
-        assert!(plan.power_off.is_empty(), "not yet: wanted off for {MIN_OFF_PERIODS} periods first");
-        let keep = plan.keep.iter().next().unwrap();
-        assert!(plan.moves.iter().all(|&(_, c)| c == keep));
-        // Busy power is the same on any core; three cores' idle power is saved.
-        assert!(plan.predicted_uw < 200_000 + 30_000 + 4 * 45_000, "{plan:?}");
-        loads.apply(&plan);
-        let plan = gov.decide(&loads, Instant(20_000_000), &board);
-        assert_eq!(plan.power_off.count(), 3, "{plan:?}");
-        assert!(plan.moves.is_empty());
-        loads.apply(&plan);
-        let again = gov.decide(&loads, Instant(30_000_000), &board);
-        assert!(again.is_empty(), "stable once packed: {again:?}");
-    }
-
-    #[test]
-    fn heavy_load_keeps_every_core_on() {
-        let board = Board::quad();
-        let mut gov = governor(GovernorPolicy::Consolidate, &vcpus(4, 4), &board);
-        let mut loads = Loads { online: CoreMask::first(4), vcpus: (0..4).map(|c| (CoreId(c), true, 70)).collect() };
-        let plan = run(&mut gov, &mut loads, &board, 5);
-        assert_eq!(loads.online, CoreMask::first(4));
-        assert!(plan.is_empty(), "{plan:?}");
-    }
-
-    #[test]
-    fn returning_load_powers_cores_back_on() {
-        let board = Board::quad();
-        let mut gov = governor(GovernorPolicy::Consolidate, &vcpus(4, 4), &board);
-        let mut loads = Loads { online: CoreMask::first(4), vcpus: (0..4).map(|c| (CoreId(c), true, 5)).collect() };
-        run(&mut gov, &mut loads, &board, 3);
-        assert_eq!(loads.online.count(), 1);
-        for v in &mut loads.vcpus {
-            v.2 = 60;
-        }
-        let plan = gov.decide(&loads, Instant(100_000_000), &board);
-        assert_eq!(plan.power_on.count(), 3, "240 % of demand needs four cores at 80 %: {plan:?}");
-        assert!(plan.power_off.is_empty());
-        loads.apply(&plan);
-        // The moves onto the new cores follow once they are on.
-        run(&mut gov, &mut loads, &board, 2);
-        let mut per_core = [0; 4];
-        for v in &loads.vcpus {
-            per_core[v.0.index()] += 1;
-        }
-        assert_eq!(per_core, [1, 1, 1, 1], "{:?}", loads.vcpus);
-    }
-
-    #[test]
-    fn reservations_stay_feasible() {
-        let board = Board::quad();
-        let mut configs = vcpus(3, 4);
-        for c in &mut configs[..2] {
-            c.reservation = Some(Reservation { budget: Nanos::from_millis(5), period: Nanos::from_millis(10) });
-        }
-        let mut gov = governor(GovernorPolicy::Consolidate, &configs, &board);
-        // They use little of their reservations: their bandwidth still counts against the RT
-        // bound of a core.
-        let mut loads = Loads { online: CoreMask::first(4), vcpus: (0..3).map(|c| (CoreId(c), true, 5)).collect() };
-        run(&mut gov, &mut loads, &board, 4);
-        assert_eq!(loads.online.count(), 2, "two 50 % reservations never share a core (bound 90 %)");
-        assert_ne!(loads.vcpus[0].0, loads.vcpus[1].0);
-    }
-
-    #[test]
-    fn a_core_goes_off_only_after_its_minimum_residency() {
-        let mut board = Board::quad();
-        board.off_residency = Nanos::from_millis(25);
-        let mut gov = governor(GovernorPolicy::Consolidate, &vcpus(2, 4), &board);
-        let mut loads = Loads { online: CoreMask::first(4), vcpus: vec![(CoreId(0), true, 10), (CoreId(1), true, 10)] };
-        let mut off_at = None;
-        for p in 1..=5 {
-            let plan = gov.decide(&loads, Instant(p * 10_000_000), &board);
-            loads.apply(&plan);
-            if !plan.power_off.is_empty() && off_at.is_none() {
-                off_at = Some(p);
-            }
-        }
-        assert_eq!(off_at, Some(3), "wanted off for 3 periods of 10 ms covers 25 ms");
-    }
-
-    #[test]
-    fn a_vcpu_is_not_moved_twice_within_the_interval() {
-        let board = Board::quad();
-        let mut gov = governor(GovernorPolicy::Consolidate, &vcpus(2, 4), &board);
-        let mut loads = Loads { online: CoreMask::first(4), vcpus: vec![(CoreId(0), true, 10), (CoreId(1), true, 10)] };
-        let plan = gov.decide(&loads, Instant(10_000_000), &board);
-        let (moved, _) = plan.moves[0];
-        // Someone else puts it back right away; half a millisecond later it stays there.
-        loads.vcpus[moved.index()].0 = CoreId(3);
-        let plan = gov.decide(&loads, Instant(10_500_000), &board);
-        assert!(plan.moves.iter().all(|&(v, _)| v != moved), "{plan:?}");
-        let plan = gov.decide(&loads, Instant(11_000_000), &board);
-        assert!(plan.moves.iter().any(|&(v, _)| v == moved), "movable after 1 ms: {plan:?}");
-    }
-
-    #[test]
-    fn affinity_keeps_a_pinned_core_on() {
-        let board = Board::quad();
-        let mut configs = vcpus(2, 4);
-        configs[1].affinity = CoreMask::single(CoreId(3));
-        let mut gov = governor(GovernorPolicy::Consolidate, &configs, &board);
-        let mut loads = Loads { online: CoreMask::first(4), vcpus: vec![(CoreId(0), true, 10), (CoreId(3), true, 10)] };
-        run(&mut gov, &mut loads, &board, 3);
-        assert_eq!(loads.online, CoreMask::single(CoreId(3)), "{:?}", loads.vcpus);
-        assert_eq!(loads.vcpus[0].0, CoreId(3));
-    }
-
-    #[test]
-    fn parked_vcpus_need_no_core() {
-        let board = Board::quad();
-        let mut gov = governor(GovernorPolicy::Consolidate, &vcpus(4, 4), &board);
-        let mut loads = Loads { online: CoreMask::first(4), vcpus: (0..4).map(|c| (CoreId(c), c == 0, 90)).collect() };
-        run(&mut gov, &mut loads, &board, 3);
-        assert_eq!(loads.online, CoreMask::single(CoreId(0)));
-    }
-
-    #[test]
-    fn big_little_light_load_runs_on_the_little_cluster() {
-        let board = Board::big_little();
-        let mut gov = governor(GovernorPolicy::Consolidate, &vcpus(4, 8), &board);
-        let mut loads = Loads { online: CoreMask::first(8), vcpus: (0..4).map(|i| (CoreId(4 + i), true, 5)).collect() };
-        run(&mut gov, &mut loads, &board, 4);
-        assert!(loads.online.iter().all(|c| c.index() < 4), "big cluster off: {:?}", loads.online);
-        // One vCPU saturating a little core stays there: slower, but cheaper than a big core.
-        loads.vcpus[0].2 = 100;
-        run(&mut gov, &mut loads, &board, 3);
-        assert!(loads.online.iter().all(|c| c.index() < 4), "{:?}", loads.vcpus);
-        // Four saturated vCPUs and four more at 50 % do not fit the little cluster's headroom:
-        // the big cluster comes on.
-        for v in &mut loads.vcpus {
-            v.2 = 100;
-        }
-        loads.vcpus.extend((0..4).map(|i| (CoreId(i), true, 50)));
-        let mut gov = governor(GovernorPolicy::Consolidate, &vcpus(8, 8), &board);
-        let plan = run(&mut gov, &mut loads, &board, 3);
-        assert!(loads.online.iter().any(|c| c.index() >= 4), "{plan:?} {:?}", loads.vcpus);
-    }
-
-    #[test]
-    fn spread_keeps_every_core_on_and_balances() {
-        let board = Board::quad();
-        let mut gov = governor(GovernorPolicy::Spread, &vcpus(4, 4), &board);
-        let mut loads = Loads { online: CoreMask::first(4), vcpus: (0..4).map(|_| (CoreId(0), true, 30)).collect() };
-        run(&mut gov, &mut loads, &board, 2);
-        assert_eq!(loads.online, CoreMask::first(4));
-        let mut per_core = [0; 4];
-        for v in &loads.vcpus {
-            per_core[v.0.index()] += 1;
-        }
-        assert_eq!(per_core, [1, 1, 1, 1]);
-        let light = run(&mut gov, &mut Loads { online: CoreMask::first(4), vcpus: loads.vcpus.clone() }, &board, 1);
-        assert!(light.power_off.is_empty());
-    }
-
-    #[test]
-    fn hotplug_follows_its_thresholds() {
-        let board = Board::quad();
-        let mut gov = governor(GovernorPolicy::Hotplug, &vcpus(2, 4), &board);
-        let mut loads = Loads { online: CoreMask::first(4), vcpus: vec![(CoreId(0), true, 10), (CoreId(1), true, 10)] };
-        run(&mut gov, &mut loads, &board, 10);
-        assert_eq!(loads.online, CoreMask::single(CoreId(0)), "20 % of load fits one core below 30 %");
-        for v in &mut loads.vcpus {
-            v.2 = 90;
-        }
-        run(&mut gov, &mut loads, &board, 1);
-        assert_eq!(loads.online.count(), 2, "one core more per period over 80 %");
-    }
-
-    #[test]
-    fn idle_states_by_policy() {
-        let board = Board::quad();
-        let c = CoreId(0);
-        let short = Nanos::from_micros(500);
-        let long = Nanos::from_millis(5);
-        let pick = |p| governor(p, &vcpus(1, 4), &board);
-        assert_eq!(pick(GovernorPolicy::Spread).idle_state(c, long, &board), 0);
-        assert_eq!(pick(GovernorPolicy::Hotplug).idle_state(c, long, &board), 0);
-        assert_eq!(pick(GovernorPolicy::RaceToIdle).idle_state(c, short, &board), 1);
-        assert_eq!(pick(GovernorPolicy::Consolidate).idle_state(c, short, &board), 0);
-        assert_eq!(pick(GovernorPolicy::Consolidate).idle_state(c, long, &board), 1);
-    }
-
-    #[test]
-    fn bad_configurations_are_refused() {
-        let board = Board::quad();
-        let e =
-            Governor::new(GovernorConfig::new(GovernorPolicy::Spread, Nanos::from_millis(10)), &vcpus(1, 8), 8, &board)
-                .unwrap_err();
-        assert_eq!(e.to_string(), "the energy model describes 4 cores, the board has 8");
-        let e = Governor::new(GovernorConfig::new(GovernorPolicy::Spread, Nanos::ZERO), &vcpus(1, 4), 4, &board)
-            .unwrap_err();
-        assert_eq!(e, GovernorError::Period);
-    }
-}
+mod tests;

@@ -14,8 +14,8 @@
 //! core_types[0].opps[2].power_uw: must not be negative, got -5
 //! ```
 //!
-//! [`Accounting`] keeps per-core residency and transition counts and charges energy to vCPUs
-//! and VMs. Units, formulas, bindings, the TOML format and the sources of the built-in
+//! [`Accounting`] keeps per-core residency and transition counts, optionally each cluster's,
+//! and charges energy to vCPUs and VMs. Units, formulas, bindings, the TOML format and the sources of the built-in
 //! profiles are in `docs/energy-models.md`.
 #![cfg_attr(not(any(test, loom)), no_std)]
 #![forbid(unsafe_code)]
@@ -25,7 +25,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod accounting;
-mod costs;
+mod clusters;
 mod dt;
 pub mod energy;
 pub mod governor;

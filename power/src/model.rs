@@ -105,6 +105,8 @@ pub struct EnergyModel {
     cores: Vec<CoreModel>,
     core_types: Vec<CoreType>,
     clusters: Vec<Cluster>,
+    /// Per core: its frequency domain (derived: the cores of one type in one cluster).
+    freq_domain: Vec<usize>,
 }
 
 /// Why a model could not be built: which input, where in it, and why.
@@ -259,6 +261,60 @@ impl EnergyModel {
             .enumerate()
             .filter(|(_, c)| c.cluster == cluster)
             .fold(CoreMask::NONE, |mask, (i, _)| mask.with(CoreId(i as u16)))
+    }
+
+    /// The frequency domain of `core`: the cores that always run at the same operating point.
+    /// It is the cores of one type in one cluster, as in every SoC the built-in profiles
+    /// describe (each clocks a cluster's CPUs together: one `opp-shared` table, one Linux
+    /// cpufreq policy per cluster).
+    #[inline]
+    pub fn freq_domain_of(&self, core: CoreId) -> usize {
+        self.freq_domain[core.index()]
+    }
+
+    /// How many frequency domains the model has (numbered from 0 in the order of their first
+    /// core).
+    pub fn freq_domain_count(&self) -> usize {
+        self.freq_domain.iter().max().map_or(0, |&d| d + 1)
+    }
+
+    /// The cores of frequency domain `domain`.
+    pub fn cores_of_freq_domain(&self, domain: usize) -> CoreMask {
+        self.freq_domain
+            .iter()
+            .enumerate()
+            .filter(|&(_, &d)| d == domain)
+            .fold(CoreMask::NONE, |mask, (i, _)| mask.with(CoreId(i as u16)))
+    }
+
+    /// Power of `core` busy 100 % of the time at OPP `opp`.
+    ///
+    /// # Panics
+    /// If `opp` is not below [`opp_count`](Self::opp_count).
+    #[inline]
+    pub fn opp_power_uw(&self, core: CoreId, opp: usize) -> u32 {
+        self.core_type(core).opps[opp].power_uw
+    }
+
+    /// The index of `core`'s fastest OPP.
+    #[inline]
+    pub fn top_opp(&self, core: CoreId) -> usize {
+        self.opp_count(core) - 1
+    }
+
+    /// The minimum residency of idle state `state` of `core`.
+    ///
+    /// # Panics
+    /// If `state` is not an idle state of the core's type.
+    #[inline]
+    pub fn idle_min_residency(&self, core: CoreId, state: usize) -> Nanos {
+        Nanos::from_micros(u64::from(self.core_type(core).idle_states[state].min_residency_us))
+    }
+
+    /// How many idle states `core` has (WFI included).
+    #[inline]
+    pub fn idle_state_count(&self, core: CoreId) -> usize {
+        self.core_type(core).idle_states.len()
     }
 
     #[inline]
@@ -440,7 +496,20 @@ pub(crate) fn build(
             }
         }
     }
-    Ok(EnergyModel { name, cores, core_types, clusters })
+    // Frequency domains: the cores of one type in one cluster share a clock, numbered in the
+    // order of their first core.
+    let mut domains: Vec<(usize, usize)> = Vec::new();
+    let freq_domain = cores
+        .iter()
+        .map(|c| {
+            let key = (c.cluster, c.core_type);
+            domains.iter().position(|&d| d == key).unwrap_or_else(|| {
+                domains.push(key);
+                domains.len() - 1
+            })
+        })
+        .collect();
+    Ok(EnergyModel { name, cores, core_types, clusters, freq_domain })
 }
 
 fn check_name<'a>(name: &str, earlier: impl Iterator<Item = &'a str>, item: Item) -> Result<(), Violation> {
@@ -662,6 +731,35 @@ mod tests {
         assert_eq!(m.cluster_of(CoreId(2)), 1);
         assert_eq!(m.cores_of_cluster(0), CoreMask(0b011));
         assert_eq!(m.all_cores(), CoreMask(0b111));
+        assert_eq!(m.freq_domain_count(), 2);
+        assert_eq!(m.freq_domain_of(CoreId(1)), 0);
+        assert_eq!(m.cores_of_freq_domain(1), CoreMask(0b100));
+    }
+
+    #[test]
+    fn frequency_domains_are_a_clusters_cores_of_one_type() {
+        // Two types in one cluster (as DynamIQ): two domains; the profiles: one per cluster.
+        let m = EnergyModel::new(
+            "mixed",
+            vec![little(), big()],
+            vec![cluster("c0")],
+            vec![
+                CoreModel { core_type: 1, cluster: 0 },
+                CoreModel { core_type: 0, cluster: 0 },
+                CoreModel { core_type: 0, cluster: 0 },
+            ],
+        )
+        .unwrap();
+        assert_eq!(m.freq_domain_count(), 2);
+        assert_eq!(m.cores_of_freq_domain(0), CoreMask(0b001));
+        assert_eq!(m.cores_of_freq_domain(1), CoreMask(0b110));
+        for (name, domains) in [("phone-dual", 1), ("sd410", 1), ("hikey960", 2)] {
+            let m = EnergyModel::builtin(name).unwrap();
+            assert_eq!(m.freq_domain_count(), domains, "{name}");
+            for k in 0..m.clusters().len() {
+                assert_eq!(m.cores_of_freq_domain(k), m.cores_of_cluster(k), "{name}");
+            }
+        }
     }
 
     #[test]

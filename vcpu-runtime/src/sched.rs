@@ -6,6 +6,9 @@
 //!   for its replenishment, and a vCPU that wakes with more budget than its bandwidth allows
 //!   before its deadline gets a fresh deadline. Admission keeps the sum of `Q/P` on each core
 //!   under the bound (default 90 %), so every admitted server gets its budget in every period.
+//!   A budget is CPU time at full speed: on a core the platform slowed down
+//!   ([`CoreRuntime::set_capacity`]) it lasts proportionally longer (Linux's `SCHED_DEADLINE`
+//!   does the same), and the power governor keeps such a core fast enough for its servers.
 //! * **Proportional share** (Xen credit2 style): running burns credit at a rate inversely
 //!   proportional to the vCPU's weight; the vCPU with the most credit runs. We keep the
 //!   credit as a *weighted virtual time* (`vtime`, which is credit with the sign flipped and no
@@ -22,7 +25,7 @@ use crate::ids::{CoreId, CoreMask, VcpuId, VmId};
 use crate::system::{AdmissionError, Message, PostError, System};
 use crate::time::{Instant, Nanos};
 use crate::trace::{CoreState, StopReason, TraceEvent, TraceKind};
-use crate::util::Ewma;
+use crate::util::{Ewma, CAPACITY_SCALE};
 use crate::vcpu::{Reservation, VcpuConfig, VcpuInfo, VcpuState};
 
 /// Scheduler parameters (the policy knobs of a scenario that the scheduler reads).
@@ -228,6 +231,24 @@ pub struct VcpuStats {
     pub preemptions: u64,
 }
 
+/// The budget (CPU time at full speed) used by running `ran` at `capacity`: rounded up, so a
+/// run of [`budget_lasts`] uses the whole budget.
+fn budget_used(ran: Nanos, capacity: u32) -> Nanos {
+    if capacity >= CAPACITY_SCALE {
+        return ran;
+    }
+    Nanos((ran.as_nanos() as u128 * capacity as u128).div_ceil(CAPACITY_SCALE as u128) as u64)
+}
+
+/// How long `budget` (CPU time at full speed) lasts at `capacity`.
+fn budget_lasts(budget: Nanos, capacity: u32) -> Nanos {
+    if capacity >= CAPACITY_SCALE {
+        return budget;
+    }
+    let ns = (budget.as_nanos() as u128 * CAPACITY_SCALE as u128).div_ceil(capacity.max(1) as u128);
+    Nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+}
+
 /// A real-time vCPU's constant-bandwidth server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct RtServer {
@@ -333,6 +354,8 @@ pub struct CoreRuntime {
     /// When the slice given to the last share vCPU ends: the granularity rule keeps that vCPU
     /// on the core only before then, so a slice that ran out always rotates.
     slice_end: Instant,
+    /// How fast the core runs, out of [`CAPACITY_SCALE`] ([`CoreRuntime::set_capacity`]).
+    capacity: u32,
 }
 
 /// The static description of a system for [`build`].
@@ -473,6 +496,7 @@ pub fn build(config: &RuntimeConfig, start: Instant) -> Result<(System, Vec<Core
             scratch: Vec::with_capacity(2 * config.vcpus.len() + 4),
             deferred_moves: Vec::with_capacity(config.vcpus.len()),
             slice_end: start,
+            capacity: CAPACITY_SCALE,
         })
         .collect();
     for (i, v) in config.vcpus.iter().enumerate() {
@@ -595,16 +619,35 @@ impl CoreRuntime {
         }
     }
 
+    /// How fast the core runs: its capacity at its current operating point, out of
+    /// [`CAPACITY_SCALE`] (the biggest core at its fastest). [`CAPACITY_SCALE`] until the
+    /// platform says otherwise.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// The platform changed the core's speed (an operating point, docs/governor.md), between
+    /// runs: from now on a vCPU's utilization counts its running time at `capacity` out of
+    /// [`CAPACITY_SCALE`] (so it measures work, whatever the speed), and a reservation's budget,
+    /// which is CPU time at full speed, lasts `CAPACITY_SCALE / capacity` times longer, as
+    /// Linux's `SCHED_DEADLINE` scales runtime by frequency and capacity. Admission stays in
+    /// bandwidth at full speed: the governor keeps every core fast enough for what it admitted.
+    pub fn set_capacity(&mut self, capacity: u32) {
+        debug_assert!(self.current.is_none(), "set_capacity while a vCPU is running on core {}", self.core);
+        self.capacity = capacity.clamp(1, CAPACITY_SCALE);
+    }
+
     /// Accounts run time from `since` to `now` to the vCPU at `idx`.
     fn charge(&mut self, sys: &System, idx: usize, since: Instant, now: Instant) {
         let ran = now.since(since);
+        let capacity = self.capacity;
         let v = &mut self.vcpus[idx];
         v.stats.cpu_time += ran;
         v.vtime = v.vtime.saturating_add(to_vtime(ran, v.vtime_rate));
         if let Some(s) = v.rt.as_mut() {
-            s.remaining = s.remaining.saturating_sub(ran);
+            s.remaining = s.remaining.saturating_sub(budget_used(ran, capacity));
         }
-        v.util.advance(sys.decay, now, true);
+        v.util.advance_scaled(sys.decay, now, capacity);
         sys.publish_vcpu_util(v.id, &v.util);
         self.util.advance(sys.decay, now, true);
         self.stats.busy += ran;
@@ -960,7 +1003,8 @@ impl CoreRuntime {
         let until;
         if let Some(i) = pick {
             let remaining = self.vcpus[i].rt.map_or(Nanos::ZERO, |s| s.remaining);
-            until = next_replenish.map_or(now + remaining, |r| r.min(now + remaining));
+            let lasts = budget_lasts(remaining, self.capacity);
+            until = next_replenish.map_or(now + lasts, |r| r.min(now + lasts));
         } else if let Some(mut i) = share_pick {
             self.min_vtime = self.min_vtime.max(best_vtime);
             // The vCPU that ran last keeps the core, for the rest of its slice, while it is less

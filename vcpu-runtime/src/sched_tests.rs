@@ -13,7 +13,7 @@ use std::vec::Vec;
 
 use super::*;
 use crate::system::{AffinityState, PowerOnError, VcpuStatus};
-use crate::util::UTIL_ONE;
+use crate::util::{CAPACITY_SCALE, UTIL_ONE};
 
 const C0: CoreId = CoreId(0);
 const C1: CoreId = CoreId(1);
@@ -320,6 +320,27 @@ fn a_reservation_gets_exactly_its_budget_in_every_period() {
         assert!((got - 0.35).abs() <= 0.01, "vCPU {v} got {got:.4}");
     }
     assert_eq!(cpu(&cores[0], V1), ms(300));
+}
+
+/// At half speed a budget (CPU time at full speed) lasts twice as long, and the vCPU's
+/// utilization counts half its running time: both measure work, not time.
+#[test]
+fn at_half_speed_a_budget_lasts_twice_as_long() {
+    let (sys, mut cores) = system(1, vec![share(0, 256), reserved(1, ms(3), ms(10)), share(2, 256)]);
+    cores[0].set_capacity(CAPACITY_SCALE / 2);
+    assert_eq!(cores[0].capacity(), CAPACITY_SCALE / 2);
+    let slices = drive(&sys, &mut cores[0], Instant::ZERO, at_ms(1_000), &mut (), &mut busy);
+    for k in 0..100 {
+        let (from, to) = (at_ms(10 * k), at_ms(10 * k + 10));
+        assert_eq!(ran(&slices, V1, from, to), ms(6), "period {k}");
+    }
+    // Always runnable, 60 % of the time at half speed: 30 % of a core's work.
+    let util = sched(&cores[0], V1).utilization();
+    // (read at the end of a run: within the ripple of the 10 ms cycle)
+    assert!(util.abs_diff(UTIL_ONE * 3 / 10) <= UTIL_ONE / 50, "{util}");
+    // A fresh core is at full speed.
+    let (_, fresh) = system(1, vec![share(0, 256)]);
+    assert_eq!(fresh[0].capacity(), CAPACITY_SCALE);
 }
 
 #[test]

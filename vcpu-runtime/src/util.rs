@@ -13,6 +13,10 @@ use crate::time::{Instant, Nanos};
 pub const UTIL_ONE: u32 = 1 << 16;
 /// The averaging period.
 pub const UTIL_PERIOD: Nanos = Nanos::from_millis(1);
+/// Full speed: the capacity of the biggest core at its fastest operating point (Linux's
+/// `SCHED_CAPACITY_SCALE`). A core running slower does `capacity / CAPACITY_SCALE` of that
+/// work per unit of time ([`Ewma::advance_scaled`]).
+pub const CAPACITY_SCALE: u32 = 1024;
 
 const Q32: u64 = 1 << 32;
 
@@ -64,6 +68,16 @@ fn pow_q32(mut base: u64, mut n: u64) -> u64 {
     acc
 }
 
+/// `ns` of running at `capacity` as work: ns at full speed.
+#[inline]
+const fn scale(ns: u64, capacity: u32) -> u64 {
+    if capacity == CAPACITY_SCALE {
+        ns
+    } else {
+        (ns as u128 * capacity as u128 / CAPACITY_SCALE as u128) as u64
+    }
+}
+
 const fn period_end_after(t: Instant) -> u64 {
     let p = UTIL_PERIOD.as_nanos();
     (t.as_nanos() / p).saturating_add(1).saturating_mul(p)
@@ -96,43 +110,55 @@ impl Ewma {
     /// busy (`busy = true`) or not. Time going backwards is ignored.
     #[inline]
     pub fn advance(&mut self, decay: Decay, now: Instant, busy: bool) {
+        self.advance_scaled(decay, now, if busy { CAPACITY_SCALE } else { 0 });
+    }
+
+    /// Like [`advance`](Self::advance), with busy time counted at `capacity` out of
+    /// [`CAPACITY_SCALE`] (0: idle): the average of a vCPU that ran on a core at half speed
+    /// counts half of its running time, so it measures work rather than time (Linux's
+    /// frequency and CPU invariance of PELT). At [`CAPACITY_SCALE`] it is exactly `advance`.
+    #[inline]
+    pub fn advance_scaled(&mut self, decay: Decay, now: Instant, capacity: u32) {
+        let capacity = capacity.min(CAPACITY_SCALE);
         let now_ns = now.as_nanos();
         if now_ns < self.period_end {
             // The common case: still inside the current period.
-            if busy && now > self.last {
-                self.busy_in_period += now_ns - self.last.as_nanos();
+            if capacity > 0 && now > self.last {
+                self.busy_in_period += scale(now_ns - self.last.as_nanos(), capacity);
             }
             if now > self.last {
                 self.last = now;
             }
             return;
         }
-        self.close_periods(decay, now_ns, busy);
+        self.close_periods(decay, now_ns, capacity);
     }
 
     #[cold]
-    fn close_periods(&mut self, decay: Decay, now_ns: u64, busy: bool) {
+    fn close_periods(&mut self, decay: Decay, now_ns: u64, capacity: u32) {
         let p = UTIL_PERIOD.as_nanos();
         let period_end = self.period_end;
-        if busy {
-            self.busy_in_period += period_end.saturating_sub(self.last.as_nanos());
+        if capacity > 0 {
+            self.busy_in_period += scale(period_end.saturating_sub(self.last.as_nanos()), capacity);
         }
         // Close the current period.
         let y = decay.y_q32;
         let frac = (self.busy_in_period.min(p) * UTIL_ONE as u64) / p;
         self.util = (mul_q32(self.util as u64, y) + mul_q32(frac, Q32 - y)) as u32;
-        // Whole periods in which the state did not change have a closed form.
+        // Whole periods in which the state did not change have a closed form: the average
+        // moves from where it is towards the level of that state by 1 − yⁿ of the way.
         let full = (now_ns - period_end) / p;
         if full > 0 {
             let yn = decay.pow(full);
-            self.util = if busy {
-                UTIL_ONE - mul_q32((UTIL_ONE - self.util) as u64, yn) as u32
+            let level = (UTIL_ONE as u64 * capacity as u64 / CAPACITY_SCALE as u64) as u32;
+            self.util = if self.util <= level {
+                level - mul_q32((level - self.util) as u64, yn) as u32
             } else {
-                mul_q32(self.util as u64, yn) as u32
+                level + mul_q32((self.util - level) as u64, yn) as u32
             };
         }
         let period_start = period_end + full * p;
-        self.busy_in_period = if busy { now_ns - period_start } else { 0 };
+        self.busy_in_period = if capacity > 0 { scale(now_ns - period_start, capacity) } else { 0 };
         self.period_end = period_start + p;
         self.last = Instant(now_ns);
     }
@@ -216,6 +242,34 @@ mod tests {
             e.advance(d, Instant(start + 1_000_000), false);
         }
         assert!((pct(e.value()) - 30.0).abs() < 0.2, "{}", pct(e.value()));
+    }
+
+    #[test]
+    fn scaled_busy_time_counts_as_work() {
+        let d = Decay::for_half_life(Nanos::from_millis(32));
+        // Always running at a quarter of full speed reads 25 %: a quarter of a big core's work.
+        let mut e = Ewma::new(Instant::ZERO);
+        e.advance_scaled(d, Instant(Nanos::from_secs(1).as_nanos()), CAPACITY_SCALE / 4);
+        assert!((pct(e.value()) - 25.0).abs() < 0.1, "{}", pct(e.value()));
+        // From above, it decays towards that level.
+        let mut f = Ewma::with_value(Instant::ZERO, UTIL_ONE);
+        f.advance_scaled(d, Instant(Nanos::from_millis(32).as_nanos()), CAPACITY_SCALE / 4);
+        assert!((pct(f.value()) - 62.5).abs() < 0.2, "{}", pct(f.value()));
+        // 60 % busy at half speed in every period: 30 %, as 30 % busy at full speed.
+        let mut g = Ewma::new(Instant::ZERO);
+        for ms in 0..1000u64 {
+            let start = ms * 1_000_000;
+            g.advance_scaled(d, Instant(start + 600_000), CAPACITY_SCALE / 2);
+            g.advance(d, Instant(start + 1_000_000), false);
+        }
+        assert!((pct(g.value()) - 30.0).abs() < 0.2, "{}", pct(g.value()));
+        // Full speed is the unscaled average.
+        let (mut a, mut b) = (Ewma::new(Instant::ZERO), Ewma::new(Instant::ZERO));
+        for t in [300_000u64, 2_700_000, 2_900_000, 40_000_000] {
+            a.advance(d, Instant(t), true);
+            b.advance_scaled(d, Instant(t), CAPACITY_SCALE);
+        }
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -42,7 +42,8 @@ impl VcpuState {
 }
 
 /// A real-time reservation: `budget` of CPU time in every `period`, scheduled EDF as a
-/// constant-bandwidth server.
+/// constant-bandwidth server. The budget is time at full speed: on a core running at a lower
+/// capacity it lasts longer, so it stands for the same work (`CoreRuntime::set_capacity`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reservation {
     pub budget: Nanos,

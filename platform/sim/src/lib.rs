@@ -20,6 +20,7 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use vcpu_runtime::scenario::Scenario;
+use vcpu_runtime::util::CAPACITY_SCALE;
 use vcpu_runtime::{
     build, CoreId, CoreRuntime, Decision, Event, ExitReason, Instant, Nanos, RuntimeConfig, System, TraceSink, VcpuId,
     VcpuState,
@@ -27,6 +28,24 @@ use vcpu_runtime::{
 
 pub use demand::{Arrival, DemandGen};
 pub use report::{CoreReport, Report, VcpuReport};
+
+/// Work done in `ran` at `capacity` (ns at full speed), rounded up so that a run of
+/// [`time_for`] a piece of work completes it.
+fn work_in(ran: Nanos, capacity: u32) -> Nanos {
+    if capacity >= CAPACITY_SCALE {
+        return ran;
+    }
+    Nanos((ran.as_nanos() as u128 * capacity as u128).div_ceil(CAPACITY_SCALE as u128) as u64)
+}
+
+/// The time `work` (ns at full speed) takes at `capacity`.
+fn time_for(work: Nanos, capacity: u32) -> Nanos {
+    if capacity >= CAPACITY_SCALE {
+        return work;
+    }
+    let ns = (work.as_nanos() as u128 * CAPACITY_SCALE as u128).div_ceil(capacity.max(1) as u128);
+    Nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+}
 
 /// Callbacks for what happens on the simulated cores: the hook the energy accounting plugs into.
 pub trait SimObserver {
@@ -112,6 +131,8 @@ pub struct Simulator {
     events: u64,
     scenario_name: String,
     vcpu_names: Vec<String>,
+    /// Per core: how fast it runs, out of [`CAPACITY_SCALE`] ([`Simulator::set_core_capacity`]).
+    capacity: Vec<u32>,
 }
 
 /// Which simulator event comes next.
@@ -182,6 +203,7 @@ impl Simulator {
             events: 0,
             scenario_name: String::from("custom"),
             vcpu_names: names,
+            capacity: vec![CAPACITY_SCALE; n],
         })
     }
 
@@ -195,11 +217,16 @@ impl Simulator {
         &self.violations
     }
 
+    /// How fast core `c` runs, out of [`CAPACITY_SCALE`].
+    pub fn core_capacity(&self, c: usize) -> u32 {
+        self.capacity[c]
+    }
+
     /// The time at which a core's current activity ends by itself.
     fn core_deadline(&self, c: usize) -> Instant {
         match self.activity[c] {
             CoreActivity::Running { vcpu, since, until } => {
-                let done = since + self.vcpus[vcpu.index()].pending;
+                let done = since + time_for(self.vcpus[vcpu.index()].pending, self.capacity[c]);
                 done.min(until)
             }
             CoreActivity::Idle { until, .. } => until.unwrap_or(Instant::NEVER),
@@ -245,7 +272,7 @@ impl Simulator {
         for c in 0..self.cores.len() {
             match self.activity[c] {
                 CoreActivity::Running { vcpu, since, until } => {
-                    self.consume(vcpu, since, end);
+                    self.consume(c, vcpu, since, end);
                     observer.vcpu_ran(CoreId(c as u16), vcpu, since, end);
                     self.cores[c].tick(&self.sys, end);
                     self.set_activity(c, CoreActivity::Running { vcpu, since: end, until });
@@ -263,18 +290,20 @@ impl Simulator {
         }
     }
 
-    /// Work done by `vcpu` from `from` to `to`: completes jobs in order and checks deadlines.
-    fn consume(&mut self, vcpu: VcpuId, from: Instant, to: Instant) {
+    /// Work done by `vcpu` on core `c` from `from` to `to` (at the core's capacity): completes
+    /// jobs in order and checks deadlines.
+    fn consume(&mut self, c: usize, vcpu: VcpuId, from: Instant, to: Instant) {
+        let capacity = self.capacity[c];
         let v = &mut self.vcpus[vcpu.index()];
-        let mut ran = to - from;
-        v.pending -= ran;
+        let mut work = work_in(to - from, capacity).min(v.pending);
+        v.pending -= work;
         let mut t = from;
-        while ran > Nanos::ZERO {
+        while work > Nanos::ZERO {
             let Some(job) = v.jobs.front_mut() else { break };
-            let step = job.left.min(ran);
+            let step = job.left.min(work);
             job.left -= step;
-            ran -= step;
-            t += step;
+            work -= step;
+            t = (t + time_for(step, capacity)).min(to);
             if job.left == Nanos::ZERO {
                 let job = v.jobs.pop_front().unwrap_or(Job { deadline: t, left: Nanos::ZERO, released: t });
                 v.jobs_done += 1;
@@ -292,7 +321,7 @@ impl Simulator {
     fn stop_running(&mut self, c: usize, trace: &mut impl TraceSink, observer: &mut impl SimObserver) -> bool {
         match self.activity[c] {
             CoreActivity::Running { vcpu, since, .. } => {
-                self.consume(vcpu, since, self.now);
+                self.consume(c, vcpu, since, self.now);
                 observer.vcpu_ran(CoreId(c as u16), vcpu, since, self.now);
                 let reason = if self.vcpus[vcpu.index()].pending == Nanos::ZERO {
                     ExitReason::Wfi
@@ -455,6 +484,35 @@ impl Simulator {
         observer.core_off(CoreId(c as u16), since, now);
         let _ = self.cores[c].handle(&self.sys, Event::CoreOnline, now, trace);
         self.decide(c, trace, observer);
+    }
+
+    /// Sets how fast core `c` runs from now on (an operating point's capacity, out of
+    /// [`CAPACITY_SCALE`]): a vCPU's work takes `CAPACITY_SCALE / capacity` times its length at
+    /// full speed. The core's runtime is told too (its budgets and utilization follow the
+    /// speed). A run in progress ends here (reported to `observer` at the old speed) and the core
+    /// decides again, as after an interrupt.
+    pub fn set_core_capacity(
+        &mut self,
+        c: usize,
+        capacity: u32,
+        trace: &mut impl TraceSink,
+        observer: &mut impl SimObserver,
+    ) {
+        let capacity = capacity.clamp(1, CAPACITY_SCALE);
+        if self.capacity[c] == capacity {
+            return;
+        }
+        let running = matches!(self.activity[c], CoreActivity::Running { .. });
+        if running {
+            self.stop_running(c, trace, observer);
+        }
+        self.capacity[c] = capacity;
+        self.cores[c].set_capacity(capacity);
+        if running {
+            self.decide(c, trace, observer);
+        } else {
+            self.times[c] = self.core_deadline(c).as_nanos();
+        }
     }
 
     /// Asks for a vCPU to move to `dest` (handled by its owner at once, as after an IPI).

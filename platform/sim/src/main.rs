@@ -1,5 +1,5 @@
 //! `hvsim SCENARIO.toml [--duration D] [--trace FILE] [--report-json FILE] [--policy P]
-//! [--timeline PREFIX]`: simulates a scenario on the host under a power policy and prints the
+//! [--no-dvfs] [--timeline PREFIX]`: simulates a scenario on the host under a power policy and prints the
 //! report, the energy report and where the timeline files went.
 
 use std::fs::File;
@@ -15,12 +15,13 @@ use vcpu_runtime::trace::TraceEvent;
 use vcpu_runtime::{Instant, TraceSink};
 
 const USAGE: &str =
-    "usage: hvsim SCENARIO.toml [--duration D] [--trace FILE] [--report-json FILE] [--policy P] [--timeline PREFIX]
+    "usage: hvsim SCENARIO.toml [--duration D] [--trace FILE] [--report-json FILE] [--policy P] [--no-dvfs] [--timeline PREFIX]
   --duration D        simulate D instead of the scenario's duration (e.g. 10s, 500ms, 24h)
   --trace FILE        write every trace event, one line each (docs/trace-format.md)
   --report-json FILE  write the report and the energy report as JSON
   --policy P          power policy: spread, hotplug, race-to-idle or consolidate (default: the
                       scenario's policy.governor); `all` compares every policy in one table
+  --no-dvfs           every core at its top operating point, as the hypervisor runs on QEMU
 SCENARIO may also be builtin:TRACE[:UTIL[:PROFILE:CORES]], a built-in phone trace (idle-bursts,
 audio, video-call, browsing, batch-sync) at UTIL % of the board (default 25, phone-dual:2)
   --timeline PREFIX   write the timeline to PREFIX.json (Perfetto) and PREFIX.png (default:
@@ -37,6 +38,8 @@ struct Args {
     policy: Option<GovernorPolicy>,
     /// `--policy all`: every policy, compared in one table.
     all_policies: bool,
+    /// `--no-dvfs`: no operating point changes.
+    fixed_speed: bool,
     timeline: Option<PathBuf>,
 }
 
@@ -47,6 +50,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut report_json = None;
     let mut policy = None;
     let mut all_policies = false;
+    let mut fixed_speed = false;
     let mut timeline = None;
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -70,6 +74,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 }
             }
             "--timeline" => timeline = Some(PathBuf::from(value("--timeline")?)),
+            "--no-dvfs" => fixed_speed = true,
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             s => {
@@ -86,6 +91,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         report_json,
         policy,
         all_policies,
+        fixed_speed,
         timeline,
     })
 }
@@ -148,15 +154,29 @@ fn load_scenario(given: &std::path::Path) -> Result<scenario::Scenario, String> 
     })
 }
 
+/// Runs `scenario` under `policy`, with or without DVFS.
+fn energy_run(
+    scenario: &scenario::Scenario,
+    policy: GovernorPolicy,
+    fixed_speed: bool,
+    trace: &mut impl TraceSink,
+) -> Result<energy::PowerRun, platform_sim::SimError> {
+    if fixed_speed {
+        energy::run_fixed_speed(scenario, policy, trace)
+    } else {
+        energy::run(scenario, policy, trace)
+    }
+}
+
 /// `--policy all`: every policy on the scenario, one line each.
-fn compare(scenario: &scenario::Scenario) -> Result<bool, String> {
+fn compare(scenario: &scenario::Scenario, fixed_speed: bool) -> Result<bool, String> {
     println!(
         "{:<13} {:>9} {:>9} {:>9} {:>12} {:>12} {:>6} {:>9} {:>11}",
         "policy", "energy J", "avg mW", "RT miss", "latency avg", "latency max", "moves", "cores off", "transitions"
     );
     let mut ok = true;
     for policy in GovernorPolicy::ALL {
-        let run = energy::run(scenario, policy, &mut ()).map_err(|e| e.to_string())?;
+        let run = energy_run(scenario, policy, fixed_speed, &mut ()).map_err(|e| e.to_string())?;
         let e = &run.energy;
         ok &= run.report.violations.is_empty();
         println!(
@@ -182,7 +202,7 @@ fn run(args: Args) -> Result<bool, String> {
     }
     if args.all_policies {
         println!("{}: {} over {}", scenario.name, scenario.description, scenario.duration);
-        return compare(&scenario);
+        return compare(&scenario, args.fixed_speed);
     }
     let policy = args.policy.unwrap_or(scenario.policy.governor);
     let file = match &args.trace {
@@ -194,7 +214,8 @@ fn run(args: Args) -> Result<bool, String> {
     };
     let mut sinks = Sinks { file, events: Vec::new(), dropped: false };
     let wall = WallClock::now();
-    let run = energy::run(&scenario, policy, &mut sinks).map_err(|e| format!("{}: {e}", args.scenario.display()))?;
+    let run = energy_run(&scenario, policy, args.fixed_speed, &mut sinks)
+        .map_err(|e| format!("{}: {e}", args.scenario.display()))?;
     let took = wall.elapsed();
     if let (Some(mut f), Some(path)) = (sinks.file.take(), &args.trace) {
         if let Some(e) = f.1.take() {

@@ -28,8 +28,10 @@ pub struct VcpuReport {
     pub cpu_ns: u64,
     /// Share of all CPU time given to vCPUs, percent.
     pub share_percent: f64,
-    /// Work that became due, ns (saturated for always-runnable vCPUs).
+    /// Work that became due, ns at full speed (saturated for always-runnable vCPUs).
     pub demand_ns: u64,
+    /// Work due and not done at the end, ns at full speed.
+    pub backlog_ns: u64,
     pub wakeups: u64,
     pub wake_latency_avg_ns: u64,
     pub wake_latency_max_ns: u64,
@@ -95,6 +97,7 @@ pub(crate) fn build(sim: &Simulator) -> Report {
             cpu_ns: st.cpu_time.as_nanos(),
             share_percent: st.cpu_time.as_nanos() as f64 * 100.0 / total_cpu.max(1) as f64,
             demand_ns: v.demand.as_nanos(),
+            backlog_ns: v.pending.as_nanos(),
             wakeups: st.wakeups,
             wake_latency_avg_ns: st.wake_latency_total.as_nanos().checked_div(st.wakeups).unwrap_or(0),
             wake_latency_max_ns: st.wake_latency_max.as_nanos(),

@@ -8,11 +8,15 @@
 //! the work per job and the burst lengths scale, so a busier phone does more per wake-up rather
 //! than waking more often.
 
+use power::{EnergyModel, CAPACITY_SCALE};
 use vcpu_runtime::scenario::{Board, Demand, GovernorPolicy, Guest, Payload, Policy, Scenario};
-use vcpu_runtime::{Nanos, Reservation};
+use vcpu_runtime::{CoreId, Nanos, Reservation};
 
 /// The built-in traces, by name.
 pub const TRACES: [&str; 5] = ["idle-bursts", "audio", "video-call", "browsing", "batch-sync"];
+
+/// The most of the biggest core at its top OPP one vCPU of a trace may want (ppm).
+const MAX_VCPU_PPM: u64 = 800_000;
 
 /// One vCPU's demand in a trace, before scaling.
 #[derive(Clone, Copy, Debug)]
@@ -100,14 +104,25 @@ fn shapes(trace: &str) -> Option<Vec<(&'static str, Vec<Shape>)>> {
 }
 
 /// Trace `trace` on a board of `cores` cores with energy profile `profile`, scaled so that its
-/// vCPUs want `util_percent` of the whole board, simulated for `duration`. `None` for an unknown
-/// trace or a utilization its jobs cannot reach (a job longer than its period).
+/// vCPUs want `util_percent` of the whole board's capacity (every core at its fastest), simulated
+/// for `duration`. Work is time at full speed (the biggest core at its top OPP), as the
+/// simulator counts it: on a board of equal cores, `util_percent` of their time. `None` for an
+/// unknown trace or profile, or a utilization its vCPUs cannot reach (one of them would want
+/// more than 80 % of the biggest core, or a job would be longer than its period).
 pub fn scenario(trace: &str, profile: &str, cores: u16, util_percent: u32, duration: Nanos) -> Option<Scenario> {
     let guests = shapes(trace)?;
+    let model = EnergyModel::for_board(profile, cores).ok()?;
+    let capacity: u64 = (0..model.core_count()).map(|c| u64::from(model.max_capacity(CoreId(c as u16)))).sum();
     let base_ppm: u64 = guests.iter().flat_map(|(_, s)| s.iter()).map(|s| s.ppm()).sum();
-    let target_ppm = u64::from(util_percent) * 10_000 * u64::from(cores);
+    let target_ppm = u64::from(util_percent) * 10_000 * capacity / u64::from(CAPACITY_SCALE);
     // Work scales by target / base, in millionths.
     let scale = target_ppm * 1_000_000 / base_ppm.max(1);
+    // No vCPU may need more than 80 % of the biggest core: beyond that, no policy can keep it
+    // within the headroom every policy plans with, and the row would compare backlogs.
+    let largest = guests.iter().flat_map(|(_, s)| s.iter()).map(|s| s.ppm()).max().unwrap_or(0);
+    if largest * scale / 1_000_000 > MAX_VCPU_PPM {
+        return None;
+    }
     let scaled = |us: u64| Nanos((us * 1_000 * scale / 1_000_000).max(1_000));
     let mut out = Vec::new();
     for (g, (name, vcpus)) in guests.iter().enumerate() {

@@ -152,7 +152,10 @@ impl CoreBook {
 }
 
 impl Power {
-    /// Power management for `cores` cores with `model`, the runtime's vCPUs and VMs.
+    /// Power management for `cores` cores with `model`, the runtime's vCPUs and VMs. The
+    /// hypervisor has no cpufreq driver (QEMU's virt board has nothing to drive): the governor
+    /// plans with every core at its top OPP (`dvfs` off), which is what the cores run at and
+    /// what the energy report books.
     pub fn new(
         model: EnergyModel,
         config: GovernorConfig,
@@ -161,6 +164,7 @@ impl Power {
         cores: usize,
         now: Instant,
     ) -> Result<Power, power::governor::GovernorError> {
+        let config = GovernorConfig { dvfs: false, ..config };
         let governor = Governor::new(config, vcpus, cores, &model)?;
         let accounts = (0..cores)
             .map(|_| {
