@@ -68,7 +68,10 @@ fn power_phases_run(smp: u32, append: &str) -> (Run, Vec<TraceEvent>, Vec<BTreeM
     let r = loop {
         let r = run(&config);
         eprintln!("hw-tests: power-phases (attempt {attempt}): {}", r.summary());
-        let misses = r.guest_lines("rt").any(|l| l.starts_with("rt: miss in period"));
+        // A late job prints its own line; a tick skipped outright counts only in the total.
+        let misses = r.guest_lines("rt").any(|l| {
+            l.starts_with("rt: miss in period") || (l.starts_with("rt periods=") && !l.ends_with(" misses=0"))
+        });
         if !misses || attempt == RT_ATTEMPTS {
             break r;
         }
@@ -96,33 +99,52 @@ fn power_phases_run(smp: u32, append: &str) -> (Run, Vec<TraceEvent>, Vec<BTreeM
     (r, events, energy)
 }
 
-fn phases(smp: u32) {
-    let (r, events, energy) = power_phases_run(smp, "");
-    r.assert_absent("CPU_OFF refused");
-    let states = core_states(&events);
+/// The phases a run went through, or what it lacked.
+fn phase_check(smp: u32, events: &[TraceEvent]) -> Result<(), String> {
+    let states = core_states(events);
     // Light phase: at least half the cores turn off (never the boot core).
     let off_in_light: Vec<u16> = states
         .iter()
         .filter(|(_, s)| s.iter().any(|&(t, st)| st == CoreState::Off && t < LIGHT_END_NS))
         .map(|(&c, _)| c)
         .collect();
-    assert!(
-        off_in_light.len() as u32 * 2 >= smp,
-        "cores off in the light phase: {off_in_light:?} of {smp}\n{states:?}"
-    );
-    assert!(!off_in_light.contains(&0), "the boot core stays on");
+    if (off_in_light.len() as u32) * 2 < smp {
+        return Err(format!("cores off in the light phase: {off_in_light:?} of {smp}\n{states:?}"));
+    }
+    if off_in_light.contains(&0) {
+        return Err(format!("the boot core went off\n{states:?}"));
+    }
     // Heavy phase: cores come back.
-    let back: Vec<u16> = states
-        .iter()
-        .filter(|(_, s)| s.iter().any(|&(t, st)| st == CoreState::Online && (LIGHT_END_NS..HEAVY_END_NS).contains(&t)))
-        .map(|(&c, _)| c)
-        .collect();
-    assert!(!back.is_empty(), "no core came back in the heavy phase\n{states:?}");
+    let back = states
+        .values()
+        .any(|s| s.iter().any(|&(t, st)| st == CoreState::Online && (LIGHT_END_NS..HEAVY_END_NS).contains(&t)));
+    if !back {
+        return Err(format!("no core came back in the heavy phase\n{states:?}"));
+    }
     // And the last light phase turns some off again.
-    assert!(
-        states.values().any(|s| s.iter().any(|&(t, st)| st == CoreState::Off && t >= HEAVY_END_NS)),
-        "no core went off after the heavy phase\n{states:?}"
-    );
+    if !states.values().any(|s| s.iter().any(|&(t, st)| st == CoreState::Off && t >= HEAVY_END_NS)) {
+        return Err(format!("no core went off after the heavy phase\n{states:?}"));
+    }
+    Ok(())
+}
+
+fn phases(smp: u32) {
+    // The phases follow the guests' load measured in host time: on a loaded host a phase can
+    // look heavier than it is and a core stay on. Such a run is tried again, up to
+    // RT_ATTEMPTS runs, as a run with a real-time miss is; the last one must pass.
+    let mut attempt = 1;
+    let (r, energy) = loop {
+        let (r, events, energy) = power_phases_run(smp, "");
+        match phase_check(smp, &events) {
+            Ok(()) => break (r, energy),
+            Err(e) if attempt < RT_ATTEMPTS => {
+                eprintln!("hw-tests: power-phases -smp {smp} (attempt {attempt}): {e}; trying again");
+                attempt += 1;
+            }
+            Err(e) => r.fail(&e),
+        }
+    };
+    r.assert_absent("CPU_OFF refused");
 
     // The report: something was off, and no core was refused.
     for e in &energy {
