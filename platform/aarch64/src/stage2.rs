@@ -124,27 +124,9 @@ pub fn init_this_core() -> Result<(), Stage2Error> {
 /// was only cleaned to the point of coherency). `VTTBR_EL2` is borrowed for the TLBI, which
 /// acts on the VMID it holds, and given back.
 pub fn forget_vm(vttbr: u64) {
-    let saved: u64;
-    // SAFETY: reading VTTBR_EL2 has no side effect.
-    unsafe { core::arch::asm!("mrs {}, vttbr_el2", out(reg) saved, options(nomem, nostack, preserves_flags)) };
-    // SAFETY: no guest runs on this core while it is at EL2, so the VMID in VTTBR_EL2 matters
-    // only to the TLBI, which drops entries (of this VMID, all cores) and the instruction
-    // caches; EL2's own translation is not affected; VTTBR_EL2 is restored before anything
-    // could enter a guest.
-    unsafe {
-        core::arch::asm!(
-            "msr vttbr_el2, {vm}",
-            "isb",
-            "tlbi vmalls12e1is",
-            "ic ialluis",
-            "dsb ish",
-            "msr vttbr_el2, {saved}",
-            "isb",
-            vm = in(reg) vttbr,
-            saved = in(reg) saved,
-            options(nostack, preserves_flags)
-        )
-    };
+    invalidate_vm(vttbr);
+    // SAFETY: instruction cache invalidation (all cores) changes no memory contents.
+    unsafe { core::arch::asm!("ic ialluis", "dsb ish", "isb", options(nostack, preserves_flags)) };
 }
 
 /// Drops every TLB entry of the VM with this `VTTBR_EL2` (stage 1 and 2, all cores), after a
