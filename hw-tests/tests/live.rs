@@ -109,6 +109,9 @@ fn hardware_dirty_state_tracks_pages_on_cpu_max() {
     let destination = destination.join().expect("destination thread");
     let _ = relay.finish();
     eprintln!("hw-tests: live hw: source: {}", source.summary());
+    for l in source.lines().filter(|l| l.starts_with("migrate")) {
+        eprintln!("hw-tests: live hw: source: {l}");
+    }
     source.assert_clean();
     source.assert_present("dirty_log=hw");
     destination.assert_clean();

@@ -375,6 +375,8 @@ struct Outgoing {
     /// The guest's pause, from its request to the timing section.
     paused_ns: u64,
     after: After,
+    /// Pages the dirty log saw written: by faults, by the CPU (at the pause).
+    log_counts: (u64, u64),
 }
 
 /// What becomes of the source's VM once the destination took it.
@@ -610,6 +612,7 @@ fn start(
         final_runs: DirtyRuns::new(),
         paused_ns: 0,
         after,
+        log_counts: (0, 0),
     }))
 }
 
@@ -763,6 +766,7 @@ fn pausing(core: &mut Core<'_>, out: &mut Outgoing, since: Instant, now: Instant
     let mut runs = core::mem::take(&mut out.final_runs);
     vm.harvest_dirty(&mut runs).map_err(|e| format!("dirty log: {e}"))?;
     checkpoint::encode_state(&mut out.enc, vm, &core.hyp.vcpus, |id| vcpu_power(core, id))?;
+    out.log_counts = vm.dirty_log_counts();
     let mut page = alloc::vec![0u8; PAGE as usize * 16];
     for &(first, count) in &runs {
         let mut done = 0;
@@ -797,7 +801,7 @@ fn vcpu_power(core: &Core<'_>, id: VcpuId) -> VcpuState {
 
 /// The stream is complete: READY or not decides.
 fn finish(core: &mut Core<'_>, out: alloc::boxed::Box<Outgoing>, vm_index: usize) -> (State, bool) {
-    let Outgoing { enc, started, rounds, pages_resent, hardware, paused_ns, after, .. } = *out;
+    let Outgoing { enc, started, rounds, pages_resent, hardware, paused_ns, after, log_counts, .. } = *out;
     let (sink, summary) = match enc.finish() {
         Ok(done) => done,
         Err(e) => {
@@ -856,10 +860,12 @@ fn finish(core: &mut Core<'_>, out: alloc::boxed::Box<Outgoing>, vm_index: usize
     let total = timer::now().since(started);
     match commit.map_err(|e| format!("{e}")).and_then(|()| peer.await_control(timer::now() + answer_timeout())) {
         Ok(Control::Done) => println!(
-            "migrate: guest {} migrated: bytes={} rounds={rounds} pages_resent={pages_resent} dirty_log={} paused_us={} total_ms={}",
+            "migrate: guest {} migrated: bytes={} rounds={rounds} pages_resent={pages_resent} dirty_log={} faulted={} found_by_cpu={} paused_us={} total_ms={}",
             vm.name,
             summary.bytes,
             if hardware { "hw" } else { "wp" },
+            log_counts.0,
+            log_counts.1,
             paused_ns / 1000,
             total.as_millis()
         ),

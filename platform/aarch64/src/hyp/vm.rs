@@ -157,6 +157,10 @@ fn runs_of(bits: &[u64], pages: usize) -> DirtyRuns {
 struct DirtyLog {
     bits: Vec<u64>,
     hardware: bool,
+    /// Pages marked by write faults, and found written by the CPU (hardware tracking), since
+    /// the log started.
+    faulted: u64,
+    found_by_cpu: u64,
 }
 
 impl DirtyLog {
@@ -439,7 +443,7 @@ impl Vm {
         {
             let mut s2 = self.stage2.lock();
             let pages = (self.ram_bytes() / PAGE) as usize;
-            s2.log = Some(DirtyLog { bits: alloc::vec![0; pages.div_ceil(64)], hardware });
+            s2.log = Some(DirtyLog { bits: alloc::vec![0; pages.div_ceil(64)], hardware, faulted: 0, found_by_cpu: 0 });
             // Untouched pages are read-only already; their first write is logged by its fault.
             for (first, n) in runs_of(&s2.touched, pages) {
                 let ipa = self.ram_ipa.start + first * PAGE;
@@ -469,6 +473,7 @@ impl Vm {
             set_bit(touched, page);
             if let Some(log) = log {
                 log.mark(page);
+                log.faulted += 1;
             }
         }
         crate::stage2::invalidate_ipa(page_ipa);
@@ -502,7 +507,12 @@ impl Vm {
                 map.write_protect(ipa..ipa + n * PAGE, log.hardware)?;
             }
             if log.hardware {
-                map.harvest_hardware_dirty(self.ram_ipa.clone(), &mut |ipa| push_page(runs, (ipa - base) / PAGE))?;
+                let mut found = 0;
+                map.harvest_hardware_dirty(self.ram_ipa.clone(), &mut |ipa| {
+                    push_page(runs, (ipa - base) / PAGE);
+                    found += 1;
+                })?;
+                log.found_by_cpu += found;
             }
         }
         crate::stage2::invalidate_vm(self.vttbr);
@@ -545,6 +555,11 @@ impl Vm {
     /// checkpoint's zero runs did not write, but a page may have been written before).
     pub fn touch_all(&self) {
         self.stage2.lock().touched.fill(u64::MAX);
+    }
+
+    /// Pages the dirty log has seen written so far: (by write faults, by the CPU's dirty state).
+    pub fn dirty_log_counts(&self) -> (u64, u64) {
+        self.stage2.lock().log.as_ref().map_or((0, 0), |l| (l.faulted, l.found_by_cpu))
     }
 
     /// Ends dirty logging: every touched page writable again, DBM off.
