@@ -276,9 +276,21 @@ pub fn manifest(name: &str) -> PathBuf {
     if let Some(path) = made.get(name) {
         return path.clone();
     }
+    let path = manifest_of(name, &load_scenario(name));
+    made.insert(name.to_string(), path.clone());
+    path
+}
+
+/// `scenarios/NAME.toml`, loaded (panics with the loader's message when it is bad).
+pub fn load_scenario(name: &str) -> Scenario {
+    let file = workspace_root().join("scenarios").join(format!("{name}.toml"));
+    vcpu_runtime::scenario::load(&file).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Writes the manifest of `scenario` (as [`manifest`] does, for a scenario a test may have
+/// changed) to `target/el2/manifests/hw-tests-TAG.manifest` and returns its path.
+pub fn manifest_of(tag: &str, scenario: &Scenario) -> PathBuf {
     let root = workspace_root();
-    let file = root.join("scenarios").join(format!("{name}.toml"));
-    let scenario = vcpu_runtime::scenario::load(&file).unwrap_or_else(|e| panic!("{e}"));
     let bin = guests_dir();
     let images: Vec<GuestImage> = scenario
         .guests
@@ -305,12 +317,11 @@ pub fn manifest(name: &str) -> PathBuf {
             Payload::None => panic!("guest `{}`: a simulator-only guest cannot run on the hypervisor", g.name),
         })
         .collect();
-    let bytes = encode_manifest(&scenario, images).unwrap_or_else(|e| panic!("manifest of {name}: {e}"));
+    let bytes = encode_manifest(scenario, images).unwrap_or_else(|e| panic!("manifest of {tag}: {e}"));
     let dir = root.join("target/el2/manifests");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-    let path = dir.join(format!("hw-tests-{name}.manifest"));
+    let path = dir.join(format!("hw-tests-{tag}.manifest"));
     std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-    made.insert(name.to_string(), path.clone());
     path
 }
 

@@ -10,6 +10,7 @@
 //! no `fault` event of a Linux guest. One run asks for something false and must see
 //! `LINUX-TEST: FAIL`, so a test script that cannot fail is caught.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hw_tests::{bare_linux_args, linux_assets, run, run_with_args, QemuConfig, Run, LINUX_FAILURE_PATTERNS};
@@ -120,10 +121,17 @@ fn assert_hypervisor_clean(r: &Run) {
 /// is in the trace. Returns its console lines.
 #[track_caller]
 fn assert_linux_passed<'a>(r: &'a Run, guest: &'a str, test: &str) -> Vec<&'a str> {
-    let lines: Vec<&str> = r.guest_lines(guest).collect();
-    if !lines.iter().any(|l| l.starts_with(&format!("LINUX-INIT: started test={test} "))) {
+    if !r.guest_lines(guest).any(|l| l.starts_with(&format!("LINUX-INIT: started test={test} "))) {
         r.fail(&format!("guest `{guest}`: init did not start test {test}"));
     }
+    assert_linux_finished(r, guest, test)
+}
+
+/// What [`assert_linux_passed`] checks after init's start (a guest restored from a checkpoint
+/// started before it).
+#[track_caller]
+fn assert_linux_finished<'a>(r: &'a Run, guest: &'a str, test: &str) -> Vec<&'a str> {
+    let lines: Vec<&str> = r.guest_lines(guest).collect();
     if let Some(line) = lines.iter().find(|l| l.starts_with("LINUX-TEST: FAIL")) {
         r.fail(&format!("guest `{guest}`: {line}"));
     }
@@ -243,4 +251,155 @@ fn two_linux_guests_and_the_rt_guest_share_two_cores() {
     for s in r.stats() {
         assert_eq!(s.state(), "stopped", "{s:?}");
     }
+}
+
+/// Where in the output each line containing `pattern` is (line numbers): the console shows the
+/// guests' lines and the trace events in the order they happened.
+fn lines_with(r: &Run, pattern: &str) -> Vec<usize> {
+    r.lines().enumerate().filter(|(_, l)| l.contains(pattern)).map(|(i, _)| i).collect()
+}
+
+/// The first line containing `pattern`; fails the run without one.
+#[track_caller]
+fn first_line(r: &Run, pattern: &str) -> usize {
+    lines_with(r, pattern).first().copied().unwrap_or_else(|| r.fail(&format!("no line contains `{pattern}`")))
+}
+
+/// The consolidation governor with two Linux guests on a dual-core phone
+/// (`scenarios/linux-phases.toml`): while both idle, core 1 is drained and turned off; when
+/// "work" starts two CPU-bound jobs it comes back; after them it goes off again. Neither guest's
+/// log shows an RCU stall, a lockup or a timer that came late: `personal` sleeps 14 s through
+/// all of it and must wake on time.
+#[test]
+fn consolidation_turns_a_core_off_under_idle_linux_guests() {
+    let r = on_hypervisor("linux-phases", 2, "cortex-a57", "");
+    assert_hypervisor_clean(&r);
+    r.assert_present("energy: profile phone-dual governor consolidate");
+    assert_linux_passed(&r, "work", "phases");
+    assert_linux_passed(&r, "personal", "idle");
+    let light = first_line(&r, "[work] phases: light uptime=");
+    let heavy = first_line(&r, "[work] phases: heavy uptime=");
+    let heavy_done = first_line(&r, "[work] phases: heavy done uptime=");
+    let off = lines_with(&r, "core c1 off");
+    let online = lines_with(&r, "core c1 online");
+    assert!(
+        off.iter().any(|&l| light < l && l < heavy),
+        "core 1 did not go off while both guests idled (lines {light}..{heavy}): off at {off:?}"
+    );
+    assert!(
+        online.iter().any(|&l| heavy < l && l < heavy_done),
+        "core 1 did not come back for the CPU-bound jobs (lines {heavy}..{heavy_done}): online at {online:?}"
+    );
+    assert!(off.iter().any(|&l| l > heavy_done), "core 1 did not go off again after the jobs: {off:?}");
+    r.assert_absent("CPU_OFF refused");
+    // The boot core stays on; core 1 was off for a while.
+    let off_ns = |core: u32| -> u64 {
+        r.lines()
+            .find_map(|l| l.strip_prefix(&format!("energy core={core} ")))
+            .and_then(|rest| rest.split_ascii_whitespace().find_map(|w| w.strip_prefix("off_ns=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| r.fail(&format!("no off_ns for core {core}")))
+    };
+    assert_eq!(off_ns(0), 0, "the boot core is never off");
+    assert!(off_ns(1) > 1_000_000_000, "core 1 off for {} ns", off_ns(1));
+    // No timer interrupt lost: the 14 s sleep ended within 2 s of its time.
+    let slept: f64 = r
+        .guest_lines("personal")
+        .find_map(|l| l.strip_prefix("LINUX-TEST: PASS idle slept="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| r.fail("no `PASS idle slept=` line"));
+    assert!((14.0..16.0).contains(&slept), "personal asked for 14 s of sleep and got {slept} s");
+    // The jobs ran on both vCPUs.
+    r.assert_guest_line("work", "phases: job 2 loops=");
+}
+
+/// A Linux guest's vCPUs moved to the other core every 2 ms for the whole run
+/// (`hv.migrate-every=2000`): it boots, runs CPU-bound jobs on both vCPUs, idles, and powers off
+/// with nothing wrong in its log.
+#[test]
+fn linux_vcpus_moved_between_cores_every_2ms() {
+    let r = on_hypervisor("linux-busy", 2, "cortex-a57", "hv.migrate-every=2000");
+    assert_hypervisor_clean(&r);
+    assert_linux_passed(&r, "linux", "busy");
+    r.assert_guest_line("linux", "busy: job 2 loops=");
+    let events = r.trace_events().unwrap_or_else(|e| r.fail(&e));
+    let moves = events.iter().filter(|e| matches!(e.kind, TraceKind::VcpuMigrate { .. })).count();
+    eprintln!("hw-tests: linux: {moves} moves");
+    for s in r.stats() {
+        // Hundreds of moves a second while the vCPU is on.
+        assert!(s.get("migrations") >= 1_000, "{s:?}");
+        assert_eq!(s.state(), "stopped", "{s:?}");
+    }
+}
+
+/// A fresh raw disk image of 512 MiB for the checkpoint (a 256 MiB guest's checkpoint takes
+/// about 20 MB: its memory is mostly zero pages and LZ4 runs).
+fn blank_disk(name: &str) -> PathBuf {
+    let dir = hw_tests::workspace_root().join("target/hw-tests/checkpoint");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let path = dir.join(format!("{name}.img"));
+    let file = std::fs::File::create(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    file.set_len(512 << 20).unwrap_or_else(|e| panic!("cannot size {}: {e}", path.display()));
+    path
+}
+
+/// The tick numbers `ticks: N uptime=S` a guest printed.
+fn ticks(r: &Run) -> Vec<u32> {
+    r.guest_lines("linux")
+        .filter_map(|l| l.strip_prefix("ticks: "))
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+fn checkpoint_instance(smp: u32, disk: &Path, append: &str) -> Run {
+    let config = QemuConfig::new(smp, "cortex-a57")
+        .scenario("linux-ticks")
+        .disk(disk)
+        .append(&format!("hv.trace=events {append}"))
+        .timeout(TIMEOUT);
+    hypervisor_run(&config, &format!("linux-ticks {append}"))
+}
+
+/// A Linux guest checkpointed in the middle of its script on `-smp 2` (`hv.checkpoint-at`, the
+/// run ends there) carries on when restored from the disk by another instance with a different
+/// core count (`hv.restore`): its next tick is the one after the last, its clock goes on, it
+/// passes and powers off with nothing wrong in its log.
+fn checkpoint_and_restore_on(smp: u32) {
+    let disk = blank_disk(&format!("linux-smp{smp}"));
+    // Linux reaches init 2-3 s into the run and ticks every second for 12 s: 7 s in is midway.
+    let first = checkpoint_instance(2, &disk, "hv.checkpoint-at=7000");
+    first.assert_clean();
+    first.assert_present("checkpoint: guest linux:");
+    first.assert_absent("LINUX-TEST:");
+    let before = ticks(&first);
+    if before.is_empty() || *before.last().unwrap_or(&0) >= 12 {
+        first.fail(&format!("the checkpoint was not taken midway through the ticks: {before:?}"));
+    }
+    for line in first.guest_lines("linux") {
+        if let Some(p) = LINUX_FAILURE_PATTERNS.iter().find(|p| line.contains(*p)) {
+            first.fail(&format!("the guest printed `{p}` before its checkpoint: {line:?}"));
+        }
+    }
+    let second = checkpoint_instance(smp, &disk, "hv.restore");
+    assert_hypervisor_clean(&second);
+    second.assert_present("restore: guest linux from the checkpoint disk");
+    assert_linux_finished(&second, "linux", "ticks");
+    let after = ticks(&second);
+    let last = *before.last().unwrap_or(&0);
+    assert_eq!(after.first().copied(), Some(last + 1), "before {before:?}, after {after:?}");
+    assert_eq!(after.last(), Some(&12), "after {after:?}");
+    // The restored guest did not boot again.
+    if second.guest_lines("linux").any(|l| l.contains("Booting Linux")) {
+        second.fail("the restored guest booted from scratch");
+    }
+}
+
+#[test]
+fn linux_checkpoint_on_smp2_restores_on_smp1() {
+    checkpoint_and_restore_on(1);
+}
+
+#[test]
+fn linux_checkpoint_on_smp2_restores_on_smp4() {
+    checkpoint_and_restore_on(4);
 }

@@ -183,6 +183,8 @@ pub struct Governor {
     assign: Vec<CoreId>,
     core_load: Vec<u64>,
     core_rt: Vec<u64>,
+    /// `consolidate`: the feasible core sets of a decision and their modelled power.
+    feasible: Vec<(u64, CoreMask)>,
 }
 
 /// Why a governor cannot be built.
@@ -272,6 +274,7 @@ impl Governor {
             assign: vec![CoreId(0); n],
             core_load: vec![0; cores],
             core_rt: vec![0; cores],
+            feasible: Vec::with_capacity(if cores <= EXHAUSTIVE_CORES { 1 << cores } else { cores }),
         })
     }
 
@@ -367,29 +370,26 @@ impl Governor {
         target
     }
 
-    /// `consolidate`: the set of cores whose packing the model says costs least, among those
-    /// that hold every vCPU within the headroom and every reservation within the RT bound.
-    /// The current set is kept unless another saves the switch margin, or it no longer fits.
+    /// `consolidate`: as few cores as the model says is cheapest. Among the sets that hold every
+    /// vCPU within the headroom and every reservation within the RT bound, those within the
+    /// switch margin of the cheapest cost the same as far as the model can tell; of those, the
+    /// one with the fewest cores (then the cheaper, then the lower-numbered) is chosen. An
+    /// emptied core that would rest in an idle state as cheap as off still goes off: the
+    /// vCPUs' wake-ups then land on one core, where they coalesce (a guest's timers are
+    /// aligned to its ticks), and a core that is off takes no stray interrupt; neither is in
+    /// the model. The current set is kept while it is among those within the margin and has no
+    /// more cores than the choice, so that the plan does not flip between near-equal sets.
     fn consolidate_target(&mut self, online: CoreMask, costs: &impl PowerCosts) -> CoreMask {
         let cores = self.off_streak.len();
-        let mut best: Option<(u64, CoreMask)> = None;
-        let mut consider = |gov: &mut Governor, set: CoreMask| {
-            if gov.pack(set, false, costs) {
-                let p = gov.power_of(set, costs);
-                // Ties go to more cores on (less queueing), then to the lower-numbered set.
-                let better = match best {
-                    None => true,
-                    Some((bp, bs)) => p < bp || (p == bp && set.count() > bs.count()),
-                };
-                if better {
-                    best = Some((p, set));
-                }
-            }
-        };
+        let mut feasible = core::mem::take(&mut self.feasible);
+        feasible.clear();
         let always = self.config.always_on.0;
         if cores <= EXHAUSTIVE_CORES {
             for bits in (1..(1u64 << cores)).filter(|b| b & always == always & ((1u64 << cores) - 1)) {
-                consider(self, CoreMask(bits));
+                let set = CoreMask(bits);
+                if self.pack(set, false, costs) {
+                    feasible.push((self.power_of(set, costs), set));
+                }
             }
         } else {
             // Cheapest work first (busy power per capacity), then growing prefixes.
@@ -398,27 +398,31 @@ impl Governor {
             let mut set = CoreMask(always & CoreMask::first(cores).0);
             for c in by_cost {
                 set = set.with(c);
-                consider(self, set);
+                if self.pack(set, false, costs) {
+                    feasible.push((self.power_of(set, costs), set));
+                }
             }
         }
-        let Some((best_uw, best_set)) = best else {
+        let Some(cheapest) = feasible.iter().map(|&(p, _)| p).min() else {
             // Nothing fits: everything on.
+            self.feasible = feasible;
             self.last_target = CoreMask::first(cores);
             return self.last_target;
         };
+        let near = cheapest + cheapest * u64::from(self.config.switch_margin_ppm) / 1_000_000;
+        let best_set = feasible
+            .iter()
+            .filter(|&&(p, _)| p <= near)
+            .min_by_key(|&&(p, set)| (set.count(), p, set.0))
+            .map_or(CoreMask::first(cores), |&(_, set)| set);
         // The set the last plan chose, which is being carried out (cores it wanted off may not
-        // be off yet): kept unless another saves the margin. Judged against the cores that
-        // are on instead, an emptied core would look free in a deep idle state and the plan
-        // would flip back before the core could go off.
+        // be off yet): kept while it is as cheap as the choice and no bigger. Judged against the
+        // cores that are on instead, an emptied core would look free in a deep idle state and
+        // the plan would flip back before the core could go off.
         let current = if self.last_target.is_empty() { online } else { self.last_target };
-        let mut chosen = best_set;
-        if !current.is_empty() && best_set != current && self.pack(current, false, costs) {
-            let current_uw = self.power_of(current, costs);
-            let margin = current_uw * u64::from(self.config.switch_margin_ppm) / 1_000_000;
-            if best_uw + margin >= current_uw {
-                chosen = current;
-            }
-        }
+        let current_is_near = feasible.iter().any(|&(p, set)| set == current && p <= near);
+        self.feasible = feasible;
+        let chosen = if current_is_near && current.count() <= best_set.count() { current } else { best_set };
         self.last_target = chosen;
         chosen
     }
@@ -842,6 +846,29 @@ mod tests {
         loads.apply(&plan);
         let again = gov.decide(&loads, Instant(30_000_000), &board);
         assert!(again.is_empty(), "stable once packed: {again:?}");
+    }
+
+    /// On the Hi6220 (`phone-dual`) a core in cpu-sleep costs what an off core does: with idle
+    /// vCPUs every set models the same power, and the fewest cores win.
+    #[test]
+    fn idle_vcpus_pack_even_where_deep_idle_costs_what_off_does() {
+        let model = crate::EnergyModel::builtin("phone-dual").unwrap();
+        let config = GovernorConfig::new(GovernorPolicy::Consolidate, Nanos::from_millis(10));
+        let mut gov = Governor::new(config, &vcpus(4, 2), 2, &model).unwrap();
+        let mut loads = Loads { online: CoreMask::first(2), vcpus: (0..4).map(|v| (CoreId(v % 2), true, 1)).collect() };
+        for p in 1..=4 {
+            let plan = gov.decide(&loads, Instant(p * 10_000_000), &model);
+            loads.apply(&plan);
+        }
+        assert_eq!(loads.online, CoreMask::single(CoreId(0)), "{:?}", loads.vcpus);
+        assert!(loads.vcpus.iter().all(|v| v.0 == CoreId(0)));
+        // Stable once packed, and back on when the load needs both cores.
+        assert!(gov.decide(&loads, Instant(900_000_000), &model).is_empty());
+        for v in &mut loads.vcpus[..2] {
+            v.2 = 70;
+        }
+        let plan = gov.decide(&loads, Instant(910_000_000), &model);
+        assert_eq!(plan.power_on, CoreMask::single(CoreId(1)), "{plan:?}");
     }
 
     #[test]
