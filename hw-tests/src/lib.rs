@@ -27,10 +27,11 @@ use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod linux_image;
 pub mod relay;
 
 use vcpu_runtime::manifest::{elf_image, encode, GuestImage};
-use vcpu_runtime::scenario::{Guest, Payload, Scenario};
+use vcpu_runtime::scenario::{Demand, Guest, Payload, Scenario};
 use vcpu_runtime::trace::{self, TraceEvent};
 use vcpu_runtime::Nanos;
 
@@ -265,17 +266,31 @@ pub fn guests_dir() -> &'static Path {
 
 /// The manifest of `scenarios/NAME.toml`, written once per test process to
 /// `target/el2/manifests/hw-tests-NAME.manifest`: each `test-image` payload is a file, or else
-/// a test guest named by its last path component (`image = "counter"`), as in
-/// `cargo xtask qemu` (xtask/src/manifest.rs).
+/// a test guest named by its last path component (`image = "counter"`), and each Linux guest's
+/// kernel, initramfs and command line are laid out by [`linux_image::read_guest`], as in
+/// `cargo xtask qemu` (xtask/src/manifest.rs). When a Linux guest's files are missing, the
+/// project's assets are made first ([`linux_assets`]), as the scenarios name those.
 pub fn manifest(name: &str) -> PathBuf {
     static MANIFESTS: OnceLock<Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
     let mut made = MANIFESTS.get_or_init(|| Mutex::new(BTreeMap::new())).lock().unwrap_or_else(|e| e.into_inner());
     if let Some(path) = made.get(name) {
         return path.clone();
     }
+    let path = manifest_of(name, &load_scenario(name));
+    made.insert(name.to_string(), path.clone());
+    path
+}
+
+/// `scenarios/NAME.toml`, loaded (panics with the loader's message when it is bad).
+pub fn load_scenario(name: &str) -> Scenario {
+    let file = workspace_root().join("scenarios").join(format!("{name}.toml"));
+    vcpu_runtime::scenario::load(&file).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Writes the manifest of `scenario` (as [`manifest`] does, for a scenario a test may have
+/// changed) to `target/el2/manifests/hw-tests-TAG.manifest` and returns its path.
+pub fn manifest_of(tag: &str, scenario: &Scenario) -> PathBuf {
     let root = workspace_root();
-    let file = root.join("scenarios").join(format!("{name}.toml"));
-    let scenario = vcpu_runtime::scenario::load(&file).unwrap_or_else(|e| panic!("{e}"));
     let bin = guests_dir();
     let images: Vec<GuestImage> = scenario
         .guests
@@ -288,15 +303,25 @@ pub fn manifest(name: &str) -> PathBuf {
                     .unwrap_or_else(|e| panic!("guest `{}`: cannot read {}: {e}", g.name, path.display()));
                 elf_image(&bytes).unwrap_or_else(|e| panic!("guest `{}`: {}: {e}", g.name, path.display()))
             }
-            other => panic!("guest `{}`: payload {other:?} cannot run on the hypervisor", g.name),
+            Payload::Linux { kernel, initrd, cmdline } => {
+                let kernel = root.join(kernel);
+                let initrd = initrd.as_ref().map(|f| root.join(f));
+                if !kernel.is_file() || initrd.as_ref().is_some_and(|f| !f.is_file()) {
+                    // The scenarios name the project's own kernel and initramfs: made when
+                    // missing (another missing file stays missing, and is named below).
+                    linux_assets();
+                }
+                linux_image::read_guest(&kernel, initrd.as_deref(), cmdline, g.memory_mib)
+                    .unwrap_or_else(|e| panic!("guest `{}`: {e}", g.name))
+            }
+            Payload::None => panic!("guest `{}`: a simulator-only guest cannot run on the hypervisor", g.name),
         })
         .collect();
-    let bytes = encode_manifest(&scenario, images).unwrap_or_else(|e| panic!("manifest of {name}: {e}"));
+    let bytes = encode_manifest(scenario, images).unwrap_or_else(|e| panic!("manifest of {tag}: {e}"));
     let dir = root.join("target/el2/manifests");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-    let path = dir.join(format!("hw-tests-{name}.manifest"));
+    let path = dir.join(format!("hw-tests-{tag}.manifest"));
     std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-    made.insert(name.to_string(), path.clone());
     path
 }
 
@@ -304,27 +329,67 @@ pub fn manifest(name: &str) -> PathBuf {
 /// `test-image` guest whose image is named this.
 pub const PLAYER_IMAGE: &str = "player";
 
-/// How much longer than the scenario's duration the hypervisor lets a scenario with a player
-/// guest run. The player's clock starts when it boots, after the hypervisor's, and it ends itself
-/// (SYSTEM_OFF) once the schedule's duration, the scenario's, has passed on that clock; the
-/// hypervisor, which would otherwise halt it at the duration measured from its own start, waits
-/// this much longer. The run still ends as soon as every guest has stopped.
+/// The periodic real-time test guest (docs/guests.md, *rt*): a `test-image` guest whose image is
+/// named this. With a periodic `demand` it runs that job over the scenario's duration
+/// ([`rt_params`]); without one, its built-in 2 ms every 10 ms for 100 periods.
+pub const RT_IMAGE: &str = "rt";
+
+/// How much longer than the scenario's duration the hypervisor lets a scenario run whose guests
+/// follow their `demand` over the duration (a player, an `rt` guest with a periodic demand).
+/// Their clocks start when they boot, after the hypervisor's, and they end themselves
+/// (SYSTEM_OFF) once their schedule is done; the hypervisor, which would otherwise halt them at
+/// the duration measured from its own start, waits this much longer. The run still ends as soon
+/// as every guest has stopped.
 pub const PLAYER_GRACE: Nanos = Nanos::from_secs(1);
 
-/// Whether `guest` is the demand player ([`PLAYER_IMAGE`]).
-pub fn is_player(guest: &Guest) -> bool {
+/// Whether `guest` is the test image named `name`.
+fn is_image(guest: &Guest, name: &str) -> bool {
     match &guest.payload {
-        Payload::TestImage { image } => Path::new(image).file_name().is_some_and(|n| n == PLAYER_IMAGE),
+        Payload::TestImage { image } => Path::new(image).file_name().is_some_and(|n| n == name),
         _ => false,
     }
 }
 
+/// Whether `guest` is the demand player ([`PLAYER_IMAGE`]).
+pub fn is_player(guest: &Guest) -> bool {
+    is_image(guest, PLAYER_IMAGE)
+}
+
+/// The magic of the `rt` guest's parameter blob ([`rt_params`]).
+pub const RT_PARAMS_MAGIC: [u8; 8] = *b"HVRTPAR1";
+
+/// The `rt` guest's parameter blob (docs/guests.md, *rt*): [`RT_PARAMS_MAGIC`], then the
+/// period, the work and the deadline in microseconds and the number of periods, little-endian
+/// u64 each.
+pub fn rt_params(period: Nanos, work: Nanos, deadline: Nanos, periods: u64) -> Vec<u8> {
+    let mut blob = RT_PARAMS_MAGIC.to_vec();
+    for word in [period.as_micros(), work.as_micros(), deadline.as_micros(), periods] {
+        blob.extend_from_slice(&word.to_le_bytes());
+    }
+    blob
+}
+
 /// The data blob of `guest` of `scenario` (the `initrd` of its manifest record, which the
 /// hypervisor puts at the base of the guest's RAM): for the demand player, the schedule of its
-/// `demand` over the scenario's duration (`platform_sim::schedule::player_schedule`); empty for
-/// every other guest. A player without a demand, or whose schedule is too large, is an error
-/// (which does not repeat the guest's name: [`encode_manifest`] puts it in front).
+/// `demand` over the scenario's duration (`platform_sim::schedule::player_schedule`); for the
+/// `rt` guest with a periodic `demand`, that job for as many periods as the duration holds
+/// ([`rt_params`]; its release offset is not used); empty for every other guest. A player
+/// without a demand, a schedule too large, or an `rt` guest whose demand is not periodic is an
+/// error (which does not repeat the guest's name: [`encode_manifest`] puts it in front).
 pub fn guest_data(scenario: &Scenario, guest: &Guest) -> Result<Vec<u8>, String> {
+    if is_image(guest, RT_IMAGE) {
+        return match &guest.demand {
+            None => Ok(Vec::new()),
+            Some(Demand::Periodic { period, work, deadline, .. }) => {
+                let periods = scenario.duration.as_nanos() / period.as_nanos().max(1);
+                Ok(rt_params(*period, *work, *deadline, periods))
+            }
+            Some(other) => Err(format!(
+                "image = \"{RT_IMAGE}\" runs a periodic job: its demand must be periodic (or absent, for the \
+                 built-in 2 ms every 10 ms, 100 times), not {other:?}"
+            )),
+        };
+    }
     if !is_player(guest) {
         return Ok(Vec::new());
     }
@@ -339,18 +404,20 @@ pub fn guest_data(scenario: &Scenario, guest: &Guest) -> Result<Vec<u8>, String>
 }
 
 /// The manifest of `scenario` with its guests' `images` (in guest order), as `cargo xtask qemu`
-/// and these tests write it: each player guest's image gets its schedule as data blob
-/// ([`guest_data`]), and with a player guest the hypervisor's duration is the scenario's plus
-/// [`PLAYER_GRACE`]. Errors name the guest: `guests[I] (`NAME`): ...`.
+/// and these tests write it: each guest's image gets its data blob ([`guest_data`]), and when a
+/// guest follows its demand over the duration (a player, or an `rt` guest with a blob) the
+/// hypervisor's duration is the scenario's plus [`PLAYER_GRACE`]. Errors name the guest:
+/// `guests[I] (`NAME`): ...`.
 pub fn encode_manifest(scenario: &Scenario, mut images: Vec<GuestImage>) -> Result<Vec<u8>, String> {
-    let mut players = 0;
+    let mut scheduled = 0;
     for (i, (guest, image)) in scenario.guests.iter().zip(images.iter_mut()).enumerate() {
-        if is_player(guest) {
-            image.initrd = guest_data(scenario, guest).map_err(|e| format!("guests[{i}] (`{}`): {e}", guest.name))?;
-            players += 1;
+        let data = guest_data(scenario, guest).map_err(|e| format!("guests[{i}] (`{}`): {e}", guest.name))?;
+        if !data.is_empty() {
+            image.initrd = data;
+            scheduled += 1;
         }
     }
-    let bytes = if players == 0 {
+    let bytes = if scheduled == 0 {
         encode(scenario, &images)
     } else {
         let mut longer = scenario.clone();
@@ -371,9 +438,21 @@ pub struct LinuxAssets {
 /// Where `cargo xtask linux` puts the assets, relative to the workspace root.
 pub const LINUX_DIR: &str = "target/linux";
 
-/// Lines a Linux guest prints only when its kernel is in trouble.
-pub const LINUX_FAILURE_PATTERNS: &[&str] =
-    &["Kernel panic", "BUG:", "Oops", "rcu: INFO", "soft lockup", "hard LOCKUP", "Call trace:"];
+/// Lines a Linux guest prints only when its kernel is in trouble: a panic, a BUG or an oops, an
+/// RCU stall (`rcu: INFO: rcu_sched detected stalls on CPUs/tasks`, `rcu_sched self-detected
+/// stall on CPU`), a soft or hard lockup, a warning with its backtrace.
+pub const LINUX_FAILURE_PATTERNS: &[&str] = &[
+    "Kernel panic",
+    "BUG:",
+    "Oops",
+    "rcu: INFO",
+    "self-detected stall",
+    "detected stalls",
+    "soft lockup",
+    "hard LOCKUP",
+    "WARNING: CPU",
+    "Call trace:",
+];
 
 /// The Linux assets, made once per test process when missing by running `cargo xtask linux`
 /// (`cargo xtask test` makes them before the QEMU tests, so this is for `cargo test -p
@@ -730,6 +809,32 @@ mod tests {
         let s = scenario_of(COUNTER);
         let bytes = encode_manifest(&s, vec![image()]).unwrap();
         assert_eq!(bytes, encode(&s, &[image()]).unwrap());
+    }
+
+    #[test]
+    fn the_rt_guest_runs_its_periodic_demand_over_the_duration() {
+        const RT: &str = "[[guests]]\nname = \"r\"\nkind = \"test-image\"\nimage = \"rt\"\n";
+        let periodic = "demand = { kind = \"periodic\", period = \"10ms\", work = \"2ms\", deadline = \"8ms\" }\n";
+        let s = scenario_for("3s", &format!("{RT}{periodic}{COUNTER}"));
+        let blob = guest_data(&s, &s.guests[0]).unwrap();
+        let mut expected = b"HVRTPAR1".to_vec();
+        for w in [10_000u64, 2_000, 8_000, 300] {
+            expected.extend_from_slice(&w.to_le_bytes());
+        }
+        assert_eq!(blob, expected);
+        let bytes = encode_manifest(&s, vec![image(), image()]).unwrap();
+        let m = vcpu_runtime::manifest::Manifest::parse(&bytes).unwrap();
+        assert_eq!(m.policy.duration, Nanos::from_secs(3) + PLAYER_GRACE, "the rt guest's clock starts late too");
+        assert_eq!(m.guests().next().unwrap().initrd, blob.as_slice());
+
+        // Without a demand: the built-in settings, no blob, no grace.
+        let s = scenario_of(RT);
+        assert!(guest_data(&s, &s.guests[0]).unwrap().is_empty());
+        assert_eq!(encode_manifest(&s, vec![image()]).unwrap(), encode(&s, &[image()]).unwrap());
+        // Another kind of demand is refused.
+        let s = scenario_of(&format!("{RT}demand = {{ kind = \"batch\" }}\n"));
+        let err = encode_manifest(&s, vec![image()]).unwrap_err();
+        assert!(err.starts_with("guests[0] (`r`): image = \"rt\" runs a periodic job"), "{err}");
     }
 
     #[test]

@@ -1,21 +1,26 @@
-//! The Linux guest's kernel and initramfs (`cargo xtask linux`, docs/linux-guests.md) directly
-//! on QEMU, with no hypervisor: the baseline the hypervisor's Linux guests are held to.
+//! Linux guests: the Debian arm64 kernel and the busybox initramfs of `cargo xtask linux`
+//! (docs/linux-guests.md), first directly on QEMU (the baseline), then on the hypervisor.
 //!
-//! Each run boots the Debian arm64 kernel on `-smp 2` with a test picked on the kernel command
-//! line and checks that init printed its start marker and `LINUX-TEST: PASS NAME`, that QEMU
-//! ended by itself with status 0 (init's `poweroff -f` is PSCI `SYSTEM_OFF`), and that the
-//! kernel printed none of the [`LINUX_FAILURE_PATTERNS`]. One run asks for something false and
-//! must see `LINUX-TEST: FAIL`, so a test script that cannot fail is caught.
+//! Every run checks that init printed its start marker and `LINUX-TEST: PASS NAME`, and that the
+//! kernel printed none of the [`LINUX_FAILURE_PATTERNS`] (panics, oopses, RCU stalls, lockups,
+//! call traces). On bare QEMU, QEMU must end by itself with status 0 (init's `poweroff -f` is
+//! PSCI `SYSTEM_OFF`). On the hypervisor the guest's `SYSTEM_OFF` stops only that guest
+//! (`guest NAME: stopped (off)`) and the hypervisor ends the run cleanly once every guest has
+//! stopped; the guest's lines are the console lines prefixed `[NAME] `, and the trace must show
+//! no `fault` event of a Linux guest. One run asks for something false and must see
+//! `LINUX-TEST: FAIL`, so a test script that cannot fail is caught.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hw_tests::{bare_linux_args, linux_assets, run_with_args, QemuConfig, Run, LINUX_FAILURE_PATTERNS};
+use hw_tests::{bare_linux_args, linux_assets, run, run_with_args, QemuConfig, Run, LINUX_FAILURE_PATTERNS};
+use vcpu_runtime::trace::TraceKind;
 
 /// A boot takes 3-4 s alone on QEMU's TCG; a loaded 2-core host can make it several times
 /// longer.
-const TIMEOUT: Duration = Duration::from_secs(120);
+const TIMEOUT: Duration = Duration::from_secs(240);
 
-/// CPUs of every run: the hotplug test needs a second one.
+/// CPUs of every bare-QEMU run: the hotplug test needs a second one.
 const SMP: u32 = 2;
 
 /// Each test script with its parameters (the kernel command line after the console).
@@ -24,6 +29,8 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("hotplug", "test=hotplug test.rounds=2"),
     ("busy", "test=busy test.seconds=2 test.idle=1"),
     ("idle", "test=idle test.seconds=2"),
+    ("phases", "test=phases test.light=1 test.seconds=1 test.idle=1"),
+    ("ticks", "test=ticks test.seconds=2"),
 ];
 
 /// Boots the assets on bare QEMU with `console=ttyAMA0 ARGS` as the command line.
@@ -63,6 +70,13 @@ fn linux_boots_on_bare_qemu() {
                 run.assert_present("LINUX-TEST: PASS hotplug rounds=2 transitions=4 cpus=2");
             }
             "busy" => run.assert_present("busy: job 2 loops="),
+            "phases" => {
+                for phase in ["light", "heavy", "heavy done", "light-again"] {
+                    run.assert_present(&format!("phases: {phase} uptime="));
+                }
+                run.assert_present("phases: job 2 loops=");
+            }
+            "ticks" => run.assert_present("ticks: 2 uptime="),
             _ => {}
         }
     }
@@ -74,4 +88,318 @@ fn linux_test_failures_are_reported() {
     assert_clean_boot(&run);
     run.assert_present("LINUX-TEST: FAIL boot 2 CPUs online, test.cpus=3");
     run.assert_absent("LINUX-TEST: PASS");
+}
+
+// ---- On the hypervisor ----
+
+/// Boots `scenarios/SCENARIO.toml` on the hypervisor with `smp` cores of model `cpu` and the
+/// boot arguments `hv.trace=events APPEND` (the per-switch events would print thousands of
+/// lines for a Linux boot).
+fn on_hypervisor(scenario: &str, smp: u32, cpu: &str, append: &str) -> Run {
+    let config = QemuConfig::new(smp, cpu)
+        .scenario(scenario)
+        .append(format!("hv.trace=events {append}").trim_end())
+        .timeout(TIMEOUT);
+    hypervisor_run(&config, scenario)
+}
+
+fn hypervisor_run(config: &QemuConfig, what: &str) -> Run {
+    let r = run(config);
+    eprintln!("hw-tests: linux: {what}: {}", r.summary());
+    r
+}
+
+/// The hypervisor ended cleanly once every guest had stopped.
+#[track_caller]
+fn assert_hypervisor_clean(r: &Run) {
+    r.assert_clean();
+    r.assert_present("hypervisor: all guests stopped after");
+}
+
+/// Linux guest `guest` ran init's test `test` to `LINUX-TEST: PASS`, printed none of the
+/// [`LINUX_FAILURE_PATTERNS`], and ended itself with `SYSTEM_OFF`; no `fault` event of its VM
+/// is in the trace. Returns its console lines.
+#[track_caller]
+fn assert_linux_passed<'a>(r: &'a Run, guest: &'a str, test: &str) -> Vec<&'a str> {
+    if !r.guest_lines(guest).any(|l| l.starts_with(&format!("LINUX-INIT: started test={test} "))) {
+        r.fail(&format!("guest `{guest}`: init did not start test {test}"));
+    }
+    assert_linux_finished(r, guest, test)
+}
+
+/// What [`assert_linux_passed`] checks after init's start (a guest restored from a checkpoint
+/// started before it).
+#[track_caller]
+fn assert_linux_finished<'a>(r: &'a Run, guest: &'a str, test: &str) -> Vec<&'a str> {
+    let lines: Vec<&str> = r.guest_lines(guest).collect();
+    if let Some(line) = lines.iter().find(|l| l.starts_with("LINUX-TEST: FAIL")) {
+        r.fail(&format!("guest `{guest}`: {line}"));
+    }
+    if !lines.iter().any(|l| l.starts_with(&format!("LINUX-TEST: PASS {test}"))) {
+        r.fail(&format!("guest `{guest}` did not print `LINUX-TEST: PASS {test}`"));
+    }
+    for line in &lines {
+        if let Some(p) = LINUX_FAILURE_PATTERNS.iter().find(|p| line.contains(*p)) {
+            r.fail(&format!("guest `{guest}` printed `{p}`: {line:?}"));
+        }
+    }
+    r.assert_present(&format!("guest {guest}: stopped (off)"));
+    let events = r.trace_events().unwrap_or_else(|e| r.fail(&e));
+    let vm = vm_of(r, guest);
+    let faults: Vec<String> = events
+        .iter()
+        .filter(|e| matches!(e.kind, TraceKind::GuestFault { vm: v, .. } if v.0 == vm))
+        .map(|e| e.to_string())
+        .collect();
+    if !faults.is_empty() {
+        r.fail(&format!("guest `{guest}` faulted: {faults:?}"));
+    }
+    lines
+}
+
+/// The VM number of guest `name`, from the hypervisor's `vm N "NAME": ...` line.
+#[track_caller]
+fn vm_of(r: &Run, name: &str) -> u16 {
+    let quoted = format!(" \"{name}\": ");
+    r.lines()
+        .find_map(|l| l.strip_prefix("vm ").filter(|rest| rest.contains(&quoted))?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| r.fail(&format!("no `vm N \"{name}\"` line")))
+}
+
+fn boots_on(smp: u32) {
+    let r = on_hypervisor("linux", smp, "cortex-a57", "");
+    assert_hypervisor_clean(&r);
+    assert_linux_passed(&r, "linux", "boot");
+    // Both vCPUs came up (test.cpus=2), through the guest's PSCI CPU_ON.
+    r.assert_guest_line("linux", "LINUX-TEST: PASS boot cpus=2 nproc=2");
+    r.assert_guest_line("linux", "smp: Brought up 1 node, 2 CPUs");
+}
+
+#[test]
+fn linux_boots_on_the_hypervisor_smp1() {
+    boots_on(1);
+}
+
+#[test]
+fn linux_boots_on_the_hypervisor_smp2() {
+    boots_on(2);
+}
+
+#[test]
+fn linux_boots_on_the_hypervisor_smp4() {
+    boots_on(4);
+}
+
+/// `echo 0 > /sys/devices/system/cpu/cpu1/online` and back, three times: the kernel's CPU_OFF
+/// parks the vCPU and its CPU_ON starts it again.
+#[test]
+fn linux_cpu_hotplug_on_the_hypervisor() {
+    let r = on_hypervisor("linux-hotplug", 2, "cortex-a57", "");
+    assert_hypervisor_clean(&r);
+    assert_linux_passed(&r, "linux", "hotplug");
+    for round in 1..=3 {
+        r.assert_guest_line("linux", &format!("hotplug: round {round} cpu1 online=0 cpus=1"));
+        r.assert_guest_line("linux", &format!("hotplug: round {round} cpu1 online=1 cpus=2"));
+    }
+    r.assert_guest_line("linux", "LINUX-TEST: PASS hotplug rounds=3 transitions=6 cpus=2");
+    let events = r.trace_events().unwrap_or_else(|e| r.fail(&e));
+    let parks = events.iter().filter(|e| matches!(e.kind, TraceKind::VcpuPark { vcpu, .. } if vcpu.0 == 1)).count();
+    let unparks = events.iter().filter(|e| matches!(e.kind, TraceKind::VcpuUnpark { vcpu, .. } if vcpu.0 == 1)).count();
+    // Parked at its CPU_OFF three times (and once more at the end); started at boot and after
+    // each round.
+    assert!(parks >= 3 && unparks >= 4, "vCPU 1 parked {parks} times, unparked {unparks} times");
+}
+
+/// Runs before the real-time guest's misses fail a test: QEMU's counter follows the host's
+/// clock and each guest core is a host thread, so a host hiccup can stretch the RT guest's 2 ms
+/// job past its period without the hypervisor being at fault (as in the `rt` and power tests).
+const RT_ATTEMPTS: u32 = 4;
+
+/// Runs `config` until the `rt` guest misses nothing, at most [`RT_ATTEMPTS`] times.
+fn with_rt_retries(config: &QemuConfig, what: &str) -> Run {
+    let mut attempt = 1;
+    loop {
+        let r = hypervisor_run(config, &format!("{what} (attempt {attempt})"));
+        let misses = r.guest_lines("rt").any(|l| l.starts_with("rt: miss in period"));
+        if !misses || attempt == RT_ATTEMPTS {
+            return r;
+        }
+        attempt += 1;
+    }
+}
+
+/// Two Linux guests of 2 vCPUs and the RT guest on two cores: both Linux guests finish their
+/// scripts (one CPU-bound, one unplugging a CPU), each one's SYSTEM_OFF stops only itself, and
+/// the RT guest misses no deadline over the whole 12 s.
+#[test]
+fn two_linux_guests_and_the_rt_guest_share_two_cores() {
+    let config = QemuConfig::new(2, "cortex-a57").scenario("linux-pair").append("hv.trace=events").timeout(TIMEOUT);
+    let r = with_rt_retries(&config, "linux-pair");
+    assert_hypervisor_clean(&r);
+    assert_linux_passed(&r, "work", "busy");
+    r.assert_guest_line("work", "busy: job 2 loops=");
+    assert_linux_passed(&r, "personal", "hotplug");
+    r.assert_guest_line("personal", "LINUX-TEST: PASS hotplug rounds=2 transitions=4 cpus=2");
+    r.assert_guest_passed("rt");
+    r.assert_guest_line("rt", "rt periods=1200 misses=0");
+    // A Linux guest's SYSTEM_OFF ends only that guest: the RT guest went on after the first
+    // one powered off, to its last period.
+    let line_of = |pattern: &str| r.lines().position(|l| l.contains(pattern));
+    let rt_done = line_of("[rt] rt periods=").unwrap_or_else(|| r.fail("no rt result"));
+    let first_off = ["work", "personal"].iter().filter_map(|g| line_of(&format!("guest {g}: stopped (off)"))).min();
+    assert!(first_off.is_some_and(|off| off < rt_done), "no Linux guest stopped before the rt guest finished");
+    for s in r.stats() {
+        assert_eq!(s.state(), "stopped", "{s:?}");
+    }
+}
+
+/// Where in the output each line containing `pattern` is (line numbers): the console shows the
+/// guests' lines and the trace events in the order they happened.
+fn lines_with(r: &Run, pattern: &str) -> Vec<usize> {
+    r.lines().enumerate().filter(|(_, l)| l.contains(pattern)).map(|(i, _)| i).collect()
+}
+
+/// The first line containing `pattern`; fails the run without one.
+#[track_caller]
+fn first_line(r: &Run, pattern: &str) -> usize {
+    lines_with(r, pattern).first().copied().unwrap_or_else(|| r.fail(&format!("no line contains `{pattern}`")))
+}
+
+/// The consolidation governor with two Linux guests on a dual-core phone
+/// (`scenarios/linux-phases.toml`): while both idle, core 1 is drained and turned off; when
+/// "work" starts two CPU-bound jobs it comes back; after them it goes off again. Neither guest's
+/// log shows an RCU stall, a lockup or a timer that came late: `personal` sleeps 14 s through
+/// all of it and must wake on time.
+#[test]
+fn consolidation_turns_a_core_off_under_idle_linux_guests() {
+    let r = on_hypervisor("linux-phases", 2, "cortex-a57", "");
+    assert_hypervisor_clean(&r);
+    r.assert_present("energy: profile phone-dual governor consolidate");
+    assert_linux_passed(&r, "work", "phases");
+    assert_linux_passed(&r, "personal", "idle");
+    let light = first_line(&r, "[work] phases: light uptime=");
+    let heavy = first_line(&r, "[work] phases: heavy uptime=");
+    let heavy_done = first_line(&r, "[work] phases: heavy done uptime=");
+    let off = lines_with(&r, "core c1 off");
+    let online = lines_with(&r, "core c1 online");
+    assert!(
+        off.iter().any(|&l| light < l && l < heavy),
+        "core 1 did not go off while both guests idled (lines {light}..{heavy}): off at {off:?}"
+    );
+    assert!(
+        online.iter().any(|&l| heavy < l && l < heavy_done),
+        "core 1 did not come back for the CPU-bound jobs (lines {heavy}..{heavy_done}): online at {online:?}"
+    );
+    assert!(off.iter().any(|&l| l > heavy_done), "core 1 did not go off again after the jobs: {off:?}");
+    r.assert_absent("CPU_OFF refused");
+    // The boot core stays on; core 1 was off for a while.
+    let off_ns = |core: u32| -> u64 {
+        r.lines()
+            .find_map(|l| l.strip_prefix(&format!("energy core={core} ")))
+            .and_then(|rest| rest.split_ascii_whitespace().find_map(|w| w.strip_prefix("off_ns=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| r.fail(&format!("no off_ns for core {core}")))
+    };
+    assert_eq!(off_ns(0), 0, "the boot core is never off");
+    assert!(off_ns(1) > 1_000_000_000, "core 1 off for {} ns", off_ns(1));
+    // No timer interrupt lost: the 14 s sleep ended within 2 s of its time.
+    let slept: f64 = r
+        .guest_lines("personal")
+        .find_map(|l| l.strip_prefix("LINUX-TEST: PASS idle slept="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| r.fail("no `PASS idle slept=` line"));
+    assert!((14.0..16.0).contains(&slept), "personal asked for 14 s of sleep and got {slept} s");
+    // The jobs ran on both vCPUs.
+    r.assert_guest_line("work", "phases: job 2 loops=");
+}
+
+/// A Linux guest's vCPUs moved to the other core every 2 ms for the whole run
+/// (`hv.migrate-every=2000`): it boots, runs CPU-bound jobs on both vCPUs, idles, and powers off
+/// with nothing wrong in its log.
+#[test]
+fn linux_vcpus_moved_between_cores_every_2ms() {
+    let r = on_hypervisor("linux-busy", 2, "cortex-a57", "hv.migrate-every=2000");
+    assert_hypervisor_clean(&r);
+    assert_linux_passed(&r, "linux", "busy");
+    r.assert_guest_line("linux", "busy: job 2 loops=");
+    let events = r.trace_events().unwrap_or_else(|e| r.fail(&e));
+    let moves = events.iter().filter(|e| matches!(e.kind, TraceKind::VcpuMigrate { .. })).count();
+    eprintln!("hw-tests: linux: {moves} moves");
+    for s in r.stats() {
+        // Hundreds of moves a second while the vCPU is on.
+        assert!(s.get("migrations") >= 1_000, "{s:?}");
+        assert_eq!(s.state(), "stopped", "{s:?}");
+    }
+}
+
+/// A fresh raw disk image of 512 MiB for the checkpoint (a 256 MiB guest's checkpoint takes
+/// about 20 MB: its memory is mostly zero pages and LZ4 runs).
+fn blank_disk(name: &str) -> PathBuf {
+    let dir = hw_tests::workspace_root().join("target/hw-tests/checkpoint");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let path = dir.join(format!("{name}.img"));
+    let file = std::fs::File::create(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    file.set_len(512 << 20).unwrap_or_else(|e| panic!("cannot size {}: {e}", path.display()));
+    path
+}
+
+/// The tick numbers `ticks: N uptime=S` a guest printed.
+fn ticks(r: &Run) -> Vec<u32> {
+    r.guest_lines("linux")
+        .filter_map(|l| l.strip_prefix("ticks: "))
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+fn checkpoint_instance(smp: u32, disk: &Path, append: &str) -> Run {
+    let config = QemuConfig::new(smp, "cortex-a57")
+        .scenario("linux-ticks")
+        .disk(disk)
+        .append(&format!("hv.trace=events {append}"))
+        .timeout(TIMEOUT);
+    hypervisor_run(&config, &format!("linux-ticks {append}"))
+}
+
+/// A Linux guest checkpointed in the middle of its script on `-smp 2` (`hv.checkpoint-at`, the
+/// run ends there) carries on when restored from the disk by another instance with a different
+/// core count (`hv.restore`): its next tick is the one after the last, its clock goes on, it
+/// passes and powers off with nothing wrong in its log.
+fn checkpoint_and_restore_on(smp: u32) {
+    let disk = blank_disk(&format!("linux-smp{smp}"));
+    // Linux reaches init 2-3 s into the run and ticks every second for 12 s: 7 s in is midway.
+    let first = checkpoint_instance(2, &disk, "hv.checkpoint-at=7000");
+    first.assert_clean();
+    first.assert_present("checkpoint: guest linux:");
+    first.assert_absent("LINUX-TEST:");
+    let before = ticks(&first);
+    if before.is_empty() || *before.last().unwrap_or(&0) >= 12 {
+        first.fail(&format!("the checkpoint was not taken midway through the ticks: {before:?}"));
+    }
+    for line in first.guest_lines("linux") {
+        if let Some(p) = LINUX_FAILURE_PATTERNS.iter().find(|p| line.contains(*p)) {
+            first.fail(&format!("the guest printed `{p}` before its checkpoint: {line:?}"));
+        }
+    }
+    let second = checkpoint_instance(smp, &disk, "hv.restore");
+    assert_hypervisor_clean(&second);
+    second.assert_present("restore: guest linux from the checkpoint disk");
+    assert_linux_finished(&second, "linux", "ticks");
+    let after = ticks(&second);
+    let last = *before.last().unwrap_or(&0);
+    assert_eq!(after.first().copied(), Some(last + 1), "before {before:?}, after {after:?}");
+    assert_eq!(after.last(), Some(&12), "after {after:?}");
+    // The restored guest did not boot again.
+    if second.guest_lines("linux").any(|l| l.contains("Booting Linux")) {
+        second.fail("the restored guest booted from scratch");
+    }
+}
+
+#[test]
+fn linux_checkpoint_on_smp2_restores_on_smp1() {
+    checkpoint_and_restore_on(1);
+}
+
+#[test]
+fn linux_checkpoint_on_smp2_restores_on_smp4() {
+    checkpoint_and_restore_on(4);
 }

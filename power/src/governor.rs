@@ -167,12 +167,10 @@ pub struct Governor {
     order: Vec<usize>,
     placed: Vec<bool>,
     assign: Vec<CoreId>,
-    best_assign: Vec<CoreId>,
     core_load: Vec<u64>,
     core_rt: Vec<u64>,
     /// Per frequency domain: the OPP index (of its cores' type).
     domain_opp: Vec<usize>,
-    best_domain_opp: Vec<usize>,
     alt_assign: Vec<CoreId>,
     alt_domain_opp: Vec<usize>,
 }
@@ -268,11 +266,9 @@ impl Governor {
             order: Vec::with_capacity(n),
             placed: vec![false; n],
             assign: vec![CoreId(0); n],
-            best_assign: vec![CoreId(0); n],
             core_load: vec![0; cores],
             core_rt: vec![0; cores],
             domain_opp: vec![0; domains],
-            best_domain_opp: vec![0; domains],
             alt_assign: vec![CoreId(0); n],
             alt_domain_opp: vec![0; domains],
         })
@@ -425,17 +421,12 @@ impl Governor {
                 candidates.push(set);
             }
         }
+        let mut feasible: Vec<(u64, CoreMask)> = Vec::with_capacity(candidates.len());
         for &set in &candidates {
             if let Some(p) = self.cheapest_for(set, model) {
-                // Ties go to more cores on (less queueing), then to the lower-numbered set.
-                let better = match best {
-                    None => true,
-                    Some((bp, bs)) => p < bp || (p == bp && set.count() > bs.count()),
-                };
-                if better {
+                feasible.push((p, set));
+                if best.is_none_or(|(bp, _)| p < bp) {
                     best = Some((p, set));
-                    self.best_assign.copy_from_slice(&self.assign);
-                    self.best_domain_opp.copy_from_slice(&self.domain_opp);
                 }
             }
         }
@@ -451,24 +442,30 @@ impl Governor {
             }
             return all;
         };
+        // Sets within the switch margin of the cheapest cost the same as far as the model can
+        // tell; of those the one with the fewest cores is chosen (then the cheaper, then the
+        // lower-numbered). An emptied core that would rest in an idle state as cheap as off
+        // still goes off: the vCPUs' wake-ups then land on one core, where they coalesce, and a
+        // core that is off takes no stray interrupt; neither is in the model.
+        let within = |p: u64| p <= best_uw + best_uw * u64::from(self.config.switch_margin_ppm) / PPM;
+        let pick = feasible
+            .iter()
+            .filter(|&&(p, _)| within(p))
+            .min_by_key(|&&(p, s)| (s.count(), p, s.0))
+            .map_or(best_set, |&(_, s)| s);
         // The set the last plan chose, which is being carried out (cores it wanted off may not
-        // be off yet): kept unless another saves the margin. Judged against the cores that
+        // be off yet): kept while it is within the margin and has no more cores than the pick,
+        // so that the plan does not flip between near-equal sets. Judged against the cores that
         // are on instead, an emptied core would look free in a deep idle state and the plan
         // would flip back before the core could go off.
         let current = if self.last_target.is_empty() { online } else { self.last_target };
-        let mut chosen = best_set;
-        if !current.is_empty() && best_set != current {
-            if let Some(current_uw) = self.cheapest_for(current, model) {
-                let margin = current_uw * u64::from(self.config.switch_margin_ppm) / PPM;
-                if best_uw + margin >= current_uw {
-                    chosen = current;
-                    self.best_assign.copy_from_slice(&self.assign);
-                    self.best_domain_opp.copy_from_slice(&self.domain_opp);
-                }
-            }
+        let keep = feasible.iter().any(|&(p, s)| s == current && within(p) && s.count() <= pick.count());
+        let chosen = if keep { current } else { pick };
+        // The placement and operating points of the chosen set (the search above overwrote them).
+        if self.cheapest_for(chosen, model).is_none() {
+            // Cannot happen (it was feasible): fall back to the cheapest set's.
+            let _ = self.cheapest_for(best_set, model);
         }
-        self.assign.copy_from_slice(&self.best_assign);
-        self.domain_opp.copy_from_slice(&self.best_domain_opp);
         self.last_target = chosen;
         chosen
     }

@@ -13,5 +13,6 @@ pub mod guest_dt;
 pub mod linux_boot;
 pub mod mmio;
 pub mod psci;
+pub mod smccc;
 pub mod uart;
 pub mod vgic;

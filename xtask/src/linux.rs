@@ -11,8 +11,10 @@
 
 mod apt;
 pub mod bench;
-pub mod image;
 pub mod initramfs;
+
+/// The arm64 `Image` header and a Linux guest's manifest image, shared with hw-tests.
+pub use hw_tests::linux_image as image;
 
 use std::path::{Component, Path, PathBuf};
 

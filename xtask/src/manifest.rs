@@ -83,21 +83,13 @@ pub fn guest_images(scenario: &Scenario, root: &Path, bin_dir: &Path) -> Result<
                     std::fs::read(&path).map_err(|e| format!("{field}: cannot read {}: {e}", path.display()))?;
                 elf_image(&bytes).map_err(|e| format!("{field}: {}: {e}", path.display()))?
             }
-            Payload::Linux { kernel, initrd, cmdline } => {
-                let read = |file: &str, what: &str| {
-                    let path = root.join(file);
-                    std::fs::read(&path).map_err(|e| format!("{field}: cannot read the {what} {}: {e}", path.display()))
-                };
-                let kernel_path = root.join(kernel);
-                let (image, _) = linux::image::unpack(&read(kernel, "kernel")?)
-                    .map_err(|e| format!("{field}: kernel {}: {e}", kernel_path.display()))?;
-                let initramfs = match initrd {
-                    Some(file) => read(file, "initramfs")?,
-                    None => Vec::new(),
-                };
-                linux::image::guest_image(image, initramfs, cmdline, guest.memory_mib)
-                    .map_err(|e| format!("{field}: kernel {}: {e}", kernel_path.display()))?
-            }
+            Payload::Linux { kernel, initrd, cmdline } => linux::image::read_guest(
+                &root.join(kernel),
+                initrd.as_ref().map(|f| root.join(f)).as_deref(),
+                cmdline,
+                guest.memory_mib,
+            )
+            .map_err(|e| format!("{field}: {e}"))?,
             Payload::None => {
                 return Err(format!(
                     "{field}: kind = \"none\": a simulator-only guest has nothing to boot on QEMU (give it a \
@@ -155,7 +147,7 @@ mod tests {
         use vcpu_runtime::manifest::{GuestKind, Manifest};
         let tmp = std::env::temp_dir().join(format!("xtask-manifest-linux-{}", std::process::id()));
         std::fs::create_dir_all(&tmp).unwrap();
-        let image = linux::image::tests::fake_image(0, 0x40_0000, 0x1_0000);
+        let image = linux::image::fake_image(0, 0x40_0000, 0x1_0000);
         std::fs::write(tmp.join("Image"), &image).unwrap();
         std::fs::write(tmp.join("initramfs.cpio"), b"070701 cpio").unwrap();
         let text = "name = \"l\"\nduration = \"1s\"\n[board]\ncores = 2\nenergy_profile = \"phone-dual\"\n\

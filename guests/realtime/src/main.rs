@@ -9,13 +9,17 @@
 //!
 //! After `GUEST_RT_PERIODS` periods (default 100) it prints `rt periods=N misses=M` and the worst
 //! response time and release latency; PASS if M == 0.
+//!
+//! Under the hypervisor the scenario may set period, work, deadline and the number of periods
+//! instead: its manifest writer turns the guest's periodic `demand` over the scenario's duration
+//! into a parameter blob ([`Params::from_blob`], docs/guests.md), whose address comes in `x0`.
 
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
 
 use core::sync::atomic::{AtomicU64, Ordering};
-use guest_rt::{ensure, gic, hypercall, println, setting, timer, Fail};
+use guest_rt::{ensure, fail, gic, hypercall, mem, println, setting, timer, Fail};
 
 guest_rt::guest_main!(main);
 
@@ -24,6 +28,39 @@ const WORK_US: u64 = setting(option_env!("GUEST_RT_WORK_US"), 2_000);
 const PERIODS: u64 = setting(option_env!("GUEST_RT_PERIODS"), 100);
 /// `HV_MARK` id of a miss (value: the period number).
 const MARK_MISS: u32 = 3;
+
+/// What the guest runs: a job of `work_us` every `period_us`, due `deadline_us` after its
+/// release, for `periods` periods.
+struct Params {
+    period_us: u64,
+    work_us: u64,
+    deadline_us: u64,
+    periods: u64,
+}
+
+/// The parameter blob's magic (docs/guests.md, *rt*): then period, work and deadline in
+/// microseconds and the number of periods, little-endian u64 each.
+const PARAMS_MAGIC: [u8; 8] = *b"HVRTPAR1";
+
+impl Params {
+    /// The built-in settings (`GUEST_RT_*` at build time).
+    const BUILT_IN: Params =
+        Params { period_us: PERIOD_US, work_us: WORK_US, deadline_us: PERIOD_US, periods: PERIODS };
+
+    /// The parameters of the blob at `x0`; the built-in ones without a blob.
+    fn from_blob(x0: u64) -> Result<Params, Fail> {
+        let Some(blob) = mem::data_blob(x0) else { return Ok(Params::BUILT_IN) };
+        if blob[..8] != PARAMS_MAGIC {
+            return Err(fail!("the data blob at {:#x} is not an rt parameter blob (magic {:02x?})", x0, &blob[..8]));
+        }
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&blob[8 + 8 * i..16 + 8 * i]);
+            u64::from_le_bytes(b)
+        };
+        Ok(Params { period_us: word(0), work_us: word(1), deadline_us: word(2), periods: word(3) })
+    }
+}
 
 /// Ticks taken so far.
 static TICKS: AtomicU64 = AtomicU64::new(0);
@@ -49,9 +86,9 @@ fn job(steps: u64) -> u64 {
     guest_rt::work::steps(steps, 0x2545_F491_4F6C_DD1D)
 }
 
-/// Generator steps that take `WORK_US` on this vCPU: the median of several timed runs, after a
+/// Generator steps that take `work_us` on this vCPU: the median of several timed runs, after a
 /// warm-up (QEMU translates the loop on its first run).
-fn calibrate() -> u64 {
+fn calibrate(work_us: u64) -> u64 {
     const SAMPLE: u64 = 100_000;
     const RUNS: usize = 7;
     job(SAMPLE);
@@ -62,14 +99,26 @@ fn calibrate() -> u64 {
         *t = (timer::now() - start).max(1);
     }
     times.sort_unstable();
-    (SAMPLE * timer::ticks_from_us(WORK_US) / times[RUNS / 2]).max(1)
+    (SAMPLE * timer::ticks_from_us(work_us) / times[RUNS / 2]).max(1)
 }
 
-fn main(_x0: u64) -> Result<(), Fail> {
-    let period = timer::ticks_from_us(PERIOD_US);
-    ensure!(period > 0 && WORK_US < PERIOD_US, "bad settings: period {} us, work {} us", PERIOD_US, WORK_US);
-    let steps = calibrate();
-    println!("rt: period_us={} work_us={} periods={} work_steps={}", PERIOD_US, WORK_US, PERIODS, steps);
+fn main(x0: u64) -> Result<(), Fail> {
+    let Params { period_us, work_us, deadline_us, periods: total } = Params::from_blob(x0)?;
+    let period = timer::ticks_from_us(period_us);
+    let deadline = timer::ticks_from_us(deadline_us);
+    ensure!(
+        period > 0 && work_us < deadline_us && deadline_us <= period_us && total > 0,
+        "bad settings: period {} us, work {} us, deadline {} us, {} periods",
+        period_us,
+        work_us,
+        deadline_us,
+        total
+    );
+    let steps = calibrate(work_us);
+    println!(
+        "rt: period_us={} work_us={} deadline_us={} periods={} work_steps={}",
+        period_us, work_us, deadline_us, total, steps
+    );
 
     gic::init();
     gic::set_handler(timer::VTIMER_INTID, on_tick);
@@ -80,7 +129,7 @@ fn main(_x0: u64) -> Result<(), Fail> {
     let mut periods = 0;
     let mut misses = 0;
     let mut max_response = 0;
-    while periods < PERIODS {
+    while periods < total {
         gic::wait_until(|| TICKS.load(Ordering::Acquire) > seen);
         gic::irq_disable();
         let ticks = TICKS.load(Ordering::Acquire);
@@ -97,7 +146,7 @@ fn main(_x0: u64) -> Result<(), Fail> {
         let end = timer::now();
         let response = end.saturating_sub(release);
         max_response = max_response.max(response);
-        if response > period {
+        if response > deadline {
             misses += 1;
             hypercall::hv_mark(MARK_MISS, periods);
             println!(

@@ -2,8 +2,8 @@
 # /init of the test initramfs that `cargo xtask linux` builds (docs/linux-guests.md).
 #
 # Mounts /proc, /sys and /dev, prints `LINUX-INIT: started ...`, runs the test the kernel
-# command line names (`test=boot|hotplug|busy|idle`, parameters `test.seconds=N`,
-# `test.idle=N`, `test.jobs=N`, `test.rounds=N`, `test.cpus=N`), prints
+# command line names (`test=boot|hotplug|busy|idle|phases|ticks`, parameters `test.seconds=N`,
+# `test.idle=N`, `test.light=N`, `test.jobs=N`, `test.rounds=N`, `test.cpus=N`), prints
 # `LINUX-TEST: PASS NAME ...` or `LINUX-TEST: FAIL NAME REASON`, and powers off (PSCI
 # SYSTEM_OFF). It never returns: init ending would panic the kernel.
 #
@@ -61,6 +61,7 @@ fail() {
 TEST=boot
 SECONDS_ARG=5
 IDLE_ARG=0
+LIGHT_ARG=3
 JOBS_ARG=
 ROUNDS_ARG=1
 CPUS_ARG=
@@ -70,6 +71,7 @@ for word in $CMDLINE; do
         test=*) TEST=${word#test=} ;;
         test.seconds=*) SECONDS_ARG=${word#test.seconds=} ;;
         test.idle=*) IDLE_ARG=${word#test.idle=} ;;
+        test.light=*) LIGHT_ARG=${word#test.light=} ;;
         test.jobs=*) JOBS_ARG=${word#test.jobs=} ;;
         test.rounds=*) ROUNDS_ARG=${word#test.rounds=} ;;
         test.cpus=*) CPUS_ARG=${word#test.cpus=} ;;
@@ -159,6 +161,31 @@ busy_job() {
     echo "$loops"
 }
 
+# Runs $1 CPU-bound jobs for $2 seconds and prints each one's loop count; WORK is their sum.
+# Fails (and returns 1) if a job made no progress.
+run_jobs() {
+    now
+    end=$((NOW + $2 * 100))
+    j=1
+    while [ "$j" -le "$1" ]; do
+        busy_job "$end" > "/tmp/busy.$j" &
+        j=$((j + 1))
+    done
+    wait
+    WORK=0
+    j=1
+    while [ "$j" -le "$1" ]; do
+        read -r loops < "/tmp/busy.$j"
+        if [ -z "$loops" ] || [ "$loops" -eq 0 ]; then
+            fail "job $j made no progress"
+            return 1
+        fi
+        echo "$TEST: job $j loops=$loops"
+        WORK=$((WORK + loops))
+        j=$((j + 1))
+    done
+}
+
 # busy: test.jobs CPU-bound jobs (default: one per online CPU) for test.seconds, then idle for
 # test.idle seconds. Every job must have made progress.
 test_busy() {
@@ -168,25 +195,7 @@ test_busy() {
     whole jobs "$jobs" || return
     now
     busy_start=$NOW
-    end=$((NOW + SECONDS_ARG * 100))
-    j=1
-    while [ "$j" -le "$jobs" ]; do
-        busy_job "$end" > "/tmp/busy.$j" &
-        j=$((j + 1))
-    done
-    wait
-    work=0
-    j=1
-    while [ "$j" -le "$jobs" ]; do
-        read -r loops < "/tmp/busy.$j"
-        if [ -z "$loops" ] || [ "$loops" -eq 0 ]; then
-            fail "job $j made no progress"
-            return
-        fi
-        echo "busy: job $j loops=$loops"
-        work=$((work + loops))
-        j=$((j + 1))
-    done
+    run_jobs "$jobs" "$SECONDS_ARG" || return
     now
     busy_end=$NOW
     sleep "$IDLE_ARG"
@@ -194,7 +203,68 @@ test_busy() {
     secs $((busy_end - busy_start))
     busy_secs=$SECS
     secs $((NOW - busy_end))
-    pass "jobs=$jobs loops=$work busy=$busy_secs idle=$SECS"
+    pass "jobs=$jobs loops=$WORK busy=$busy_secs idle=$SECS"
+}
+
+# phases: a light phase (idle for test.light seconds), a heavy one (test.jobs CPU-bound jobs,
+# default one per online CPU, for test.seconds) and a light one again (test.idle seconds). Each
+# phase starts with a line `phases: light|heavy|light-again uptime=S`, the heavy one ends with
+# `phases: heavy done uptime=S`; the hypervisor's power decisions can be read against them.
+test_phases() {
+    whole light "$LIGHT_ARG" || return
+    whole seconds "$SECONDS_ARG" || return
+    whole idle "$IDLE_ARG" || return
+    jobs=${JOBS_ARG:-$ONLINE}
+    whole jobs "$jobs" || return
+    now
+    secs "$NOW"
+    echo "phases: light uptime=$SECS"
+    sleep "$LIGHT_ARG"
+    now
+    secs "$NOW"
+    echo "phases: heavy uptime=$SECS"
+    run_jobs "$jobs" "$SECONDS_ARG" || return
+    now
+    secs "$NOW"
+    echo "phases: heavy done uptime=$SECS"
+    echo "phases: light-again uptime=$SECS"
+    sleep "$IDLE_ARG"
+    pass "light=$LIGHT_ARG jobs=$jobs loops=$WORK heavy=$SECONDS_ARG idle=$IDLE_ARG"
+}
+
+# ticks: test.seconds ticks about a second apart (`sleep 1`, then a little work), each printed
+# as `ticks: N uptime=S`. Fails unless the uptime clock moved forward between ticks and at least
+# test.seconds passed in all. A run stopped and carried on elsewhere (a checkpoint) goes on
+# with the next tick.
+test_ticks() {
+    whole seconds "$SECONDS_ARG" || return
+    now
+    before=$NOW
+    last=$NOW
+    n=1
+    while [ "$n" -le "$SECONDS_ARG" ]; do
+        sleep 1
+        i=0
+        while [ "$i" -lt 1000 ]; do
+            i=$((i + 1))
+        done
+        now
+        if [ "$NOW" -le "$last" ]; then
+            secs "$NOW"
+            fail "tick $n: the uptime clock reads ${SECS}s, not later than the tick before"
+            return
+        fi
+        last=$NOW
+        secs "$NOW"
+        echo "ticks: $n uptime=$SECS"
+        n=$((n + 1))
+    done
+    secs $((NOW - before))
+    if [ $((NOW - before)) -lt $((SECONDS_ARG * 100)) ]; then
+        fail "$SECONDS_ARG ticks took ${SECS}s"
+        return
+    fi
+    pass "ticks=$SECONDS_ARG elapsed=$SECS"
 }
 
 # idle: sleeps test.seconds; at least that long must pass on the uptime clock.
@@ -218,7 +288,9 @@ case $TEST in
     hotplug) test_hotplug ;;
     busy) test_busy ;;
     idle) test_idle ;;
-    *) fail "unknown test (known: boot, hotplug, busy, idle)" ;;
+    phases) test_phases ;;
+    ticks) test_ticks ;;
+    *) fail "unknown test (known: boot, hotplug, busy, idle, phases, ticks)" ;;
 esac
 
 now

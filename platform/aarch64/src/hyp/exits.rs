@@ -11,6 +11,7 @@ use vcpu_runtime::trace::{FaultKind, PsciCall, StopReason, TraceEvent, TraceKind
 use vcpu_runtime::{AffinityState, CoreId, ExitReason, PowerOnError, TraceSink, VcpuId};
 use vdev::mmio::{decode_data_abort, trap_kind, MmioAccess, TrapKind};
 use vdev::psci::{self, func, PsciOutcome, PsciVm};
+use vdev::smccc;
 use vdev::uart::UartError;
 
 use super::core_loop::Core;
@@ -183,10 +184,23 @@ fn hvc(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs) -> Actio
             }
         }
         f if psci::is_psci(f) => return psci_call(core, vm, vcpu, regs),
-        _ => {
-            regs.x[0] = NOT_SUPPORTED;
-            core.fault(vm, vcpu, FaultKind::UndefinedHypercall);
-        }
+        f => match smccc::discovery(f) {
+            // A question about the services offered (SMCCC discovery), not misuse: traced as a
+            // call, without a fault event.
+            Some(answer) => {
+                match answer {
+                    smccc::Discovery::NotSupported => regs.x[0] = NOT_SUPPORTED,
+                    smccc::Discovery::Values(v) => regs.x[..4].copy_from_slice(&v),
+                }
+                let call = PsciCall::Other(f);
+                let kind = TraceKind::GuestPsci { vm: vm.id, vcpu: vcpu.id, call, result: answer.x0() as i32 };
+                core.hyp.trace().emit(TraceEvent { at: timer::now(), kind });
+            }
+            None => {
+                regs.x[0] = NOT_SUPPORTED;
+                core.fault(vm, vcpu, FaultKind::UndefinedHypercall);
+            }
+        },
     }
     Action::Resume
 }

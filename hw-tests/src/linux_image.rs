@@ -3,6 +3,7 @@
 //! RAM for the manifest.
 
 use std::io::Read;
+use std::path::Path;
 
 use vcpu_runtime::manifest::{GuestImage, GUEST_RAM_BASE};
 
@@ -126,19 +127,35 @@ pub fn guest_image(image: Vec<u8>, initramfs: Vec<u8>, cmdline: &str, memory_mib
     Ok(GuestImage { entry_ipa: load, segments: vec![(load, image, ram)], initrd: initramfs, cmdline: cmdline.into() })
 }
 
-#[cfg(test)]
-pub mod tests {
-    use super::*;
+/// A minimal Image for tests: the header with these fields (4K pages, little-endian), then
+/// `len - 64` bytes of zeros.
+pub fn fake_image(text_offset: u64, image_size: u64, len: usize) -> Vec<u8> {
+    let mut image = vec![0u8; len.max(HEADER_LEN)];
+    image[0x08..0x10].copy_from_slice(&text_offset.to_le_bytes());
+    image[0x10..0x18].copy_from_slice(&image_size.to_le_bytes());
+    image[0x18..0x20].copy_from_slice(&0b1010u64.to_le_bytes());
+    image[MAGIC_OFFSET..MAGIC_OFFSET + 4].copy_from_slice(&MAGIC);
+    image
+}
 
-    /// A minimal Image: the header with these fields, then `len - 64` bytes of zeros.
-    pub fn fake_image(text_offset: u64, image_size: u64, len: usize) -> Vec<u8> {
-        let mut image = vec![0u8; len.max(HEADER_LEN)];
-        image[0x08..0x10].copy_from_slice(&text_offset.to_le_bytes());
-        image[0x10..0x18].copy_from_slice(&image_size.to_le_bytes());
-        image[0x18..0x20].copy_from_slice(&0b1010u64.to_le_bytes());
-        image[MAGIC_OFFSET..MAGIC_OFFSET + 4].copy_from_slice(&MAGIC);
-        image
-    }
+/// A Linux guest for the manifest from its files: the kernel at `kernel` ([`unpack`]ed), the
+/// initramfs at `initrd` (none: no initramfs), laid out by [`guest_image`]. Errors name the file:
+/// `cannot read the kernel PATH: ...`, `kernel PATH: ...`.
+pub fn read_guest(kernel: &Path, initrd: Option<&Path>, cmdline: &str, memory_mib: u32) -> Result<GuestImage, String> {
+    let read = |path: &Path, what: &str| {
+        std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
+    };
+    let (image, _) = unpack(&read(kernel, "kernel")?).map_err(|e| format!("kernel {}: {e}", kernel.display()))?;
+    let initramfs = match initrd {
+        Some(path) => read(path, "initramfs")?,
+        None => Vec::new(),
+    };
+    guest_image(image, initramfs, cmdline, memory_mib).map_err(|e| format!("kernel {}: {e}", kernel.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn header_is_read_and_checked() {
