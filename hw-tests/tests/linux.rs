@@ -190,6 +190,27 @@ fn linux_boots_on_the_hypervisor_smp4() {
     boots_on(4);
 }
 
+/// QEMU's `-cpu max` has SVE, SME, pointer authentication and MTE, whose state the hypervisor
+/// does not switch: the guest's ID registers (trapped, `vdev::idregs`) hide them, so the kernel
+/// never uses them, and boots.
+#[test]
+fn linux_boots_on_the_hypervisor_cpu_max() {
+    let r = on_hypervisor("linux", 2, "max", "");
+    assert_hypervisor_clean(&r);
+    r.assert_present("cpu: QEMU max");
+    assert_linux_passed(&r, "linux", "boot");
+    r.assert_guest_line("linux", "LINUX-TEST: PASS boot cpus=2 nproc=2");
+    // What the kernel found: features of -cpu max the guest may use, none of those hidden.
+    r.assert_guest_line("linux", "CPU features: detected: LSE atomic instructions");
+    for hidden in
+        ["Scalable Vector", "Scalable Matrix", "Address authentication", "Generic authentication", "Memory Tagging"]
+    {
+        if let Some(line) = r.guest_lines("linux").find(|l| l.contains(hidden)) {
+            r.fail(&format!("the guest found a hidden feature: {line:?}"));
+        }
+    }
+}
+
 /// `echo 0 > /sys/devices/system/cpu/cpu1/online` and back, three times: the kernel's CPU_OFF
 /// parks the vCPU and its CPU_ON starts it again.
 #[test]

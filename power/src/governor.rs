@@ -101,6 +101,8 @@ pub struct GovernorConfig {
     /// `hotplug`: bring a core on when the online cores' average load exceeds this (ppm).
     pub hotplug_up_ppm: u32,
     /// `hotplug`: take the last core off when the load would fit the others below this (ppm).
+    /// `consolidate`: a set with fewer cores than the cheapest, but as cheap within the switch
+    /// margin, is chosen when no core of it is loaded past this (default 30 %).
     pub hotplug_down_ppm: u32,
     /// Cores never powered off: the hypervisor keeps its boot core on (it runs the governor
     /// and ends the run).
@@ -177,14 +179,19 @@ pub struct Governor {
     low_streak: u32,
     /// `consolidate`: the set of cores the last plan chose.
     last_target: CoreMask,
+    /// `consolidate`: a light set with fewer cores than the cheapest (see
+    /// [`LIGHT_PERIODS`]), and for how many decisions in a row it has been the choice.
+    light_choice: CoreMask,
+    light_streak: u32,
     // Scratch, sized once.
     loads: Vec<VcpuLoad>,
     order: Vec<usize>,
     assign: Vec<CoreId>,
     core_load: Vec<u64>,
     core_rt: Vec<u64>,
-    /// `consolidate`: the feasible core sets of a decision and their modelled power.
-    feasible: Vec<(u64, CoreMask)>,
+    /// `consolidate`: the feasible core sets of a decision, their modelled power and whether
+    /// their packing is light.
+    feasible: Vec<(u64, CoreMask, bool)>,
 }
 
 /// Why a governor cannot be built.
@@ -223,6 +230,12 @@ pub fn idle_state(policy: GovernorPolicy, core: CoreId, predicted: Nanos, costs:
         }
     }
 }
+
+/// `consolidate`: how many decisions in a row a light set with fewer cores than the cheapest
+/// must be the choice before the plan takes it (100 ms at the default period). Such a set saves
+/// nothing the model sees; a load that is light only between its bursts would otherwise turn a
+/// core off and on again for each of them (the `idle-bursts` and `browsing` traces).
+pub const LIGHT_PERIODS: u32 = 10;
 
 /// A core is wanted off for at least this many periods before it goes off, whatever its off
 /// state's minimum residency: bursty loads would otherwise turn cores off and on every few
@@ -269,6 +282,8 @@ impl Governor {
                 .collect(),
             low_streak: 0,
             last_target: CoreMask::NONE,
+            light_choice: CoreMask::NONE,
+            light_streak: 0,
             loads: Vec::with_capacity(n),
             order: Vec::with_capacity(n),
             assign: vec![CoreId(0); n],
@@ -370,15 +385,16 @@ impl Governor {
         target
     }
 
-    /// `consolidate`: as few cores as the model says is cheapest. Among the sets that hold every
-    /// vCPU within the headroom and every reservation within the RT bound, those within the
-    /// switch margin of the cheapest cost the same as far as the model can tell; of those, the
-    /// one with the fewest cores (then the cheaper, then the lower-numbered) is chosen. An
-    /// emptied core that would rest in an idle state as cheap as off still goes off: the
-    /// vCPUs' wake-ups then land on one core, where they coalesce (a guest's timers are
-    /// aligned to its ticks), and a core that is off takes no stray interrupt; neither is in
-    /// the model. The current set is kept while it is among those within the margin and has no
-    /// more cores than the choice, so that the plan does not flip between near-equal sets.
+    /// `consolidate`: the set of cores whose packing the model says costs least, among those
+    /// that hold every vCPU within the headroom and every reservation within the RT bound;
+    /// and as few cores as that allows. Sets within the switch margin of the cheapest cost the
+    /// same as far as the model can tell; of those, one with fewer cores is taken when its
+    /// packing is light (no core loaded past the hotplug down threshold, 30 %) and has been
+    /// for [`LIGHT_PERIODS`] decisions. An emptied core that would rest in an idle state as
+    /// cheap as off then still goes off: the vCPUs' wake-ups land on one core, where they
+    /// coalesce (a guest's timers are aligned to its ticks), and a core that is off takes no
+    /// stray interrupt; neither is in the model. Otherwise the current set is kept unless it
+    /// no longer fits or another saves the margin.
     fn consolidate_target(&mut self, online: CoreMask, costs: &impl PowerCosts) -> CoreMask {
         let cores = self.off_streak.len();
         let mut feasible = core::mem::take(&mut self.feasible);
@@ -386,10 +402,7 @@ impl Governor {
         let always = self.config.always_on.0;
         if cores <= EXHAUSTIVE_CORES {
             for bits in (1..(1u64 << cores)).filter(|b| b & always == always & ((1u64 << cores) - 1)) {
-                let set = CoreMask(bits);
-                if self.pack(set, false, costs) {
-                    feasible.push((self.power_of(set, costs), set));
-                }
+                self.consider(CoreMask(bits), costs, &mut feasible);
             }
         } else {
             // Cheapest work first (busy power per capacity), then growing prefixes.
@@ -398,33 +411,70 @@ impl Governor {
             let mut set = CoreMask(always & CoreMask::first(cores).0);
             for c in by_cost {
                 set = set.with(c);
-                if self.pack(set, false, costs) {
-                    feasible.push((self.power_of(set, costs), set));
-                }
+                self.consider(set, costs, &mut feasible);
             }
         }
-        let Some(cheapest) = feasible.iter().map(|&(p, _)| p).min() else {
+        let Some(&(cheapest_uw, cheapest, _)) = feasible.iter().min_by_key(|&&(p, set, _)| (p, u32::MAX - set.count()))
+        else {
             // Nothing fits: everything on.
             self.feasible = feasible;
             self.last_target = CoreMask::first(cores);
             return self.last_target;
         };
-        let near = cheapest + cheapest * u64::from(self.config.switch_margin_ppm) / 1_000_000;
-        let best_set = feasible
-            .iter()
-            .filter(|&&(p, _)| p <= near)
-            .min_by_key(|&&(p, set)| (set.count(), p, set.0))
-            .map_or(CoreMask::first(cores), |&(_, set)| set);
+        let near = cheapest_uw + cheapest_uw * u64::from(self.config.switch_margin_ppm) / 1_000_000;
+        // The fewest cores among the sets as cheap as the cheapest, if that set is light.
+        let fewest_light = |below: u32| {
+            feasible
+                .iter()
+                .filter(|&&(p, set, light)| p <= near && light && set.count() < below)
+                .min_by_key(|&&(p, set, _)| (set.count(), p, set.0))
+                .map(|&(_, set, _)| set)
+        };
         // The set the last plan chose, which is being carried out (cores it wanted off may not
-        // be off yet): kept while it is as cheap as the choice and no bigger. Judged against the
-        // cores that are on instead, an emptied core would look free in a deep idle state and
-        // the plan would flip back before the core could go off.
+        // be off yet). Judged against the cores that are on instead, an emptied core would look
+        // free in a deep idle state and the plan would flip back before the core could go off.
         let current = if self.last_target.is_empty() { online } else { self.last_target };
-        let current_is_near = feasible.iter().any(|&(p, set)| set == current && p <= near);
+        let current_is_near = feasible.iter().any(|&(p, set, _)| set == current && p <= near);
+        let chosen = if !current_is_near {
+            // The current set no longer fits, or another saves the margin.
+            self.light_streak = 0;
+            fewest_light(cheapest.count()).unwrap_or(cheapest)
+        } else if let Some(fewer) = fewest_light(current.count()) {
+            // As cheap with fewer cores, and light: taken once it has been so for
+            // LIGHT_PERIODS decisions in a row, so that a load light only between its bursts
+            // keeps its cores.
+            if self.light_choice == fewer {
+                self.light_streak += 1;
+            } else {
+                self.light_choice = fewer;
+                self.light_streak = 1;
+            }
+            if self.light_streak >= LIGHT_PERIODS {
+                self.light_streak = 0;
+                fewer
+            } else {
+                current
+            }
+        } else {
+            self.light_streak = 0;
+            current
+        };
         self.feasible = feasible;
-        let chosen = if current_is_near && current.count() <= best_set.count() { current } else { best_set };
         self.last_target = chosen;
         chosen
+    }
+
+    /// Packs `set` and, when everything fits, notes its modelled power and whether it is light
+    /// (no core loaded past the hotplug down threshold).
+    fn consider(&mut self, set: CoreMask, costs: &impl PowerCosts, feasible: &mut Vec<(u64, CoreMask, bool)>) {
+        if !self.pack(set, false, costs) {
+            return;
+        }
+        let light = set.iter().all(|c| {
+            let cap = u64::from(costs.capacity(c)) * u64::from(UTIL_ONE) / u64::from(CAPACITY_SCALE);
+            self.core_load[c.index()] * 1_000_000 <= cap * u64::from(self.config.hotplug_down_ppm)
+        });
+        feasible.push((self.power_of(set, costs), set, light));
     }
 
     /// Places every active vCPU on a core of `set`: where it is when that core is in the set and
@@ -856,7 +906,7 @@ mod tests {
         let config = GovernorConfig::new(GovernorPolicy::Consolidate, Nanos::from_millis(10));
         let mut gov = Governor::new(config, &vcpus(4, 2), 2, &model).unwrap();
         let mut loads = Loads { online: CoreMask::first(2), vcpus: (0..4).map(|v| (CoreId(v % 2), true, 1)).collect() };
-        for p in 1..=4 {
+        for p in 1..=u64::from(LIGHT_PERIODS + MIN_OFF_PERIODS + 2) {
             let plan = gov.decide(&loads, Instant(p * 10_000_000), &model);
             loads.apply(&plan);
         }
@@ -869,6 +919,25 @@ mod tests {
         }
         let plan = gov.decide(&loads, Instant(910_000_000), &model);
         assert_eq!(plan.power_on, CoreMask::single(CoreId(1)), "{plan:?}");
+    }
+
+    /// A load light only between bursts that need both cores keeps them both on, where the
+    /// model sees no saving in turning one off.
+    #[test]
+    fn light_gaps_between_bursts_keep_the_cores_on() {
+        let model = crate::EnergyModel::builtin("phone-dual").unwrap();
+        let config = GovernorConfig::new(GovernorPolicy::Consolidate, Nanos::from_millis(10));
+        let mut gov = Governor::new(config, &vcpus(2, 2), 2, &model).unwrap();
+        let mut loads = Loads { online: CoreMask::first(2), vcpus: (0..2).map(|v| (CoreId(v), true, 1)).collect() };
+        for p in 1..=60u64 {
+            let burst = p % (u64::from(LIGHT_PERIODS) - 2) == 0;
+            for v in &mut loads.vcpus {
+                v.2 = if burst { 60 } else { 1 };
+            }
+            let plan = gov.decide(&loads, Instant(p * 10_000_000), &model);
+            assert!(plan.power_off.is_empty(), "period {p}: {plan:?}");
+            loads.apply(&plan);
+        }
     }
 
     #[test]
