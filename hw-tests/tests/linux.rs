@@ -190,6 +190,27 @@ fn linux_boots_on_the_hypervisor_smp4() {
     boots_on(4);
 }
 
+/// QEMU's `-cpu max` has SVE, SME, pointer authentication and MTE, whose state the hypervisor
+/// does not switch: the guest's ID registers (trapped, `vdev::idregs`) hide them, so the kernel
+/// never uses them, and boots.
+#[test]
+fn linux_boots_on_the_hypervisor_cpu_max() {
+    let r = on_hypervisor("linux", 2, "max", "");
+    assert_hypervisor_clean(&r);
+    r.assert_present("cpu: QEMU max");
+    assert_linux_passed(&r, "linux", "boot");
+    r.assert_guest_line("linux", "LINUX-TEST: PASS boot cpus=2 nproc=2");
+    // What the kernel found: features of -cpu max the guest may use, none of those hidden.
+    r.assert_guest_line("linux", "CPU features: detected: LSE atomic instructions");
+    for hidden in
+        ["Scalable Vector", "Scalable Matrix", "Address authentication", "Generic authentication", "Memory Tagging"]
+    {
+        if let Some(line) = r.guest_lines("linux").find(|l| l.contains(hidden)) {
+            r.fail(&format!("the guest found a hidden feature: {line:?}"));
+        }
+    }
+}
+
 /// `echo 0 > /sys/devices/system/cpu/cpu1/online` and back, three times: the kernel's CPU_OFF
 /// parks the vCPU and its CPU_ON starts it again.
 #[test]
@@ -402,4 +423,34 @@ fn linux_checkpoint_on_smp2_restores_on_smp1() {
 #[test]
 fn linux_checkpoint_on_smp2_restores_on_smp4() {
     checkpoint_and_restore_on(4);
+}
+
+/// A Linux guest whose kernel panics (`test=panic`: init exits) beside one that works: the
+/// panic stays in its guest. "work" finishes its script and powers off, the hypervisor reports
+/// nothing wrong and ends the run at the scenario's duration with "crash" halted.
+#[test]
+fn a_linux_panic_stops_only_that_guest() {
+    let r = on_hypervisor("linux-crash", 2, "cortex-a57", "");
+    r.assert_exit(0);
+    // The hypervisor's own lines are clean; the guest lines of "crash" hold its panic.
+    let bad: Vec<&str> = r
+        .lines()
+        .filter(|l| !l.starts_with('['))
+        .filter(|l| hw_tests::FAILURE_PATTERNS.iter().any(|p| l.contains(p)))
+        .collect();
+    if !bad.is_empty() {
+        r.fail(&format!("the hypervisor reported a failure: {bad:?}"));
+    }
+    r.assert_guest_line("crash", "panic: init exits now");
+    r.assert_guest_line("crash", "Kernel panic - not syncing: Attempted to kill init!");
+    assert_linux_passed(&r, "work", "busy");
+    r.assert_present("hypervisor: scenario duration elapsed after");
+    r.assert_absent("guest crash: stopped");
+    // One of its vCPUs spun in the panic until the end: halted (the other is stopped in WFI).
+    if !r.lines().any(|l| l.starts_with("T ") && l.ends_with(" halt")) {
+        r.fail("no vCPU was halted at the end of the run");
+    }
+    for s in r.stats().iter().filter(|s| s.guest == "work") {
+        assert_eq!(s.state(), "stopped", "{s:?}");
+    }
 }

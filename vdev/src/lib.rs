@@ -10,6 +10,7 @@
 extern crate alloc;
 
 pub mod guest_dt;
+pub mod idregs;
 pub mod linux_boot;
 pub mod mmio;
 pub mod psci;

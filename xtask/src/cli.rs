@@ -4,7 +4,7 @@
 use crate::Error;
 
 /// The scenario `cargo xtask demo` runs when none is given.
-pub const DEFAULT_SCENARIO: &str = "scenarios/phone-dual.toml";
+pub const DEFAULT_SCENARIO: &str = "scenarios/phone-demo.toml";
 
 /// A benchmark group of `cargo xtask bench NAME`: one package's criterion benches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +114,8 @@ pub fn help() -> String {
 USAGE: cargo xtask COMMAND [ARGS]
 
 COMMANDS:
-  demo [SCENARIO]        run the simulator on SCENARIO (default scenarios/phone-dual.toml) and show its report
+  demo [SCENARIO]        SCENARIO (default scenarios/phone-demo.toml) on the simulator, then on
+                         the hypervisor under QEMU: results, power, energy report, timeline
   test [--quick]         fmt, clippy, unit tests, loom models, EL2 build, QEMU tests; --quick skips loom and QEMU
   sim SCENARIO [ARGS..]  run hvsim (release) on SCENARIO; ARGS go to hvsim:
                          --policy P, --duration D, --trace FILE, --report-json FILE

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod demo;
 mod exec;
 mod linux;
 mod live_bench;
@@ -78,7 +79,7 @@ fn run(command: Command, ctx: &Ctx) -> Result<(), Error> {
             Ok(())
         }
         Command::Test { quick } => tasks::test(ctx, quick),
-        Command::Demo { scenario } => tasks::demo(ctx, scenario.as_deref()),
+        Command::Demo { scenario } => demo::demo(ctx, scenario.as_deref()),
         Command::Sim { scenario, args } => tasks::sim(ctx, &scenario, &args),
         Command::Bench { only } => tasks::bench(ctx, only),
         Command::Qemu(args) => qemu::qemu(ctx, &args),

@@ -87,6 +87,51 @@ pub fn exit_meaning(code: i32) -> &'static str {
 
 /// `cargo xtask qemu ...`.
 pub fn qemu(ctx: &Ctx, args: &QemuArgs) -> Result<(), Error> {
+    run(ctx, args)?.outcome()
+}
+
+/// One boot of the hypervisor on QEMU, ended: what it printed and how it ended.
+#[derive(Debug)]
+pub struct QemuRun {
+    /// The exit status; `None` when it was killed at the timeout.
+    pub status: Option<ExitStatus>,
+    /// The console output (streamed as it came, and kept).
+    pub output: String,
+    /// The run's timeline files (Perfetto JSON, PNG), when it had trace events.
+    pub timeline: Option<(PathBuf, PathBuf)>,
+    /// Seconds from QEMU's start to its end.
+    pub seconds: f64,
+    pub timeout_secs: u64,
+}
+
+impl QemuRun {
+    /// Ok when the hypervisor ended cleanly; otherwise an error saying what the status means
+    /// (xtask leaves with QEMU's status, or 124 after a timeout).
+    pub fn outcome(&self) -> Result<(), Error> {
+        let took = self.seconds;
+        match self.status {
+            None => Err(Error::new(format!(
+                "QEMU did not finish within {}s; killed it (the hypervisor hung, or raise --timeout)",
+                self.timeout_secs
+            ))
+            .with_code(Some(TIMEOUT_EXIT_CODE))),
+            Some(status) if status.success() => {
+                println!("xtask: qemu: exit status 0 after {took:.1}s: {}", exit_meaning(0));
+                Ok(())
+            }
+            Some(status) => {
+                let meaning = status.code().map(exit_meaning).unwrap_or("QEMU was killed by a signal");
+                Err(Error::new(format!("QEMU ended with {} after {took:.1}s: {meaning}", describe(status)))
+                    .with_code(status.code()))
+            }
+        }
+    }
+}
+
+/// Builds what `args` needs (the test guests, the scenario's manifest, making the Linux assets
+/// it names when missing, the image), boots QEMU with its console streamed, and writes the
+/// run's timeline.
+pub fn run(ctx: &Ctx, args: &QemuArgs) -> Result<QemuRun, Error> {
     ensure_target(ctx)?;
     let mut smp = args.smp;
     let mut scenario = None;
@@ -121,31 +166,20 @@ pub fn qemu(ctx: &Ctx, args: &QemuArgs) -> Result<(), Error> {
     println!("xtask: running (timeout {}s) {}", args.timeout_secs, cmd.display());
     let start = Instant::now();
     let (status, output) = run_with_timeout(ctx, &cmd, timeout)?;
-    let took = start.elapsed().as_secs_f64();
+    let seconds = start.elapsed().as_secs_f64();
     let name = scenario.as_ref().map_or("boot", |s| s.name.as_str());
-    match write_timeline(ctx, name, smp, &output) {
+    let timeline = match write_timeline(ctx, name, smp, &output) {
         Ok(Some((json, png))) => {
-            println!("xtask: qemu: timeline {} (Perfetto, ui.perfetto.dev) and {}", json.display(), png.display())
+            println!("xtask: qemu: timeline {} (Perfetto, ui.perfetto.dev) and {}", json.display(), png.display());
+            Some((json, png))
         }
-        Ok(None) => {}
-        Err(e) => println!("xtask: qemu: no timeline: {e}"),
-    }
-    match status {
-        None => Err(Error::new(format!(
-            "QEMU did not finish within {}s; killed it (the hypervisor hung, or raise --timeout)",
-            args.timeout_secs
-        ))
-        .with_code(Some(TIMEOUT_EXIT_CODE))),
-        Some(status) if status.success() => {
-            println!("xtask: qemu: exit status 0 after {took:.1}s: {}", exit_meaning(0));
-            Ok(())
+        Ok(None) => None,
+        Err(e) => {
+            println!("xtask: qemu: no timeline: {e}");
+            None
         }
-        Some(status) => {
-            let meaning = status.code().map(exit_meaning).unwrap_or("QEMU was killed by a signal");
-            Err(Error::new(format!("QEMU ended with {} after {took:.1}s: {meaning}", describe(status)))
-                .with_code(status.code()))
-        }
-    }
+    };
+    Ok(QemuRun { status, output, timeline, seconds, timeout_secs: args.timeout_secs })
 }
 
 /// Runs `cmd` with stdin closed (so QEMU leaves the terminal alone) and its output streamed

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::cli::{Bench, BENCHES, DEFAULT_SCENARIO};
+use crate::cli::{Bench, BENCHES};
 use crate::exec::{Cmd, Ctx};
 use crate::setup::{ensure_fuzz, ensure_qemu, ensure_target, EL2_TARGET, QEMU_PACKAGE};
 use crate::Error;
@@ -223,16 +223,6 @@ fn fmt_duration(d: Duration) -> String {
         let s = d.as_secs();
         format!("{}m{:02}s", s / 60, s % 60)
     }
-}
-
-/// `cargo xtask demo [SCENARIO]`: for now, the simulator on the scenario, showing its report.
-pub fn demo(ctx: &Ctx, scenario: Option<&str>) -> Result<(), Error> {
-    ensure_target(ctx)?;
-    let scenario = resolve_scenario(ctx, scenario.unwrap_or(DEFAULT_SCENARIO))?;
-    // The QEMU path (ensure_qemu, build the EL2 image and guests, write the scenario manifest,
-    // boot `qemu-system-aarch64 -smp N`, turn the trace into the same report) goes here.
-    println!("xtask: demo: simulating {scenario} (the QEMU demo is not written yet)");
-    hvsim(&scenario, &[]).run(ctx)
 }
 
 /// `cargo xtask sim SCENARIO [ARGS...]`.

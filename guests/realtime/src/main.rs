@@ -138,6 +138,11 @@ fn main(x0: u64) -> Result<(), Fail> {
         // Ticks that came and went while the previous job ran: their jobs never ran.
         let skipped = ticks - seen - 1;
         misses += skipped;
+        if skipped > 0 {
+            // Said as a miss line too, so that whoever reads the output sees every miss.
+            hypercall::hv_mark(MARK_MISS, periods + 1);
+            println!("rt: miss in period {}: {} ticks skipped, their jobs never ran", periods + 1, skipped);
+        }
         periods += ticks - seen;
         seen = ticks;
 

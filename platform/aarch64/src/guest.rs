@@ -242,9 +242,14 @@ extern "C" {
 ///   and its barriers reach every core, because its vCPUs move between cores;
 /// - TWI (13): WFI traps, so an idle vCPU gives its core back to the runtime;
 /// - TWE (14): WFE traps, so a vCPU spinning on a lock held by a descheduled sibling can yield;
+/// - TID3 (18): reads of the ID registers trap, and the guest reads the hypervisor's view of
+///   them (`vdev::idregs`: SVE, SME, pointer authentication, MTE, the PMU, ... hidden, as their
+///   state is not switched);
 /// - TSC (19): SMC traps (guests have no firmware; PSCI is over HVC);
 /// - TIDCP (20): implementation-defined system registers trap (the guest gets an undefined
 ///   instruction, as on KVM);
+/// - TACR (21): `ACTLR_EL1` traps: it is implementation defined and not switched, so a guest
+///   reads the hardware's value and its writes are ignored (as KVM does);
 /// - RW (31): EL1 is AArch64.
 ///
 /// E2H and TGE stay 0: EL2 keeps its own translation regime.
@@ -257,8 +262,10 @@ pub const HCR_GUEST: u64 = 1
     | (1 << 10)
     | (1 << 13)
     | (1 << 14)
+    | (1 << 18)
     | (1 << 19)
     | (1 << 20)
+    | (1 << 21)
     | (1 << 31);
 /// `HCR_EL2` while no guest runs (as the entry code sets it): RW only.
 pub const HCR_HOST: u64 = 1 << 31;

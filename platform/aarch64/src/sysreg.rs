@@ -63,3 +63,43 @@ sysreg_read!(pub fn hpfar_el2 = "hpfar_el2");
 sysreg_read!(pub fn midr_el1 = "midr_el1");
 sysreg_read!(pub fn id_aa64mmfr0_el1 = "id_aa64mmfr0_el1");
 sysreg_read!(pub fn cntpct_el0 = "cntpct_el0");
+
+/// The hardware's value of the ID register `S3_0_C0_C<crm>_<op2>` (`crm` 1 to 7: the space
+/// `HCR_EL2.TID3` traps, `vdev::idregs`), as EL2 reads it; 0 for `crm` or `op2` out of range.
+/// Unallocated encodings in this space read as zero.
+pub fn id_register(crm: u8, op2: u8) -> u64 {
+    macro_rules! read_id {
+        ($($crm:literal => [$($op2:literal)*])*) => {
+            match (crm, op2) {
+                $($(($crm, $op2) => {
+                    let value: u64;
+                    // SAFETY: reading an ID register at EL2 only copies it to a general-purpose
+                    // register: no memory is accessed and no state changes.
+                    unsafe {
+                        core::arch::asm!(
+                            concat!("mrs {}, s3_0_c0_c", stringify!($crm), "_", stringify!($op2)),
+                            out(reg) value,
+                            options(nomem, nostack, preserves_flags)
+                        )
+                    };
+                    value
+                })*)*
+                _ => 0,
+            }
+        };
+    }
+    read_id! {
+        1 => [0 1 2 3 4 5 6 7]
+        2 => [0 1 2 3 4 5 6 7]
+        3 => [0 1 2 3 4 5 6 7]
+        4 => [0 1 2 3 4 5 6 7]
+        5 => [0 1 2 3 4 5 6 7]
+        6 => [0 1 2 3 4 5 6 7]
+        7 => [0 1 2 3 4 5 6 7]
+    }
+}
+
+sysreg_read!(
+    /// `ACTLR_EL1` as the hardware holds it (guests cannot write it: `HCR_EL2.TACR`).
+    pub fn actlr_el1 = "actlr_el1"
+);

@@ -237,6 +237,9 @@ fn boot_main(boot: BootInfo) -> ! {
     if bootargs.split_ascii_whitespace().any(|a| a == "hv.restore") {
         hyp::checkpoint::set_restore(true);
     }
+    if bootargs.split_ascii_whitespace().any(|a| a == "hv.count-instructions") {
+        hyp::instructions::set_enabled(true);
+    }
     if let Some(value) = boot_arg(bootargs, "hv.migrate-every=") {
         match value.parse::<u64>() {
             Ok(us) => hyp::power::set_migrate_every(vcpu_runtime::Nanos::from_micros(us)),

@@ -1,14 +1,18 @@
-//! `cargo xtask bench linux`, the bare-QEMU half: how long the Linux guest takes to reach its
-//! init on QEMU without the hypervisor, the baseline a Linux guest on the hypervisor will be
-//! compared with.
+//! `cargo xtask bench linux`: the Linux guest's boot to its init (`test=boot`) on QEMU without
+//! the hypervisor (the baseline) and as a guest of the hypervisor, the same kernel, initramfs
+//! and command line (`scenarios/linux.toml`'s guest with [`CMDLINE`]).
 //!
-//! Two figures. Wall time from starting QEMU to init's `LINUX-INIT: started` line (and to
-//! QEMU's exit), over [`RUNS`] runs: it depends on the host and its load. And, in one run under
-//! `-icount shift=4,sleep=off`, the guest's own clock when the kernel starts init (its log's
-//! timestamp on `Run /init as init process`): with icount, virtual time advances 16 ns per
-//! instruction executed, so this clock measures the work done, not the host's speed. It is an
-//! upper bound on instructions: with `sleep=off` the clock also jumps over the time every CPU
-//! idles to its next timer.
+//! Figures of each: wall time from starting QEMU to init's `LINUX-INIT: started` line (and to
+//! QEMU's exit), over [`RUNS`] runs on `-smp 2` (2 vCPUs): it depends on the host and its load;
+//! under the hypervisor it includes the hypervisor's boot and building the VM. And, in runs
+//! under `-icount shift=4,sleep=off`, the guest's own clock when the kernel starts init (its
+//! log's timestamp on `Run /init as init process`): with icount, virtual time advances 16 ns per
+//! instruction executed, by any CPU at any EL, so this clock measures the work done, not the
+//! host's speed, and the hypervisor's instructions show up in it. It is an upper bound on
+//! instructions: with `sleep=off` the clock also jumps over the time every CPU idles to its next
+//! timer. The ratio of the two clocks is the overhead; on `-smp 1` with one vCPU the hypervisor
+//! also counts its own and the guest's instructions exactly (`hv.count-instructions`: the PMU's
+//! instruction event under icount, which counts every CPU's, so exact on one core only).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -16,6 +20,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hw_tests::{bare_linux_args, LinuxAssets, QemuConfig};
+use vcpu_runtime::scenario::Payload;
 
 use crate::exec::{describe, Ctx};
 use crate::Error;
@@ -43,9 +48,9 @@ struct Boot {
     console: String,
 }
 
-/// Boots the assets with `config` and times the init marker as its line arrives.
-fn timed_boot(ctx: &Ctx, config: &QemuConfig, assets: &LinuxAssets) -> Result<Boot, Error> {
-    let args = bare_linux_args(config, assets);
+/// Runs QEMU with `args` (a bare boot, or the hypervisor with a Linux guest) and times init's
+/// marker as its line arrives; the boot test must pass and QEMU end with status 0.
+fn timed_run(ctx: &Ctx, args: Vec<String>) -> Result<Boot, Error> {
     println!("xtask: bench linux: running qemu-system-aarch64 {}", args.join(" "));
     let start = Instant::now();
     let mut child = Command::new("qemu-system-aarch64")
@@ -103,10 +108,61 @@ pub fn kernel_time_of(console: &str, text: &str) -> Option<f64> {
     stamp.trim().parse().ok()
 }
 
-/// The `uptime=` init printed on its marker line, in seconds.
-pub fn marker_uptime(console: &str) -> Option<f64> {
-    let line = console.lines().find(|l| l.contains(INIT_MARKER))?;
-    line.split_whitespace().find_map(|w| w.strip_prefix("uptime="))?.parse().ok()
+/// The hypervisor's boot arguments in these runs: the trace without the per-switch events.
+const HV_APPEND: &str = "hv.trace=events";
+
+/// The guest's console lines (`[linux] ...`) without their prefix, as bare QEMU prints them.
+pub fn guest_console(console: &str) -> String {
+    console.lines().filter_map(|l| l.strip_prefix("[linux] ")).map(|l| format!("{l}\n")).collect()
+}
+
+/// `instructions total el2=E guest=G` of a run with `hv.count-instructions`.
+pub fn instruction_counts(console: &str) -> Option<(u64, u64)> {
+    let line = console.lines().find_map(|l| l.strip_prefix("instructions total "))?;
+    let field = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key))?.parse().ok();
+    Some((field("el2=")?, field("guest=")?))
+}
+
+/// The manifest of `scenarios/linux.toml`'s guest with `vcpus` vCPUs and the bench's command
+/// line, written as `target/el2/manifests/bench-linux-N.manifest`.
+fn hypervisor_manifest(ctx: &Ctx, vcpus: u16) -> Result<std::path::PathBuf, Error> {
+    let file = ctx.root.join("scenarios/linux.toml");
+    let mut scenario = vcpu_runtime::scenario::load(&file).map_err(|e| Error::new(e.to_string()))?;
+    scenario.name = format!("bench-linux-{vcpus}");
+    scenario.board.cores = vcpus;
+    for guest in &mut scenario.guests {
+        guest.vcpus = vcpus;
+        if let Payload::Linux { cmdline, .. } = &mut guest.payload {
+            *cmdline = CMDLINE.into();
+        }
+    }
+    Ok(ctx.root.join(crate::manifest::write_manifest(ctx, &scenario)?))
+}
+
+/// One icount run of the guest; its kernel clock at `Run /init`, and the console.
+fn icount_clock(ctx: &Ctx, args: Vec<String>, hypervisor: bool) -> Result<(f64, Boot), Error> {
+    let boot = timed_run(ctx, args)?;
+    let guest = if hypervisor { guest_console(&boot.console) } else { boot.console.clone() };
+    let clock = kernel_time_of(&guest, RUN_INIT)
+        .ok_or_else(|| Error::new(format!("no `{RUN_INIT}` line:\n{}", boot.console)))?;
+    Ok((clock, boot))
+}
+
+/// Median, min and max of the markers of `RUNS` timed boots with `args`.
+fn wall_times(ctx: &Ctx, what: &str, args: &[String]) -> Result<(Duration, Duration, Duration), Error> {
+    let mut boots = Vec::new();
+    for run in 1..=RUNS {
+        let boot = timed_run(ctx, args.to_vec())?;
+        let marker = boot.to_marker.ok_or_else(|| Error::new(format!("no `{INIT_MARKER}` line:\n{}", boot.console)))?;
+        println!(
+            "xtask: bench linux: {what} run {run}/{RUNS}: init after {:.2} s, QEMU ended after {:.2} s",
+            marker.as_secs_f64(),
+            boot.to_exit.as_secs_f64()
+        );
+        boots.push(marker);
+    }
+    boots.sort();
+    Ok((boots[boots.len() / 2], boots[0], boots[boots.len() - 1]))
 }
 
 /// `cargo xtask bench linux`.
@@ -114,42 +170,64 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
     crate::setup::ensure_qemu(ctx)?;
     let assets = super::ensure_assets(ctx)?;
     let assets = LinuxAssets { image: ctx.root.join(&assets.image), initramfs: ctx.root.join(&assets.initramfs) };
-    let config = QemuConfig::new(2, "cortex-a57").append(CMDLINE);
-    let mut boots = Vec::new();
-    for run in 1..=RUNS {
-        let boot = timed_boot(ctx, &config, &assets)?;
-        let marker = boot.to_marker.ok_or_else(|| Error::new(format!("no `{INIT_MARKER}` line:\n{}", boot.console)))?;
-        println!(
-            "xtask: bench linux: run {run}/{RUNS}: init after {:.2} s, QEMU ended after {:.2} s",
-            marker.as_secs_f64(),
-            boot.to_exit.as_secs_f64()
-        );
-        boots.push(marker);
-    }
-    boots.sort();
-    let median = boots[boots.len() / 2];
+    crate::qemu::build_cmd().run(ctx)?;
+    let image = ctx.root.join(crate::qemu::image_path());
+    let manifest2 = hypervisor_manifest(ctx, 2)?;
+    let manifest1 = hypervisor_manifest(ctx, 1)?;
+    let bare = |smp: u32, icount: bool| {
+        bare_linux_args(&QemuConfig { icount, ..QemuConfig::new(smp, "cortex-a57").append(CMDLINE) }, &assets)
+    };
+    let hyp = |smp: u32, icount: bool, manifest: &std::path::Path, append: &str| {
+        let config = QemuConfig { icount, ..QemuConfig::new(smp, "cortex-a57").manifest_file(manifest).append(append) };
+        config.qemu_args(&image)
+    };
 
-    let counted = QemuConfig { icount: true, ..config.clone() };
-    let boot = timed_boot(ctx, &counted, &assets)?;
-    let kernel_clock = kernel_time_of(&boot.console, RUN_INIT)
-        .ok_or_else(|| Error::new(format!("no `{RUN_INIT}` line:\n{}", boot.console)))?;
-    let uptime = marker_uptime(&boot.console).unwrap_or(f64::NAN);
+    let bare_wall = wall_times(ctx, "bare", &bare(2, false))?;
+    let hyp_wall = wall_times(ctx, "hypervisor", &hyp(2, false, &manifest2, HV_APPEND))?;
+    let (bare2, bare_boot) = icount_clock(ctx, bare(2, true), false)?;
+    let (hyp2, hyp_boot) = icount_clock(ctx, hyp(2, true, &manifest2, HV_APPEND), true)?;
+    let (bare1, _) = icount_clock(ctx, bare(1, true), false)?;
+    let counted = format!("{HV_APPEND} hv.count-instructions");
+    let (hyp1, counted_boot) = icount_clock(ctx, hyp(1, true, &manifest1, &counted), true)?;
+    let (el2, guest) = instruction_counts(&counted_boot.console)
+        .ok_or_else(|| Error::new(format!("no `instructions total` line:\n{}", counted_boot.console)))?;
 
-    println!("\nxtask: bench linux: the Linux guest on bare QEMU (-smp 2 -cpu cortex-a57 -m 256M, {CMDLINE})");
+    let secs = |d: Duration| d.as_secs_f64();
+    println!("\nxtask: bench linux: the Linux guest ({CMDLINE}) on bare QEMU and on the hypervisor (-cpu cortex-a57)");
+    println!("  wall time from QEMU's start to init's marker, -smp 2, 2 vCPUs, median (min-max) of {RUNS}:");
+    println!("    bare QEMU       {:.2} s ({:.2}-{:.2})", secs(bare_wall.0), secs(bare_wall.1), secs(bare_wall.2));
     println!(
-        "  wall time to init's marker    median {:.2} s (min {:.2} s, max {:.2} s) over {RUNS} runs",
-        median.as_secs_f64(),
-        boots[0].as_secs_f64(),
-        boots[boots.len() - 1].as_secs_f64()
+        "    hypervisor      {:.2} s ({:.2}-{:.2}), {:.2}x (the hypervisor's boot and the VM's set-up included)",
+        secs(hyp_wall.0),
+        secs(hyp_wall.1),
+        secs(hyp_wall.2),
+        secs(hyp_wall.0) / secs(bare_wall.0)
+    );
+    println!("  -icount shift=4,sleep=off: the kernel's clock at `{RUN_INIT}` (16 ns per instruction, idle skipped):");
+    let m = |clock: f64| clock * 1e9 / ICOUNT_NS_PER_INSTRUCTION / 1e6;
+    println!(
+        "    -smp 2, 2 vCPUs: bare {bare2:.3} s ({:.0} M), hypervisor {hyp2:.3} s ({:.0} M): ratio {:.3}",
+        m(bare2),
+        m(hyp2),
+        hyp2 / bare2
     );
     println!(
-        "  -icount shift=4,sleep=off     kernel clock at `{RUN_INIT}` {kernel_clock:.3} s, init's uptime {uptime:.2} s:"
+        "    -smp 1, 1 vCPU:  bare {bare1:.3} s ({:.0} M), hypervisor {hyp1:.3} s ({:.0} M): ratio {:.3}",
+        m(bare1),
+        m(hyp1),
+        hyp1 / bare1
     );
     println!(
-        "                                at most {:.0} M instructions (16 ns each; idle time skipped counts too)",
-        kernel_clock * 1e9 / ICOUNT_NS_PER_INSTRUCTION / 1e6
+        "    -smp 1, whole run counted by the hypervisor: {:.0} M guest instructions, {:.0} M at EL2 ({:.2} % of the guest's)",
+        guest as f64 / 1e6,
+        el2 as f64 / 1e6,
+        el2 as f64 * 100.0 / guest.max(1) as f64
     );
-    println!("  (wall {:.2} s under icount)", boot.to_exit.as_secs_f64());
+    println!(
+        "  (wall under icount: bare {:.2} s, hypervisor {:.2} s, -smp 2)",
+        secs(bare_boot.to_exit),
+        secs(hyp_boot.to_exit)
+    );
     Ok(())
 }
 
@@ -163,7 +241,11 @@ mod tests {
                        LINUX-INIT: started test=boot kernel=6.1.0 cpus=2 uptime=2.24\n";
         assert_eq!(kernel_time_of(console, RUN_INIT), Some(2.314055));
         assert_eq!(kernel_time_of(console, "nothing"), None);
-        assert_eq!(marker_uptime(console), Some(2.24));
-        assert_eq!(marker_uptime("LINUX-INIT: started test=boot\n"), None);
+        // Under the hypervisor the guest's lines carry its name.
+        let hyp = "core 0 online\n[linux] [    2.5] Run /init as init process\n\
+                   instructions core=0 el2=5 guest=7\ninstructions total el2=12 guest=34\n";
+        assert_eq!(kernel_time_of(&guest_console(hyp), RUN_INIT), Some(2.5));
+        assert_eq!(instruction_counts(hyp), Some((12, 34)));
+        assert_eq!(instruction_counts("instructions total el2=1\n"), None);
     }
 }

@@ -2,10 +2,11 @@
 # /init of the test initramfs that `cargo xtask linux` builds (docs/linux-guests.md).
 #
 # Mounts /proc, /sys and /dev, prints `LINUX-INIT: started ...`, runs the test the kernel
-# command line names (`test=boot|hotplug|busy|idle|phases|ticks`, parameters `test.seconds=N`,
+# command line names (`test=boot|hotplug|busy|idle|phases|ticks|panic`, parameters `test.seconds=N`,
 # `test.idle=N`, `test.light=N`, `test.jobs=N`, `test.rounds=N`, `test.cpus=N`), prints
 # `LINUX-TEST: PASS NAME ...` or `LINUX-TEST: FAIL NAME REASON`, and powers off (PSCI
-# SYSTEM_OFF). It never returns: init ending would panic the kernel.
+# SYSTEM_OFF). It never returns (init ending would panic the kernel), except in test=panic,
+# which does that on purpose.
 #
 # Only ash built-ins and the applets linked in /bin are used (the list is in
 # xtask/src/linux/initramfs.rs). Time is read from /proc/uptime with the `read` built-in, so
@@ -283,6 +284,13 @@ test_idle() {
     pass "slept=$SECS"
 }
 
+# panic: init exits, which the kernel answers with a panic ("Attempted to kill init"). For the
+# hypervisor's tests: a guest whose kernel panics must not disturb the others.
+test_panic() {
+    echo "panic: init exits now"
+    exit 1
+}
+
 case $TEST in
     boot) test_boot ;;
     hotplug) test_hotplug ;;
@@ -290,7 +298,8 @@ case $TEST in
     idle) test_idle ;;
     phases) test_phases ;;
     ticks) test_ticks ;;
-    *) fail "unknown test (known: boot, hotplug, busy, idle, phases, ticks)" ;;
+    panic) test_panic ;;
+    *) fail "unknown test (known: boot, hotplug, busy, idle, phases, ticks, panic)" ;;
 esac
 
 now

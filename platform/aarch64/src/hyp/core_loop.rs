@@ -92,6 +92,7 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
         if let Err(e) = stage2::init_this_core() {
             fail!("core {}: {e}", me.0);
         }
+        super::instructions::start(me);
         let Some(rt) = hyp.take_runtime(me) else { smp::park() };
         let mut core = Core {
             hyp,
@@ -137,6 +138,7 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
         if let Err(e) = gic::disable_this_core(shared.mpidr) {
             fail!("core {}: {e}", me.0);
         }
+        super::instructions::sample(me);
         shared.power.store(power::OFF, Ordering::Release);
         let error = power::power_off_self();
         // Still here: PSCI refused. Park in WFI until the governor wants the core again.
@@ -295,6 +297,7 @@ impl Core<'_> {
         if !self.poll {
             aarch64_cpu::asm::wfi();
         }
+        super::instructions::sample(self.me);
         let end = timer::now();
         if let Some(book) = self.hyp.power.accounts.get(self.me.index()) {
             let mut book = book.lock();

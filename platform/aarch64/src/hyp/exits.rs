@@ -9,6 +9,7 @@ use core::cell::Cell;
 
 use vcpu_runtime::trace::{FaultKind, PsciCall, StopReason, TraceEvent, TraceKind};
 use vcpu_runtime::{AffinityState, CoreId, ExitReason, PowerOnError, TraceSink, VcpuId};
+use vdev::idregs::{self, IdReg};
 use vdev::mmio::{decode_data_abort, trap_kind, MmioAccess, TrapKind};
 use vdev::psci::{self, func, PsciOutcome, PsciVm};
 use vdev::smccc;
@@ -96,7 +97,9 @@ fn wfi(vm: &Vm, vcpu: &Vcpu) -> Action {
 }
 
 /// A trapped system register access (EC 0x18): the guest's writes to the SGI generation
-/// registers go to the vGIC; anything else gets an undefined instruction.
+/// registers go to the vGIC, its reads of the ID registers get the hypervisor's view of them
+/// (`vdev::idregs`), `ACTLR_EL1` reads as the hardware's and ignores writes; anything else gets
+/// an undefined instruction.
 fn sysreg(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, iss: u32) -> Action {
     let op0 = (iss >> 20) & 3;
     let op2 = (iss >> 17) & 7;
@@ -125,6 +128,26 @@ fn sysreg(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, iss: 
             }
         };
         core.dispatch(vm, fx, Some(vcpu.id));
+        regs.pc += 4;
+        return Action::Resume;
+    }
+    // The ID registers (HCR_EL2.TID3): the guest's view of the hardware's.
+    if let Some(reg) = IdReg::from_encoding(op0, op1, crn, crm, op2) {
+        if read {
+            let value = idregs::guest_view(reg, crate::sysreg::id_register(reg.crm, reg.op2));
+            if rt != 31 {
+                regs.x[rt] = value;
+            }
+            regs.pc += 4;
+            return Action::Resume;
+        }
+    }
+    // ACTLR_EL1 (HCR_EL2.TACR): implementation defined and not switched; reads give the
+    // hardware's value, writes are ignored.
+    if op0 == 3 && op1 == 0 && crn == 1 && crm == 0 && op2 == 1 {
+        if read && rt != 31 {
+            regs.x[rt] = crate::sysreg::actlr_el1();
+        }
         regs.pc += 4;
         return Action::Resume;
     }

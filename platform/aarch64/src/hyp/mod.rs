@@ -16,6 +16,7 @@
 pub mod checkpoint;
 mod core_loop;
 mod exits;
+pub mod instructions;
 pub mod live;
 pub mod power;
 pub mod vm;
@@ -487,6 +488,7 @@ impl Hypervisor {
     /// This core has left its loop: hands in its vCPUs' statistics. The boot core then waits for
     /// the others, prints everything and ends the run; the others wait to be switched off.
     fn finish(&self, me: CoreId, rt: &CoreRuntime) -> ! {
+        instructions::sample(me);
         {
             let mut stats = self.stats.lock();
             for v in rt.vcpus() {
@@ -553,6 +555,7 @@ impl Hypervisor {
             }
         }
         self.energy_report(end);
+        instructions::report(self.cores.len());
         let stopped = self.stopped_vms.load(Ordering::Acquire);
         println!(
             "hypervisor: {} after {} ms: {stopped} of {} guests stopped, {} trace events",
