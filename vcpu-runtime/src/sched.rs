@@ -356,6 +356,8 @@ pub struct CoreRuntime {
     slice_end: Instant,
     /// How fast the core runs, out of [`CAPACITY_SCALE`] ([`CoreRuntime::set_capacity`]).
     capacity: u32,
+    /// Counts the changes of `vcpus`' membership ([`CoreRuntime::membership`]).
+    membership: u64,
 }
 
 /// The static description of a system for [`build`].
@@ -497,6 +499,7 @@ pub fn build(config: &RuntimeConfig, start: Instant) -> Result<(System, Vec<Core
             deferred_moves: Vec::with_capacity(config.vcpus.len()),
             slice_end: start,
             capacity: CAPACITY_SCALE,
+            membership: 0,
         })
         .collect();
     for (i, v) in config.vcpus.iter().enumerate() {
@@ -534,6 +537,12 @@ impl CoreRuntime {
     pub fn vcpus(&self) -> &[VcpuSched] {
         &self.vcpus
     }
+    /// A number that changes whenever a vCPU joins or leaves [`CoreRuntime::vcpus`] (a
+    /// hand-over either way), so that the platform can keep what it derives from the list (the
+    /// earliest timer deadline of this core's vCPUs) until the list changes.
+    pub fn membership(&self) -> u64 {
+        self.membership
+    }
     /// The vCPU running now, if any.
     pub fn current(&self) -> Option<VcpuId> {
         self.current.map(|c| self.vcpus[c.idx].id)
@@ -555,6 +564,7 @@ impl CoreRuntime {
     fn remove(&mut self, idx: usize) {
         let last = self.vcpus.len() - 1;
         self.vcpus.swap_remove(idx);
+        self.membership += 1;
         if let Some(cur) = self.current.as_mut() {
             debug_assert_ne!(cur.idx, idx, "the running vCPU cannot be removed");
             if cur.idx == last {
@@ -789,6 +799,7 @@ impl CoreRuntime {
                     self.min_vtime.saturating_sub(lag.unsigned_abs())
                 };
                 self.vcpus.push(sched);
+                self.membership += 1;
                 let idx = self.vcpus.len() - 1;
                 if after == VcpuState::Runnable && before != VcpuState::Runnable {
                     sys.count_wakeup(sched.id);

@@ -75,6 +75,22 @@ pub(super) struct Core<'h> {
     book_mark: Instant,
     runs_end: Option<Instant>,
     vcpu_busy: alloc::vec::Vec<u64>,
+    /// The earliest virtual-timer deadline among this core's blocked and runnable vCPUs
+    /// ([`Core::next_timer`]), and whose it is, while `timers_known`: kept up to date as runs
+    /// end (the only time a deadline of this core's vCPUs is set) and recomputed from the
+    /// vCPUs when it may have moved later (its vCPU was picked to run, deadlines fired) or the
+    /// core's vCPUs changed (`CoreRuntime::membership` is no longer `timers_membership`). A
+    /// deadline cleared by another core (an offloaded guest coming back) leaves it early, which
+    /// costs one early look.
+    timers_min: u64,
+    timers_holder: Option<VcpuId>,
+    timers_known: bool,
+    timers_membership: u64,
+    /// Core 0: when its housekeeping is due next (the governor's period, forced migrations, the
+    /// live-migration step), the earliest of their deadlines as it left them; a poll kick makes
+    /// it due at once (a guest's mark may have brought the migration step forward). `NEVER` on
+    /// the other cores.
+    housekeeping_at: Instant,
 }
 
 /// Sets this core up for guests and runs its loop; when the governor has it drain, it gives its
@@ -113,6 +129,11 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
             book_mark: hyp.power.accounts.get(me.index()).map_or(hyp.start, |b| b.lock().mark),
             runs_end: None,
             vcpu_busy: alloc::vec![0; hyp.vcpus.len()],
+            timers_min: NO_DEADLINE,
+            timers_holder: None,
+            timers_known: false,
+            timers_membership: 0,
+            housekeeping_at: if me.index() == 0 { Instant::ZERO } else { Instant::NEVER },
         };
         if shared.power.load(Ordering::Acquire) == power::STARTING {
             let now = timer::now();
@@ -187,11 +208,8 @@ impl Core<'_> {
                 self.hyp.begin_ending(self.me);
                 self.hyp.finish(self.me, &self.rt);
             }
-            if self.me.index() == 0 && self.hyp.govern(self.me, now) {
-                self.poll = true;
-            }
-            if self.me.index() == 0 && super::live::step(self, now) {
-                self.poll = true;
+            if now >= self.housekeeping_at {
+                self.housekeeping(now);
             }
             let shared = &self.hyp.cores[self.me.index()];
             if shared.power.load(Ordering::Acquire) == power::DRAIN {
@@ -212,15 +230,21 @@ impl Core<'_> {
             self.send_kicks();
             match decision {
                 Decision::Run { vcpu, until } => {
-                    let mut until = until.min(self.next_timer()).min(self.hyp.end);
-                    if self.me.index() == 0 {
-                        until = until.min(self.hyp.next_governor_tick()).min(super::live::next_step());
+                    // Its deadline is not among the others' any more.
+                    if self.timers_holder == Some(vcpu) {
+                        self.timers_known = false;
                     }
+                    let until = until.min(self.next_timer()).min(self.hyp.end).min(self.housekeeping_at);
                     let reason = self.run_vcpu(vcpu, until);
                     let now = timer::now();
                     let event = Event::Exit { vcpu, reason };
                     if let Err(e) = self.rt.handle(&self.hyp.sys, event, now, &mut self.hyp.trace()) {
                         fail!("core {}: {e}", self.me.0);
+                    }
+                    if !matches!(reason, ExitReason::Stop(_) | ExitReason::PsciCpuOff) {
+                        // Blocked or runnable again, with the deadline its run left.
+                        let deadline = self.hyp.vcpu(vcpu).timer_deadline.load(core::sync::atomic::Ordering::Acquire);
+                        self.note_deadline(vcpu, deadline);
                     }
                     self.after_exit(vcpu, reason);
                     self.send_kicks();
@@ -237,6 +261,27 @@ impl Core<'_> {
         }
     }
 
+    /// Core 0's housekeeping, due at `now`: the governor's period (and forced migrations) and
+    /// the live-migration step; then when it is due next.
+    fn housekeeping(&mut self, now: Instant) {
+        if self.hyp.govern(self.me, now) {
+            self.poll = true;
+        }
+        if super::live::step(self, now) {
+            self.poll = true;
+        }
+        self.housekeeping_at = self.hyp.next_governor_tick().min(super::live::next_step());
+    }
+
+    /// Another core asked this one to poll (a kick with its `poll` flag): on core 0 that may be
+    /// a guest's mark that brings the live-migration step forward (`live::on_mark`), so the
+    /// housekeeping is due at once.
+    fn polled(&mut self) {
+        if self.me.index() == 0 {
+            self.housekeeping_at = Instant::ZERO;
+        }
+    }
+
     /// IPIs to the cores the runtime says must look at their mail or requests.
     fn send_kicks(&mut self) {
         for core in self.rt.take_kicks().iter() {
@@ -246,21 +291,49 @@ impl Core<'_> {
         }
     }
 
-    /// The earliest virtual-timer deadline among this core's vCPUs (none runs now).
-    fn next_timer(&self) -> Instant {
-        let mut next = NO_DEADLINE;
+    /// The earliest virtual-timer deadline among this core's blocked and runnable vCPUs.
+    fn next_timer(&mut self) -> Instant {
+        if !self.timers_known || self.timers_membership != self.rt.membership() {
+            self.scan_timers();
+        }
+        Instant(self.timers_min)
+    }
+
+    /// Finds the earliest timer deadline of this core's blocked and runnable vCPUs.
+    fn scan_timers(&mut self) {
+        let (mut min, mut holder) = (NO_DEADLINE, None);
         for v in self.rt.vcpus() {
             if matches!(v.state(), VcpuState::Blocked | VcpuState::Runnable) {
-                next = next.min(self.hyp.vcpu(v.id()).timer_deadline.load(core::sync::atomic::Ordering::Acquire));
+                let deadline = self.hyp.vcpu(v.id()).timer_deadline.load(core::sync::atomic::Ordering::Acquire);
+                if deadline < min {
+                    (min, holder) = (deadline, Some(v.id()));
+                }
             }
         }
-        Instant(next)
+        self.timers_min = min;
+        self.timers_holder = holder;
+        self.timers_known = true;
+        self.timers_membership = self.rt.membership();
+    }
+
+    /// The run of `vcpu` ended and left its timer deadline at `deadline`: the earliest one
+    /// follows.
+    fn note_deadline(&mut self, vcpu: VcpuId, deadline: u64) {
+        if self.timers_known && deadline < self.timers_min {
+            self.timers_min = deadline;
+            self.timers_holder = Some(vcpu);
+        }
     }
 
     /// Raises the virtual-timer line of every vCPU of this core whose deadline has passed (which
     /// wakes it if the interrupt is enabled).
     fn fire_timers(&mut self, now: Instant) {
         use core::sync::atomic::Ordering;
+        if self.next_timer() > now {
+            return;
+        }
+        // Some have passed: the earliest left is found again below.
+        self.timers_known = false;
         let mut i = 0;
         while i < self.rt.vcpus().len() {
             let v = &self.rt.vcpus()[i];
@@ -281,10 +354,7 @@ impl Core<'_> {
 
     /// Nothing to run: waits for an interrupt, or until `until` or the next timer deadline.
     fn idle(&mut self, until: Instant) {
-        let mut wake = until.min(self.next_timer()).min(self.hyp.end);
-        if self.me.index() == 0 {
-            wake = wake.min(self.hyp.next_governor_tick()).min(super::live::next_step());
-        }
+        let wake = until.min(self.next_timer()).min(self.hyp.end).min(self.housekeeping_at);
         if wake != Instant::NEVER {
             timer::arm_hyp_timer(wake);
         }
@@ -309,8 +379,10 @@ impl Core<'_> {
         while let Some(intid) = gic::ack() {
             gic::eoi(intid);
             gic::deactivate(intid);
-            if intid == gic::SGI_KICK {
-                self.hyp.cores[self.me.index()].poll.store(false, core::sync::atomic::Ordering::Release);
+            if intid == gic::SGI_KICK
+                && self.hyp.cores[self.me.index()].poll.swap(false, core::sync::atomic::Ordering::AcqRel)
+            {
+                self.polled();
             }
         }
     }
@@ -534,6 +606,14 @@ impl Core<'_> {
                 Action::Exit(reason) => Some(reason),
                 Action::Resume => None,
             };
+            // A trap the guest resumes from changes nothing the checks below look at: the VM's
+            // stop, reset and pause, the end of the run (every one set with a kick IPI to the
+            // cores running the vCPUs concerned, or by this core's exit handlers, which then
+            // leave or poll) and the run's time (the EL2 timer) each come with a physical IRQ,
+            // which brings the vCPU straight back once it resumes, and that exit checks.
+            if leaving.is_none() && kind == ExitKind::Sync && !self.poll {
+                continue;
+            }
             if vm.stopping.load(Ordering::SeqCst) {
                 break ExitReason::Stop(vm.stop_reason());
             }
@@ -645,6 +725,7 @@ impl Core<'_> {
                 gic::SGI_KICK => {
                     gic::deactivate(intid);
                     if self.hyp.cores[self.me.index()].poll.swap(false, core::sync::atomic::Ordering::AcqRel) {
+                        self.polled();
                         leave = true;
                     }
                 }
