@@ -270,6 +270,9 @@ pub struct VcpuSched {
     rt: Option<RtServer>,
     vtime: u64,
     util: Ewma,
+    /// `util.generation()` when it was last published ([`System::publish_vcpu_util`]): within
+    /// a period the published value and what readers decay it to do not change.
+    published: u32,
     /// Mirrors the state in the vCPU's shared word (only the owner writes it).
     state: VcpuState,
     last_migrated: Instant,
@@ -517,6 +520,7 @@ pub fn build(config: &RuntimeConfig, start: Instant) -> Result<(System, Vec<Core
             rt: v.reservation.map(|res| RtServer { res, deadline: start + res.period, remaining: res.budget }),
             vtime: 0,
             util: Ewma::new(start),
+            published: 0,
             state: initial_state(v),
             last_migrated: start,
             woken_at: None,
@@ -577,7 +581,9 @@ impl CoreRuntime {
         self.vcpus.iter().position(|v| v.id == vcpu)
     }
 
-    /// Feeds one event to this core.
+    /// Feeds one event to this core. (Inlined, so that a caller passing a known event calls
+    /// its handler directly.)
+    #[inline(always)]
     pub fn handle(
         &mut self,
         sys: &System,
@@ -658,7 +664,10 @@ impl CoreRuntime {
             s.remaining = s.remaining.saturating_sub(budget_used(ran, capacity));
         }
         v.util.advance_scaled(sys.decay, now, capacity);
-        sys.publish_vcpu_util(v.id, &v.util);
+        if v.util.generation() != v.published {
+            v.published = v.util.generation();
+            sys.publish_vcpu_util(v.id, &v.util);
+        }
         self.util.advance(sys.decay, now, true);
         self.stats.busy += ran;
     }
@@ -681,7 +690,7 @@ impl CoreRuntime {
         let v = &mut self.vcpus[cur.idx];
         match reason {
             ExitReason::Preempted | ExitReason::Yield => {
-                sys.set_state(vcpu, VcpuState::Runnable, u32::MAX);
+                sys.stop_running(vcpu);
                 v.state = VcpuState::Runnable;
                 if reason == ExitReason::Yield {
                     // Behind every share peer that is runnable now (reservations keep no virtual
@@ -762,6 +771,9 @@ impl CoreRuntime {
     /// over, which must not be the running one.
     fn poll(&mut self, sys: &System, now: Instant, trace: &mut impl TraceSink) {
         debug_assert!(self.current.is_none());
+        if self.deferred_moves.is_empty() && !sys.has_requests(self.core) {
+            return;
+        }
         while let Some(msg) = sys.take_mail(self.core) {
             self.receive(sys, msg, now, trace);
         }
