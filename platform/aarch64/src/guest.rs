@@ -314,29 +314,55 @@ pub fn init_this_core() {
 
 /// Makes `ctx` the vCPU this core runs: its EL1 state, virtual timer and virtual CPU interface
 /// state into the hardware, `VMPIDR_EL2`, and `VTTBR_EL2` = `vttbr` (its VM's stage-2 root and
-/// VMID), `HCR_EL2` = [`HCR_GUEST`]. Its FP/SIMD registers follow at its first use of them
-/// ([`fp_trap`]; `CPTR_EL2.TFP` is set while no vCPU's are live).
+/// VMID), `CNTVOFF_EL2` = `cntvoff`, `HCR_EL2` = [`HCR_GUEST`]. Its FP/SIMD registers follow at
+/// its first use of them ([`fp_trap`]; `CPTR_EL2.TFP` is set while no vCPU's are live).
 pub fn load(ctx: &VcpuContext, vttbr: u64, cntvoff: u64) {
     write_vttbr_el2(vttbr);
     write_cntvoff_el2(cntvoff);
-    write_vmpidr_el2(ctx.vmpidr);
     write_hcr_el2(HCR_GUEST);
+    load_vcpu(ctx);
+}
+
+/// [`load`] right after [`save`] of another vCPU (a switch): `HCR_EL2` still holds
+/// [`HCR_GUEST`]; `VTTBR_EL2` and `CNTVOFF_EL2` are written only if `vm` says they change (the
+/// vCPUs of one VM share them).
+pub fn load_after_save(ctx: &VcpuContext, vm: Option<(u64, u64)>) {
+    if let Some((vttbr, cntvoff)) = vm {
+        write_vttbr_el2(vttbr);
+        write_cntvoff_el2(cntvoff);
+    }
+    load_vcpu(ctx);
+}
+
+/// The vCPU's own part of [`load`].
+fn load_vcpu(ctx: &VcpuContext) {
+    write_vmpidr_el2(ctx.vmpidr);
     gic::write_ich_vmcr(ctx.gic.vmcr);
     for n in 0..gic::num_aprs() {
         gic::write_ap0r(n, ctx.gic.ap0r[n]);
         gic::write_ap1r(n, ctx.gic.ap1r[n]);
     }
     // SAFETY: `__hv_el1_restore` only reads the `El1State` it is given (a valid reference) and
-    // writes EL1/EL0 system registers, the virtual timer and FP/SIMD registers, none of which
-    // the hypervisor uses (it runs at EL2, softfloat).
+    // writes EL1/EL0 system registers and the virtual timer, none of which the hypervisor uses
+    // (it runs at EL2).
     unsafe { __hv_el1_restore(&ctx.el1) };
 }
 
 /// Takes the vCPU this core runs off it: saves what [`load`] (and [`fp_trap`]) loaded into
-/// `ctx`, disables its virtual timer in the hardware, turns the virtual CPU interface off (its
-/// list registers must be empty by now), sets `HCR_EL2` back to [`HCR_HOST`] and FP/SIMD to
-/// trap again.
+/// `ctx` ([`save`]), turns the virtual CPU interface off (its list registers must be empty by
+/// now) and sets `HCR_EL2` back to [`HCR_HOST`].
 pub fn unload(ctx: &mut VcpuContext) {
+    save(ctx);
+    gic::set_ich_hcr(0);
+    write_hcr_el2(HCR_HOST);
+    isb();
+}
+
+/// Saves the loaded vCPU into `ctx` (its EL1 state, virtual timer, FP/SIMD if live, virtual
+/// CPU interface state), disables its virtual timer in the hardware and sets FP/SIMD to trap
+/// again; `HCR_EL2` and `ICH_HCR_EL2` stay as they are, for [`load_after_save`] of the next
+/// vCPU. ([`unload`] is this and the rest.)
+pub fn save(ctx: &mut VcpuContext) {
     // SAFETY: `__hv_el1_save` writes only the `El1State` it is given (an exclusive reference)
     // and reads EL1/EL0 registers; its only other effect is disabling the EL1 virtual timer,
     // which belongs to the vCPU being saved.
@@ -353,9 +379,6 @@ pub fn unload(ctx: &mut VcpuContext) {
         ctx.gic.ap0r[n] = gic::read_ap0r(n);
         ctx.gic.ap1r[n] = gic::read_ap1r(n);
     }
-    gic::set_ich_hcr(0);
-    write_hcr_el2(HCR_HOST);
-    isb();
 }
 
 /// The loaded vCPU's first FP/SIMD instruction since it was loaded trapped (EC 0x07,

@@ -91,6 +91,9 @@ pub(super) struct Core<'h> {
     /// it due at once (a guest's mark may have brought the migration step forward). `NEVER` on
     /// the other cores.
     housekeeping_at: Instant,
+    /// `VTTBR_EL2` and `CNTVOFF_EL2` as this core last loaded them (nothing else leaves them
+    /// changed), so that a switch between two vCPUs of one VM does not write them again.
+    stage2_loaded: (u64, u64),
 }
 
 /// Sets this core up for guests and runs its loop; when the governor has it drain, it gives its
@@ -134,6 +137,7 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
             timers_known: false,
             timers_membership: 0,
             housekeeping_at: if me.index() == 0 { Instant::ZERO } else { Instant::NEVER },
+            stage2_loaded: (u64::MAX, u64::MAX),
         };
         if shared.power.load(Ordering::Acquire) == power::STARTING {
             let now = timer::now();
@@ -235,8 +239,7 @@ impl Core<'_> {
                         self.timers_known = false;
                     }
                     let until = until.min(self.next_timer()).min(self.hyp.end).min(self.housekeeping_at);
-                    let reason = self.run_vcpu(vcpu, until);
-                    let now = timer::now();
+                    let (reason, now) = self.run_vcpu(vcpu, until);
                     let event = Event::Exit { vcpu, reason };
                     if let Err(e) = self.rt.handle(&self.hyp.sys, event, now, &mut self.hyp.trace()) {
                         fail!("core {}: {e}", self.me.0);
@@ -284,7 +287,11 @@ impl Core<'_> {
 
     /// IPIs to the cores the runtime says must look at their mail or requests.
     fn send_kicks(&mut self) {
-        for core in self.rt.take_kicks().iter() {
+        let kicks = self.rt.take_kicks();
+        if kicks.is_empty() {
+            return;
+        }
+        for core in kicks.iter() {
             if core != self.me {
                 self.hyp.kick_core(core, true);
             }
@@ -533,45 +540,54 @@ impl Core<'_> {
         self.rt.vcpus().iter().any(|v| v.id() != vcpu && v.state() == VcpuState::Runnable)
     }
 
-    /// Runs `vcpu` until `until`, handling its exits, and returns why it left the core.
-    fn run_vcpu(&mut self, id: VcpuId, until: Instant) -> ExitReason {
+    /// Runs `vcpu` until `until`, handling its exits, and returns why it left the core and when.
+    fn run_vcpu(&mut self, id: VcpuId, until: Instant) -> (ExitReason, Instant) {
         use core::sync::atomic::Ordering;
         let hyp = self.hyp;
         let vcpu = hyp.vcpu(id);
         let vm = &hyp.vms[vcpu.vm.index()];
         if vm.stopping.load(Ordering::SeqCst) {
             self.put_away();
-            return ExitReason::Stop(vm.stop_reason());
+            return (ExitReason::Stop(vm.stop_reason()), timer::now());
         }
         if hyp.ending() {
             self.put_away();
-            return ExitReason::Stop(StopReason::Halted);
+            return (ExitReason::Stop(StopReason::Halted), timer::now());
         }
         if vm.is_resetting() {
             // Off until the reset starts the guest again (a CPU_ON of its old life is void).
             self.put_away();
             vcpu.boot.lock().take();
-            return ExitReason::PsciCpuOff;
+            return (ExitReason::PsciCpuOff, timer::now());
         }
         if vm.paused.load(Ordering::Acquire) {
             // Live migration holds the VM: blocked until it is resumed (which wakes it).
             self.put_away();
-            return ExitReason::Wfi;
+            return (ExitReason::Wfi, timer::now());
         }
         let mut ctx = match self.kept.take() {
             // Picked again right away: still loaded, as its last run left it (a runnable vCPU
             // has no CPU_ON waiting in its boot slot).
             Some((kept, ctx)) if kept == id => ctx,
             kept => {
+                // Another vCPU kept loaded is saved first; the guest settings of `HCR_EL2` and
+                // the stage-2 registers stay for this one (a switch).
+                let switch = kept.is_some();
                 if let Some((kept, ctx)) = kept {
                     self.sync_direct_lrs(kept);
-                    self.put_away_vcpu(ctx);
+                    self.save_vcpu(ctx);
                 }
                 let mut ctx = vcpu.ctx.lock();
-                if let Some((entry, x0)) = vcpu.boot.lock().take() {
+                if let Some((entry, x0)) = vcpu.boot.take() {
                     ctx.reset(entry, x0);
                 }
-                guest::load(&ctx, vm.vttbr, vm.cntvoff.load(Ordering::Relaxed));
+                let stage2 = (vm.vttbr, vm.cntvoff.load(Ordering::Relaxed));
+                if switch {
+                    guest::load_after_save(&ctx, (stage2 != self.stage2_loaded).then_some(stage2));
+                } else {
+                    guest::load(&ctx, stage2.0, stage2.1);
+                }
+                self.stage2_loaded = stage2;
                 let memo = ctx.lr_memo;
                 self.fill_clean = memo.clean;
                 self.fill_epoch = memo.epoch;
@@ -665,7 +681,7 @@ impl Core<'_> {
                 self.kept = Some((id, ctx));
             }
         }
-        reason
+        (reason, end)
     }
 
     /// Hands the runs collected since the last rest in to the core's energy book.
@@ -708,6 +724,20 @@ impl Core<'_> {
         // The last exit emptied the list registers (`vgic_exit`).
         ctx.lr_memo = LrMemo { clean: self.fill_clean, epoch: self.fill_epoch, timer_line: self.timer_line };
         guest::unload(&mut ctx);
+        self.vtimer_released();
+    }
+
+    /// [`Core::put_away_vcpu`] when another vCPU is loaded right after: `HCR_EL2` and the
+    /// virtual CPU interface stay on (`guest::save`), the next load sets them for its vCPU.
+    fn save_vcpu(&mut self, mut ctx: MutexGuard<'_, VcpuContext>) {
+        ctx.lr_memo = LrMemo { clean: self.fill_clean, epoch: self.fill_epoch, timer_line: self.timer_line };
+        guest::save(&mut ctx);
+        self.vtimer_released();
+    }
+
+    /// The vCPU just saved has its virtual timer disabled in the hardware: the physical PPI 27
+    /// left active for it is deactivated.
+    fn vtimer_released(&mut self) {
         if self.vtimer_active {
             // The saved vCPU's timer is disabled in the hardware now: its line is low.
             gic::deactivate(gic::PPI_VTIMER);
@@ -806,15 +836,21 @@ impl Core<'_> {
         gic::set_ich_hcr(gic::ICH_HCR_EN | maintenance(overflow, any_pending));
     }
 
-    /// After an exit: the list registers back into the model, the timer's line sampled.
+    /// After an exit: the list registers back into the model, the timer's line sampled. (The
+    /// common cases inline: nothing in the LRs and the line as it was, or every LR consumed.)
+    #[inline(always)]
     fn vgic_exit(&mut self, vm: &Vm, vcpu: &Vcpu) {
         let line = vtimer_line();
-        if self.lrs_used == 0 && line == self.timer_line {
+        if line == self.timer_line && (self.lrs_used == 0 || self.retire_consumed_lrs(vm, vcpu)) {
             return;
         }
-        if line == self.timer_line && self.retire_consumed_lrs(vm, vcpu) {
-            return;
-        }
+        self.sync_lrs(vm, vcpu, line);
+    }
+
+    /// [`Core::vgic_exit`]'s general case: every used LR synced into the model, the timer's
+    /// `line` set.
+    #[inline(never)]
+    fn sync_lrs(&mut self, vm: &Vm, vcpu: &Vcpu, line: bool) {
         gic::set_ich_hcr(0);
         let mut fx = Effects::NONE;
         {
