@@ -102,6 +102,21 @@ fn counter_alone() {
     assert!(faults(&events, 0).is_empty(), "the counter guest does nothing wrong");
 }
 
+/// Lazy FP/SIMD switching: the vCPUs of two `fpu` guests and a `counter` (which never uses
+/// FP/SIMD) share one core; every `fpu` vCPU finds its own FP/SIMD registers after each time it
+/// gave the core away (hundreds of switches each).
+#[test]
+fn fpu_registers_stay_with_their_vcpu() {
+    let (r, _) = scenario("fpu", 1, "cortex-a57", &["fpu-a", "fpu-b", "counter"]);
+    for g in ["fpu-a", "fpu-b"] {
+        for cpu in 0..2 {
+            r.assert_guest_line(g, &format!("fpu: cpu {cpu} rounds=300 mismatches=0"));
+            let s = r.stat(g, cpu);
+            assert!(s.get("runs") >= 300, "every round gives the core away: {s:?}");
+        }
+    }
+}
+
 /// Two guests of two always-busy vCPUs each on one core, weights 64 and 192: CPU time divides
 /// 25 % / 75 % (within 5 percentage points).
 #[test]

@@ -207,6 +207,20 @@ fn bench() {
 }
 
 #[test]
+fn fpu() {
+    require_qemu();
+    run_and_check("fpu", |run| {
+        for cpu in 0..SMP {
+            let line = format!("fpu: cpu {cpu} rounds=300 mismatches=0");
+            if !run.has_line(&line) {
+                return Err(format!("no `{line}` line"));
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
 fn smp() {
     require_qemu();
     run_and_check("smp", |run| {

@@ -1,6 +1,7 @@
 //! Live vCPU moves between cores under QEMU: the `wanderer` guest (docs/guests.md) checks its own
 //! invariants while the hypervisor moves each of its vCPUs to the next core every millisecond
-//! (`hv.migrate-every=1000`, docs/platform.md).
+//! (`hv.migrate-every=1000`, docs/platform.md); the `fpu` guests check that their FP/SIMD
+//! registers (switched lazily) move with them.
 
 use std::time::Duration;
 
@@ -41,4 +42,27 @@ fn vcpus_moved_every_millisecond_smp2() {
 #[test]
 fn vcpus_moved_every_millisecond_smp4() {
     wander(4);
+}
+
+/// The `fpu` scenario on two cores with every vCPU moved every millisecond: FP/SIMD registers
+/// live in one core's hardware when their vCPU is put away go with it to the next core.
+#[test]
+fn fp_registers_move_with_their_vcpu() {
+    let config = QemuConfig::new(2, "cortex-a57")
+        .scenario("fpu")
+        .append("hv.trace=events hv.migrate-every=1000")
+        .timeout(Duration::from_secs(120));
+    let r = run(&config);
+    eprintln!("hw-tests: fpu moving: {}", r.summary());
+    r.assert_clean();
+    for g in ["fpu-a", "fpu-b", "counter"] {
+        r.assert_guest_passed(g);
+    }
+    for g in ["fpu-a", "fpu-b"] {
+        for cpu in 0..2 {
+            r.assert_guest_line(g, &format!("fpu: cpu {cpu} rounds=300 mismatches=0"));
+            let s = r.stat(g, cpu);
+            assert!(s.get("migrations") >= 20, "{g}/{cpu} moved too little to tell: {s:?}");
+        }
+    }
 }

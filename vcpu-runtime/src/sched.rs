@@ -270,6 +270,9 @@ pub struct VcpuSched {
     rt: Option<RtServer>,
     vtime: u64,
     util: Ewma,
+    /// `util.generation()` when it was last published ([`System::publish_vcpu_util`]): within
+    /// a period the published value and what readers decay it to do not change.
+    published: u32,
     /// Mirrors the state in the vCPU's shared word (only the owner writes it).
     state: VcpuState,
     last_migrated: Instant,
@@ -356,6 +359,8 @@ pub struct CoreRuntime {
     slice_end: Instant,
     /// How fast the core runs, out of [`CAPACITY_SCALE`] ([`CoreRuntime::set_capacity`]).
     capacity: u32,
+    /// Counts the changes of `vcpus`' membership ([`CoreRuntime::membership`]).
+    membership: u64,
 }
 
 /// The static description of a system for [`build`].
@@ -497,6 +502,7 @@ pub fn build(config: &RuntimeConfig, start: Instant) -> Result<(System, Vec<Core
             deferred_moves: Vec::with_capacity(config.vcpus.len()),
             slice_end: start,
             capacity: CAPACITY_SCALE,
+            membership: 0,
         })
         .collect();
     for (i, v) in config.vcpus.iter().enumerate() {
@@ -514,6 +520,7 @@ pub fn build(config: &RuntimeConfig, start: Instant) -> Result<(System, Vec<Core
             rt: v.reservation.map(|res| RtServer { res, deadline: start + res.period, remaining: res.budget }),
             vtime: 0,
             util: Ewma::new(start),
+            published: 0,
             state: initial_state(v),
             last_migrated: start,
             woken_at: None,
@@ -533,6 +540,12 @@ impl CoreRuntime {
     /// The vCPUs this core owns (in no particular order).
     pub fn vcpus(&self) -> &[VcpuSched] {
         &self.vcpus
+    }
+    /// A number that changes whenever a vCPU joins or leaves [`CoreRuntime::vcpus`] (a
+    /// hand-over either way), so that the platform can keep what it derives from the list (the
+    /// earliest timer deadline of this core's vCPUs) until the list changes.
+    pub fn membership(&self) -> u64 {
+        self.membership
     }
     /// The vCPU running now, if any.
     pub fn current(&self) -> Option<VcpuId> {
@@ -555,6 +568,7 @@ impl CoreRuntime {
     fn remove(&mut self, idx: usize) {
         let last = self.vcpus.len() - 1;
         self.vcpus.swap_remove(idx);
+        self.membership += 1;
         if let Some(cur) = self.current.as_mut() {
             debug_assert_ne!(cur.idx, idx, "the running vCPU cannot be removed");
             if cur.idx == last {
@@ -567,7 +581,9 @@ impl CoreRuntime {
         self.vcpus.iter().position(|v| v.id == vcpu)
     }
 
-    /// Feeds one event to this core.
+    /// Feeds one event to this core. (Inlined, so that a caller passing a known event calls
+    /// its handler directly.)
+    #[inline(always)]
     pub fn handle(
         &mut self,
         sys: &System,
@@ -648,7 +664,10 @@ impl CoreRuntime {
             s.remaining = s.remaining.saturating_sub(budget_used(ran, capacity));
         }
         v.util.advance_scaled(sys.decay, now, capacity);
-        sys.publish_vcpu_util(v.id, &v.util);
+        if v.util.generation() != v.published {
+            v.published = v.util.generation();
+            sys.publish_vcpu_util(v.id, &v.util);
+        }
         self.util.advance(sys.decay, now, true);
         self.stats.busy += ran;
     }
@@ -671,7 +690,7 @@ impl CoreRuntime {
         let v = &mut self.vcpus[cur.idx];
         match reason {
             ExitReason::Preempted | ExitReason::Yield => {
-                sys.set_state(vcpu, VcpuState::Runnable, u32::MAX);
+                sys.stop_running(vcpu);
                 v.state = VcpuState::Runnable;
                 if reason == ExitReason::Yield {
                     // Behind every share peer that is runnable now (reservations keep no virtual
@@ -752,6 +771,9 @@ impl CoreRuntime {
     /// over, which must not be the running one.
     fn poll(&mut self, sys: &System, now: Instant, trace: &mut impl TraceSink) {
         debug_assert!(self.current.is_none());
+        if self.deferred_moves.is_empty() && !sys.has_requests(self.core) {
+            return;
+        }
         while let Some(msg) = sys.take_mail(self.core) {
             self.receive(sys, msg, now, trace);
         }
@@ -789,6 +811,7 @@ impl CoreRuntime {
                     self.min_vtime.saturating_sub(lag.unsigned_abs())
                 };
                 self.vcpus.push(sched);
+                self.membership += 1;
                 let idx = self.vcpus.len() - 1;
                 if after == VcpuState::Runnable && before != VcpuState::Runnable {
                     sys.count_wakeup(sched.id);

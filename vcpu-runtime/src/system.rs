@@ -32,6 +32,8 @@ const WAKE: u32 = 1 << 4;
 /// A guest PSCI CPU_ON asked for this parked vCPU to start.
 const ON_REQ: u32 = 1 << 5;
 const OWNER_SHIFT: u32 = 16;
+// `start_running` and `stop_running` set and clear the state bits with one bit operation.
+const _: () = assert!(VcpuState::Runnable as u32 == 0 && VcpuState::Running as u32 == 1);
 
 const fn owner_of(word: u32) -> CoreId {
     CoreId((word >> OWNER_SHIFT) as u16)
@@ -389,8 +391,17 @@ impl System {
 
     /// Owner: Runnable → Running. Clears `WAKE`: a vCPU that is about to run sees its
     /// interrupts on entry.
+    ///
+    /// One `fetch_or` (Runnable is 0, Running 1: only the owner changes the state bits), and a
+    /// second read-modify-write to clear `WAKE` only if it was set. A wake-up that lands
+    /// between the two is consumed as one that came just before the first (the vCPU is about
+    /// to see its interrupts anyway), which is what the single CAS did.
     pub(crate) fn start_running(&self, core: CoreId, vcpu: VcpuId) {
-        let (old, _) = self.update(vcpu, |w| with_state(w, VcpuState::Running) & !WAKE);
+        let word = self.word(vcpu);
+        let old = word.fetch_or(VcpuState::Running as u32, Ordering::AcqRel);
+        if old & WAKE != 0 {
+            word.fetch_and(!WAKE, Ordering::AcqRel);
+        }
         debug_assert_eq!(owner_of(old), core, "vCPU {vcpu} run by a core that does not own it");
         debug_assert_eq!(
             VcpuState::from_bits(old),
@@ -398,6 +409,20 @@ impl System {
             "vCPU {vcpu} started from a non-runnable state"
         );
         debug_assert_eq!(old & IN_FLIGHT, 0);
+    }
+
+    /// Owner: Running → Runnable (preempted or yielding), request flags kept: one `fetch_and`
+    /// (Runnable is 0).
+    pub(crate) fn stop_running(&self, vcpu: VcpuId) {
+        let old = self.word(vcpu).fetch_and(!STATE_MASK, Ordering::AcqRel);
+        debug_assert_eq!(VcpuState::from_bits(old), VcpuState::Running, "vCPU {vcpu} was not running");
+    }
+
+    /// Whether `core` has mail or a kick waiting (what [`System::take_mail`] and
+    /// [`System::take_kick`] would find), in two loads.
+    pub(crate) fn has_requests(&self, core: CoreId) -> bool {
+        let c = &self.cores[core.index()];
+        c.has_mail.load(Ordering::Acquire) || c.kicked.load(Ordering::Relaxed)
     }
 
     /// Owner: a local state change that keeps no request flag but `keep`.

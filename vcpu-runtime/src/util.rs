@@ -88,6 +88,8 @@ const fn period_end_after(t: Instant) -> u64 {
 pub struct Ewma {
     /// Average up to the start of the current period, in [`UTIL_ONE`] units.
     util: u32,
+    /// Counts the period closes ([`Ewma::generation`]).
+    generation: u32,
     /// Busy time accumulated in the current (unfinished) period.
     busy_in_period: u64,
     /// Everything before this instant has been accounted.
@@ -98,12 +100,12 @@ pub struct Ewma {
 
 impl Ewma {
     pub const fn new(start: Instant) -> Ewma {
-        Ewma { util: 0, busy_in_period: 0, last: start, period_end: period_end_after(start) }
+        Ewma { util: 0, generation: 0, busy_in_period: 0, last: start, period_end: period_end_after(start) }
     }
 
     /// A tracker that starts at a given value (used when a vCPU arrives with its history).
     pub const fn with_value(start: Instant, util: u32) -> Ewma {
-        Ewma { util, busy_in_period: 0, last: start, period_end: period_end_after(start) }
+        Ewma { util, generation: 0, busy_in_period: 0, last: start, period_end: period_end_after(start) }
     }
 
     /// Accounts the time from the last update to `now`, during which the tracked thing was
@@ -161,6 +163,7 @@ impl Ewma {
         self.busy_in_period = if capacity > 0 { scale(now_ns - period_start, capacity) } else { 0 };
         self.period_end = period_start + p;
         self.last = Instant(now_ns);
+        self.generation = self.generation.wrapping_add(1);
     }
 
     /// The average as of the last completed period, in [`UTIL_ONE`] units.
@@ -171,6 +174,13 @@ impl Ewma {
     /// The instant up to which time has been accounted.
     pub const fn last_update(&self) -> Instant {
         self.last
+    }
+
+    /// Changes (wrapping) every time an update passes the end of the current period, the only
+    /// time [`Ewma::value`] changes. [`Ewma::decayed_to`] from any instant of one period gives
+    /// the same, so a published copy needs refreshing only when this moved.
+    pub const fn generation(&self) -> u32 {
+        self.generation
     }
 
     /// The value a reader at `now` should see for something that has been idle since the last

@@ -15,6 +15,7 @@
 //!   ([`timer`]), the GICv3 CPU interface and redistributor ([`gic`]) with an IRQ vector that
 //!   dispatches to registered handlers;
 //! - fault probes ([`probe`]) that turn an abort or an undefined instruction into a value;
+//! - the FP/SIMD registers ([`fp`]), written and read back whole;
 //! - [`finish`], which prints `RESULT: PASS` or `RESULT: FAIL <reason>` and calls PSCI
 //!   `SYSTEM_OFF`; a panic prints itself and finishes with FAIL.
 //!
@@ -26,6 +27,7 @@
 
 pub mod console;
 mod exceptions;
+pub mod fp;
 pub mod gic;
 pub mod hypercall;
 pub mod mem;

@@ -4,10 +4,13 @@
 //!
 //! - [`GuestRegs`]: x0-x30, PC (ELR_EL2) and PSTATE (SPSR_EL2), switched by [`enter`] at every
 //!   entry and exit.
-//! - [`El1State`]: the EL1/EL0 system registers, the virtual timer and FP/SIMD, switched by
-//!   [`load`] and [`unload`] when a core starts and stops running a vCPU. In between, while the
-//!   core handles exits of the same vCPU, they stay live in the hardware: EL2 never touches them
-//!   except through the `inject_*` functions.
+//! - [`El1State`]: the EL1/EL0 system registers and the virtual timer, switched by [`load`] and
+//!   [`unload`] when a core starts and stops running a vCPU. In between, while the core handles
+//!   exits of the same vCPU, they stay live in the hardware: EL2 never touches them except
+//!   through the `inject_*` functions. Its FP/SIMD half is switched lazily: [`load`] leaves the
+//!   registers as they are and sets `CPTR_EL2.TFP`, so the vCPU's first FP/SIMD instruction
+//!   traps (EC 0x07) and [`fp_trap`] restores them; [`unload`] saves them only if they were
+//!   restored. A vCPU that never uses FP/SIMD while loaded costs nothing for it.
 //! - [`GicCpuState`]: `ICH_VMCR_EL2` and the active-priority registers, also at load/unload.
 //!   The list registers are filled and emptied around every entry by the vGIC glue.
 //!
@@ -147,6 +150,10 @@ pub struct VcpuContext {
     pub vmpidr: u64,
     /// The vGIC glue's memo of the last fill (not guest state).
     pub lr_memo: LrMemo,
+    /// The vCPU's FP/SIMD registers are live in the hardware of the core that has it loaded
+    /// (restored by [`fp_trap`], `CPTR_EL2.TFP` clear), not in `el1`; [`unload`] saves them.
+    /// Always false while the context is not loaded.
+    pub fp_live: bool,
 }
 
 /// PSTATE of a vCPU at reset: EL1h, D, A, I and F masked.
@@ -161,6 +168,7 @@ impl VcpuContext {
             gic: GicCpuState::default(),
             vmpidr,
             lr_memo: LrMemo::default(),
+            fp_live: false,
         };
         ctx.reset(entry, x0);
         ctx
@@ -213,6 +221,7 @@ global_asm!(
     regs_pc = const offset_of!(GuestRegs, pc),
     host_frame = const HOST_FRAME,
     el1_vregs = const offset_of!(El1State, vregs),
+    el1_fpcr = const offset_of!(El1State, fpcr),
     hv_null = const HV_NULL,
     fast_exits = sym FAST_EXITS,
 );
@@ -230,6 +239,8 @@ extern "C" {
     fn __hv_guest_enter(regs: *mut GuestRegs) -> u64;
     fn __hv_el1_save(state: *mut El1State);
     fn __hv_el1_restore(state: *const El1State);
+    fn __hv_fp_save(state: *mut El1State);
+    fn __hv_fp_restore(state: *const El1State);
 }
 
 /// `HCR_EL2` while a guest runs:
@@ -279,10 +290,17 @@ sysreg_write!(fn write_cnthctl_el2 = "cnthctl_el2");
 sysreg_write!(fn write_cntvoff_el2 = "cntvoff_el2");
 sysreg_write!(fn write_hstr_el2 = "hstr_el2");
 
+/// `CPTR_EL2` while the loaded vCPU's FP/SIMD registers are in the hardware: FP/SIMD not
+/// trapped (TFP = 0), SVE and SME trapped (TZ, TSM: their larger state is not switched), trace
+/// not trapped; the other bits RES1.
+const CPTR_FP_LIVE: u64 = 0x33ff;
+/// `CPTR_EL2` otherwise: [`CPTR_FP_LIVE`] with TFP (bit 10) set, so that FP/SIMD use traps to
+/// EL2 (EC 0x07), from EL0 and EL1 (and EL2, which never uses it).
+const CPTR_FP_TRAP: u64 = CPTR_FP_LIVE | (1 << 10);
+
 /// The per-core EL2 settings for running guests, once per core:
-/// - `CPTR_EL2` = `0x33ff`: FP/SIMD not trapped (TFP = 0; the guest's Q registers are switched),
-///   SVE and SME trapped (TZ, TSM: their larger state is not switched), trace not trapped;
-///   the other bits RES1;
+/// - `CPTR_EL2` = [`CPTR_FP_TRAP`]: FP/SIMD traps until a loaded vCPU uses it ([`fp_trap`]),
+///   SVE and SME trapped;
 /// - `CNTHCTL_EL2` = EL1PCTEN: the guest may read the physical counter, but its accesses to the
 ///   EL1 physical timer trap (it has the virtual timer; the physical one is not switched);
 /// - `CNTVOFF_EL2` = 0: the guest's virtual counter is the physical counter, the hypervisor's
@@ -293,7 +311,7 @@ sysreg_write!(fn write_hstr_el2 = "hstr_el2");
 /// `MDCR_EL2` keeps its reset value (debug registers not trapped); of the debug state only
 /// `MDSCR_EL1` is switched.
 pub fn init_this_core() {
-    write_cptr_el2(0x33ff);
+    write_cptr_el2(CPTR_FP_TRAP);
     write_cnthctl_el2(1);
     write_cntvoff_el2(0);
     write_hstr_el2(0);
@@ -301,41 +319,91 @@ pub fn init_this_core() {
     isb();
 }
 
-/// Makes `ctx` the vCPU this core runs: its EL1 state, virtual timer, FP/SIMD and virtual CPU
-/// interface state into the hardware, `VMPIDR_EL2`, and `VTTBR_EL2` = `vttbr` (its VM's
-/// stage-2 root and VMID), `HCR_EL2` = [`HCR_GUEST`].
+/// Makes `ctx` the vCPU this core runs: its EL1 state, virtual timer and virtual CPU interface
+/// state into the hardware, `VMPIDR_EL2`, and `VTTBR_EL2` = `vttbr` (its VM's stage-2 root and
+/// VMID), `CNTVOFF_EL2` = `cntvoff`, `HCR_EL2` = [`HCR_GUEST`]. Its FP/SIMD registers follow at
+/// its first use of them ([`fp_trap`]; `CPTR_EL2.TFP` is set while no vCPU's are live).
 pub fn load(ctx: &VcpuContext, vttbr: u64, cntvoff: u64) {
     write_vttbr_el2(vttbr);
     write_cntvoff_el2(cntvoff);
-    write_vmpidr_el2(ctx.vmpidr);
     write_hcr_el2(HCR_GUEST);
+    load_vcpu(ctx);
+}
+
+/// [`load`] right after [`save`] of another vCPU (a switch): `HCR_EL2` still holds
+/// [`HCR_GUEST`]; `VTTBR_EL2` and `CNTVOFF_EL2` are written only if `vm` says they change (the
+/// vCPUs of one VM share them).
+pub fn load_after_save(ctx: &VcpuContext, vm: Option<(u64, u64)>) {
+    if let Some((vttbr, cntvoff)) = vm {
+        write_vttbr_el2(vttbr);
+        write_cntvoff_el2(cntvoff);
+    }
+    load_vcpu(ctx);
+}
+
+/// The vCPU's own part of [`load`].
+fn load_vcpu(ctx: &VcpuContext) {
+    write_vmpidr_el2(ctx.vmpidr);
     gic::write_ich_vmcr(ctx.gic.vmcr);
     for n in 0..gic::num_aprs() {
         gic::write_ap0r(n, ctx.gic.ap0r[n]);
         gic::write_ap1r(n, ctx.gic.ap1r[n]);
     }
     // SAFETY: `__hv_el1_restore` only reads the `El1State` it is given (a valid reference) and
-    // writes EL1/EL0 system registers, the virtual timer and FP/SIMD registers, none of which
-    // the hypervisor uses (it runs at EL2, softfloat).
+    // writes EL1/EL0 system registers and the virtual timer, none of which the hypervisor uses
+    // (it runs at EL2).
     unsafe { __hv_el1_restore(&ctx.el1) };
 }
 
-/// Takes the vCPU this core runs off it: saves what [`load`] loaded into `ctx`, disables its
-/// virtual timer in the hardware, turns the virtual CPU interface off (its list registers must
-/// be empty by now) and sets `HCR_EL2` back to [`HCR_HOST`].
+/// Takes the vCPU this core runs off it: saves what [`load`] (and [`fp_trap`]) loaded into
+/// `ctx` ([`save`]), turns the virtual CPU interface off (its list registers must be empty by
+/// now) and sets `HCR_EL2` back to [`HCR_HOST`].
 pub fn unload(ctx: &mut VcpuContext) {
+    save(ctx);
+    gic::set_ich_hcr(0);
+    write_hcr_el2(HCR_HOST);
+    isb();
+}
+
+/// Saves the loaded vCPU into `ctx` (its EL1 state, virtual timer, FP/SIMD if live, virtual
+/// CPU interface state), disables its virtual timer in the hardware and sets FP/SIMD to trap
+/// again; `HCR_EL2` and `ICH_HCR_EL2` stay as they are, for [`load_after_save`] of the next
+/// vCPU. ([`unload`] is this and the rest.)
+pub fn save(ctx: &mut VcpuContext) {
     // SAFETY: `__hv_el1_save` writes only the `El1State` it is given (an exclusive reference)
-    // and reads EL1/EL0 and FP/SIMD registers; its only other effect is disabling the EL1
-    // virtual timer, which belongs to the vCPU being saved.
+    // and reads EL1/EL0 registers; its only other effect is disabling the EL1 virtual timer,
+    // which belongs to the vCPU being saved.
     unsafe { __hv_el1_save(&mut ctx.el1) };
+    if ctx.fp_live {
+        // SAFETY: as above, for the FP/SIMD registers, which are this vCPU's (`fp_live`), and
+        // accessible at EL2 (`CPTR_EL2.TFP` is clear while they are live).
+        unsafe { __hv_fp_save(&mut ctx.el1) };
+        write_cptr_el2(CPTR_FP_TRAP);
+        ctx.fp_live = false;
+    }
     ctx.gic.vmcr = gic::ich_vmcr();
     for n in 0..gic::num_aprs() {
         ctx.gic.ap0r[n] = gic::read_ap0r(n);
         ctx.gic.ap1r[n] = gic::read_ap1r(n);
     }
-    gic::set_ich_hcr(0);
-    write_hcr_el2(HCR_HOST);
+}
+
+/// The loaded vCPU's first FP/SIMD instruction since it was loaded trapped (EC 0x07,
+/// `CPTR_EL2.TFP`): its FP/SIMD registers go into the hardware and stop trapping. The
+/// instruction is retried when the vCPU resumes (`ELR_EL2` still points at it). Returns false,
+/// changing nothing, if they were live already (the trap came from something else).
+pub fn fp_trap(ctx: &mut VcpuContext) -> bool {
+    if ctx.fp_live {
+        return false;
+    }
+    write_cptr_el2(CPTR_FP_LIVE);
     isb();
+    // SAFETY: `__hv_fp_restore` only reads the `El1State` it is given (a valid reference) and
+    // writes the FP/SIMD registers, which the hypervisor never uses (softfloat) and which now
+    // belong to this loaded vCPU; `CPTR_EL2.TFP` was cleared (and synchronized) above.
+    unsafe { __hv_fp_restore(&ctx.el1) };
+    ctx.fp_live = true;
+    true
 }
 
 /// Runs the loaded vCPU until it exits: its `regs` go in, and come back as it left them.

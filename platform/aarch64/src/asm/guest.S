@@ -4,6 +4,7 @@
 //   {regs_pc}: offset of `GuestRegs::pc` (ELR_EL2; SPSR_EL2 follows it)
 //   {host_frame}: bytes of the host frame __hv_guest_enter pushes
 //   {el1_vregs}: offset of `El1State::vregs` (Q0-Q31)
+//   {el1_fpcr}: offset of `El1State::fpcr` (FPSR follows it)
 //
 // __hv_guest_enter(x0 = &mut GuestRegs) -> x0 = exit kind (0 sync, 1 IRQ, 2 FIQ, 3 SError)
 //   pushes the host frame [&GuestRegs, x18, x19..x30] on the current (EL2) stack, loads the
@@ -20,13 +21,17 @@
 //   kick, its timer, the end of the run) is a physical IRQ, which the guest takes to EL2 right
 //   after the ERET.
 // __hv_el1_save(x0 = &mut El1State) / __hv_el1_restore(x0 = &El1State)
-//   the EL1/EL0 system registers, the virtual timer and FP/SIMD of a vCPU (see El1State for the
-//   order). Save also disables the virtual timer (CNTV_CTL_EL0 = 0), so that a vCPU that is not
-//   loaded cannot raise PPI 27 on this core.
+//   the EL1/EL0 system registers and the virtual timer of a vCPU (see El1State for the order).
+//   Save also disables the virtual timer (CNTV_CTL_EL0 = 0), so that a vCPU that is not loaded
+//   cannot raise PPI 27 on this core.
+// __hv_fp_save(x0 = &mut El1State) / __hv_fp_restore(x0 = &El1State)
+//   its FP/SIMD registers (FPCR, FPSR, Q0-Q31), switched lazily: restored when the vCPU first
+//   uses FP/SIMD after it was loaded (CPTR_EL2.TFP traps that use), saved when it is put away
+//   if it was restored.
 //
 // TPIDR_EL2 keeps the core index (entry.S) and is not touched here. The hypervisor itself never
 // uses FP/SIMD (softfloat target), so the guest's Q registers stay live in hardware between
-// __hv_el1_restore and __hv_el1_save.
+// __hv_fp_restore and __hv_fp_save.
 
 .arch_extension fp
 .arch_extension simd
@@ -148,7 +153,7 @@ __hv_guest_exit:
     add sp, sp, #{host_frame}
     ret
 
-// El1State: 28 registers in this order, then Q0-Q31 at {el1_vregs}.
+// El1State: its first 26 registers in this order (the FP/SIMD half is __hv_fp_save's).
 .global __hv_el1_save
 __hv_el1_save:
     mrs x1, sp_el0
@@ -191,26 +196,6 @@ __hv_el1_save:
     mrs x2, cntv_ctl_el0
     stp x1, x2, [x0, #192]
     msr cntv_ctl_el0, xzr
-    mrs x1, fpcr
-    mrs x2, fpsr
-    stp x1, x2, [x0, #208]
-    add x1, x0, #{el1_vregs}
-    stp q0, q1, [x1, #0]
-    stp q2, q3, [x1, #32]
-    stp q4, q5, [x1, #64]
-    stp q6, q7, [x1, #96]
-    stp q8, q9, [x1, #128]
-    stp q10, q11, [x1, #160]
-    stp q12, q13, [x1, #192]
-    stp q14, q15, [x1, #224]
-    stp q16, q17, [x1, #256]
-    stp q18, q19, [x1, #288]
-    stp q20, q21, [x1, #320]
-    stp q22, q23, [x1, #352]
-    stp q24, q25, [x1, #384]
-    stp q26, q27, [x1, #416]
-    stp q28, q29, [x1, #448]
-    stp q30, q31, [x1, #480]
     isb
     ret
 
@@ -256,7 +241,38 @@ __hv_el1_restore:
     ldp x1, x2, [x0, #192]
     msr cntv_cval_el0, x1
     msr cntv_ctl_el0, x2
-    ldp x1, x2, [x0, #208]
+    isb
+    ret
+
+// The FP/SIMD half of El1State: FPCR and FPSR at {el1_fpcr}, Q0-Q31 at {el1_vregs}. Only with
+// CPTR_EL2.TFP clear (it traps EL2's own FP/SIMD accesses too).
+.global __hv_fp_save
+__hv_fp_save:
+    mrs x1, fpcr
+    mrs x2, fpsr
+    stp x1, x2, [x0, #{el1_fpcr}]
+    add x1, x0, #{el1_vregs}
+    stp q0, q1, [x1, #0]
+    stp q2, q3, [x1, #32]
+    stp q4, q5, [x1, #64]
+    stp q6, q7, [x1, #96]
+    stp q8, q9, [x1, #128]
+    stp q10, q11, [x1, #160]
+    stp q12, q13, [x1, #192]
+    stp q14, q15, [x1, #224]
+    stp q16, q17, [x1, #256]
+    stp q18, q19, [x1, #288]
+    stp q20, q21, [x1, #320]
+    stp q22, q23, [x1, #352]
+    stp q24, q25, [x1, #384]
+    stp q26, q27, [x1, #416]
+    stp q28, q29, [x1, #448]
+    stp q30, q31, [x1, #480]
+    ret
+
+.global __hv_fp_restore
+__hv_fp_restore:
+    ldp x1, x2, [x0, #{el1_fpcr}]
     msr fpcr, x1
     msr fpsr, x2
     add x1, x0, #{el1_vregs}
@@ -276,5 +292,4 @@ __hv_el1_restore:
     ldp q26, q27, [x1, #416]
     ldp q28, q29, [x1, #448]
     ldp q30, q31, [x1, #480]
-    isb
     ret

@@ -75,6 +75,25 @@ pub(super) struct Core<'h> {
     book_mark: Instant,
     runs_end: Option<Instant>,
     vcpu_busy: alloc::vec::Vec<u64>,
+    /// The earliest virtual-timer deadline among this core's blocked and runnable vCPUs
+    /// ([`Core::next_timer`]), and whose it is, while `timers_known`: kept up to date as runs
+    /// end (the only time a deadline of this core's vCPUs is set) and recomputed from the
+    /// vCPUs when it may have moved later (its vCPU was picked to run, deadlines fired) or the
+    /// core's vCPUs changed (`CoreRuntime::membership` is no longer `timers_membership`). A
+    /// deadline cleared by another core (an offloaded guest coming back) leaves it early, which
+    /// costs one early look.
+    timers_min: u64,
+    timers_holder: Option<VcpuId>,
+    timers_known: bool,
+    timers_membership: u64,
+    /// Core 0: when its housekeeping is due next (the governor's period, forced migrations, the
+    /// live-migration step), the earliest of their deadlines as it left them; a poll kick makes
+    /// it due at once (a guest's mark may have brought the migration step forward). `NEVER` on
+    /// the other cores.
+    housekeeping_at: Instant,
+    /// `VTTBR_EL2` and `CNTVOFF_EL2` as this core last loaded them (nothing else leaves them
+    /// changed), so that a switch between two vCPUs of one VM does not write them again.
+    stage2_loaded: (u64, u64),
 }
 
 /// Sets this core up for guests and runs its loop; when the governor has it drain, it gives its
@@ -114,6 +133,12 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
             book_mark: hyp.power.accounts.get(me.index()).map_or(hyp.start, |b| b.lock().mark),
             runs_end: None,
             vcpu_busy: alloc::vec![0; hyp.vcpus.len()],
+            timers_min: NO_DEADLINE,
+            timers_holder: None,
+            timers_known: false,
+            timers_membership: 0,
+            housekeeping_at: if me.index() == 0 { Instant::ZERO } else { Instant::NEVER },
+            stage2_loaded: (u64::MAX, u64::MAX),
         };
         if shared.power.load(Ordering::Acquire) == power::STARTING {
             let now = timer::now();
@@ -189,11 +214,8 @@ impl Core<'_> {
                 self.hyp.begin_ending(self.me);
                 self.hyp.finish(self.me, &self.rt);
             }
-            if self.me.index() == 0 && self.hyp.govern(self.me, now) {
-                self.poll = true;
-            }
-            if self.me.index() == 0 && super::live::step(self, now) {
-                self.poll = true;
+            if now >= self.housekeeping_at {
+                self.housekeeping(now);
             }
             let shared = &self.hyp.cores[self.me.index()];
             if shared.power.load(Ordering::Acquire) == power::DRAIN {
@@ -214,15 +236,20 @@ impl Core<'_> {
             self.send_kicks();
             match decision {
                 Decision::Run { vcpu, until } => {
-                    let mut until = until.min(self.next_timer()).min(self.hyp.end);
-                    if self.me.index() == 0 {
-                        until = until.min(self.hyp.next_governor_tick()).min(super::live::next_step());
+                    // Its deadline is not among the others' any more.
+                    if self.timers_holder == Some(vcpu) {
+                        self.timers_known = false;
                     }
-                    let reason = self.run_vcpu(vcpu, until);
-                    let now = timer::now();
+                    let until = until.min(self.next_timer()).min(self.hyp.end).min(self.housekeeping_at);
+                    let (reason, now) = self.run_vcpu(vcpu, until);
                     let event = Event::Exit { vcpu, reason };
                     if let Err(e) = self.rt.handle(&self.hyp.sys, event, now, &mut self.hyp.trace()) {
                         fail!("core {}: {e}", self.me.0);
+                    }
+                    if !matches!(reason, ExitReason::Stop(_) | ExitReason::PsciCpuOff) {
+                        // Blocked or runnable again, with the deadline its run left.
+                        let deadline = self.hyp.vcpu(vcpu).timer_deadline.load(core::sync::atomic::Ordering::Acquire);
+                        self.note_deadline(vcpu, deadline);
                     }
                     self.after_exit(vcpu, reason);
                     self.send_kicks();
@@ -239,30 +266,83 @@ impl Core<'_> {
         }
     }
 
+    /// Core 0's housekeeping, due at `now`: the governor's period (and forced migrations) and
+    /// the live-migration step; then when it is due next.
+    fn housekeeping(&mut self, now: Instant) {
+        if self.hyp.govern(self.me, now) {
+            self.poll = true;
+        }
+        if super::live::step(self, now) {
+            self.poll = true;
+        }
+        self.housekeeping_at = self.hyp.next_governor_tick().min(super::live::next_step());
+    }
+
+    /// Another core asked this one to poll (a kick with its `poll` flag): on core 0 that may be
+    /// a guest's mark that brings the live-migration step forward (`live::on_mark`), so the
+    /// housekeeping is due at once.
+    fn polled(&mut self) {
+        if self.me.index() == 0 {
+            self.housekeeping_at = Instant::ZERO;
+        }
+    }
+
     /// IPIs to the cores the runtime says must look at their mail or requests.
     fn send_kicks(&mut self) {
-        for core in self.rt.take_kicks().iter() {
+        let kicks = self.rt.take_kicks();
+        if kicks.is_empty() {
+            return;
+        }
+        for core in kicks.iter() {
             if core != self.me {
                 self.hyp.kick_core(core, true);
             }
         }
     }
 
-    /// The earliest virtual-timer deadline among this core's vCPUs (none runs now).
-    fn next_timer(&self) -> Instant {
-        let mut next = NO_DEADLINE;
+    /// The earliest virtual-timer deadline among this core's blocked and runnable vCPUs.
+    fn next_timer(&mut self) -> Instant {
+        if !self.timers_known || self.timers_membership != self.rt.membership() {
+            self.scan_timers();
+        }
+        Instant(self.timers_min)
+    }
+
+    /// Finds the earliest timer deadline of this core's blocked and runnable vCPUs.
+    fn scan_timers(&mut self) {
+        let (mut min, mut holder) = (NO_DEADLINE, None);
         for v in self.rt.vcpus() {
             if matches!(v.state(), VcpuState::Blocked | VcpuState::Runnable) {
-                next = next.min(self.hyp.vcpu(v.id()).timer_deadline.load(core::sync::atomic::Ordering::Acquire));
+                let deadline = self.hyp.vcpu(v.id()).timer_deadline.load(core::sync::atomic::Ordering::Acquire);
+                if deadline < min {
+                    (min, holder) = (deadline, Some(v.id()));
+                }
             }
         }
-        Instant(next)
+        self.timers_min = min;
+        self.timers_holder = holder;
+        self.timers_known = true;
+        self.timers_membership = self.rt.membership();
+    }
+
+    /// The run of `vcpu` ended and left its timer deadline at `deadline`: the earliest one
+    /// follows.
+    fn note_deadline(&mut self, vcpu: VcpuId, deadline: u64) {
+        if self.timers_known && deadline < self.timers_min {
+            self.timers_min = deadline;
+            self.timers_holder = Some(vcpu);
+        }
     }
 
     /// Raises the virtual-timer line of every vCPU of this core whose deadline has passed (which
     /// wakes it if the interrupt is enabled).
     fn fire_timers(&mut self, now: Instant) {
         use core::sync::atomic::Ordering;
+        if self.next_timer() > now {
+            return;
+        }
+        // Some have passed: the earliest left is found again below.
+        self.timers_known = false;
         let mut i = 0;
         while i < self.rt.vcpus().len() {
             let v = &self.rt.vcpus()[i];
@@ -283,10 +363,7 @@ impl Core<'_> {
 
     /// Nothing to run: waits for an interrupt, or until `until` or the next timer deadline.
     fn idle(&mut self, until: Instant) {
-        let mut wake = until.min(self.next_timer()).min(self.hyp.end);
-        if self.me.index() == 0 {
-            wake = wake.min(self.hyp.next_governor_tick()).min(super::live::next_step());
-        }
+        let wake = until.min(self.next_timer()).min(self.hyp.end).min(self.housekeeping_at);
         if wake != Instant::NEVER {
             timer::arm_hyp_timer(wake);
         }
@@ -312,8 +389,10 @@ impl Core<'_> {
         while let Some(intid) = gic::ack() {
             gic::eoi(intid);
             gic::deactivate(intid);
-            if intid == gic::SGI_KICK {
-                self.hyp.cores[self.me.index()].poll.store(false, core::sync::atomic::Ordering::Release);
+            if intid == gic::SGI_KICK
+                && self.hyp.cores[self.me.index()].poll.swap(false, core::sync::atomic::Ordering::AcqRel)
+            {
+                self.polled();
             }
         }
     }
@@ -464,45 +543,54 @@ impl Core<'_> {
         self.rt.vcpus().iter().any(|v| v.id() != vcpu && v.state() == VcpuState::Runnable)
     }
 
-    /// Runs `vcpu` until `until`, handling its exits, and returns why it left the core.
-    fn run_vcpu(&mut self, id: VcpuId, until: Instant) -> ExitReason {
+    /// Runs `vcpu` until `until`, handling its exits, and returns why it left the core and when.
+    fn run_vcpu(&mut self, id: VcpuId, until: Instant) -> (ExitReason, Instant) {
         use core::sync::atomic::Ordering;
         let hyp = self.hyp;
         let vcpu = hyp.vcpu(id);
         let vm = &hyp.vms[vcpu.vm.index()];
         if vm.stopping.load(Ordering::SeqCst) {
             self.put_away();
-            return ExitReason::Stop(vm.stop_reason());
+            return (ExitReason::Stop(vm.stop_reason()), timer::now());
         }
         if hyp.ending() {
             self.put_away();
-            return ExitReason::Stop(StopReason::Halted);
+            return (ExitReason::Stop(StopReason::Halted), timer::now());
         }
         if vm.is_resetting() {
             // Off until the reset starts the guest again (a CPU_ON of its old life is void).
             self.put_away();
             vcpu.boot.lock().take();
-            return ExitReason::PsciCpuOff;
+            return (ExitReason::PsciCpuOff, timer::now());
         }
         if vm.paused.load(Ordering::Acquire) {
             // Live migration holds the VM: blocked until it is resumed (which wakes it).
             self.put_away();
-            return ExitReason::Wfi;
+            return (ExitReason::Wfi, timer::now());
         }
         let mut ctx = match self.kept.take() {
             // Picked again right away: still loaded, as its last run left it (a runnable vCPU
             // has no CPU_ON waiting in its boot slot).
             Some((kept, ctx)) if kept == id => ctx,
             kept => {
+                // Another vCPU kept loaded is saved first; the guest settings of `HCR_EL2` and
+                // the stage-2 registers stay for this one (a switch).
+                let switch = kept.is_some();
                 if let Some((kept, ctx)) = kept {
                     self.sync_direct_lrs(kept);
-                    self.put_away_vcpu(ctx);
+                    self.save_vcpu(ctx);
                 }
                 let mut ctx = vcpu.ctx.lock();
-                if let Some((entry, x0)) = vcpu.boot.lock().take() {
+                if let Some((entry, x0)) = vcpu.boot.take() {
                     ctx.reset(entry, x0);
                 }
-                guest::load(&ctx, vm.vttbr, vm.cntvoff.load(Ordering::Relaxed));
+                let stage2 = (vm.vttbr, vm.cntvoff.load(Ordering::Relaxed));
+                if switch {
+                    guest::load_after_save(&ctx, (stage2 != self.stage2_loaded).then_some(stage2));
+                } else {
+                    guest::load(&ctx, stage2.0, stage2.1);
+                }
+                self.stage2_loaded = stage2;
                 let memo = ctx.lr_memo;
                 self.fill_clean = memo.clean;
                 self.fill_epoch = memo.epoch;
@@ -537,6 +625,14 @@ impl Core<'_> {
                 Action::Exit(reason) => Some(reason),
                 Action::Resume => None,
             };
+            // A trap the guest resumes from changes nothing the checks below look at: the VM's
+            // stop, reset and pause, the end of the run (every one set with a kick IPI to the
+            // cores running the vCPUs concerned, or by this core's exit handlers, which then
+            // leave or poll) and the run's time (the EL2 timer) each come with a physical IRQ,
+            // which brings the vCPU straight back once it resumes, and that exit checks.
+            if leaving.is_none() && kind == ExitKind::Sync && !self.poll {
+                continue;
+            }
             if vm.stopping.load(Ordering::SeqCst) {
                 break ExitReason::Stop(vm.stop_reason());
             }
@@ -588,7 +684,7 @@ impl Core<'_> {
                 self.kept = Some((id, ctx));
             }
         }
-        reason
+        (reason, end)
     }
 
     /// Hands the runs collected since the last rest in to the core's energy book.
@@ -631,6 +727,20 @@ impl Core<'_> {
         // The last exit emptied the list registers (`vgic_exit`).
         ctx.lr_memo = LrMemo { clean: self.fill_clean, epoch: self.fill_epoch, timer_line: self.timer_line };
         guest::unload(&mut ctx);
+        self.vtimer_released();
+    }
+
+    /// [`Core::put_away_vcpu`] when another vCPU is loaded right after: `HCR_EL2` and the
+    /// virtual CPU interface stay on (`guest::save`), the next load sets them for its vCPU.
+    fn save_vcpu(&mut self, mut ctx: MutexGuard<'_, VcpuContext>) {
+        ctx.lr_memo = LrMemo { clean: self.fill_clean, epoch: self.fill_epoch, timer_line: self.timer_line };
+        guest::save(&mut ctx);
+        self.vtimer_released();
+    }
+
+    /// The vCPU just saved has its virtual timer disabled in the hardware: the physical PPI 27
+    /// left active for it is deactivated.
+    fn vtimer_released(&mut self) {
         if self.vtimer_active {
             // The saved vCPU's timer is disabled in the hardware now: its line is low.
             gic::deactivate(gic::PPI_VTIMER);
@@ -648,6 +758,7 @@ impl Core<'_> {
                 gic::SGI_KICK => {
                     gic::deactivate(intid);
                     if self.hyp.cores[self.me.index()].poll.swap(false, core::sync::atomic::Ordering::AcqRel) {
+                        self.polled();
                         leave = true;
                     }
                 }
@@ -728,15 +839,21 @@ impl Core<'_> {
         gic::set_ich_hcr(gic::ICH_HCR_EN | maintenance(overflow, any_pending));
     }
 
-    /// After an exit: the list registers back into the model, the timer's line sampled.
+    /// After an exit: the list registers back into the model, the timer's line sampled. (The
+    /// common cases inline: nothing in the LRs and the line as it was, or every LR consumed.)
+    #[inline(always)]
     fn vgic_exit(&mut self, vm: &Vm, vcpu: &Vcpu) {
         let line = vtimer_line();
-        if self.lrs_used == 0 && line == self.timer_line {
+        if line == self.timer_line && (self.lrs_used == 0 || self.retire_consumed_lrs(vm, vcpu)) {
             return;
         }
-        if line == self.timer_line && self.retire_consumed_lrs(vm, vcpu) {
-            return;
-        }
+        self.sync_lrs(vm, vcpu, line);
+    }
+
+    /// [`Core::vgic_exit`]'s general case: every used LR synced into the model, the timer's
+    /// `line` set.
+    #[inline(never)]
+    fn sync_lrs(&mut self, vm: &Vm, vcpu: &Vcpu, line: bool) {
         gic::set_ich_hcr(0);
         let mut fx = Effects::NONE;
         {

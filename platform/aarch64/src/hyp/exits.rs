@@ -45,8 +45,14 @@ pub(super) enum Action {
 
 /// Handles a synchronous exit of `vcpu` (its context is loaded; `ctx.regs` holds its registers).
 pub(super) fn handle(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, ctx: &mut VcpuContext, syn: Syndrome) -> Action {
+    let kind = trap_kind(syn.esr);
+    // The vCPU's first FP/SIMD use since it was loaded: its registers go in, and the
+    // instruction runs again.
+    if matches!(kind, TrapKind::FpSimd) && guest::fp_trap(ctx) {
+        return Action::Resume;
+    }
     let regs = &mut ctx.regs;
-    match trap_kind(syn.esr) {
+    match kind {
         TrapKind::Wfx { wfe: false } => {
             regs.pc += 4;
             wfi(vm, vcpu)

@@ -60,6 +60,73 @@ pub const PAGE: u64 = 4096;
 /// No timer armed ([`Vcpu::timer_deadline`]).
 pub const NO_DEADLINE: u64 = u64::MAX;
 
+/// A vCPU's boot slot ([`Vcpu::boot`]): a lock around the pending `CPU_ON`, and a flag that lets
+/// the owner, which looks every time it loads the vCPU, skip the lock when the slot is empty.
+///
+/// The flag is set whenever the slot is locked, and set to whether the slot holds something
+/// when the guard goes, still under the lock. So a writer that locks the slot, makes the
+/// runtime's `request_power_on` and then fills it has the flag up before the request: an owner
+/// that saw the request (it made the vCPU runnable) sees the flag, takes the lock, and waits
+/// for the slot to be filled, as it would without the flag.
+pub struct BootSlot {
+    slot: Mutex<Option<(u64, u64)>>,
+    maybe_full: AtomicBool,
+}
+
+/// The slot, locked ([`BootSlot::lock`]).
+pub struct BootSlotGuard<'a> {
+    guard: spin::MutexGuard<'a, Option<(u64, u64)>>,
+    maybe_full: &'a AtomicBool,
+}
+
+impl Default for BootSlot {
+    fn default() -> BootSlot {
+        BootSlot::new()
+    }
+}
+
+impl BootSlot {
+    /// An empty slot.
+    pub const fn new() -> BootSlot {
+        BootSlot { slot: Mutex::new(None), maybe_full: AtomicBool::new(false) }
+    }
+
+    /// The slot, locked.
+    pub fn lock(&self) -> BootSlotGuard<'_> {
+        let guard = self.slot.lock();
+        self.maybe_full.store(true, Ordering::SeqCst);
+        BootSlotGuard { guard, maybe_full: &self.maybe_full }
+    }
+
+    /// Takes what the slot holds; without locking it when it is known to be empty.
+    pub fn take(&self) -> Option<(u64, u64)> {
+        if !self.maybe_full.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.lock().take()
+    }
+}
+
+impl core::ops::Deref for BootSlotGuard<'_> {
+    type Target = Option<(u64, u64)>;
+    fn deref(&self) -> &Option<(u64, u64)> {
+        &self.guard
+    }
+}
+
+impl core::ops::DerefMut for BootSlotGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Option<(u64, u64)> {
+        &mut self.guard
+    }
+}
+
+impl Drop for BootSlotGuard<'_> {
+    fn drop(&mut self) {
+        // Before the lock goes (the guard field is dropped after this).
+        self.maybe_full.store(self.guard.is_some(), Ordering::SeqCst);
+    }
+}
+
 /// One VM.
 pub struct Vm {
     pub id: VmId,
@@ -196,7 +263,7 @@ pub struct Vcpu {
     pub ctx: Mutex<VcpuContext>,
     /// A pending PSCI `CPU_ON`: (entry, context id). Written by the caller with the runtime's
     /// `request_power_on` under this lock, taken by the owner when it next runs the vCPU.
-    pub boot: Mutex<Option<(u64, u64)>>,
+    pub boot: BootSlot,
     /// When its virtual timer fires (ns of the counter), while it is not running; [`NO_DEADLINE`]
     /// if its timer is off or it is running. Its owner's core loop wakes it then.
     pub timer_deadline: AtomicU64,
@@ -407,7 +474,7 @@ impl Vm {
                 } else {
                     VcpuContext::new(vmpidr(i), 0, 0)
                 }),
-                boot: Mutex::new(None),
+                boot: BootSlot::new(),
                 timer_deadline: AtomicU64::new(NO_DEADLINE),
                 vgic_epoch: AtomicU64::new(0),
             })
