@@ -890,21 +890,7 @@ impl Core<'_> {
             retired += 1;
         }
         if retired < n {
-            // Sync the rest the general way, here, under the same lock (the empty LRs read as
-            // invalid).
-            let mut fx = Effects::NONE;
-            for i in retired..n {
-                let lr = gic::read_lr(i);
-                fx = fx.merge(vgic.sync_lr(vcpu.index, decode_ich_lr(lr)));
-            }
-            drop(vgic);
-            gic::set_ich_hcr(0);
-            for i in 0..n {
-                gic::write_lr(i, 0);
-            }
-            self.lrs_used = 0;
-            self.fill_clean = false;
-            self.dispatch(vm, fx, Some(vcpu.id));
+            self.sync_lrs_from(vm, vcpu, vgic, retired);
             return true;
         }
         drop(vgic);
@@ -918,6 +904,27 @@ impl Core<'_> {
         self.lrs_used = 0;
         self.fill_clean = self.nothing_waiting;
         true
+    }
+
+    /// [`Core::retire_consumed_lrs`] when the model refused to retire the used LR `first`:
+    /// that one and the rest are synced the general way, under the same lock `vgic` (the empty
+    /// LRs read as invalid).
+    #[inline(never)]
+    fn sync_lrs_from(&mut self, vm: &Vm, vcpu: &Vcpu, mut vgic: MutexGuard<'_, vdev::vgic::Vgic>, first: usize) {
+        let n = self.lrs_used;
+        let mut fx = Effects::NONE;
+        for i in first..n {
+            let lr = gic::read_lr(i);
+            fx = fx.merge(vgic.sync_lr(vcpu.index, decode_ich_lr(lr)));
+        }
+        drop(vgic);
+        gic::set_ich_hcr(0);
+        for i in 0..n {
+            gic::write_lr(i, 0);
+        }
+        self.lrs_used = 0;
+        self.fill_clean = false;
+        self.dispatch(vm, fx, Some(vcpu.id));
     }
 
     /// An `ICC_SGI1R_EL1` write of the loaded vCPU that targets only itself, when its list
