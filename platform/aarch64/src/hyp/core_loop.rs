@@ -709,13 +709,19 @@ impl Core<'_> {
     /// leaves the core before entering again: what they hold goes back into the model, as at an
     /// exit, or the next vCPU's entry would find them (an interrupt lost, or delivered to the
     /// wrong vCPU). A vCPU picked again at once keeps them: it is entered as it was left.
+    #[inline(always)]
     fn sync_direct_lrs(&mut self, id: VcpuId) {
         if self.lrs_fresh {
-            let vcpu = self.hyp.vcpu(id);
-            let vm = &self.hyp.vms[vcpu.vm.index()];
-            self.vgic_exit(vm, vcpu);
-            self.lrs_fresh = false;
+            self.sync_fresh_lrs(id);
         }
+    }
+
+    #[inline(never)]
+    fn sync_fresh_lrs(&mut self, id: VcpuId) {
+        let vcpu = self.hyp.vcpu(id);
+        let vm = &self.hyp.vms[vcpu.vm.index()];
+        self.vgic_exit(vm, vcpu);
+        self.lrs_fresh = false;
     }
 
     /// Takes a loaded vCPU off the core: saves its state, lets go of the physical timer
