@@ -423,7 +423,14 @@ pub struct Syndrome {
     pub hpfar: u64,
 }
 
-/// The syndrome of the exit just taken (read before anything else can trap to EL2).
+/// The exception syndrome (`ESR_EL2`) of the exit just taken.
+pub fn esr() -> u64 {
+    crate::sysreg::esr_el2()
+}
+
+/// The syndrome of the exit just taken, fault addresses included: read by the handlers of the
+/// aborts that need them (nothing traps to EL2 between the exit and the handler, so the
+/// registers still hold what the exit left).
 pub fn syndrome() -> Syndrome {
     Syndrome { esr: crate::sysreg::esr_el2(), far: crate::sysreg::far_el2(), hpfar: crate::sysreg::hpfar_el2() }
 }

@@ -41,9 +41,10 @@ pub(super) enum Action {
     Exit(ExitReason),
 }
 
-/// Handles a synchronous exit of `vcpu` (its context is loaded; `ctx.regs` holds its registers).
-pub(super) fn handle(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, ctx: &mut VcpuContext, syn: Syndrome) -> Action {
-    let kind = trap_kind(syn.esr);
+/// Handles a synchronous exit of `vcpu` with syndrome `esr` (its context is loaded;
+/// `ctx.regs` holds its registers).
+pub(super) fn handle(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, ctx: &mut VcpuContext, esr: u64) -> Action {
+    let kind = trap_kind(esr);
     // The vCPU's first FP/SIMD use since it was loaded: its registers go in, and the
     // instruction runs again.
     if matches!(kind, TrapKind::FpSimd) && guest::fp_trap(ctx) {
@@ -73,15 +74,15 @@ pub(super) fn handle(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, ctx: &mut VcpuCo
             Action::Resume
         }
         TrapKind::SysReg { iss } => sysreg(core, vm, vcpu, regs, iss),
-        TrapKind::DataAbort => data_abort(core, vm, vcpu, regs, syn),
+        TrapKind::DataAbort => data_abort(core, vm, vcpu, regs, guest::syndrome()),
         TrapKind::InstructionAbort => {
-            guest::inject_instruction_abort(regs, syn.far);
+            guest::inject_instruction_abort(regs, guest::syndrome().far);
             core.fault(vm, vcpu, FaultKind::StageTwoAbort);
             Action::Resume
         }
         TrapKind::FpSimd | TrapKind::Other { .. } => {
             guest::inject_undef(regs);
-            core.fault(vm, vcpu, FaultKind::Other(((syn.esr >> 26) & 0x3f) as u32));
+            core.fault(vm, vcpu, FaultKind::Other(((esr >> 26) & 0x3f) as u32));
             Action::Resume
         }
     }
