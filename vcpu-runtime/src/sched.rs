@@ -199,6 +199,11 @@ impl core::fmt::Display for RuntimeError {
 /// Where trace events go: the console on the hypervisor, a file or a vector in the simulator.
 pub trait TraceSink {
     fn emit(&mut self, event: TraceEvent);
+    /// Whether this sink keeps the events a vCPU switch makes (`run`, `pre`, `blk`, `wake`):
+    /// the runtime does not build those it would drop. Every other event is always emitted.
+    fn wants_switch_events(&self) -> bool {
+        true
+    }
 }
 
 /// Discards events.
@@ -333,6 +338,7 @@ pub struct CoreStats {
 struct Current {
     idx: usize,
     since: Instant,
+    id: VcpuId,
 }
 
 /// A physical core's half of the runtime. Owned by that core alone: no locks on its paths.
@@ -613,7 +619,7 @@ impl CoreRuntime {
     pub fn tick(&mut self, sys: &System, now: Instant) {
         if let Some(cur) = self.current {
             self.charge(sys, cur.idx, cur.since, now);
-            self.current = Some(Current { idx: cur.idx, since: now });
+            self.current = Some(Current { since: now, ..cur });
         } else {
             self.util.advance(sys.decay, now, false);
         }
@@ -663,12 +669,12 @@ impl CoreRuntime {
         if let Some(s) = v.rt.as_mut() {
             s.remaining = s.remaining.saturating_sub(budget_used(ran, capacity));
         }
-        v.util.advance_scaled(sys.decay, now, capacity);
+        v.util.advance_run(sys.decay, since, now, capacity);
         if v.util.generation() != v.published {
             v.published = v.util.generation();
             sys.publish_vcpu_util(v.id, &v.util);
         }
-        self.util.advance(sys.decay, now, true);
+        self.util.advance_run(sys.decay, since, now, CAPACITY_SCALE);
         self.stats.busy += ran;
     }
 
@@ -680,7 +686,7 @@ impl CoreRuntime {
         now: Instant,
         trace: &mut impl TraceSink,
     ) -> Result<(), RuntimeError> {
-        let Some(cur) = self.current.filter(|c| self.vcpus[c.idx].id == vcpu) else {
+        let Some(cur) = self.current.filter(|c| c.id == vcpu) else {
             return Err(RuntimeError::NotRunning { vcpu, core: self.core });
         };
         self.current = None;
@@ -695,25 +701,28 @@ impl CoreRuntime {
                 if reason == ExitReason::Yield {
                     // Behind every share peer that is runnable now (reservations keep no virtual
                     // time worth comparing), and without the last runner's stickiness.
-                    let max = self
-                        .vcpus
-                        .iter()
-                        .filter(|o| o.is_runnable() && o.rt.is_none())
-                        .map(|o| o.vtime)
-                        .max()
-                        .unwrap_or(0);
+                    let mut max = 0;
+                    for o in &self.vcpus {
+                        if o.rt.is_none() && o.is_runnable() && o.vtime > max {
+                            max = o.vtime;
+                        }
+                    }
                     let v = &mut self.vcpus[cur.idx];
                     v.vtime = v.vtime.max(max.saturating_add(1));
                     self.last_run = None;
                     v.stats.preemptions += 1;
-                    trace.emit(TraceEvent { at, kind: TraceKind::VcpuPreempt { core, vcpu } });
+                    if trace.wants_switch_events() {
+                        trace.emit(TraceEvent { at, kind: TraceKind::VcpuPreempt { core, vcpu } });
+                    }
                 }
             }
             ExitReason::Wfi => {
                 if sys.try_block(vcpu) {
                     v.state = VcpuState::Blocked;
                     self.last_run = None;
-                    trace.emit(TraceEvent { at, kind: TraceKind::VcpuBlock { core, vcpu } });
+                    if trace.wants_switch_events() {
+                        trace.emit(TraceEvent { at, kind: TraceKind::VcpuBlock { core, vcpu } });
+                    }
                 } else {
                     v.state = VcpuState::Runnable;
                 }
@@ -761,10 +770,16 @@ impl CoreRuntime {
             }
         }
         let vcpu = v.id;
-        trace.emit(TraceEvent {
-            at: now,
-            kind: if powered_on { TraceKind::VcpuUnpark { core, vcpu } } else { TraceKind::VcpuWake { core, vcpu } },
-        });
+        if powered_on || trace.wants_switch_events() {
+            trace.emit(TraceEvent {
+                at: now,
+                kind: if powered_on {
+                    TraceKind::VcpuUnpark { core, vcpu }
+                } else {
+                    TraceKind::VcpuWake { core, vcpu }
+                },
+            });
+        }
     }
 
     /// Takes in messages and pending requests. Only between runs: a message may hand a vCPU
@@ -1050,18 +1065,21 @@ impl CoreRuntime {
             if let Some(prev) = self.last_run.take() {
                 if let Some(p) = self.vcpus.iter_mut().find(|p| p.id == prev && p.state == VcpuState::Runnable) {
                     p.stats.preemptions += 1;
-                    trace.emit(TraceEvent { at: now, kind: TraceKind::VcpuPreempt { core: self.core, vcpu: prev } });
+                    if trace.wants_switch_events() {
+                        trace
+                            .emit(TraceEvent { at: now, kind: TraceKind::VcpuPreempt { core: self.core, vcpu: prev } });
+                    }
                 }
             }
             return Decision::Idle { until: next_replenish };
         }
         let idx = pick.unwrap_or(0);
-        self.util.advance(sys.decay, now, false);
+        // The time until now, idle for the core and for the vCPU, goes into their averages
+        // with the run (`charge`, from `since`).
         let core = self.core;
         let v = &mut self.vcpus[idx];
         sys.start_running(core, v.id);
         v.state = VcpuState::Running;
-        v.util.advance(sys.decay, now, false);
         v.stats.runs += 1;
         if let Some(w) = v.woken_at.take() {
             let lat = now.since(w);
@@ -1073,14 +1091,18 @@ impl CoreRuntime {
             if let Some(prev) = self.last_run {
                 if let Some(p) = self.vcpus.iter_mut().find(|p| p.id == prev && p.state == VcpuState::Runnable) {
                     p.stats.preemptions += 1;
-                    trace.emit(TraceEvent { at: now, kind: TraceKind::VcpuPreempt { core, vcpu: prev } });
+                    if trace.wants_switch_events() {
+                        trace.emit(TraceEvent { at: now, kind: TraceKind::VcpuPreempt { core, vcpu: prev } });
+                    }
                 }
             }
             self.stats.switches += 1;
-            trace.emit(TraceEvent { at: now, kind: TraceKind::VcpuRun { core, vcpu } });
+            if trace.wants_switch_events() {
+                trace.emit(TraceEvent { at: now, kind: TraceKind::VcpuRun { core, vcpu } });
+            }
             self.last_run = Some(vcpu);
         }
-        self.current = Some(Current { idx, since: now });
+        self.current = Some(Current { idx, since: now, id: vcpu });
         Decision::Run { vcpu, until }
     }
 

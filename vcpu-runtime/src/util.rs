@@ -136,6 +136,24 @@ impl Ewma {
         self.close_periods(decay, now_ns, capacity);
     }
 
+    /// A run from `since` to `now` at `capacity` ([`Ewma::advance_scaled`]): the time from the
+    /// last update to `since` counts as idle, the run as busy. The same as `advance_scaled(since,
+    /// 0)` then `advance_scaled(now, capacity)`, in one step when both fall in the current
+    /// period (the common case: a run shorter than the averaging period).
+    #[inline]
+    pub fn advance_run(&mut self, decay: Decay, since: Instant, now: Instant, capacity: u32) {
+        if now.as_nanos() < self.period_end && since >= self.last && now >= since {
+            let capacity = capacity.min(CAPACITY_SCALE);
+            if capacity > 0 {
+                self.busy_in_period += scale(now.as_nanos() - since.as_nanos(), capacity);
+            }
+            self.last = now;
+            return;
+        }
+        self.advance_scaled(decay, since, 0);
+        self.advance_scaled(decay, now, capacity);
+    }
+
     #[cold]
     fn close_periods(&mut self, decay: Decay, now_ns: u64, capacity: u32) {
         let p = UTIL_PERIOD.as_nanos();
@@ -291,6 +309,30 @@ mod tests {
         let mut f = Ewma::new(Instant::ZERO);
         f.advance(d, Instant(u64::MAX / 2), true);
         assert!(f.value() <= UTIL_ONE && f.value() > UTIL_ONE - 2);
+    }
+
+    #[test]
+    fn a_run_is_idle_then_busy() {
+        let d = Decay::for_half_life(Nanos::from_millis(32));
+        // Runs within one period, across periods, starting before the last update, at every
+        // capacity: advance_run is the two-step update.
+        let cases = [
+            (100_000u64, 150_000u64, 400_000u64, CAPACITY_SCALE),
+            (100_000, 100_000, 100_000, CAPACITY_SCALE),
+            (100_000, 900_000, 1_700_000, CAPACITY_SCALE / 2),
+            (2_500_000, 2_400_000, 2_600_000, CAPACITY_SCALE),
+            (300_000, 4_000_000, 9_100_000, 0),
+            (999_999, 1_000_000, 1_000_001, CAPACITY_SCALE),
+        ];
+        for (last, since, now, cap) in cases {
+            let mut start = Ewma::with_value(Instant::ZERO, UTIL_ONE / 3);
+            start.advance(d, Instant(last), true);
+            let (mut a, mut b) = (start, start);
+            a.advance_run(d, Instant(since), Instant(now), cap);
+            b.advance_scaled(d, Instant(since), 0);
+            b.advance_scaled(d, Instant(now), cap);
+            assert_eq!(a, b, "last {last} since {since} now {now} capacity {cap}");
+        }
     }
 
     #[test]

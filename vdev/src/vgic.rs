@@ -467,6 +467,7 @@ impl Vgic {
 
     /// After a change to the interrupt in `slot` (or to `GICD_CTLR`): its bit in the want
     /// sets follows [`Vgic::wants_lr`].
+    #[inline]
     fn refresh(&mut self, slot: usize) {
         let want = self.wants_lr(&self.irqs[slot]);
         self.set_want(slot, want);
@@ -641,6 +642,15 @@ impl Vgic {
             return Effects::IGNORED;
         }
         let intid = ((value >> 24) & 0xF) as u32;
+        // The common case, one target (Linux's IPIs to one CPU): no target set.
+        let list = value & 0xFFFF;
+        if value & (1 << 40 | 0xFF << 48 | 0xFF << 32 | 0xFF << 16) == 0 && list & list.wrapping_sub(1) == 0 {
+            let aff0 = ((value >> 44) & 0xF) as u16 * 16 + list.trailing_zeros() as u16;
+            if list == 0 || aff0 >= self.vcpus {
+                return Effects::NONE;
+            }
+            return self.pend_sgi(aff0, intid, allow_group1);
+        }
         let targets = if value & (1 << 40) != 0 {
             let all = if self.vcpus == 64 { u64::MAX } else { (1u64 << self.vcpus) - 1 };
             VcpuSet(all & !(1u64 << from))
@@ -664,15 +674,21 @@ impl Vgic {
         };
         let mut fx = Effects::NONE;
         for t in targets.iter() {
-            let slot = usize::from(t) * PRIVATE_COUNT as usize + intid as usize;
-            if !allow_group1 && self.irqs[slot].group1 {
-                continue;
-            }
-            self.irqs[slot].latch = true;
-            self.refresh(slot);
-            fx = fx.merge(self.kick_if_enabled(slot));
+            fx = fx.merge(self.pend_sgi(t, intid, allow_group1));
         }
         fx
+    }
+
+    /// SGI `intid` becomes pending on vCPU `target` (only a Group 0 one unless `allow_group1`).
+    #[inline]
+    fn pend_sgi(&mut self, target: u16, intid: u32, allow_group1: bool) -> Effects {
+        let slot = usize::from(target) * PRIVATE_COUNT as usize + intid as usize;
+        if !allow_group1 && self.irqs[slot].group1 {
+            return Effects::NONE;
+        }
+        self.irqs[slot].latch = true;
+        self.refresh(slot);
+        self.kick_if_enabled(slot)
     }
 
     /// Fast path of a guest's `ICC_SGI1R_EL1` write that targets only the sender: when SGI

@@ -242,13 +242,22 @@ pub fn deactivate(intid: u32) {
 
 /// Sends SGI `intid` to the core with affinity `mpidr`.
 pub fn send_sgi(intid: u32, mpidr: u64) {
+    send_sgi_value(sgi_value(intid, mpidr));
+}
+
+/// The `ICC_SGI1R_EL1` value that sends SGI `intid` to the core with affinity `mpidr`.
+pub const fn sgi_value(intid: u32, mpidr: u64) -> u64 {
     let aff0 = mpidr & 0xff;
-    let value = ((mpidr >> 32) & 0xff) << 48
+    ((mpidr >> 32) & 0xff) << 48
         | ((mpidr >> 16) & 0xff) << 32
         | (aff0 >> 4) << 44
         | ((mpidr >> 8) & 0xff) << 16
-        | u64::from(intid & 0xf) << 24
-        | 1 << (aff0 & 0xf);
+        | ((intid & 0xf) as u64) << 24
+        | 1 << (aff0 & 0xf)
+}
+
+/// Sends the SGI that `value` ([`sgi_value`]) describes.
+pub fn send_sgi_value(value: u64) {
     // Earlier stores (the request the kick is about) are visible before the interrupt.
     crate::sysreg::dsb_ish();
     write_icc_sgi1r_el1(value);
@@ -369,3 +378,38 @@ macro_rules! apr_accessors {
 
 apr_accessors!(read_ap0r, write_ap0r, 0 => "ich_ap0r0_el2", 1 => "ich_ap0r1_el2", 2 => "ich_ap0r2_el2", 3 => "ich_ap0r3_el2");
 apr_accessors!(read_ap1r, write_ap1r, 0 => "ich_ap1r0_el2", 1 => "ich_ap1r1_el2", 2 => "ich_ap1r2_el2", 3 => "ich_ap1r3_el2");
+
+/// Reads the implemented active-priority registers ([`num_aprs`]: 1, 2 or 4 of each group)
+/// into `ap0r` and `ap1r`, for a vCPU that leaves the core; the others stay as they are.
+pub fn save_aprs(ap0r: &mut [u64; 4], ap1r: &mut [u64; 4]) {
+    let n = num_aprs();
+    ap0r[0] = read_ap0r(0);
+    ap1r[0] = read_ap1r(0);
+    if n > 1 {
+        ap0r[1] = read_ap0r(1);
+        ap1r[1] = read_ap1r(1);
+        if n > 2 {
+            ap0r[2] = read_ap0r(2);
+            ap1r[2] = read_ap1r(2);
+            ap0r[3] = read_ap0r(3);
+            ap1r[3] = read_ap1r(3);
+        }
+    }
+}
+
+/// Writes the implemented active-priority registers from `ap0r` and `ap1r` ([`save_aprs`]).
+pub fn restore_aprs(ap0r: &[u64; 4], ap1r: &[u64; 4]) {
+    let n = num_aprs();
+    write_ap0r(0, ap0r[0]);
+    write_ap1r(0, ap1r[0]);
+    if n > 1 {
+        write_ap0r(1, ap0r[1]);
+        write_ap1r(1, ap1r[1]);
+        if n > 2 {
+            write_ap0r(2, ap0r[2]);
+            write_ap1r(2, ap1r[2]);
+            write_ap0r(3, ap0r[3]);
+            write_ap1r(3, ap1r[3]);
+        }
+    }
+}

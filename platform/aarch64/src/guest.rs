@@ -345,10 +345,7 @@ pub fn load_after_save(ctx: &VcpuContext, vm: Option<(u64, u64)>) {
 fn load_vcpu(ctx: &VcpuContext) {
     write_vmpidr_el2(ctx.vmpidr);
     gic::write_ich_vmcr(ctx.gic.vmcr);
-    for n in 0..gic::num_aprs() {
-        gic::write_ap0r(n, ctx.gic.ap0r[n]);
-        gic::write_ap1r(n, ctx.gic.ap1r[n]);
-    }
+    gic::restore_aprs(&ctx.gic.ap0r, &ctx.gic.ap1r);
     // SAFETY: `__hv_el1_restore` only reads the `El1State` it is given (a valid reference) and
     // writes EL1/EL0 system registers and the virtual timer, none of which the hypervisor uses
     // (it runs at EL2).
@@ -382,10 +379,7 @@ pub fn save(ctx: &mut VcpuContext) {
         ctx.fp_live = false;
     }
     ctx.gic.vmcr = gic::ich_vmcr();
-    for n in 0..gic::num_aprs() {
-        ctx.gic.ap0r[n] = gic::read_ap0r(n);
-        ctx.gic.ap1r[n] = gic::read_ap1r(n);
-    }
+    gic::save_aprs(&mut ctx.gic.ap0r, &mut ctx.gic.ap1r);
 }
 
 /// The loaded vCPU's first FP/SIMD instruction since it was loaded trapped (EC 0x07,
@@ -436,7 +430,14 @@ pub struct Syndrome {
     pub hpfar: u64,
 }
 
-/// The syndrome of the exit just taken (read before anything else can trap to EL2).
+/// The exception syndrome (`ESR_EL2`) of the exit just taken.
+pub fn esr() -> u64 {
+    crate::sysreg::esr_el2()
+}
+
+/// The syndrome of the exit just taken, fault addresses included: read by the handlers of the
+/// aborts that need them (nothing traps to EL2 between the exit and the handler, so the
+/// registers still hold what the exit left).
 pub fn syndrome() -> Syndrome {
     Syndrome { esr: crate::sysreg::esr_el2(), far: crate::sysreg::far_el2(), hpfar: crate::sysreg::hpfar_el2() }
 }

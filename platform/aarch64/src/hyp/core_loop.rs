@@ -86,10 +86,9 @@ pub(super) struct Core<'h> {
     timers_holder: Option<VcpuId>,
     timers_known: bool,
     timers_membership: u64,
-    /// Core 0: when its housekeeping is due next (the governor's period, forced migrations, the
-    /// live-migration step), the earliest of their deadlines as it left them; a poll kick makes
-    /// it due at once (a guest's mark may have brought the migration step forward). `NEVER` on
-    /// the other cores.
+    /// When [`Core::housekeeping`] is due next: the run's end, and on core 0 the governor's
+    /// period, forced migrations and the live-migration step, the earliest as it left them; a
+    /// poll kick makes it due at once.
     housekeeping_at: Instant,
     /// `VTTBR_EL2` and `CNTVOFF_EL2` as this core last loaded them (nothing else leaves them
     /// changed), so that a switch between two vCPUs of one VM does not write them again.
@@ -137,7 +136,7 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
             timers_holder: None,
             timers_known: false,
             timers_membership: 0,
-            housekeeping_at: if me.index() == 0 { Instant::ZERO } else { Instant::NEVER },
+            housekeeping_at: Instant::ZERO,
             stage2_loaded: (u64::MAX, u64::MAX),
         };
         if shared.power.load(Ordering::Acquire) == power::STARTING {
@@ -205,30 +204,10 @@ fn vtimer_line() -> bool {
 impl Core<'_> {
     /// Runs the core until it has drained and its runtime decides it powers off.
     fn main_loop(&mut self) {
-        use core::sync::atomic::Ordering;
         loop {
             let now = timer::now();
-            if self.hyp.ending() || now >= self.hyp.end {
-                self.put_away();
-                self.hand_in_runs();
-                self.hyp.begin_ending(self.me);
-                self.hyp.finish(self.me, &self.rt);
-            }
             if now >= self.housekeeping_at {
                 self.housekeeping(now);
-            }
-            let shared = &self.hyp.cores[self.me.index()];
-            if shared.power.load(Ordering::Acquire) == power::DRAIN {
-                // The vCPU kept loaded goes back to memory before anyone else may take it.
-                self.put_away();
-                match self.rt.handle(&self.hyp.sys, Event::CoreGoingOffline, now, &mut self.hyp.trace()) {
-                    // The next decision is PowerOff.
-                    Ok(()) => {}
-                    Err(e) => {
-                        crate::println!("power: core {} stays on: {e}", self.me.0);
-                        shared.power.store(power::ON, Ordering::Release);
-                    }
-                }
             }
             self.fire_timers(now);
             self.poll = false;
@@ -240,7 +219,7 @@ impl Core<'_> {
                     if self.timers_holder == Some(vcpu) {
                         self.timers_known = false;
                     }
-                    let until = until.min(self.next_timer()).min(self.hyp.end).min(self.housekeeping_at);
+                    let until = until.min(self.next_timer()).min(self.housekeeping_at);
                     let (reason, now) = self.run_vcpu(vcpu, until);
                     let event = Event::Exit { vcpu, reason };
                     if let Err(e) = self.rt.handle(&self.hyp.sys, event, now, &mut self.hyp.trace()) {
@@ -266,25 +245,52 @@ impl Core<'_> {
         }
     }
 
-    /// Core 0's housekeeping, due at `now`: the governor's period (and forced migrations) and
-    /// the live-migration step; then when it is due next.
+    /// What the loop looks at only when `housekeeping_at` is due (`now`): the end of the run
+    /// (all cores leave their loops), core 0's governor period (and forced migrations) and
+    /// live-migration step, and a governor's request that this core drain. Then when it is due
+    /// next: the end of the run, or core 0's next period or step. Every other core sets the
+    /// run's end or a drain request with a poll kick to this core ([`Core::polled`]), and this
+    /// core's own end of the run comes with a vCPU's stop ([`Core::after_exit`]).
+    #[inline(never)]
     fn housekeeping(&mut self, now: Instant) {
-        if self.hyp.govern(self.me, now) {
-            self.poll = true;
+        use core::sync::atomic::Ordering;
+        if self.hyp.ending() || now >= self.hyp.end {
+            self.put_away();
+            self.hand_in_runs();
+            self.hyp.begin_ending(self.me);
+            self.hyp.finish(self.me, &self.rt);
         }
-        if super::live::step(self, now) {
-            self.poll = true;
+        let mut next = self.hyp.end;
+        if self.me.index() == 0 {
+            if self.hyp.govern(self.me, now) {
+                self.poll = true;
+            }
+            if super::live::step(self, now) {
+                self.poll = true;
+            }
+            next = next.min(self.hyp.next_governor_tick()).min(super::live::next_step());
         }
-        self.housekeeping_at = self.hyp.next_governor_tick().min(super::live::next_step());
+        let shared = &self.hyp.cores[self.me.index()];
+        if shared.power.load(Ordering::Acquire) == power::DRAIN {
+            // The vCPU kept loaded goes back to memory before anyone else may take it.
+            self.put_away();
+            match self.rt.handle(&self.hyp.sys, Event::CoreGoingOffline, now, &mut self.hyp.trace()) {
+                // The next decision is PowerOff.
+                Ok(()) => {}
+                Err(e) => {
+                    crate::println!("power: core {} stays on: {e}", self.me.0);
+                    shared.power.store(power::ON, Ordering::Release);
+                }
+            }
+        }
+        self.housekeeping_at = next;
     }
 
-    /// Another core asked this one to poll (a kick with its `poll` flag): on core 0 that may be
-    /// a guest's mark that brings the live-migration step forward (`live::on_mark`), so the
-    /// housekeeping is due at once.
+    /// Another core asked this one to poll (a kick with its `poll` flag): the run may be ending
+    /// or the governor may want the core drained, and on core 0 a guest's mark may have brought
+    /// the live-migration step forward (`live::on_mark`): the housekeeping is due at once.
     fn polled(&mut self) {
-        if self.me.index() == 0 {
-            self.housekeeping_at = Instant::ZERO;
-        }
+        self.housekeeping_at = Instant::ZERO;
     }
 
     /// IPIs to the cores the runtime says must look at their mail or requests.
@@ -363,7 +369,7 @@ impl Core<'_> {
 
     /// Nothing to run: waits for an interrupt, or until `until` or the next timer deadline.
     fn idle(&mut self, until: Instant) {
-        let wake = until.min(self.next_timer()).min(self.hyp.end).min(self.housekeeping_at);
+        let wake = until.min(self.next_timer()).min(self.housekeeping_at);
         if wake != Instant::NEVER {
             timer::arm_hyp_timer(wake);
         }
@@ -403,7 +409,11 @@ impl Core<'_> {
         match reason {
             // Halted: the run is ending anyway; the VM did not stop by itself.
             ExitReason::Stop(StopReason::Halted) => {}
-            ExitReason::Stop(_) => self.hyp.vcpu_stopped(self.me, self.hyp.vm_of(vcpu)),
+            ExitReason::Stop(_) => {
+                // It may have been the last: the run's end is looked at next.
+                self.hyp.vcpu_stopped(self.me, self.hyp.vm_of(vcpu));
+                self.housekeeping_at = Instant::ZERO;
+            }
             ExitReason::PsciCpuOff if self.hyp.vm_of(vcpu).stopping.load(core::sync::atomic::Ordering::SeqCst) => {
                 let _ = self.hyp.sys.request_power_on(vcpu);
             }
@@ -609,10 +619,10 @@ impl Core<'_> {
             self.vgic_enter(vm, vcpu);
             let kind = guest::enter(&mut ctx.regs);
             self.exits += 1;
-            let syndrome = guest::syndrome();
+            let esr = guest::esr();
             self.vgic_exit(vm, vcpu);
             let action = match kind {
-                ExitKind::Sync => exits::handle(self, vm, vcpu, &mut ctx, syndrome),
+                ExitKind::Sync => exits::handle(self, vm, vcpu, &mut ctx, esr),
                 ExitKind::Irq | ExitKind::Fiq => self.take_irqs(until),
                 ExitKind::SError => {
                     self.fault(vm, vcpu, FaultKind::Other(0x2f));
@@ -712,13 +722,19 @@ impl Core<'_> {
     /// leaves the core before entering again: what they hold goes back into the model, as at an
     /// exit, or the next vCPU's entry would find them (an interrupt lost, or delivered to the
     /// wrong vCPU). A vCPU picked again at once keeps them: it is entered as it was left.
+    #[inline(always)]
     fn sync_direct_lrs(&mut self, id: VcpuId) {
         if self.lrs_fresh {
-            let vcpu = self.hyp.vcpu(id);
-            let vm = &self.hyp.vms[vcpu.vm.index()];
-            self.vgic_exit(vm, vcpu);
-            self.lrs_fresh = false;
+            self.sync_fresh_lrs(id);
         }
+    }
+
+    #[inline(never)]
+    fn sync_fresh_lrs(&mut self, id: VcpuId) {
+        let vcpu = self.hyp.vcpu(id);
+        let vm = &self.hyp.vms[vcpu.vm.index()];
+        self.vgic_exit(vm, vcpu);
+        self.lrs_fresh = false;
     }
 
     /// Takes a loaded vCPU off the core: saves its state, lets go of the physical timer
@@ -893,21 +909,7 @@ impl Core<'_> {
             retired += 1;
         }
         if retired < n {
-            // Sync the rest the general way, here, under the same lock (the empty LRs read as
-            // invalid).
-            let mut fx = Effects::NONE;
-            for i in retired..n {
-                let lr = gic::read_lr(i);
-                fx = fx.merge(vgic.sync_lr(vcpu.index, decode_ich_lr(lr)));
-            }
-            drop(vgic);
-            gic::set_ich_hcr(0);
-            for i in 0..n {
-                gic::write_lr(i, 0);
-            }
-            self.lrs_used = 0;
-            self.fill_clean = false;
-            self.dispatch(vm, fx, Some(vcpu.id));
+            self.sync_lrs_from(vm, vcpu, vgic, retired);
             return true;
         }
         drop(vgic);
@@ -921,6 +923,27 @@ impl Core<'_> {
         self.lrs_used = 0;
         self.fill_clean = self.nothing_waiting;
         true
+    }
+
+    /// [`Core::retire_consumed_lrs`] when the model refused to retire the used LR `first`:
+    /// that one and the rest are synced the general way, under the same lock `vgic` (the empty
+    /// LRs read as invalid).
+    #[inline(never)]
+    fn sync_lrs_from(&mut self, vm: &Vm, vcpu: &Vcpu, mut vgic: MutexGuard<'_, vdev::vgic::Vgic>, first: usize) {
+        let n = self.lrs_used;
+        let mut fx = Effects::NONE;
+        for i in first..n {
+            let lr = gic::read_lr(i);
+            fx = fx.merge(vgic.sync_lr(vcpu.index, decode_ich_lr(lr)));
+        }
+        drop(vgic);
+        gic::set_ich_hcr(0);
+        for i in 0..n {
+            gic::write_lr(i, 0);
+        }
+        self.lrs_used = 0;
+        self.fill_clean = false;
+        self.dispatch(vm, fx, Some(vcpu.id));
     }
 
     /// An `ICC_SGI1R_EL1` write of the loaded vCPU that targets only itself, when its list

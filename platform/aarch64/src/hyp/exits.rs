@@ -43,9 +43,10 @@ pub(super) enum Action {
     Exit(ExitReason),
 }
 
-/// Handles a synchronous exit of `vcpu` (its context is loaded; `ctx.regs` holds its registers).
-pub(super) fn handle(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, ctx: &mut VcpuContext, syn: Syndrome) -> Action {
-    let kind = trap_kind(syn.esr);
+/// Handles a synchronous exit of `vcpu` with syndrome `esr` (its context is loaded;
+/// `ctx.regs` holds its registers).
+pub(super) fn handle(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, ctx: &mut VcpuContext, esr: u64) -> Action {
+    let kind = trap_kind(esr);
     // The vCPU's first FP/SIMD use since it was loaded: its registers go in, and the
     // instruction runs again.
     if matches!(kind, TrapKind::FpSimd) && guest::fp_trap(ctx) {
@@ -75,15 +76,15 @@ pub(super) fn handle(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, ctx: &mut VcpuCo
             Action::Resume
         }
         TrapKind::SysReg { iss } => sysreg(core, vm, vcpu, regs, iss),
-        TrapKind::DataAbort => data_abort(core, vm, vcpu, regs, syn),
+        TrapKind::DataAbort => data_abort(core, vm, vcpu, regs, guest::syndrome()),
         TrapKind::InstructionAbort => {
-            guest::inject_instruction_abort(regs, syn.far);
+            guest::inject_instruction_abort(regs, guest::syndrome().far);
             core.fault(vm, vcpu, FaultKind::StageTwoAbort);
             Action::Resume
         }
         TrapKind::FpSimd | TrapKind::Other { .. } => {
             guest::inject_undef(regs);
-            core.fault(vm, vcpu, FaultKind::Other(((syn.esr >> 26) & 0x3f) as u32));
+            core.fault(vm, vcpu, FaultKind::Other(((esr >> 26) & 0x3f) as u32));
             Action::Resume
         }
     }
@@ -107,15 +108,8 @@ fn wfi(vm: &Vm, vcpu: &Vcpu) -> Action {
 /// (`vdev::idregs`), `ACTLR_EL1` reads as the hardware's and ignores writes; anything else gets
 /// an undefined instruction.
 fn sysreg(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, iss: u32) -> Action {
-    let op0 = (iss >> 20) & 3;
-    let op2 = (iss >> 17) & 7;
-    let op1 = (iss >> 14) & 7;
-    let crn = (iss >> 10) & 0xf;
-    let rt = ((iss >> 5) & 0x1f) as usize;
-    let crm = (iss >> 1) & 0xf;
-    let read = iss & 1 == 1;
-    // ICC_SGI1R_EL1 (op2 5), ICC_ASGI1R_EL1 (6), ICC_SGI0R_EL1 (7): S3_0_C12_C11_<op2>.
-    if !read && op0 == 3 && op1 == 0 && crn == 12 && crm == 11 && (5..=7).contains(&op2) {
+    if let Some(op2) = sgi_register_write(iss) {
+        let rt = ((iss >> 5) & 0x1f) as usize;
         let value = if rt == 31 { 0 } else { regs.x[rt] };
         if op2 == 5 {
             if let Some(intid) = sgi_to_self_only(value, vcpu.index) {
@@ -160,6 +154,19 @@ fn sysreg(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, iss: 
     guest::inject_undef(regs);
     core.fault(vm, vcpu, FaultKind::Other(0x18));
     Action::Resume
+}
+
+/// The ISS (EC 0x18) of an `MSR` to `ICC_SGI1R_EL1`, without Rt (bits 9:5) and Op2 (19:17):
+/// Op0 3 (21:20), Op1 0 (16:14), CRn 12 (13:10), CRm 11 (4:1), a write (bit 0 clear).
+const ISS_SGI_WRITE: u32 = (3 << 20) | (12 << 10) | (11 << 1);
+/// The ISS bits that identify the register and the direction: all but Rt and Op2.
+const ISS_SGI_MASK: u32 = 0x01ff_ffff & !(0x1f << 5) & !(0x7 << 17);
+
+/// Op2 of a write to `ICC_SGI1R_EL1` (5), `ICC_ASGI1R_EL1` (6) or `ICC_SGI0R_EL1` (7), the
+/// registers `S3_0_C12_C11_<op2>`, from the ISS of a trapped system register access.
+fn sgi_register_write(iss: u32) -> Option<u32> {
+    let op2 = (iss >> 17) & 7;
+    (iss & ISS_SGI_MASK == ISS_SGI_WRITE && op2 >= 5).then_some(op2)
 }
 
 /// The SGI of an `ICC_SGI1R_EL1` value that targets exactly the sender (`index`, affinity

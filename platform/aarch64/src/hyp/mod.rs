@@ -44,6 +44,8 @@ use vm::{Vcpu, Vm};
 pub struct CoreShared {
     /// The core's MPIDR affinity (for IPIs).
     pub mpidr: u64,
+    /// The `ICC_SGI1R_EL1` value of a kick to it (`gic::sgi_value(SGI_KICK, mpidr)`).
+    pub kick_sgi: u64,
     /// Set before a kick IPI when the kicked core must poll its runtime (a wake-up, a CPU_ON,
     /// a hand-over); a kick without it only makes the running vCPU exit (its list registers are
     /// refilled).
@@ -137,6 +139,10 @@ impl TraceSink for ConsoleTrace<'_> {
         self.hyp.trace_events.fetch_add(1, Ordering::Relaxed);
         println!("{event}");
     }
+
+    fn wants_switch_events(&self) -> bool {
+        TRACE_LEVEL.load(Ordering::Relaxed) == TraceLevel::All as u8
+    }
 }
 
 impl Hypervisor {
@@ -158,7 +164,7 @@ impl Hypervisor {
         if poll {
             c.poll.store(true, Ordering::Release);
         }
-        gic::send_sgi(gic::SGI_KICK, c.mpidr);
+        gic::send_sgi_value(c.kick_sgi);
     }
 
     /// Whether the run is ending.
@@ -369,6 +375,7 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
             .iter()
             .map(|&mpidr| CoreShared {
                 mpidr,
+                kick_sgi: gic::sgi_value(gic::SGI_KICK, mpidr),
                 poll: AtomicBool::new(false),
                 power: AtomicU8::new(power::ON),
                 cpu_on_failures: AtomicU32::new(0),
