@@ -131,6 +131,13 @@ fn sysreg(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, iss: 
         regs.pc += 4;
         return Action::Resume;
     }
+    let op0 = (iss >> 20) & 3;
+    let op2 = (iss >> 17) & 7;
+    let op1 = (iss >> 14) & 7;
+    let crn = (iss >> 10) & 0xf;
+    let rt = ((iss >> 5) & 0x1f) as usize;
+    let crm = (iss >> 1) & 0xf;
+    let read = iss & 1 == 1;
     // The ID registers (HCR_EL2.TID3): the guest's view of the hardware's.
     if let Some(reg) = IdReg::from_encoding(op0, op1, crn, crm, op2) {
         if read {
