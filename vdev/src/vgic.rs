@@ -728,6 +728,7 @@ impl Vgic {
     /// new since it was loaded (no new edge, no register write on it), that is the whole sync:
     /// it is out of the LR and wants none. Returns false, changing nothing, in every other
     /// case; then sync it with [`Vgic::sync_lr`] and an invalid LR.
+    #[inline]
     pub fn retire_consumed(&mut self, vcpu: u16, intid: u32) -> bool {
         let Some(slot) = self.slot(vcpu, intid) else { return false };
         let irq = &mut self.irqs[slot];
