@@ -651,6 +651,12 @@ impl Vgic {
             }
             return self.pend_sgi(aff0, intid, allow_group1);
         }
+        self.dispatch_sgi_to_many(from, value, intid, allow_group1)
+    }
+
+    /// [`Vgic::dispatch_sgi`] for any other `value`: IRM = 1 or a TargetList of several.
+    #[inline(never)]
+    fn dispatch_sgi_to_many(&mut self, from: u16, value: u64, intid: u32, allow_group1: bool) -> Effects {
         let targets = if value & (1 << 40) != 0 {
             let all = if self.vcpus == 64 { u64::MAX } else { (1u64 << self.vcpus) - 1 };
             VcpuSet(all & !(1u64 << from))
@@ -680,15 +686,22 @@ impl Vgic {
     }
 
     /// SGI `intid` becomes pending on vCPU `target` (only a Group 0 one unless `allow_group1`).
-    #[inline]
+    #[inline(always)]
     fn pend_sgi(&mut self, target: u16, intid: u32, allow_group1: bool) -> Effects {
         let slot = usize::from(target) * PRIVATE_COUNT as usize + intid as usize;
-        if !allow_group1 && self.irqs[slot].group1 {
+        let Some(irq) = self.irqs.get_mut(slot) else { return Effects::NONE };
+        if !allow_group1 && irq.group1 {
             return Effects::NONE;
         }
-        self.irqs[slot].latch = true;
-        self.refresh(slot);
-        self.kick_if_enabled(slot)
+        irq.latch = true;
+        let irq = *irq;
+        // `refresh` and `kick_if_enabled`, for a private interrupt of `target`.
+        self.set_want(slot, self.wants_lr(&irq));
+        let mut fx = Effects::NONE;
+        if irq.enabled && self.group_enabled(&irq) {
+            fx.kick.insert(target);
+        }
+        fx
     }
 
     /// Fast path of a guest's `ICC_SGI1R_EL1` write that targets only the sender: when SGI
@@ -728,6 +741,7 @@ impl Vgic {
     /// new since it was loaded (no new edge, no register write on it), that is the whole sync:
     /// it is out of the LR and wants none. Returns false, changing nothing, in every other
     /// case; then sync it with [`Vgic::sync_lr`] and an invalid LR.
+    #[inline]
     pub fn retire_consumed(&mut self, vcpu: u16, intid: u32) -> bool {
         let Some(slot) = self.slot(vcpu, intid) else { return false };
         let irq = &mut self.irqs[slot];

@@ -729,6 +729,7 @@ impl Core<'_> {
         }
     }
 
+    /// [`Core::sync_direct_lrs`] when there is something to sync (out of line: rare).
     #[inline(never)]
     fn sync_fresh_lrs(&mut self, id: VcpuId) {
         let vcpu = self.hyp.vcpu(id);
