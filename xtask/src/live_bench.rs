@@ -13,6 +13,7 @@ use hw_tests::relay::{Cut, Link, Relay};
 use hw_tests::{run, QemuConfig, Run};
 
 use crate::exec::Ctx;
+use crate::offload::field;
 use crate::Error;
 
 /// Runs of the benchmark.
@@ -30,13 +31,6 @@ pub struct Figures {
     /// The source's part of it (pause to timing section).
     pub source_us: u64,
     pub guest_gap_us: u64,
-}
-
-/// The value of `key=` in the first line that contains `marker`.
-fn field(output: &str, marker: &str, key: &str) -> Option<u64> {
-    let line = output.lines().find(|l| l.contains(marker))?;
-    let at = line.find(&format!(" {key}="))? + key.len() + 2;
-    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 /// The figures of a source's and a destination's consoles.

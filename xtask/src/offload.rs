@@ -28,8 +28,9 @@ use crate::Error;
 /// The server's cores (the offload model in the hypervisor assumes as many).
 const SERVER_CORES: u32 = 8;
 
-/// The first line containing `marker`, and the value of `key=` in it.
-fn field(output: &str, marker: &str, key: &str) -> Option<u64> {
+/// The first line containing `marker`, and the value of `key=` in it (decimal, or hex after
+/// `0x`); also for `cargo xtask bench live`'s lines.
+pub(crate) fn field(output: &str, marker: &str, key: &str) -> Option<u64> {
     let line = output.lines().find(|l| l.contains(marker))?;
     let at = line.find(&format!("{key}="))? + key.len() + 1;
     let rest = &line[at..];

@@ -650,13 +650,7 @@ fn run_step(core: &mut Core<'_>, out: &mut Outgoing, now: Instant) -> Result<Pro
             while budget > 0 && *next < runs.len() && timer::now().since(now) < STEP_TIME {
                 let (first, count) = runs[*next];
                 let n = (count - *done).min(budget).min(16);
-                let offset = (first + *done) * PAGE;
-                let bytes = (n * PAGE) as usize;
-                if !vm.snapshot_ram(offset, &mut page[..bytes]) {
-                    return Err(format!("guest RAM at offset {offset:#x} cannot be read"));
-                }
-                out.enc.dirty(vm.ram_ipa.start + offset, &page[..bytes]).map_err(|e| format!("{e}"))?;
-                out.pages_resent += n;
+                send_dirty(&mut out.enc, &mut out.pages_resent, vm, &mut page, first + *done, n)?;
                 budget -= n;
                 *done += n;
                 if *done == count {
@@ -772,13 +766,7 @@ fn pausing(core: &mut Core<'_>, out: &mut Outgoing, since: Instant, now: Instant
         let mut done = 0;
         while done < count {
             let n = (count - done).min(16);
-            let offset = (first + done) * PAGE;
-            let bytes = (n * PAGE) as usize;
-            if !vm.snapshot_ram(offset, &mut page[..bytes]) {
-                return Err(format!("guest RAM at offset {offset:#x} cannot be read"));
-            }
-            out.enc.dirty(vm.ram_ipa.start + offset, &page[..bytes]).map_err(|e| format!("{e}"))?;
-            out.pages_resent += n;
+            send_dirty(&mut out.enc, &mut out.pages_resent, vm, &mut page, first + done, n)?;
             done += n;
         }
     }
@@ -792,6 +780,27 @@ fn pausing(core: &mut Core<'_>, out: &mut Outgoing, since: Instant, now: Instant
         .map_err(|e| format!("{e}"))?;
     out.paused_ns = paused_ns;
     Ok(Progress::Sent)
+}
+
+/// Copies `n` pages (at most the buffer's 16) of guest RAM from page `first` and sends them as a
+/// dirty run; counts them in `pages_resent`.
+fn send_dirty(
+    enc: &mut Encoder<StreamSink>,
+    pages_resent: &mut u64,
+    vm: &Vm,
+    page: &mut [u8],
+    first: u64,
+    n: u64,
+) -> Result<(), String> {
+    let offset = first * PAGE;
+    let bytes = (n * PAGE) as usize;
+    let buf = page.get_mut(..bytes).ok_or("a dirty run larger than the copy buffer")?;
+    if !vm.snapshot_ram(offset, buf) {
+        return Err(format!("guest RAM at offset {offset:#x} cannot be read"));
+    }
+    enc.dirty(vm.ram_ipa.start + offset, buf).map_err(|e| format!("{e}"))?;
+    *pages_resent += n;
+    Ok(())
 }
 
 /// A vCPU's state in the runtime, for its power state in the checkpoint.
