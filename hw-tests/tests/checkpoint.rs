@@ -1,6 +1,7 @@
 //! Checkpoint and restore across hypervisor instances (docs/migration.md, *Checkpoints*): the
-//! `counter` guest is stopped 100 ms into its run on `-smp 2` and checkpointed to a raw image
-//! over virtio-blk (`hv.checkpoint-at=100`); a second instance on `-smp 4` restores it from the
+//! `counter` guest is stopped at its tenth progress line on `-smp 2`
+//! (`hv.checkpoint-on="progress 10/"`; or 100 ms into its run, `hv.checkpoint-at=100`) and
+//! checkpointed to a raw image over virtio-blk; a second instance on `-smp 4` restores it from the
 //! same file (`hv.restore`) and the guest carries on from where it stopped: its progress lines
 //! continue, and it ends with the final state an uninterrupted run computes.
 
@@ -40,9 +41,10 @@ fn progress(r: &Run) -> Vec<u32> {
         .collect()
 }
 
-/// Takes the checkpoint: the run ends at 100 ms, the counter unfinished.
-fn take(image: &Path) -> Vec<u32> {
-    let first = instance(2, image, "hv.checkpoint-at=100");
+/// Takes the checkpoint with `append` (`hv.checkpoint-at` or `hv.checkpoint-on`): the run ends
+/// with the counter unfinished.
+fn take(image: &Path, append: &str) -> Vec<u32> {
+    let first = instance(2, image, append);
     first.assert_clean();
     first.assert_present("checkpoint: guest counter:");
     first.assert_absent(COUNTER_DONE);
@@ -54,7 +56,9 @@ fn take(image: &Path) -> Vec<u32> {
 #[test]
 fn a_checkpoint_restores_on_another_core_count_and_carries_on() {
     let image = blank_image("counter");
-    let before = take(&image);
+    let before = take(&image, "hv.checkpoint-on=\"progress 10/\"");
+    // The run ended at the line asked for, before the next one.
+    assert_eq!(before.last(), Some(&10), "{before:?}");
     let second = instance(4, &image, "hv.restore");
     second.assert_clean();
     second.assert_present("restore: guest counter from the checkpoint disk");
@@ -69,7 +73,7 @@ fn a_checkpoint_restores_on_another_core_count_and_carries_on() {
 #[test]
 fn a_corrupted_checkpoint_is_refused_and_nothing_runs() {
     let image = blank_image("corrupt");
-    take(&image);
+    take(&image, "hv.checkpoint-at=100");
     // Flip one byte of the stream (past the disk's header sector).
     let mut bytes = std::fs::read(&image).unwrap();
     bytes[512 + 200] ^= 0x40;
@@ -78,4 +82,19 @@ fn a_corrupted_checkpoint_is_refused_and_nothing_runs() {
     second.assert_exit(1);
     second.assert_present("FAIL: restore:");
     assert!(second.guest_lines("counter").next().is_none(), "the guest must not run");
+}
+
+/// `hv.checkpoint-on` with a line the guest never prints: the run ends with the guest (it
+/// finishes), fails with a message saying so, and writes nothing on the disk.
+#[test]
+fn a_checkpoint_line_never_printed_fails_the_run_and_writes_nothing() {
+    let image = blank_image("never");
+    let r = instance(2, &image, "hv.checkpoint-on=\"progress 21/\"");
+    r.assert_exit(1);
+    r.assert_present(
+        "FAIL: checkpoint: the run ended before the first guest printed a line containing \"progress 21/\"; nothing written",
+    );
+    r.assert_guest_line("counter", COUNTER_DONE);
+    let bytes = std::fs::read(&image).unwrap();
+    assert!(bytes.iter().all(|&b| b == 0), "the disk was written");
 }

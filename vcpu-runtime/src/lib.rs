@@ -10,6 +10,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod bootargs;
 pub mod config;
 pub mod ids;
 pub mod manifest;

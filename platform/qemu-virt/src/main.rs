@@ -172,7 +172,7 @@ fn boot_main(boot: BootInfo) -> ! {
         }
     }
     let n = cores.len();
-    let timeout = boot_arg(bootargs, "hv.online-timeout-ms=")
+    let timeout = vcpu_runtime::bootargs::value(bootargs, "hv.online-timeout-ms")
         .and_then(|v| v.parse().ok())
         .map(Nanos::from_millis)
         .unwrap_or(ONLINE_TIMEOUT);
@@ -184,83 +184,89 @@ fn boot_main(boot: BootInfo) -> ! {
     }
     println!("all {n} cores online");
 
-    if let Some(value) = boot_arg(bootargs, "hv.cpu-off=") {
+    if let Some(value) = vcpu_runtime::bootargs::value(bootargs, "hv.cpu-off") {
         match value {
             "psci" => hyp::power::set_cpu_off_by_psci(true),
             "wfi" => hyp::power::set_cpu_off_by_psci(false),
             _ => fail!("hv.cpu-off={value}: unknown; use psci (turn cores off) or wfi (park them in WFI)"),
         }
     }
-    if let Some(value) = boot_arg(bootargs, "hv.checkpoint-at=") {
+    if let Some(value) = vcpu_runtime::bootargs::value(bootargs, "hv.checkpoint-at") {
         match value.parse::<u64>() {
             Ok(ms) => hyp::checkpoint::set_checkpoint_at(ms),
             Err(_) => fail!("hv.checkpoint-at={value}: give milliseconds, e.g. hv.checkpoint-at=200"),
         }
     }
-    if let Some(value) = boot_arg(bootargs, "hv.migrate-out=") {
+    if let Some(text) = vcpu_runtime::bootargs::value(bootargs, "hv.checkpoint-on") {
+        if text.is_empty() {
+            fail!("hv.checkpoint-on=: give the text of a console line of the first guest, e.g. hv.checkpoint-on=\"ticks: 5 \"");
+        }
+        hyp::checkpoint::set_checkpoint_on(text);
+    }
+    if let Some(value) = vcpu_runtime::bootargs::value(bootargs, "hv.migrate-out") {
         let (at, vm) = value.split_once(':').unwrap_or((value, "0"));
         match (at.parse::<u64>(), vm.parse::<u16>()) {
             (Ok(ms), Ok(vm)) => hyp::live::set_migrate_out(ms, vm),
             _ => fail!("hv.migrate-out={value}: give milliseconds and optionally the guest's index, e.g. hv.migrate-out=300 or hv.migrate-out=300:1"),
         }
     }
-    if let Some(value) = boot_arg(bootargs, "hv.offload=") {
+    if let Some(value) = vcpu_runtime::bootargs::value(bootargs, "hv.offload") {
         if hyp::live::set_offload(value).is_none() {
             fail!("hv.offload={value}: unknown; use wifi, lte or 3g (decide by the model over that link), always or never");
         }
     }
-    if bootargs.split_ascii_whitespace().any(|a| a == "hv.offload-server") {
+    if vcpu_runtime::bootargs::flag(bootargs, "hv.offload-server") {
         hyp::live::set_offload_server(true);
     }
-    if bootargs.split_ascii_whitespace().any(|a| a == "hv.migrate-in") {
+    if vcpu_runtime::bootargs::flag(bootargs, "hv.migrate-in") {
         hyp::live::set_migrate_in(true);
     }
-    if let Some(value) = boot_arg(bootargs, "hv.downtime-ms=") {
+    if let Some(value) = vcpu_runtime::bootargs::value(bootargs, "hv.downtime-ms") {
         match value.parse::<u64>() {
             Ok(ms) if ms > 0 => hyp::live::set_downtime_limit(vcpu_runtime::Nanos::from_millis(ms)),
             _ => fail!("hv.downtime-ms={value}: give a positive number of milliseconds, e.g. hv.downtime-ms=300"),
         }
     }
-    if let Some(value) = boot_arg(bootargs, "hv.migrate-timeout-ms=") {
+    if let Some(value) = vcpu_runtime::bootargs::value(bootargs, "hv.migrate-timeout-ms") {
         match value.parse::<u64>() {
             Ok(ms) if ms > 0 => hyp::live::set_answer_timeout(vcpu_runtime::Nanos::from_millis(ms)),
             _ => fail!("hv.migrate-timeout-ms={value}: give a positive number of milliseconds"),
         }
     }
-    if let Some(value) = boot_arg(bootargs, "hv.dirty-log=") {
+    if let Some(value) = vcpu_runtime::bootargs::value(bootargs, "hv.dirty-log") {
         match value {
             "hw" => stage2::set_hardware_dirty(true),
             "wp" => stage2::set_hardware_dirty(false),
             _ => fail!("hv.dirty-log={value}: unknown; use hw (the CPU's dirty state where it has it) or wp (write-protect faults)"),
         }
     }
-    if bootargs.split_ascii_whitespace().any(|a| a == "hv.restore") {
+    if vcpu_runtime::bootargs::flag(bootargs, "hv.restore") {
         hyp::checkpoint::set_restore(true);
     }
-    if bootargs.split_ascii_whitespace().any(|a| a == "hv.count-instructions") {
+    if vcpu_runtime::bootargs::flag(bootargs, "hv.count-instructions") {
         hyp::instructions::set_enabled(true);
     }
-    if let Some(value) = boot_arg(bootargs, "hv.migrate-every=") {
+    if let Some(value) = vcpu_runtime::bootargs::value(bootargs, "hv.migrate-every") {
         match value.parse::<u64>() {
             Ok(us) => hyp::power::set_migrate_every(vcpu_runtime::Nanos::from_micros(us)),
             Err(_) => fail!("hv.migrate-every={value}: give microseconds, e.g. hv.migrate-every=1000"),
         }
     }
-    if let Some(value) = boot_arg(bootargs, "hv.trace=") {
+    if let Some(value) = vcpu_runtime::bootargs::value(bootargs, "hv.trace") {
         match hyp::TraceLevel::from_arg(value) {
             Some(level) => hyp::set_trace_level(level),
             None => fail!("hv.trace={value}: unknown trace level; use all, events or off"),
         }
     }
 
-    if let Some(value) = boot_arg(bootargs, "hv.disk-test=") {
+    if let Some(value) = vcpu_runtime::bootargs::value(bootargs, "hv.disk-test") {
         match selftest::DiskTest::from_arg(value) {
             Some(test) => selftest::disk(test),
             None => fail!("hv.disk-test={value}: unknown; use write or read"),
         }
     }
 
-    if bootargs.split_ascii_whitespace().any(|a| a == "hv.stream-test") {
+    if vcpu_runtime::bootargs::flag(bootargs, "hv.stream-test") {
         selftest::stream();
     }
 
@@ -320,11 +326,6 @@ fn find_manifest() -> Option<&'static [u8]> {
     };
     let bytes = region.into_static();
     bytes.starts_with(&manifest::MAGIC).then_some(bytes)
-}
-
-/// The value of the boot argument starting with `prefix` (`name=`), if present.
-fn boot_arg<'a>(bootargs: &'a str, prefix: &str) -> Option<&'a str> {
-    bootargs.split_ascii_whitespace().find_map(|arg| arg.strip_prefix(prefix))
 }
 
 /// Prints that the calling core is up, as a console line and a trace event, and tells the boot

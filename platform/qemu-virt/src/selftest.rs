@@ -52,7 +52,7 @@ fn selected() -> Test {
 
 /// Reads `hv.selftest=NAME` from the boot arguments (before the secondaries start).
 pub fn configure(bootargs: &str, cores: usize) {
-    let Some(name) = bootargs.split_ascii_whitespace().find_map(|arg| arg.strip_prefix("hv.selftest=")) else {
+    let Some(name) = vcpu_runtime::bootargs::value(bootargs, "hv.selftest") else {
         return;
     };
     match TESTS.iter().find(|(n, _)| *n == name) {

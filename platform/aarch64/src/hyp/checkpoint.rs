@@ -5,6 +5,9 @@
 //!   (every vCPU stops at an exit boundary, its state put away, its list registers synced into
 //!   the vGIC model); then the boot core writes the first VM's checkpoint to the disk and the
 //!   run ends.
+//! - `hv.checkpoint-on="TEXT"`: the run ends, as above, once the first VM's console prints a
+//!   line containing TEXT, so that a checkpoint is taken at a point of the guest's own program
+//!   however long it took to get there. A run that ends otherwise writes no checkpoint and fails.
 //! - `hv.restore`: the first VM is built from the manifest as usual (its RAM, stage 2, devices),
 //!   then its memory, vCPUs, vGIC and virtual counter are replaced from the checkpoint on the
 //!   disk before any core runs it. The whole stream is verified (every section and the trailer)
@@ -33,6 +36,10 @@ use crate::{println, timer};
 const NEVER: u64 = u64::MAX;
 static CHECKPOINT_AT_MS: AtomicU64 = AtomicU64::new(NEVER);
 static RESTORE: AtomicBool = AtomicBool::new(false);
+/// `hv.checkpoint-on`'s text, set once at boot.
+static CHECKPOINT_ON: spin::Once<String> = spin::Once::new();
+/// The first VM printed `CHECKPOINT_ON`'s text.
+static CHECKPOINT_ON_SEEN: AtomicBool = AtomicBool::new(false);
 
 /// `hv.checkpoint-at=MS`.
 pub fn set_checkpoint_at(ms: u64) {
@@ -42,6 +49,30 @@ pub fn set_checkpoint_at(ms: u64) {
 /// When the run must end for a checkpoint, in ms from its start.
 pub fn checkpoint_at_ms() -> Option<u64> {
     Some(CHECKPOINT_AT_MS.load(Ordering::Relaxed)).filter(|&ms| ms != NEVER)
+}
+
+/// `hv.checkpoint-on=TEXT`.
+pub fn set_checkpoint_on(text: &str) {
+    CHECKPOINT_ON.call_once(|| text.to_string());
+}
+
+/// Whether this run ends with a checkpoint of the first VM.
+pub fn requested() -> bool {
+    checkpoint_at_ms().is_some() || CHECKPOINT_ON.get().is_some()
+}
+
+/// Whether a finished console `line` of VM `vm` is the one `hv.checkpoint-on` waits for: true
+/// once, for the first VM's first such line.
+pub fn is_checkpoint_line(vm: usize, line: &[u8]) -> bool {
+    let Some(text) = CHECKPOINT_ON.get().map(String::as_bytes) else { return false };
+    vm == 0 && line.windows(text.len()).any(|w| w == text) && !CHECKPOINT_ON_SEEN.swap(true, Ordering::AcqRel)
+}
+
+/// The text `hv.checkpoint-on` waited for, when the run ended without the first VM printing
+/// it.
+pub fn checkpoint_line_missing() -> Option<&'static str> {
+    let text = CHECKPOINT_ON.get()?;
+    (!CHECKPOINT_ON_SEEN.load(Ordering::Acquire)).then_some(text.as_str())
 }
 
 /// `hv.restore`.

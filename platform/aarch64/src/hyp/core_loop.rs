@@ -407,8 +407,10 @@ impl Core<'_> {
     /// just parked is asked to come back on, so that it stops too.
     fn after_exit(&mut self, vcpu: VcpuId, reason: ExitReason) {
         match reason {
-            // Halted: the run is ending anyway; the VM did not stop by itself.
-            ExitReason::Stop(StopReason::Halted) => {}
+            // Halted: the run is ending anyway; the VM did not stop by itself. The core's own
+            // end comes with its housekeeping, now (the end may have been set on this core,
+            // before the run's time was up: `hv.checkpoint-on`).
+            ExitReason::Stop(StopReason::Halted) => self.housekeeping_at = Instant::ZERO,
             ExitReason::Stop(_) => {
                 // It may have been the last: the run's end is looked at next.
                 self.hyp.vcpu_stopped(self.me, self.hyp.vm_of(vcpu));

@@ -427,9 +427,19 @@ fn uart(core: &mut Core<'_>, vm: &Vm, access: &MmioAccess, offset: u64, value: u
             Err(_) => Outcome::Abort(FaultKind::DeviceMisuse),
         };
     }
-    let result = uart.write(offset, access.size, value, |line| crate::println!("[{}] {}", vm.name, Printable(line)));
+    let mut checkpoint_now = false;
+    let result = uart.write(offset, access.size, value, |line| {
+        crate::println!("[{}] {}", vm.name, Printable(line));
+        checkpoint_now |= super::checkpoint::is_checkpoint_line(vm.id.index(), line);
+    });
     let line = uart.irq_line();
     drop(uart);
+    if checkpoint_now {
+        // `hv.checkpoint-on`: the run ends here, every vCPU at its next exit boundary (this
+        // one at once: the poll makes the core look at the run's end before resuming it).
+        core.hyp.begin_ending(core.me);
+        core.poll = true;
+    }
     let fx = vm.vgic().set_level(UART_INTID, None, line);
     core.dispatch(vm, fx, None);
     match result {

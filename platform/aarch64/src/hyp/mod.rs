@@ -552,7 +552,10 @@ impl Hypervisor {
                 state_word(*state)
             );
         }
-        if checkpoint::checkpoint_at_ms().is_some() {
+        if let Some(text) = checkpoint::checkpoint_line_missing() {
+            crate::fail!("checkpoint: the run ended before the first guest printed a line containing \"{text}\"; nothing written");
+        }
+        if checkpoint::requested() {
             if let Some(vm) = self.vms.first() {
                 let states: Vec<(VcpuId, VcpuState)> = stats.iter().map(|&(id, _, state)| (id, state)).collect();
                 match checkpoint::write(vm, &self.vcpus, &states) {
