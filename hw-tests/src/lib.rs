@@ -654,6 +654,24 @@ impl Run {
         }
     }
 
+    /// Panics unless every vCPU's stat line says its reservation lost no period
+    /// (`reservation_misses=0`: the scheduler gave each real-time vCPU its budget before each
+    /// deadline). Needs the stat lines, and the field on each.
+    #[track_caller]
+    pub fn assert_reservations_honoured(&self) {
+        let stats = self.stats();
+        if stats.is_empty() {
+            self.fail("no `stat vcpu` lines");
+        }
+        for s in &stats {
+            match s.fields.get("reservation_misses").map(|v| v.parse::<u64>()) {
+                Some(Ok(0)) => {}
+                Some(Ok(n)) => self.fail(&format!("vCPU {}/{} lost {n} reservation periods", s.guest, s.index)),
+                _ => self.fail(&format!("`stat vcpu {}/{}` has no `reservation_misses=N`", s.guest, s.index)),
+            }
+        }
+    }
+
     /// Panics, showing the run, unless QEMU ended by itself with `code`.
     #[track_caller]
     pub fn assert_exit(&self, code: i32) {
@@ -903,6 +921,24 @@ mod tests {
         assert!(std::panic::catch_unwind(|| r.assert_guest_passed("counter")).is_err());
         let failed = run_with("[counter] RESULT: FAIL misses=3\n", Some(0));
         assert_eq!(failed.failure_lines().len(), 1);
+    }
+
+    #[test]
+    fn reservations_honoured_needs_every_stat_line_at_zero() {
+        let ok = run_with(
+            "stat vcpu rt/0 reservation_misses=0 state=stopped\nstat vcpu a/0 reservation_misses=0\n",
+            Some(0),
+        );
+        ok.assert_reservations_honoured();
+        for bad in [
+            "stat vcpu rt/0 reservation_misses=2 state=stopped\n",
+            "stat vcpu rt/0 state=stopped\n",
+            "stat vcpu rt/0 reservation_misses=x\n",
+            "no stats\n",
+        ] {
+            let r = run_with(bad, Some(0));
+            assert!(std::panic::catch_unwind(|| r.assert_reservations_honoured()).is_err(), "{bad}");
+        }
     }
 
     #[test]

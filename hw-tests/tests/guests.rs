@@ -209,6 +209,7 @@ fn rt_guest_beside_a_busy_guest() {
         r.assert_guest_passed("rt");
         r.assert_guest_passed("busy");
         r.assert_guest_line("rt", "rt periods=100 misses=0");
+        r.assert_reservations_honoured();
         let events = r.trace_events().unwrap_or_else(|e| r.fail(&e));
         assert!(marks(&events, 3).is_empty(), "HV_MARK(3, period) marks a miss");
         let rt = r.stat("rt", 0);

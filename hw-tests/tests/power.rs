@@ -100,6 +100,7 @@ fn power_phases_run(smp: u32, append: &str) -> (Run, Vec<TraceEvent>, Vec<BTreeM
     }
     // No vCPU lost: every one ran its whole schedule, the real-time guest missed nothing.
     r.assert_guest_line("rt", "rt periods=100 misses=0");
+    r.assert_reservations_honoured();
     r.assert_guest_line("player", "player: done vcpus=2");
     let stats = r.stats();
     assert_eq!(stats.len(), 3, "{stats:?}");

@@ -234,6 +234,11 @@ pub struct VcpuStats {
     pub migrations: u64,
     /// Times it was descheduled while still runnable.
     pub preemptions: u64,
+    /// Periods of its reservation that ended with budget left while it was runnable: the
+    /// server's deadline passed before it got the CPU time it was owed (the scheduler's side
+    /// of a real-time guarantee; 0 whenever the reservation was honoured, however slowly the
+    /// guest's own work went).
+    pub reservation_misses: u64,
 }
 
 /// The budget (CPU time at full speed) used by running `ran` at `capacity`: rounded up, so a
@@ -260,6 +265,10 @@ struct RtServer {
     res: Reservation,
     deadline: Instant,
     remaining: Nanos,
+    /// Built with the system and not yet looked at by its core: its first period starts at
+    /// that core's first decision, not when the system was built (the platform may take a
+    /// while to start its cores, or wait for a migration's commit).
+    unstarted: bool,
 }
 
 /// A vCPU's scheduling state. It belongs to the vCPU's owner core and travels with the vCPU
@@ -523,7 +532,12 @@ pub fn build(config: &RuntimeConfig, start: Instant) -> Result<(System, Vec<Core
             weight: v.weight,
             vtime_rate: vtime_rate(v.weight),
             affinity: v.affinity.and(all),
-            rt: v.reservation.map(|res| RtServer { res, deadline: start + res.period, remaining: res.budget }),
+            rt: v.reservation.map(|res| RtServer {
+                res,
+                deadline: start + res.period,
+                remaining: res.budget,
+                unstarted: true,
+            }),
             vtime: 0,
             util: Ewma::new(start),
             published: 0,
@@ -1014,6 +1028,23 @@ impl CoreRuntime {
         let mut last_idx: Option<usize> = None;
         for (i, v) in self.vcpus.iter_mut().enumerate() {
             if let Some(s) = v.rt.as_mut() {
+                if core::mem::take(&mut s.unstarted) && v.state == VcpuState::Runnable {
+                    s.deadline = now + s.res.period;
+                    s.remaining = s.res.budget;
+                }
+                if v.state == VcpuState::Runnable && s.remaining > Nanos::ZERO && s.deadline <= now {
+                    // Runnable with budget left at its deadline: the period is lost. Counted,
+                    // and the server starts afresh from now (as SCHED_DEADLINE does with a
+                    // late entity), so the loss is counted once.
+                    v.stats.reservation_misses += 1;
+                    let late = now.since(s.deadline);
+                    trace.emit(TraceEvent {
+                        at: now,
+                        kind: TraceKind::DeadlineMiss { vcpu: v.id, deadline: s.deadline, late },
+                    });
+                    s.deadline = now + s.res.period;
+                    s.remaining = s.res.budget;
+                }
                 if s.remaining == Nanos::ZERO {
                     if s.deadline <= now {
                         s.remaining = s.res.budget;
@@ -1132,7 +1163,8 @@ impl CoreRuntime {
                 kind: TraceKind::Reservation { core, vcpu, budget, period, admitted: admitted.is_ok() },
             });
             admitted.map_err(SetReservationError::Admission)?;
-            self.vcpus[idx].rt = Some(RtServer { res: r, deadline: now + r.period, remaining: r.budget });
+            self.vcpus[idx].rt =
+                Some(RtServer { res: r, deadline: now + r.period, remaining: r.budget, unstarted: false });
         } else {
             sys.release(self.core, old_ppm);
             self.vcpus[idx].rt = None;

@@ -363,6 +363,58 @@ fn a_reservation_keeps_its_budget_with_irregular_exits() {
 }
 
 #[test]
+fn a_honoured_reservation_counts_no_misses() {
+    let (_, _, cores) = rt_beside_two_share_vcpus(busy);
+    assert_eq!(sched(&cores[0], V1).stats().reservation_misses, 0);
+}
+
+/// A server's first period starts at its core's first decision: a platform that starts its
+/// cores a while after building the system loses nothing.
+#[test]
+fn a_reservation_starts_at_its_cores_first_decision() {
+    let (sys, mut cores) = system(1, vec![reserved(0, ms(2), ms(10))]);
+    let core = &mut cores[0];
+    assert_eq!(core.next(&sys, at_ms(50), &mut ()), Decision::Run { vcpu: V0, until: at_ms(52) });
+    let s = sched(core, V0).rt.expect("a server");
+    assert_eq!((s.deadline, s.remaining), (at_ms(60), ms(2)));
+    core.handle(&sys, Event::Exit { vcpu: V0, reason: ExitReason::Preempted }, at_ms(52), &mut ()).unwrap();
+    assert_eq!(sched(core, V0).stats().reservation_misses, 0);
+}
+
+/// A platform that does not take the core back when a server wakes (its core held elsewhere,
+/// a lost kick) makes the server miss its deadline with budget left: counted once per lost
+/// period, and the server starts afresh from the late decision.
+#[test]
+fn a_period_lost_with_budget_left_is_a_reservation_miss() {
+    let (sys, mut cores) = system(1, vec![share(0, 256), reserved(1, ms(2), ms(10))]);
+    let core = &mut cores[0];
+    let misses = |core: &CoreRuntime| sched(core, V1).stats().reservation_misses;
+    // V1 runs 1 ms and waits for an interrupt; V0 gets the core.
+    run_once(&sys, core, V1, Instant::ZERO, at_ms(1), ExitReason::Wfi, &mut ());
+    let Decision::Run { vcpu: V0, .. } = core.next(&sys, at_ms(1), &mut ()) else { panic!("V0 runs") };
+    // V1's interrupt at 2 ms makes it runnable (deadline 10 ms kept, 1 ms left), but V0's run
+    // only ends at 25 ms.
+    core.handle(&sys, Event::Wake { vcpu: V1 }, at_ms(2), &mut ()).unwrap();
+    core.handle(&sys, Event::Exit { vcpu: V0, reason: ExitReason::Preempted }, at_ms(25), &mut ()).unwrap();
+    assert_eq!(misses(core), 0);
+    let mut trace = Vec::new();
+    assert_eq!(core.next(&sys, at_ms(25), &mut trace), Decision::Run { vcpu: V1, until: at_ms(27) });
+    let miss = TraceKind::DeadlineMiss { vcpu: V1, deadline: at_ms(10), late: ms(15) };
+    assert!(trace.contains(&TraceEvent { at: at_ms(25), kind: miss }), "{trace:?}");
+    let s = sched(core, V1).rt.expect("a server");
+    assert_eq!((s.deadline, s.remaining), (at_ms(35), ms(2)));
+    core.handle(&sys, Event::Exit { vcpu: V1, reason: ExitReason::Preempted }, at_ms(27), &mut ()).unwrap();
+    assert_eq!(misses(core), 1);
+    // From then on, honoured: 2 ms in each period from 35 ms (a throttled server misses
+    // nothing), no further miss.
+    let slices = drive(&sys, core, at_ms(27), at_ms(135), &mut (), busy);
+    for k in 0..10 {
+        assert_eq!(ran(&slices, V1, at_ms(35 + 10 * k), at_ms(45 + 10 * k)), ms(2), "period {k}");
+    }
+    assert_eq!(misses(core), 1);
+}
+
+#[test]
 fn an_exhausted_reservation_idles_until_its_replenishment() {
     let (sys, mut cores) = system(1, vec![reserved(0, ms(2), ms(10))]);
     let core = &mut cores[0];

@@ -18,11 +18,13 @@
 //! **Dirty logging** (live migration, docs/migration.md): [`Stage2Map::write_protect`] makes RAM
 //! pages read-only at stage 2. With software tracking, the guest's first write to such a page is a
 //! stage-2 permission fault; the exit handler marks the page dirty and makes it writable again
-//! ([`Stage2Map::make_writable`], then [`invalidate_ipa`]). With hardware tracking (FEAT_HAFDBS:
+//! ([`Stage2Map::make_writable`], then [`invalidate_ipa_local`]: this core's entries only). With hardware tracking (FEAT_HAFDBS:
 //! `VTCR_EL2.HD` and the descriptors' DBM bit) the CPU makes the page writable itself on the
 //! first write and [`Stage2Map::harvest_hardware_dirty`] finds such pages. Changing only the
 //! write permission of a live descriptor needs no break-before-make; the TLB entries of the VM
-//! are dropped after each change that takes permission away ([`invalidate_vm`]).
+//! are dropped on every core after each change that takes permission away ([`invalidate_vm`]),
+//! and on the faulting core only after one that gives it back (another core's stale read-only
+//! entry costs it one spurious fault).
 
 use core::fmt;
 use core::ops::Range;
@@ -155,19 +157,27 @@ pub fn invalidate_vm(vttbr: u64) {
     };
 }
 
-/// Drops the TLB entries of one guest page of the VM whose `VTTBR_EL2` is loaded on this core (an
+/// Drops this core's TLB entries of one guest page of the VM whose `VTTBR_EL2` is loaded here (an
 /// exit handler's), after its write permission was given back: its stage-2 entry and every
 /// combined stage-1+2 entry of the VMID (those are not tagged by IPA).
-pub fn invalidate_ipa(ipa: u64) {
-    // SAFETY: TLB invalidation by IPA for the current VMID, then of its stage-1 entries; drops
-    // cached translations only.
+///
+/// This core only: giving a permission back needs no broadcast. Another core can hold only the
+/// old read-only entry, which at worst makes its next write fault once more; that fault finds
+/// the page writable already and drops that core's entries the same way (a spurious fault, as
+/// KVM handles them). A broadcast here would cost every core of the machine: under QEMU a
+/// shareable TLBI stops every vCPU thread and flushes each one's whole TLB, and a Linux guest
+/// first writes tens of thousands of pages while it boots.
+pub fn invalidate_ipa_local(ipa: u64) {
+    // SAFETY: TLB invalidation on this core by IPA for the current VMID, then of its stage-1
+    // entries; drops cached translations only. The `dsb ishst` first makes the descriptor
+    // write visible to every core's walker (another core's spurious fault reads it).
     unsafe {
         core::arch::asm!(
             "dsb ishst",
-            "tlbi ipas2e1is, {page}",
-            "dsb ish",
-            "tlbi vmalle1is",
-            "dsb ish",
+            "tlbi ipas2e1, {page}",
+            "dsb nsh",
+            "tlbi vmalle1",
+            "dsb nsh",
             "isb",
             page = in(reg) ipa >> 12,
             options(nostack, preserves_flags)

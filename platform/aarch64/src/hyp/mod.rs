@@ -540,7 +540,7 @@ impl Hypervisor {
             let vcpu = self.vcpu(*id);
             let vm = &self.vms[vcpu.vm.index()];
             println!(
-                "stat vcpu {}/{} cpu_ns={} runs={} wakeups={} preemptions={} migrations={} wake_latency_max_ns={} state={}",
+                "stat vcpu {}/{} cpu_ns={} runs={} wakeups={} preemptions={} migrations={} wake_latency_max_ns={} reservation_misses={} state={}",
                 vm.name,
                 vcpu.index,
                 s.cpu_time.as_nanos(),
@@ -549,6 +549,7 @@ impl Hypervisor {
                 s.preemptions,
                 s.migrations,
                 s.wake_latency_max.as_nanos(),
+                s.reservation_misses,
                 state_word(*state)
             );
         }

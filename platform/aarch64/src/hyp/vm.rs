@@ -524,7 +524,9 @@ impl Vm {
     /// A stage-2 permission fault at `ipa` by a vCPU of this VM (loaded on this core): a first
     /// write to an untouched page, or a write logged by live migration. The page is marked
     /// (touched, and dirty while the VM logs) and made writable, and the access can be retried.
-    /// False when `ipa` is not RAM.
+    /// A fault on a page that is writable already comes from a stale entry in this core's TLB
+    /// (the permission was given back by another core, which dropped only its own entries): it
+    /// is handled alike, the mark conservative. False when `ipa` is not RAM.
     pub fn dirty_fault(&self, ipa: u64) -> bool {
         if !self.is_ram(ipa, 1) {
             return false;
@@ -543,7 +545,7 @@ impl Vm {
                 log.faulted += 1;
             }
         }
-        crate::stage2::invalidate_ipa(page_ipa);
+        crate::stage2::invalidate_ipa_local(page_ipa);
         true
     }
 
