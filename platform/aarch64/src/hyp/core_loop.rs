@@ -384,7 +384,14 @@ impl Core<'_> {
         // Last before waiting: the cores the decision concerns (a hand-over's destination).
         self.send_kicks();
         if !self.poll {
+            // An every-core `HV_BENCH` window counts only while the core is awake.
+            if super::bench::every_core_open() {
+                super::bench::pause(self);
+            }
             aarch64_cpu::asm::wfi();
+            if super::bench::every_core_open() {
+                super::bench::resume(self);
+            }
         }
         super::instructions::sample(self.me);
         let end = timer::now();
