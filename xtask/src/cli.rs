@@ -27,7 +27,11 @@ pub const BENCHES: &[Bench] = &[
         package: "",
         about: "energy of every power policy on the built-in phone traces (simulator)",
     },
-    Bench { name: "migrate", package: "migrate", about: "checkpoint codec against memcpy (criterion)" },
+    Bench {
+        name: "migrate",
+        package: "migrate",
+        about: "checkpoint codec against memcpy (criterion); the vCPU move between cores in EL2 instructions (QEMU, -icount)",
+    },
     Bench {
         name: "live",
         package: "",

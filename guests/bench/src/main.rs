@@ -12,10 +12,14 @@
 //! | 2 `sgi-self` | an SGI to this vCPU, taken and EOIed by the guest (EOI does not trap) |
 //! | 3 `ipi-send` | an SGI to vCPU 1, counted on the sender's core; vCPU 1 acknowledges each before the next |
 //! | 4 `yield` | an `HV_YIELD` to vCPU 1, which yields straight back (two vCPU switches) |
+//! | 5 `baseline-every-core` | nothing, counted on every core (`HV_BENCH` phase 2) |
+//! | 6 `move` | an `HV_BENCH_MOVE` to the other core of cores 0 and 1 (one move), counted on every core |
 //!
 //! Operations 3 and 4 need a second vCPU; with one vCPU they are skipped. Where vCPU 1 runs
-//! (another core for 3, the same core for 4) is the scenario's business. On bare QEMU the bench
-//! calls answer `NOT_SUPPORTED` and the guest only checks that the operations work.
+//! (another core for 3, the same core for 4) is the scenario's business. Operations 5 and 6 come
+//! last, once vCPU 1 is off, and are skipped on one core; they start on core 0 and, with an even
+//! number of iterations, end there. On bare QEMU the bench calls answer `NOT_SUPPORTED` and the
+//! guest only checks that the operations work.
 
 #![no_std]
 #![no_main]
@@ -33,6 +37,8 @@ const SGI_SELF: u32 = 5;
 const SGI_OTHER: u32 = 6;
 const START: u64 = 0;
 const STOP: u64 = 1;
+/// Start counting on every core (an operation that goes from core to core).
+const START_EVERY_CORE: u64 = 2;
 const TIMEOUT_MS: u64 = 5_000;
 
 static SELF_TAKEN: AtomicU32 = AtomicU32::new(0);
@@ -52,9 +58,14 @@ fn on_other_sgi(_: u32) {
 }
 
 /// Runs `body` `ITERATIONS` times between the bench calls of `op`.
-fn measure(op: u64, name: &str, mut body: impl FnMut(u64) -> Result<(), Fail>) -> Result<(), Fail> {
+fn measure(op: u64, name: &str, body: impl FnMut(u64) -> Result<(), Fail>) -> Result<(), Fail> {
+    measure_from(START, op, name, body)
+}
+
+/// [`measure`], started with the phase `start` (on this core or on every core).
+fn measure_from(start: u64, op: u64, name: &str, mut body: impl FnMut(u64) -> Result<(), Fail>) -> Result<(), Fail> {
     let expected = hypercall::expected_mark_answer();
-    let a = hypercall::hv_bench(START, op, ITERATIONS);
+    let a = hypercall::hv_bench(start, op, ITERATIONS);
     for i in 0..ITERATIONS {
         body(i)?;
     }
@@ -140,8 +151,35 @@ fn main(_x0: u64) -> Result<(), Fail> {
     } else {
         println!("bench: one vCPU: ipi-send and yield skipped");
     }
+    moves()?;
     if platform == Platform::BareQemu {
         println!("bench: bare QEMU: nothing was counted");
     }
     Ok(())
+}
+
+/// Operations 5 and 6: this vCPU moved between cores 0 and 1, the other vCPU off (so the other
+/// core idles while this one works).
+fn moves() -> Result<(), Fail> {
+    let expected = hypercall::expected_mark_answer();
+    // To core 1 and back: there is a core 1, and the window starts on core 0.
+    let there = hypercall::hv_bench_move(1);
+    if there == hypercall::INVALID_PARAMETERS {
+        println!("bench: one core: move skipped");
+        return Ok(());
+    }
+    let back = hypercall::hv_bench_move(0);
+    ensure!(
+        there == expected && back == expected,
+        "HV_BENCH_MOVE answered {:#x}/{:#x}, expected {:#x}",
+        there,
+        back,
+        expected
+    );
+    measure_from(START_EVERY_CORE, 5, "baseline-every-core", |_| Ok(()))?;
+    measure_from(START_EVERY_CORE, 6, "move", |i| {
+        let answer = hypercall::hv_bench_move((i + 1) % 2);
+        ensure!(answer == expected, "HV_BENCH_MOVE answered {:#x}, expected {:#x}", answer, expected);
+        Ok(())
+    })
 }

@@ -13,9 +13,13 @@ pub const HV_NULL: u32 = 0xC600_0000;
 pub const HV_MARK: u32 = 0xC600_0001;
 /// `HV_YIELD`: gives the physical core to another runnable vCPU, if any.
 pub const HV_YIELD: u32 = 0xC600_0002;
-/// `HV_BENCH`: x1 = phase (0 start, 1 stop), x2 = operation id, x3 = iterations; the
-/// hypervisor counts its own (EL2) retired instructions between start and stop.
+/// `HV_BENCH`: x1 = phase (0 start, 1 stop, 2 start on every core), x2 = operation id, x3 =
+/// iterations; the hypervisor counts its own (EL2) retired instructions between start and stop.
 pub const HV_BENCH: u32 = 0xC600_0003;
+/// `HV_BENCH_MOVE`: x1 = a physical core; the hypervisor hands the calling vCPU over to it.
+pub const HV_BENCH_MOVE: u32 = 0xC600_0004;
+/// SMCCC `INVALID_PARAMETERS` as the raw x0.
+pub const INVALID_PARAMETERS: u64 = -2i64 as u64;
 /// SMCCC `NOT_SUPPORTED` as the raw x0.
 pub const NOT_SUPPORTED: u64 = -1i64 as u64;
 
@@ -44,6 +48,13 @@ pub fn hv_bench(phase: u64, op: u64, iterations: u64) -> u64 {
     args[1] = op;
     args[2] = iterations;
     smccc::hvc64(HV_BENCH, args)[0]
+}
+
+/// `HV_BENCH_MOVE(core)`; returns the raw x0.
+pub fn hv_bench_move(core: u64) -> u64 {
+    let mut args = [0; 17];
+    args[0] = core;
+    smccc::hvc64(HV_BENCH_MOVE, args)[0]
 }
 
 /// Where the guest runs, as told by `HV_NULL`'s answer.

@@ -4,6 +4,15 @@ use core::fmt;
 
 use aarch64_cpu::registers::{Readable, ID_AA64MMFR0_EL1, ID_AA64MMFR1_EL1, MIDR_EL1};
 
+/// `YIELD`: a hint that the core spins, waiting for another. Under QEMU's single-threaded
+/// round robin (`-icount`) it also ends the core's turn, so that the others run: a core spinning
+/// without it keeps its turn until a timer deadline, and the next core's turn then has no
+/// instructions left (a halted core woken by an interrupt, in particular, never runs).
+pub fn yield_hint() {
+    // SAFETY: a hint instruction; it changes no memory, register or system state.
+    unsafe { core::arch::asm!("yield", options(nomem, nostack, preserves_flags)) };
+}
+
 /// The Main ID Register of the calling core.
 pub fn midr() -> Midr {
     Midr(MIDR_EL1.get())

@@ -1,5 +1,5 @@
 //! The hypervisor's instruction counts: PMU event counter 0 counting `INST_RETIRED` at EL2
-//! only, for `HV_BENCH` (docs/guest-abi.md); counters 1 and 2 counting the whole run's
+//! only, for `HV_BENCH` (docs/guest-abi.md, `hyp::bench`); counters 1 and 2 counting the whole run's
 //! instructions at EL2 and in the guests, for `hv.count-instructions` (`hyp::instructions`).
 //! Under `-icount shift=4,sleep=off` QEMU retires the same instructions in every run, so the
 //! figures are bit-identical run to run.
@@ -55,6 +55,41 @@ pub fn stop_el2_instruction_count() -> u64 {
         )
     };
     count
+}
+
+/// Pauses counter 0 (an every-core `HV_BENCH` window, just before the core waits in WFI) and
+/// returns its count; the counter keeps it until [`resume_el2_instruction_count`]. Disabled
+/// first, so nothing after the `msr` is counted.
+pub fn pause_el2_instruction_count() -> u64 {
+    let count: u64;
+    // SAFETY: disables event counter 0 of this core and reads it; no memory, translation or
+    // exception routing state is involved.
+    unsafe {
+        core::arch::asm!(
+            "msr pmcntenclr_el0, {one}",
+            "isb",
+            "mrs {count}, pmevcntr0_el0",
+            count = out(reg) count,
+            one = in(reg) 1u64,
+            options(nostack, preserves_flags),
+        )
+    };
+    count
+}
+
+/// Resumes counter 0 from the count [`pause_el2_instruction_count`] left (just after the core
+/// woke up from WFI); the `msr` is the last thing, so nothing before it is counted.
+pub fn resume_el2_instruction_count() {
+    // SAFETY: enables event counter 0 of this core, as configured by
+    // `start_el2_instruction_count`; no memory or translation state is involved.
+    unsafe {
+        core::arch::asm!(
+            "msr pmcntenset_el0, {one}",
+            "isb",
+            one = in(reg) 1u64,
+            options(nostack, preserves_flags),
+        )
+    };
 }
 
 /// PMEVTYPER<n>_EL0 filter for EL0 and EL1 only: P, U and NSH clear (EL2 not counted).

@@ -212,9 +212,9 @@ impl Core<'_> {
             self.fire_timers(now);
             self.poll = false;
             let decision = self.rt.next(&self.hyp.sys, now, &mut self.hyp.trace());
-            self.send_kicks();
             match decision {
                 Decision::Run { vcpu, until } => {
+                    self.send_kicks();
                     // Its deadline is not among the others' any more.
                     if self.timers_holder == Some(vcpu) {
                         self.timers_known = false;
@@ -233,12 +233,16 @@ impl Core<'_> {
                     self.after_exit(vcpu, reason);
                     self.send_kicks();
                 }
+                // The vCPU kept loaded is saved before the kicks: a vCPU this decision handed
+                // to another core is in memory before that core is told to take it (which
+                // would otherwise wait for its context's lock). `idle` sends them.
                 Decision::Idle { until } => {
                     self.put_away();
                     self.idle(until.unwrap_or(Instant::NEVER))
                 }
                 Decision::PowerOff => {
                     self.put_away();
+                    self.send_kicks();
                     return;
                 }
             }
@@ -377,8 +381,17 @@ impl Core<'_> {
         // follows, in the idle state the policy picks for the rest predicted (until the timer).
         let start = timer::now();
         let state = self.hyp.power.idle_state(self.me, wake.since(start));
+        // Last before waiting: the cores the decision concerns (a hand-over's destination).
+        self.send_kicks();
         if !self.poll {
+            // An every-core `HV_BENCH` window counts only while the core is awake.
+            if super::bench::every_core_open() {
+                super::bench::pause(self);
+            }
             aarch64_cpu::asm::wfi();
+            if super::bench::every_core_open() {
+                super::bench::resume(self);
+            }
         }
         super::instructions::sample(self.me);
         let end = timer::now();

@@ -28,11 +28,16 @@ pub const HV_NULL: u32 = guest::HV_NULL;
 pub const HV_MARK: u32 = 0xC600_0001;
 /// `HV_YIELD`: gives the core to any other runnable vCPU.
 pub const HV_YIELD: u32 = 0xC600_0002;
-/// `HV_BENCH`: x1 = phase (0 start, 1 stop), x2 = operation, x3 = iterations; counts the
-/// hypervisor's own instructions on this core in between.
+/// `HV_BENCH`: x1 = phase (0 start, 1 stop, 2 start on every core), x2 = operation, x3 =
+/// iterations; counts the hypervisor's own instructions in between (`super::bench`).
 pub const HV_BENCH: u32 = 0xC600_0003;
+/// `HV_BENCH_MOVE`: x1 = a physical core; asks the runtime to hand the calling vCPU over to it
+/// (a benchmark of the move, `cargo xtask bench qemu`).
+pub const HV_BENCH_MOVE: u32 = 0xC600_0004;
 /// SMCCC `NOT_SUPPORTED` as a register value.
 const NOT_SUPPORTED: u64 = -1i64 as u64;
+/// SMCCC `INVALID_PARAMETERS` as a register value.
+const INVALID_PARAMETERS: u64 = -2i64 as u64;
 
 /// What the core does after an exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,27 +208,21 @@ fn hvc(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs) -> Actio
             regs.x[0] = 0;
             return Action::Exit(ExitReason::Yield);
         }
-        HV_BENCH => {
-            let (phase, op, iterations) = (regs.x[1], regs.x[2], regs.x[3]);
-            regs.x[0] = 0;
-            match phase {
-                0 => {
-                    core.bench = Some((op, iterations, core.exit_count()));
-                    // Last: everything after this is part of the window.
-                    crate::pmu::start_el2_instruction_count();
-                }
-                1 => {
-                    // First: everything before this is part of the window.
-                    let count = crate::pmu::stop_el2_instruction_count();
-                    match core.bench.take() {
-                        Some((started, n, exits)) if started == op && n == iterations => crate::println!(
-                            "bench op={op} iterations={iterations} el2_instructions={count} exits={}",
-                            core.exit_count() - exits
-                        ),
-                        _ => regs.x[0] = NOT_SUPPORTED,
+        HV_BENCH => regs.x[0] = super::bench::call(core, vcpu.id, regs.x[1], regs.x[2], regs.x[3]),
+        HV_BENCH_MOVE => {
+            // A request as the governor's (`System::request_move`): the vCPU leaves the core at
+            // this exit and the runtime hands it over at its next decision.
+            let dest = u16::try_from(regs.x[1]).map(CoreId);
+            match dest.map(|d| core.hyp.sys.request_move(vcpu.id, d)) {
+                Ok(Ok(owner)) => {
+                    regs.x[0] = 0;
+                    if owner == core.me {
+                        core.poll = true;
+                    } else {
+                        core.hyp.kick_core(owner, true);
                     }
                 }
-                _ => regs.x[0] = NOT_SUPPORTED,
+                _ => regs.x[0] = INVALID_PARAMETERS,
             }
         }
         f if psci::is_psci(f) => return psci_call(core, vm, vcpu, regs),

@@ -13,6 +13,7 @@
 //! Everything here is safe code over the platform's primitives ([`crate::guest`],
 //! [`crate::gic`], [`crate::stage2`], [`crate::timer`]).
 
+mod bench;
 pub mod checkpoint;
 mod core_loop;
 mod exits;
@@ -513,7 +514,9 @@ impl Hypervisor {
                 let missing = all & !(self.done.load(Ordering::Acquire) | self.off_cores());
                 crate::fail!("cores {missing:#x} did not leave their loops at the end of the run");
             }
-            core::hint::spin_loop();
+            // Lets the others run under QEMU's round robin: a core halted in WFI with the
+            // end's kick pending would not (`cpu::yield_hint`).
+            crate::cpu::yield_hint();
         }
         let end = timer::now();
         // The off cores' vCPUs (none: a core hands them all over before it goes off) and
