@@ -31,6 +31,7 @@
 //! [`Event::End`]: on any error it discards that VM, and the source VM (or the stored
 //! checkpoint) is untouched.
 
+mod checksum;
 mod codec;
 mod decode;
 mod encode;
@@ -41,6 +42,7 @@ pub(crate) mod wire;
 #[cfg(test)]
 mod tests;
 
+pub use checksum::Crc32c;
 pub use codec::{RunEncoding, Trailer};
 pub use decode::{
     decode_all, decode_all_with, Checkpoint, DataRange, Decoder, Discard, Event, GuestMemory, MemoryRun, NoMemory,
