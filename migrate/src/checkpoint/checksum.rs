@@ -99,7 +99,7 @@ impl Crc32c {
 }
 
 impl Default for Crc32c {
-    /// [`Crc32c::HOST`] with the `hw-crc` feature, else [`Crc32c::PORTABLE`].
+    /// `Crc32c::HOST` with the `hw-crc` feature, else [`Crc32c::PORTABLE`].
     fn default() -> Self {
         #[cfg(feature = "hw-crc")]
         {
