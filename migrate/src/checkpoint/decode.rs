@@ -192,6 +192,8 @@ pub struct Decoder<S: Source> {
     live: bool,
     sections: u32,
     crc: StreamCrc,
+    /// Verifies the section payloads' CRCs.
+    crc32c: Crc32c,
     next_ipa: u64,
     buf: Vec<u8>,
     failed: Option<CheckpointError>,
@@ -244,10 +246,18 @@ impl<S: Source> Decoder<S> {
             live: false,
             sections: 0,
             crc: StreamCrc::new(),
+            crc32c: Crc32c::default(),
             next_ipa: 0,
             buf: Vec::new(),
             failed: None,
         }
+    }
+
+    /// Verifies section payloads with `crc` instead of [`Crc32c::default`] (a platform's CRC-32C
+    /// instructions).
+    pub fn with_crc(mut self, crc: Crc32c) -> Decoder<S> {
+        self.crc32c = crc;
+        self
     }
 
     /// The header, once its event was returned.
@@ -420,7 +430,7 @@ impl<S: Source> Decoder<S> {
         let payload = &mut self.buf[..len];
         fill(&mut self.source, payload).map_err(short(part, len as u64))?;
         let payload = &self.buf[..len];
-        let computed = CRC.checksum(payload);
+        let computed = self.crc32c.checksum(payload);
         if computed != payload_crc {
             return Err(err(part, Problem::Checksum { stored: payload_crc, computed }));
         }

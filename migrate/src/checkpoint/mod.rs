@@ -24,6 +24,9 @@
 //!   [`Limits`]. It reads format versions 1 and 2.
 //! - [`decode_all`] checks a whole checkpoint held in memory and returns it as a
 //!   [`Checkpoint`], or an error and nothing.
+//! - [`Crc32c`] computes the section payloads' CRC-32C: the portable tables, the CPU's
+//!   instructions with the `hw-crc` feature (host builds), or a platform's own
+//!   ([`Encoder::with_crc`], [`Decoder::with_crc`]). The stream is the same with any.
 //!
 //! **No partial restore.** The reader validates each section before it yields it, but a stream
 //! can still fail later (truncated, a later section corrupt, the trailer's checksum wrong). The
@@ -31,6 +34,7 @@
 //! [`Event::End`]: on any error it discards that VM, and the source VM (or the stored
 //! checkpoint) is untouched.
 
+mod checksum;
 mod codec;
 mod decode;
 mod encode;
@@ -41,6 +45,7 @@ pub(crate) mod wire;
 #[cfg(test)]
 mod tests;
 
+pub use checksum::Crc32c;
 pub use codec::{RunEncoding, Trailer};
 pub use decode::{
     decode_all, decode_all_with, Checkpoint, DataRange, Decoder, Discard, Event, GuestMemory, MemoryRun, NoMemory,

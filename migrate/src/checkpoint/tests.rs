@@ -292,6 +292,42 @@ fn memory_in_any_pieces_gives_the_same_stream() {
 }
 
 #[test]
+fn every_crc_implementation_writes_and_reads_the_same_stream() {
+    use Fill::*;
+    let c = sample(2, 32, &[Random, Zero, Text, Random, Pattern, Random, Random, Zero, Text], 5);
+    let whole = c.encode(EncodeOptions::default()).unwrap();
+    let mut e =
+        Encoder::new(Vec::new(), &c.header, &c.config, EncodeOptions::default()).unwrap().with_crc(Crc32c::PORTABLE);
+    for v in &c.vcpus {
+        e.vcpu(v).unwrap();
+    }
+    e.vgic(&c.vgic).unwrap();
+    e.timers(&c.timers).unwrap();
+    e.devices(&c.devices).unwrap();
+    e.memory(RAM_BASE, &flat(&c)).unwrap();
+    let (portable, _) = e.finish().unwrap();
+    assert!(portable == whole);
+    let mut corrupt = whole.clone();
+    let middle = corrupt.len() / 2;
+    corrupt[middle] ^= 0x10;
+    for crc in [Crc32c::PORTABLE, Crc32c::default()] {
+        let read = |bytes: &[u8]| {
+            let mut d = Decoder::new(bytes).with_crc(crc);
+            loop {
+                match d.next_event(&mut Discard::default()) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        assert_eq!(read(&whole), Ok(()), "{crc:?}");
+        let e = read(&corrupt).unwrap_err();
+        assert!(matches!(e.problem, Problem::Checksum { .. }), "{crc:?}: {e}");
+    }
+}
+
+#[test]
 fn zero_pages_cost_nothing_and_known_zero_ranges_are_not_read() {
     let header = CheckpointHeader::new(1, RAM_BASE, 1 << 30); // 1 GiB, all zero
     let c = Checkpoint {

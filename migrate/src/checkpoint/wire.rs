@@ -5,15 +5,6 @@ use alloc::vec::Vec;
 /// CRC-32C (Castagnoli), slice-by-16 tables (16 KiB, built at compile time).
 pub(crate) const CRC: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
 
-/// CRC-32C of `parts` laid end to end.
-pub(crate) fn crc_of(parts: &[&[u8]]) -> u32 {
-    let mut d = CRC.digest();
-    for p in parts {
-        d.update(p);
-    }
-    d.finalize()
-}
-
 // ----- CRC combination -----
 //
 // The whole-stream checksum is the CRC-32C of every byte before the trailer. Rather than hash

@@ -1,8 +1,8 @@
-//! Identification of the CPU: MIDR, physical address size, VMID width.
+//! Identification of the CPU: MIDR, physical address size, VMID width, CRC32 instructions.
 
 use core::fmt;
 
-use aarch64_cpu::registers::{Readable, ID_AA64MMFR0_EL1, ID_AA64MMFR1_EL1, MIDR_EL1};
+use aarch64_cpu::registers::{Readable, ID_AA64ISAR0_EL1, ID_AA64MMFR0_EL1, ID_AA64MMFR1_EL1, MIDR_EL1};
 
 /// `YIELD`: a hint that the core spins, waiting for another. Under QEMU's single-threaded
 /// round robin (`-icount`) it also ends the core's turn, so that the others run: a core spinning
@@ -100,4 +100,10 @@ pub fn vmid_bits() -> u32 {
         2 => 16,
         _ => 8,
     }
+}
+
+/// Whether the CPU has the CRC32 instructions, CRC32C* among them (ID_AA64ISAR0_EL1.CRC32,
+/// optional in Armv8.0, mandatory from Armv8.1; Cortex-A57 and QEMU's `max` have them).
+pub fn has_crc32() -> bool {
+    (ID_AA64ISAR0_EL1.get() >> 16) & 0xf != 0
 }

@@ -10,7 +10,8 @@
 //!
 //! The hypervisor: RAM handed out in disjoint regions ([`ram`]), the vCPU context and world
 //! switch ([`guest`]), stage-2 tables ([`stage2`]), the physical GIC and the virtual CPU
-//! interface ([`gic`]), system register access ([`sysreg`]), and, in safe code over all of
+//! interface ([`gic`]), system register access ([`sysreg`]), CRC-32C with the CPU's CRC32C
+//! instructions for checkpoints ([`crc`]), and, in safe code over all of
 //! these, VMs built from the scenario manifest and the core loop that runs them with the
 //! portable runtime ([`hyp`]).
 //!
@@ -25,6 +26,7 @@ extern crate alloc;
 
 pub mod console;
 pub mod cpu;
+pub mod crc;
 pub mod entry;
 pub mod exceptions;
 pub mod gic;

@@ -172,7 +172,9 @@ pub fn write(vm: &Vm, vcpus: &[Vcpu], states: &[(VcpuId, RunState)]) -> Result<(
     let header = CheckpointHeader::new(vm.vcpus, vm.ram_ipa.start, vm.ram_ipa.end - vm.ram_ipa.start);
     let config = VmConfig { name: vm.name.clone(), weight: vm.weight, reservation: vm.reservation };
     let sink = DiskSink(disk.writer());
-    let mut enc = Encoder::new(sink, &header, &config, EncodeOptions::default()).map_err(|e| format!("{e}"))?;
+    let mut enc = Encoder::new(sink, &header, &config, EncodeOptions::default())
+        .map_err(|e| format!("{e}"))?
+        .with_crc(crate::crc::crc32c());
     let state_of = |id: VcpuId| states.iter().find(|(v, _)| *v == id).map_or(RunState::Parked, |&(_, s)| s);
     encode_state(&mut enc, vm, vcpus, state_of)?;
     vm.with_ram(|ram| enc.memory(header.ram_base, ram)).map_err(|e| format!("{e}"))?;
@@ -266,7 +268,7 @@ pub fn restore(vm: &Vm, vcpus: &[Vcpu]) -> Result<Restored, String> {
 /// Everything is verified to the trailer before anything but the VM's RAM changes; on an error
 /// the VM must not run. Returns also the trailer's stream length and CRC.
 pub fn restore_from<S: Source>(source: S, vm: &Vm, vcpus: &[Vcpu]) -> Result<(Restored, u64, u32), String> {
-    let mut decoder = Decoder::new(source);
+    let mut decoder = Decoder::new(source).with_crc(crate::crc::crc32c());
     let mut power = Vec::new();
     let mut timers = None;
     let mut timing = None;

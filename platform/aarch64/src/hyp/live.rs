@@ -582,7 +582,7 @@ fn start(
     let header = CheckpointHeader::new(vm.vcpus, vm.ram_ipa.start, vm.ram_bytes());
     let config = VmConfig { name: vm.name.clone(), weight: vm.weight, reservation: vm.reservation };
     let enc = match Encoder::new_live(StreamSink(peer), &header, &config, EncodeOptions::default()) {
-        Ok(enc) => enc,
+        Ok(enc) => enc.with_crc(crate::crc::crc32c()),
         Err(e) => {
             let _ = vm.stop_dirty_log();
             return Err(format!("{e}"));

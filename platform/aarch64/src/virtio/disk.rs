@@ -32,7 +32,8 @@ use alloc::boxed::Box;
 use core::fmt;
 use core::ops::Range;
 
-use crc::{Crc, Digest, CRC_32_ISCSI};
+use crc::{Crc, CRC_32_ISCSI};
+use migrate::checkpoint::Crc32c;
 use vcpu_runtime::Nanos;
 use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk};
 use virtio_drivers::transport::mmio::{MmioError, MmioTransport};
@@ -61,7 +62,8 @@ const HEADER_CHECKED: usize = 28;
 /// CRC-32C, as `vcpu_runtime::manifest`.
 static CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
 
-/// The CRC-32C of `bytes` (what [`StreamSummary::crc`] holds for a payload).
+/// The CRC-32C of `bytes` (what [`StreamSummary::crc`] holds for a payload). The payload's
+/// own running CRC uses [`crate::crc::crc32c`] (the CPU's CRC32C instructions): the same value.
 pub fn crc32c(bytes: &[u8]) -> u32 {
     CRC32C.checksum(bytes)
 }
@@ -415,7 +417,8 @@ impl CheckpointDisk {
             len: 0,
             filled: 0,
             next_sector: HEADER_SECTORS,
-            digest: CRC32C.digest(),
+            crc: 0,
+            crc32c: crate::crc::crc32c(),
             started: false,
             failed: false,
         }
@@ -432,7 +435,8 @@ impl CheckpointDisk {
             pos: 0,
             chunk_start: 0,
             chunk_len: 0,
-            digest: CRC32C.digest(),
+            crc: 0,
+            crc32c: crate::crc::crc32c(),
             failed: false,
         };
         if header.len == 0 {
@@ -468,7 +472,9 @@ pub struct DiskWriter<'d> {
     filled: usize,
     /// Where the chunk buffer goes.
     next_sector: u64,
-    digest: Digest<'static, u32>,
+    /// CRC-32C of the payload so far.
+    crc: u32,
+    crc32c: Crc32c,
     /// The old header has been blanked.
     started: bool,
     failed: bool,
@@ -513,7 +519,7 @@ impl DiskWriter<'_> {
             self.disk.transfer(DiskOp::Write, self.next_sector, padded)?;
         }
         self.disk.transfer(DiskOp::Flush, 0, 0)?;
-        let summary = StreamSummary { len: self.len, crc: self.digest.clone().finalize() };
+        let summary = StreamSummary { len: self.len, crc: self.crc };
         StreamHeader { len: summary.len, crc: summary.crc }.encode(&mut self.disk.chunk()?[..SECTOR_SIZE]);
         self.disk.transfer(DiskOp::Write, 0, SECTOR_SIZE)?;
         self.disk.transfer(DiskOp::Flush, 0, 0)?;
@@ -544,7 +550,7 @@ impl DiskWriter<'_> {
             return Err(DiskError::TooSmall { needed, capacity });
         }
         self.start()?;
-        self.digest.update(bytes);
+        self.crc = self.crc32c.append(self.crc, bytes);
         self.len += bytes.len() as u64;
         while !bytes.is_empty() {
             let n = bytes.len().min(CHUNK_BYTES - self.filled);
@@ -570,7 +576,9 @@ pub struct DiskReader<'d> {
     /// The payload offset of the chunk buffer's first byte, and how many of its bytes are payload.
     chunk_start: u64,
     chunk_len: usize,
-    digest: Digest<'static, u32>,
+    /// CRC-32C of the payload so far.
+    crc: u32,
+    crc32c: Crc32c,
     failed: bool,
 }
 
@@ -640,7 +648,7 @@ impl DiskReader<'_> {
         let offset = (self.pos - self.chunk_start) as usize;
         let n = buf.len().min(self.chunk_len - offset);
         buf[..n].copy_from_slice(&self.disk.chunk()?[offset..offset + n]);
-        self.digest.update(&buf[..n]);
+        self.crc = self.crc32c.append(self.crc, &buf[..n]);
         self.pos += n as u64;
         if self.pos == self.header.len {
             self.verify()?;
@@ -650,7 +658,7 @@ impl DiskReader<'_> {
 
     /// Compares the payload's CRC-32C with the header's.
     fn verify(&mut self) -> Result<(), DiskError> {
-        let computed = self.digest.clone().finalize();
+        let computed = self.crc;
         if computed != self.header.crc {
             return Err(DiskError::Checksum { len: self.header.len, stored: self.header.crc, computed });
         }
