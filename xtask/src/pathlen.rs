@@ -348,7 +348,7 @@ pub fn run(ctx: &crate::exec::Ctx, names: &[&str]) -> Result<(), crate::Error> {
             u32::from(scenario.board.cores),
             "cortex-a57",
             true,
-            Some(&format!("hv.trace={trace}")),
+            Some(&format!("hv.trace={trace} hv.bench")),
         );
         let mut runs = Vec::new();
         for run in 1..=RUNS {

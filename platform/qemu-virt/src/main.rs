@@ -243,6 +243,9 @@ fn boot_main(boot: BootInfo) -> ! {
     if vcpu_runtime::bootargs::flag(bootargs, "hv.restore") {
         hyp::checkpoint::set_restore(true);
     }
+    if vcpu_runtime::bootargs::flag(bootargs, "hv.bench") {
+        hyp::bench::allow_moves(true);
+    }
     if vcpu_runtime::bootargs::flag(bootargs, "hv.count-instructions") {
         hyp::instructions::set_enabled(true);
     }

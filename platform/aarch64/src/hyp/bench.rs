@@ -36,6 +36,20 @@ use crate::pmu;
 const NOT_SUPPORTED: u64 = -1i64 as u64;
 
 /// The open every-core window's number, 0 when none is open.
+/// `hv.bench`: the guests may call `HV_BENCH_MOVE`.
+static MOVES_ALLOWED: AtomicBool = AtomicBool::new(false);
+
+/// `hv.bench`: lets the guests ask for moves of their own vCPUs (`HV_BENCH_MOVE`). Off by
+/// default: a guest must not bounce its vCPUs between cores at will and load the others' cores.
+pub fn allow_moves(allowed: bool) {
+    MOVES_ALLOWED.store(allowed, Ordering::Relaxed);
+}
+
+/// Whether `HV_BENCH_MOVE` is answered.
+pub fn moves_allowed() -> bool {
+    MOVES_ALLOWED.load(Ordering::Relaxed)
+}
+
 static WINDOW: AtomicU64 = AtomicU64::new(0);
 /// The last window's number.
 static WINDOWS: AtomicU64 = AtomicU64::new(0);

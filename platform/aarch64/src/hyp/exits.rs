@@ -32,7 +32,7 @@ pub const HV_YIELD: u32 = 0xC600_0002;
 /// iterations; counts the hypervisor's own instructions in between (`super::bench`).
 pub const HV_BENCH: u32 = 0xC600_0003;
 /// `HV_BENCH_MOVE`: x1 = a physical core; asks the runtime to hand the calling vCPU over to it
-/// (a benchmark of the move, `cargo xtask bench qemu`).
+/// (a benchmark of the move, `cargo xtask bench qemu`). Answered only under `hv.bench`.
 pub const HV_BENCH_MOVE: u32 = 0xC600_0004;
 /// SMCCC `NOT_SUPPORTED` as a register value.
 const NOT_SUPPORTED: u64 = -1i64 as u64;
@@ -209,6 +209,7 @@ fn hvc(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs) -> Actio
             return Action::Exit(ExitReason::Yield);
         }
         HV_BENCH => regs.x[0] = super::bench::call(core, vcpu.id, regs.x[1], regs.x[2], regs.x[3]),
+        HV_BENCH_MOVE if !super::bench::moves_allowed() => regs.x[0] = NOT_SUPPORTED,
         HV_BENCH_MOVE => {
             // A request as the governor's (`System::request_move`): the vCPU leaves the core at
             // this exit and the runtime hands it over at its next decision.

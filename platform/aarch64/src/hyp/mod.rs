@@ -13,7 +13,7 @@
 //! Everything here is safe code over the platform's primitives ([`crate::guest`],
 //! [`crate::gic`], [`crate::stage2`], [`crate::timer`]).
 
-mod bench;
+pub mod bench;
 pub mod checkpoint;
 mod core_loop;
 mod exits;
