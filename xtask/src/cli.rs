@@ -132,7 +132,7 @@ COMMANDS:
                          --timeout: kill QEMU and fail after SECONDS (default 60);
                          --icount: deterministic time (-icount shift=4,sleep=off);
                          --append: boot arguments for the hypervisor (e.g. hv.selftest=panic);
-                         --disk: a raw image as the checkpoint disk (hv.checkpoint-at=MS, hv.restore);
+                         --disk: a raw image as the checkpoint disk (hv.checkpoint-at=MS or hv.checkpoint-on=TEXT, hv.restore);
                          --stream: the migration stream to 127.0.0.1:PORT (hv.migrate-out=MS, hv.migrate-in).
                          With SCENARIO, the test guests are built too and the scenario's manifest
                          (target/el2/manifests/NAME.manifest) is loaded beside the image: the
