@@ -318,6 +318,10 @@ pub fn bench(ctx: &Ctx, only: Option<Bench>) -> Result<(), Error> {
             }
         }
     }
+    // Only the groups with a package are criterion benches.
+    if selected.iter().all(|b| b.package.is_empty()) {
+        return Ok(());
+    }
     let report = ctx.target_dir().join("criterion/report/index.html");
     let shown = report.strip_prefix(&ctx.root).unwrap_or(&report);
     println!(
