@@ -185,6 +185,15 @@ pub fn invalidate_ipa_local(ipa: u64) {
     };
 }
 
+/// Drops this core's TLB entries, stage 1 and stage 2, of the VM loaded on it (`VTTBR_EL2`'s
+/// VMID), after a change of its stage-2 map that only relaxed permissions: other cores keep
+/// their entries, as with [`invalidate_ipa_local`].
+pub fn invalidate_loaded_vm_local() {
+    // SAFETY: TLB invalidation on this core for the current VMID; drops cached translations
+    // only. The `dsb ishst` first makes the descriptor writes visible to every core's walker.
+    unsafe { core::arch::asm!("dsb ishst", "tlbi vmalls12e1", "dsb nsh", "isb", options(nostack, preserves_flags)) };
+}
+
 /// The DBM bit of a stage-2 descriptor (`aarch64-paging` has no name for it at stage 2).
 const S2_DBM: Stage2Attributes = Stage2Attributes::from_bits_retain(1 << 51);
 

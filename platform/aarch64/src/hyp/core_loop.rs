@@ -19,6 +19,7 @@ use vcpu_runtime::{CoreId, CoreRuntime, Decision, Event, ExitReason, Instant, Vc
 use vdev::vgic::{decode_ich_lr, encode_ich_lr, Effects, Lr};
 
 use super::exits::{self, Action};
+use super::instructions::ProfileMark;
 use super::power;
 use super::vm::{Vcpu, Vm, NO_DEADLINE};
 use super::Hypervisor;
@@ -90,6 +91,12 @@ pub(super) struct Core<'h> {
     /// period, forced migrations and the live-migration step, the earliest as it left them; a
     /// poll kick makes it due at once.
     housekeeping_at: Instant,
+    /// `hv.count-instructions`: the class of the last exit and the EL2 count then, for the
+    /// exit profile (`super::instructions`).
+    profile: Option<ProfileMark>,
+    /// The list register holding the virtual timer interrupt mapped to the physical PPI (HW
+    /// bit), while it is in one.
+    vtimer_hw_lr: Option<usize>,
     /// `VTTBR_EL2` and `CNTVOFF_EL2` as this core last loaded them (nothing else leaves them
     /// changed), so that a switch between two vCPUs of one VM does not write them again.
     stage2_loaded: (u64, u64),
@@ -138,6 +145,8 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
             timers_membership: 0,
             housekeeping_at: Instant::ZERO,
             stage2_loaded: (u64::MAX, u64::MAX),
+            profile: super::instructions::enabled().then_some(ProfileMark::START),
+            vtimer_hw_lr: None,
         };
         if shared.power.load(Ordering::Acquire) == power::STARTING {
             let now = timer::now();
@@ -632,9 +641,16 @@ impl Core<'_> {
         timer::arm_hyp_timer(until);
         let reason = loop {
             self.vgic_enter(vm, vcpu);
+            if let Some(mark) = self.profile {
+                mark.enter(self.me);
+            }
             let kind = guest::enter(&mut ctx.regs);
             self.exits += 1;
             let esr = guest::esr();
+            if self.profile.is_some() {
+                let class = super::instructions::exit_class(kind == ExitKind::Sync, esr);
+                self.profile = Some(ProfileMark::exit(class));
+            }
             self.vgic_exit(vm, vcpu);
             let action = match kind {
                 ExitKind::Sync => exits::handle(self, vm, vcpu, &mut ctx, esr),
@@ -786,6 +802,9 @@ impl Core<'_> {
         let mut leave = false;
         while let Some(intid) = gic::ack() {
             gic::eoi(intid);
+            if let Some(mark) = &mut self.profile {
+                mark.irq(intid);
+            }
             match intid {
                 gic::SGI_KICK => {
                     gic::deactivate(intid);
@@ -847,7 +866,15 @@ impl Core<'_> {
                 let asked = chunk.len().min(self.hyp.lrs - n);
                 let got = vgic.fill_lrs(vcpu.index, asked, &mut chunk);
                 for (i, lr) in chunk[..got].iter().enumerate() {
-                    gic::write_lr(n + i, encode_ich_lr(lr));
+                    if lr.intid == gic::PPI_VTIMER && self.vtimer_active {
+                        // The physical PPI is held active for this vCPU: mapped to the virtual
+                        // one (the HW bit), the guest's deactivation ends it too, without the
+                        // EOI maintenance interrupt a level interrupt otherwise needs.
+                        gic::write_lr(n + i, encode_ich_lr(&Lr { hw: Some(gic::PPI_VTIMER), ..*lr }));
+                        self.vtimer_hw_lr = Some(n + i);
+                    } else {
+                        gic::write_lr(n + i, encode_ich_lr(lr));
+                    }
                     self.lr_intid[n + i] = lr.intid;
                     any_pending |= lr.state.pending();
                 }
@@ -875,6 +902,13 @@ impl Core<'_> {
     /// common cases inline: nothing in the LRs and the line as it was, or every LR consumed.)
     #[inline(always)]
     fn vgic_exit(&mut self, vm: &Vm, vcpu: &Vcpu) {
+        if let Some(i) = self.vtimer_hw_lr.take() {
+            // Empty: the guest deactivated the virtual timer interrupt, and with it the
+            // physical one.
+            if gic::ich_elrsr() & (1 << i) != 0 {
+                self.vtimer_active = false;
+            }
+        }
         let line = vtimer_line();
         if line == self.timer_line && (self.lrs_used == 0 || self.retire_consumed_lrs(vm, vcpu)) {
             return;

@@ -85,4 +85,125 @@ pub fn report(cores: usize) {
         guest += g;
     }
     println!("instructions total el2={el2} guest={guest}");
+    report_profile(cores);
+}
+
+/// Exit classes of the profile: the exception class of `ESR_EL2` (0..64), and these.
+const CLASS_IRQ: usize = 64;
+/// A data abort that is a write (or stage-1 walk) permission fault: RAM write-protected until its
+/// first write (dirty tracking, docs/migration.md).
+const CLASS_FIRST_WRITE: usize = 65;
+/// The first entry of a run, with no exit before it on this core.
+const CLASS_NONE: usize = 66;
+/// Interrupts by kind: the EL2 timer, the virtual timer, the kick SGI, the maintenance PPI.
+const CLASS_IRQ_HYP_TIMER: usize = 67;
+const CLASS_IRQ_VTIMER: usize = 68;
+const CLASS_IRQ_KICK: usize = 69;
+const CLASS_IRQ_MAINTENANCE: usize = 70;
+const CLASSES: usize = 71;
+
+/// Per core and exit class: exits, and EL2 instructions from each exit to the next entry into a
+/// guest (the exit's handling, and what the core did before it entered a guest again: the
+/// runtime's decision, a switch, housekeeping). Written only by their core.
+struct CoreProfile {
+    exits: [AtomicU64; CLASSES],
+    el2: [AtomicU64; CLASSES],
+}
+
+static PROFILES: [CoreProfile; MAX_CORES] = [const {
+    CoreProfile { exits: [const { AtomicU64::new(0) }; CLASSES], el2: [const { AtomicU64::new(0) }; CLASSES] }
+}; MAX_CORES];
+
+/// The class of an exit: `sync` with syndrome `esr`, or an interrupt.
+pub fn exit_class(sync: bool, esr: u64) -> u8 {
+    if !sync {
+        return CLASS_IRQ as u8;
+    }
+    let ec = ((esr >> 26) & 0x3f) as usize;
+    // The test `exits::data_abort` makes before `Vm::dirty_fault`.
+    let write_or_walk = esr & (1 << 6 | 1 << 7) != 0;
+    if ec == 0x24 && esr & 0x3c == 0x0c && write_or_walk {
+        return CLASS_FIRST_WRITE as u8;
+    }
+    ec as u8
+}
+
+/// A core's place in the profile: the class of its last exit and the EL2 counter then.
+#[derive(Clone, Copy)]
+pub struct ProfileMark {
+    class: u8,
+    el2: u32,
+}
+
+impl ProfileMark {
+    pub const START: Self = Self { class: CLASS_NONE as u8, el2: 0 };
+
+    /// An exit of `class` now.
+    pub fn exit(class: u8) -> Self {
+        Self { class, el2: pmu::read_run_counters().0 }
+    }
+
+    /// The interrupt `intid` came with this exit (the first one names the class).
+    pub fn irq(&mut self, intid: u32) {
+        if usize::from(self.class) != CLASS_IRQ {
+            return;
+        }
+        self.class = match intid {
+            crate::gic::PPI_HYP_TIMER => CLASS_IRQ_HYP_TIMER,
+            crate::gic::PPI_VTIMER => CLASS_IRQ_VTIMER,
+            crate::gic::SGI_KICK => CLASS_IRQ_KICK,
+            crate::gic::PPI_MAINTENANCE => CLASS_IRQ_MAINTENANCE,
+            _ => CLASS_IRQ,
+        } as u8;
+    }
+
+    /// The core enters a guest now: what it did at EL2 since the exit goes to the exit's class.
+    pub fn enter(self, me: CoreId) {
+        let Some(p) = PROFILES.get(me.index()) else { return };
+        let class = usize::from(self.class).min(CLASSES - 1);
+        let now = pmu::read_run_counters().0;
+        if class != CLASS_NONE {
+            p.exits[class].fetch_add(1, Ordering::Relaxed);
+        }
+        p.el2[class].fetch_add(u64::from(now.wrapping_sub(self.el2)), Ordering::Relaxed);
+    }
+}
+
+/// Prints the exit profile summed over the cores, the costliest class first:
+/// `exits class=NAME count=N el2=E per_exit=P`.
+fn report_profile(cores: usize) {
+    let mut rows: alloc::vec::Vec<(usize, u64, u64)> = (0..CLASSES)
+        .map(|c| {
+            let sum = |f: fn(&CoreProfile) -> &[AtomicU64; CLASSES]| -> u64 {
+                PROFILES.iter().take(cores).map(|p| f(p)[c].load(Ordering::Relaxed)).sum()
+            };
+            (c, sum(|p| &p.exits), sum(|p| &p.el2))
+        })
+        .filter(|&(_, n, e)| n != 0 || e != 0)
+        .collect();
+    rows.sort_by_key(|r| core::cmp::Reverse(r.2));
+    for (class, count, el2) in rows {
+        let name = class_name(class);
+        println!("exits class={name} count={count} el2={el2} per_exit={}", el2 / count.max(1));
+    }
+}
+
+fn class_name(class: usize) -> &'static str {
+    match class {
+        0x01 => "wfx",
+        0x07 => "fp",
+        0x16 => "hvc",
+        0x17 => "smc",
+        0x18 => "sysreg",
+        0x20 => "iabt",
+        0x24 => "dabt-mmio",
+        CLASS_IRQ => "irq-other",
+        CLASS_IRQ_HYP_TIMER => "irq-el2-timer",
+        CLASS_IRQ_VTIMER => "irq-vtimer",
+        CLASS_IRQ_KICK => "irq-kick",
+        CLASS_IRQ_MAINTENANCE => "irq-maintenance",
+        CLASS_FIRST_WRITE => "first-write",
+        CLASS_NONE => "first-entry",
+        _ => "other",
+    }
 }
