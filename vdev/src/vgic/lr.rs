@@ -41,7 +41,8 @@ pub struct Lr {
     /// Group 1 (signalled as vIRQ); Group 0 is signalled as vFIQ.
     pub group1: bool,
     /// A physical INTID whose deactivation follows the guest's (the HW bit). The model never
-    /// sets it: every interrupt, the virtual timer's included, is purely virtual.
+    /// sets it; the platform does, for the virtual timer while it holds the physical PPI
+    /// active (docs/platform.md, *Timers*).
     pub hw: Option<u32>,
     /// Raise a maintenance interrupt when the guest deactivates it (the EOI bit; only
     /// meaningful without `hw`).
