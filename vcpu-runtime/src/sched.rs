@@ -33,6 +33,15 @@ use crate::vcpu::{Reservation, VcpuConfig, VcpuInfo, VcpuState};
 pub struct SchedParams {
     /// Longest a proportional-share vCPU runs before the core decides again.
     pub timeslice: Nanos,
+    /// Longest a share vCPU runs before the core decides again when nothing else on the core
+    /// is runnable: two slices (from a scenario, `2 × timeslice`). Anything that makes another
+    /// vCPU runnable here ends the run anyway (a kick, a timer deadline the platform folds into
+    /// the run's end, a replenishment). The bound keeps what decisions do besides picking (the
+    /// run's charge: utilization for the governor and DVFS, virtual time) at most this old;
+    /// longer runs (10 ms) left work undone on a simulated big.LITTLE board. Each decision the
+    /// 4 ms slice forced on a lone vCPU cost about 1,500 EL2 instructions (`cargo xtask bench
+    /// linux`).
+    pub lone_run: Nanos,
     /// A running share vCPU is not preempted by one that is less than this far ahead of it in
     /// (weighted) time: stops wake-ups from thrashing the core.
     pub min_granularity: Nanos,
@@ -48,6 +57,7 @@ impl Default for SchedParams {
     fn default() -> Self {
         SchedParams {
             timeslice: Nanos::from_millis(4),
+            lone_run: Nanos::from_millis(8),
             min_granularity: Nanos::from_micros(500),
             wake_credit: Nanos::from_millis(2),
             rt_bound_ppm: 900_000,
@@ -104,7 +114,10 @@ pub enum Event {
 /// What a core should do next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Enter this vCPU and take it back no later than `until` (arm the timer for it).
+    /// Enter this vCPU and take it back no later than `until` (arm the timer for it). A vCPU
+    /// alone runnable on the core gets [`SchedParams::lone_run`]: the platform must end the
+    /// run when another vCPU of the core becomes runnable (a wake-up it handles, a timer
+    /// deadline it folds into `until`, a kick), as the hypervisor and the simulator do.
     Run { vcpu: VcpuId, until: Instant },
     /// Nothing to run: wait for an interrupt, or until `until` when a reservation replenishes.
     Idle { until: Option<Instant> },
@@ -1026,7 +1039,9 @@ impl CoreRuntime {
         let mut best_vtime = u64::MAX;
         let mut share_pick: Option<usize> = None;
         let mut last_idx: Option<usize> = None;
+        let mut runnable = 0usize;
         for (i, v) in self.vcpus.iter_mut().enumerate() {
+            runnable += usize::from(v.state == VcpuState::Runnable);
             if let Some(s) = v.rt.as_mut() {
                 if core::mem::take(&mut s.unstarted) && v.state == VcpuState::Runnable {
                     s.deadline = now + s.res.period;
@@ -1088,6 +1103,11 @@ impl CoreRuntime {
             }
             self.slice_end = end;
             pick = Some(i);
+            // Alone on the core: no slice to end (the slice itself stays as it was for when
+            // another vCPU comes).
+            if runnable == 1 {
+                end = end.max(now + self.params.lone_run);
+            }
             until = next_replenish.map_or(end, |r| r.min(end));
         } else {
             self.util.advance(sys.decay, now, false);
