@@ -5,7 +5,6 @@ use alloc::vec::Vec;
 use crate::ids::{CoreMask, VmId};
 use crate::scenario::Scenario;
 use crate::sched::{RuntimeConfig, SchedParams};
-use crate::time::Nanos;
 use crate::vcpu::{VcpuConfig, PPM};
 
 impl Scenario {
@@ -14,7 +13,6 @@ impl Scenario {
         let p = &self.policy;
         SchedParams {
             timeslice: p.timeslice,
-            lone_run: Nanos::from_nanos(p.timeslice.as_nanos().saturating_mul(2)),
             min_granularity: p.min_granularity,
             rt_bound_ppm: p.rt_utilization_bound_percent as u64 * (PPM / 100),
             util_half_life: p.util_half_life,

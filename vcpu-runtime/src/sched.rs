@@ -33,15 +33,6 @@ use crate::vcpu::{Reservation, VcpuConfig, VcpuInfo, VcpuState};
 pub struct SchedParams {
     /// Longest a proportional-share vCPU runs before the core decides again.
     pub timeslice: Nanos,
-    /// Longest a share vCPU runs before the core decides again when nothing else on the core
-    /// is runnable: two slices (from a scenario, `2 × timeslice`). Anything that makes another
-    /// vCPU runnable here ends the run anyway (a kick, a timer deadline the platform folds into
-    /// the run's end, a replenishment). The bound keeps what decisions do besides picking (the
-    /// run's charge: utilization for the governor and DVFS, virtual time) at most this old;
-    /// longer runs (10 ms) left work undone on a simulated big.LITTLE board. Each decision the
-    /// 4 ms slice forced on a lone vCPU cost about 1,500 EL2 instructions (`cargo xtask bench
-    /// linux`).
-    pub lone_run: Nanos,
     /// A running share vCPU is not preempted by one that is less than this far ahead of it in
     /// (weighted) time: stops wake-ups from thrashing the core.
     pub min_granularity: Nanos,
@@ -57,7 +48,6 @@ impl Default for SchedParams {
     fn default() -> Self {
         SchedParams {
             timeslice: Nanos::from_millis(4),
-            lone_run: Nanos::from_millis(8),
             min_granularity: Nanos::from_micros(500),
             wake_credit: Nanos::from_millis(2),
             rt_bound_ppm: 900_000,
@@ -114,10 +104,7 @@ pub enum Event {
 /// What a core should do next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Enter this vCPU and take it back no later than `until` (arm the timer for it). A vCPU
-    /// alone runnable on the core gets [`SchedParams::lone_run`]: the platform must end the
-    /// run when another vCPU of the core becomes runnable (a wake-up it handles, a timer
-    /// deadline it folds into `until`, a kick), as the hypervisor and the simulator do.
+    /// Enter this vCPU and take it back no later than `until` (arm the timer for it).
     Run { vcpu: VcpuId, until: Instant },
     /// Nothing to run: wait for an interrupt, or until `until` when a reservation replenishes.
     Idle { until: Option<Instant> },
@@ -1021,6 +1008,34 @@ impl CoreRuntime {
         trace.emit(TraceEvent { at: now, kind: TraceKind::CoreState { core: self.core, state: CoreState::Online } });
     }
 
+    /// The running vCPU's run reached the `until` of its [`Decision::Run`] with nothing else
+    /// for the core to do: when `next` would pick it again at once for a fresh slice (a share
+    /// vCPU, alone runnable on a core without reservations, no mail, wake-up or move waiting,
+    /// its slice over), charges the run and starts the new one without it leaving the core,
+    /// and returns the new run's end; the same bookkeeping as `Exit { Preempted }` then
+    /// `next()`, without the state word's two changes, the pass over the vCPUs that finds
+    /// nothing else, or the platform's exit from and re-entry into its guest. `None`
+    /// otherwise: the platform ends the run as usual.
+    pub fn renew(&mut self, sys: &System, now: Instant) -> Option<Instant> {
+        let cur = self.current?;
+        if !self.online || now < self.slice_end || !self.deferred_moves.is_empty() || sys.has_requests(self.core) {
+            return None;
+        }
+        for (i, v) in self.vcpus.iter().enumerate() {
+            if v.rt.is_some() || (i != cur.idx && v.state == VcpuState::Runnable) {
+                return None;
+            }
+        }
+        self.stats.decisions += 1;
+        self.charge(sys, cur.idx, cur.since, now);
+        let v = &mut self.vcpus[cur.idx];
+        self.min_vtime = self.min_vtime.max(v.vtime);
+        v.stats.runs += 1;
+        self.slice_end = now + self.params.timeslice;
+        self.current = Some(Current { since: now, ..cur });
+        Some(self.slice_end)
+    }
+
     /// Decides what the core does next. Takes in mail and wake-ups first.
     pub fn next(&mut self, sys: &System, now: Instant, trace: &mut impl TraceSink) -> Decision {
         debug_assert!(self.current.is_none(), "next() while a vCPU is running on core {}", self.core);
@@ -1039,9 +1054,7 @@ impl CoreRuntime {
         let mut best_vtime = u64::MAX;
         let mut share_pick: Option<usize> = None;
         let mut last_idx: Option<usize> = None;
-        let mut runnable = 0usize;
         for (i, v) in self.vcpus.iter_mut().enumerate() {
-            runnable += usize::from(v.state == VcpuState::Runnable);
             if let Some(s) = v.rt.as_mut() {
                 if core::mem::take(&mut s.unstarted) && v.state == VcpuState::Runnable {
                     s.deadline = now + s.res.period;
@@ -1103,11 +1116,6 @@ impl CoreRuntime {
             }
             self.slice_end = end;
             pick = Some(i);
-            // Alone on the core: no slice to end (the slice itself stays as it was for when
-            // another vCPU comes).
-            if runnable == 1 {
-                end = end.max(now + self.params.lone_run);
-            }
             until = next_replenish.map_or(end, |r| r.min(end));
         } else {
             self.util.advance(sys.decay, now, false);

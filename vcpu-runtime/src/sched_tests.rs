@@ -638,8 +638,7 @@ fn a_wake_before_block_is_not_lost() {
     assert_eq!(core.next(&sys, at_ms(2), &mut trace), Decision::Idle { until: None });
     assert_eq!(sys.wake(V0), Some(C0));
     assert_eq!(sys.wake(V0), None, "one kick is enough");
-    // Alone on the core: a run of `lone_run` (8 ms), not of the 4 ms slice.
-    assert_eq!(core.next(&sys, at_ms(5), &mut trace), Decision::Run { vcpu: V0, until: at_ms(13) });
+    assert_eq!(core.next(&sys, at_ms(5), &mut trace), Decision::Run { vcpu: V0, until: at_ms(9) });
     let stats = *sched(core, V0).stats();
     assert_eq!((stats.wakeups, stats.runs, stats.wake_latency_total), (1, 3, Nanos::ZERO));
 }
@@ -649,9 +648,7 @@ fn a_local_wake_event_makes_a_blocked_vcpu_runnable_and_latency_is_measured() {
     let (sys, mut cores) = system(1, vec![share(0, 256), share(1, 256)]);
     let core = &mut cores[0];
     run_once(&sys, core, V0, Instant::ZERO, at_ms(1), ExitReason::Wfi, &mut ());
-    // V1 alone runnable: its run may last `lone_run`; a platform ends it after another vCPU of
-    // the core wakes (the hypervisor at once, with the poll of a local wake-up), here at 5 ms.
-    assert_eq!(core.next(&sys, at_ms(1), &mut ()), Decision::Run { vcpu: V1, until: at_ms(9) });
+    assert_eq!(core.next(&sys, at_ms(1), &mut ()), Decision::Run { vcpu: V1, until: at_ms(5) });
     // An interrupt for V0 handled on its own core while V1 runs: runnable at once...
     core.handle(&sys, Event::Wake { vcpu: V0 }, at_ms(2), &mut ()).unwrap();
     assert_eq!(sys.status(V0), status(C0, VcpuState::Runnable, false, false));
@@ -1171,4 +1168,61 @@ fn a_throttled_reservation_leaves_the_core_in_the_trace() {
     assert_eq!(runs, 10, "one run per period: {events:?}");
     assert!(pres >= 9, "throttled at the end of each period's budget: {pres}");
     assert_eq!(cpu(&cores[0], V0), ms(20));
+}
+
+/// `renew` keeps a lone share vCPU on the core with exactly the bookkeeping of a preemption at
+/// its slice's end and the decision after it: run side by side against `Exit { Preempted }` +
+/// `next()` over many slices (utilization periods closing on the way), the two cores agree on
+/// every vCPU and core statistic, the published utilization and the runs' ends.
+#[test]
+fn renew_is_a_preemption_and_the_same_pick() {
+    let (sys_a, mut a) = system(1, vec![share(0, 256), share(1, 256)]);
+    let (sys_b, mut b) = system(1, vec![share(0, 256), share(1, 256)]);
+    // V1 blocks at once on both: V0 is left alone.
+    for (sys, cores) in [(&sys_a, &mut a), (&sys_b, &mut b)] {
+        run_once(sys, &mut cores[0], V0, Instant::ZERO, at_ms(1), ExitReason::Preempted, &mut ());
+        run_once(sys, &mut cores[0], V1, at_ms(1), at_ms(1), ExitReason::Wfi, &mut ());
+    }
+    let Decision::Run { vcpu: V0, until: mut until_a } = a[0].next(&sys_a, at_ms(1), &mut ()) else { panic!() };
+    let Decision::Run { vcpu: V0, until: mut until_b } = b[0].next(&sys_b, at_ms(1), &mut ()) else { panic!() };
+    for _ in 0..50 {
+        assert_eq!(until_a, until_b);
+        until_a = a[0].renew(&sys_a, until_a).expect("V0 is alone: renewed");
+        b[0].handle(&sys_b, Event::Exit { vcpu: V0, reason: ExitReason::Preempted }, until_b, &mut ()).unwrap();
+        let Decision::Run { vcpu: V0, until } = b[0].next(&sys_b, until_b, &mut ()) else { panic!("V0 again") };
+        until_b = until;
+        assert_eq!(format!("{:?}", sched(&a[0], V0)), format!("{:?}", sched(&b[0], V0)));
+        assert_eq!(a[0].stats(), b[0].stats());
+        assert_eq!(sys_a.vcpu_utilization(V0, until_a), sys_b.vcpu_utilization(V0, until_b));
+        assert_eq!(sys_a.status(V0), sys_b.status(V0));
+    }
+}
+
+/// `renew` declines whenever `next` could decide otherwise: before the slice ends, with another
+/// vCPU runnable, with a wake-up waiting, or with a reservation on the core.
+#[test]
+fn renew_declines_when_next_could_decide_otherwise() {
+    let (sys, mut cores) = system(1, vec![share(0, 256), share(1, 256)]);
+    let core = &mut cores[0];
+    assert!(core.renew(&sys, at_ms(4)).is_none(), "nothing runs");
+    let Decision::Run { vcpu, until } = core.next(&sys, Instant::ZERO, &mut ()) else { panic!() };
+    assert!(core.renew(&sys, until).is_none(), "the other vCPU is runnable");
+    core.handle(&sys, Event::Exit { vcpu, reason: ExitReason::Preempted }, until, &mut ()).unwrap();
+    let other = if vcpu == V0 { V1 } else { V0 };
+    let Decision::Run { vcpu: v, until: u } = core.next(&sys, until, &mut ()) else { panic!() };
+    assert_eq!(v, other);
+    core.handle(&sys, Event::Exit { vcpu: v, reason: ExitReason::Wfi }, u, &mut ()).unwrap();
+    let Decision::Run { vcpu: alone, until: end } = core.next(&sys, u, &mut ()) else { panic!() };
+    assert_eq!(alone, vcpu);
+    assert!(core.renew(&sys, Instant(end.as_nanos() - 1_000)).is_none(), "the slice is not over");
+    // A wake-up for the blocked one is waiting.
+    assert_eq!(sys.wake(other), Some(C0));
+    assert!(core.renew(&sys, end).is_none(), "a wake-up waits");
+    core.handle(&sys, Event::Exit { vcpu: alone, reason: ExitReason::Preempted }, end, &mut ()).unwrap();
+
+    let (sys, mut cores) = system(1, vec![share(0, 256), reserved(1, Nanos::from_millis(1), Nanos::from_millis(10))]);
+    let core = &mut cores[0];
+    run_once(&sys, core, V1, Instant::ZERO, Instant::ZERO, ExitReason::Wfi, &mut ());
+    let Decision::Run { vcpu: V0, until } = core.next(&sys, Instant::ZERO, &mut ()) else { panic!() };
+    assert!(core.renew(&sys, until).is_none(), "a reservation on the core");
 }

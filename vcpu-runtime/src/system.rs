@@ -312,20 +312,15 @@ impl System {
     }
 
     /// The vCPU's utilization at `now`, in [`UTIL_ONE`](crate::util::UTIL_ONE) units, as last
-    /// published by its owner, then decayed since if it is not running, or advanced as busy
-    /// (at full capacity) if it is.
+    /// published by its owner and decayed since if it was not running.
     pub fn vcpu_utilization(&self, vcpu: VcpuId, now: Instant) -> u32 {
         let Some(shared) = self.vcpus.get(vcpu.index()) else { return 0 };
         let util = shared.util.load(Ordering::Relaxed);
         let stamp = Instant(shared.util_stamp.load(Ordering::Relaxed));
-        let mut e = Ewma::with_value(stamp, util);
         if self.status(vcpu).state == VcpuState::Running {
-            // Busy since its owner last published (at its last charge): a run may last a
-            // governor period (`SchedParams::lone_run`), and its demand must not lag it.
-            e.advance(self.decay, now, true);
-            return e.value();
+            return util;
         }
-        e.decayed_to(self.decay, now)
+        Ewma::with_value(stamp, util).decayed_to(self.decay, now)
     }
 
     /// How many times the vCPU has become runnable (woken from WFI or powered on) so far.

@@ -30,9 +30,6 @@ impl Nanos {
     pub const ZERO: Nanos = Nanos(0);
     pub const MAX: Nanos = Nanos(u64::MAX);
 
-    pub const fn from_nanos(ns: u64) -> Nanos {
-        Nanos(ns)
-    }
     pub const fn from_micros(us: u64) -> Nanos {
         Nanos(us.saturating_mul(1_000))
     }

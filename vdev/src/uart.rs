@@ -28,6 +28,10 @@ pub mod reg {
 /// Flag register: receive FIFO empty, transmit FIFO empty.
 const FR_RXFE: u64 = 1 << 4;
 const FR_TXFE: u64 = 1 << 7;
+/// What `UARTFR` always reads: nothing to receive, the transmitter empty (every write goes out
+/// at once). Constant, so a platform may answer reads of it without the model (the EL2 vector
+/// does).
+pub const FR_VALUE: u64 = FR_RXFE | FR_TXFE;
 /// Raw interrupt status: transmit.
 const INT_TX: u32 = 1 << 5;
 /// PeriphID0..3 then PCellID0..3 of an ARM PL011 r1p5, as QEMU reports them.
@@ -59,6 +63,8 @@ pub struct Pl011 {
     imsc: u32,
     ris: u32,
     dmacr: u32,
+    /// The interrupt line as last handed out by [`Pl011::irq_line_change`] (none yet).
+    reported: Option<bool>,
 }
 
 impl Default for Pl011 {
@@ -75,6 +81,7 @@ impl Default for Pl011 {
             imsc: 0,
             ris: 0,
             dmacr: 0,
+            reported: None,
         }
     }
 }
@@ -100,7 +107,7 @@ impl Pl011 {
         let word = offset & !3;
         let value: u64 = match word {
             reg::DR | reg::RSR_ECR => 0,
-            reg::FR => FR_RXFE | FR_TXFE,
+            reg::FR => FR_VALUE,
             reg::IBRD => self.ibrd as u64,
             reg::FBRD => self.fbrd as u64,
             reg::LCR_H => self.lcr_h as u64,
@@ -211,11 +218,39 @@ impl Pl011 {
     pub fn irq_line(&self) -> bool {
         self.ris & self.imsc != 0
     }
+
+    /// The interrupt line, when it differs from what this returned last (always the first
+    /// time, and after [`Pl011::new`] or [`Pl011::with_state`]): what the interrupt controller
+    /// must be told after an access. A caller that hands the level on while it still holds the
+    /// UART keeps the two in step.
+    pub fn irq_line_change(&mut self) -> Option<bool> {
+        let line = self.irq_line();
+        (self.reported != Some(line)).then(|| {
+            self.reported = Some(line);
+            line
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_line_is_reported_once_per_change() {
+        let mut u = Pl011::new();
+        assert_eq!(u.irq_line_change(), Some(false), "the first time");
+        assert_eq!(u.irq_line_change(), None);
+        u.write(reg::IMSC, 4, 1 << 5, |_| {}).unwrap();
+        u.write(reg::DR, 4, u64::from(b'a'), |_| {}).unwrap();
+        assert_eq!(u.irq_line(), u.ris & (1 << 5) != 0);
+        let line = u.irq_line();
+        assert_eq!(u.irq_line_change(), (line).then_some(true));
+        assert_eq!(u.irq_line_change(), None);
+        let restored = Pl011::with_state([0, 0, 0, 0x301, 0x12, 1 << 5, 1 << 5, 0], b"");
+        let mut restored = restored;
+        assert_eq!(restored.irq_line_change(), Some(true), "a restored UART reports again");
+    }
     extern crate std;
     use std::string::String;
     use std::vec::Vec;

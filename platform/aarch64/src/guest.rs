@@ -224,7 +224,17 @@ global_asm!(
     el1_fpcr = const offset_of!(El1State, fpcr),
     hv_null = const HV_NULL,
     fast_exits = sym FAST_EXITS,
+    uart_base_mb = const crate::hyp::vm::UART_BASE >> 20,
+    uart_fr = const vdev::uart::reg::FR,
+    uart_fr_value = const vdev::uart::FR_VALUE,
 );
+
+// The vector's UART test compares HPFAR_EL2 (IPA bits [47:12] at [39:4]) with the base's MiB
+// number shifted left by 12, which holds for a MiB-aligned base; `mov` takes the value whole.
+const _: () = {
+    assert!(crate::hyp::vm::UART_BASE % (1 << 20) == 0 && crate::hyp::vm::UART_BASE >> 20 <= 0xfff);
+    assert!(vdev::uart::FR_VALUE <= 0xffff && vdev::uart::reg::FR <= 0xfff);
+};
 
 const _: () = {
     assert!(offset_of!(GuestRegs, pstate) == offset_of!(GuestRegs, pc) + 8);

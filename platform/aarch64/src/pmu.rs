@@ -133,6 +133,26 @@ pub fn start_run_counters() {
     };
 }
 
+/// Stops counters 1 and 2 (`hv.count-instructions`) while the core waits in WFI: under
+/// `-icount` QEMU's instruction event follows the global count, so a waiting core would count
+/// the other cores' instructions as its own. [`resume_run_counters`] goes on from their values.
+pub fn pause_run_counters() {
+    // SAFETY: disables event counters 1 and 2 of this core; no memory, translation or
+    // exception routing state is involved.
+    unsafe {
+        core::arch::asm!("msr pmcntenclr_el0, {both}", "isb", both = in(reg) RUN_COUNTERS, options(nostack, preserves_flags))
+    };
+}
+
+/// Restarts counters 1 and 2 after [`pause_run_counters`].
+pub fn resume_run_counters() {
+    // SAFETY: enables event counters 1 and 2 of this core, as `start_run_counters` configured
+    // them; no memory, translation or exception routing state is involved.
+    unsafe {
+        core::arch::asm!("msr pmcntenset_el0, {both}", "isb", both = in(reg) RUN_COUNTERS, options(nostack, preserves_flags))
+    };
+}
+
 /// The raw values of counters 1 and 2 (EL2, EL0/EL1 instructions), 32 bits each: they wrap.
 pub fn read_run_counters() -> (u32, u32) {
     let (el2, guest): (u64, u64);

@@ -14,12 +14,14 @@
 //   (vectors.S branches here): push the guest's x0/x1, note the kind, save the guest's x2-x30,
 //   x0/x1, ELR_EL2 and SPSR_EL2 into the GuestRegs, pop the host frame and return from
 //   __hv_guest_enter.
-//   The sync entry first answers HV_NULL itself (an HVC, EC 0x16, with w0 = {hv_null}): x0 = 0
-//   and straight back to the guest (ELR_EL2 already points past the HVC), counting the exit in
-//   {fast_exits}[TPIDR_EL2]. Nothing else is touched, so this is as if the call had not
-//   trapped, which is all HV_NULL means: whatever the hypervisor must look at meanwhile (a
-//   kick, its timer, the end of the run) is a physical IRQ, which the guest takes to EL2 right
-//   after the ERET.
+//   The sync entry first answers two exits itself, counting each in {fast_exits}[TPIDR_EL2]:
+//   HV_NULL (an HVC, EC 0x16, with w0 = {hv_null}): x0 = 0 and straight back to the guest
+//   (ELR_EL2 already points past the HVC); and a read of the emulated UART's flag
+//   register, whose value the model fixes (`vdev::uart::FR_VALUE`): the value into the target
+//   register and ELR_EL2 past the load. A Linux console polls that register before every
+//   character it prints. Nothing else is touched, so each is as if the access had not
+//   trapped: whatever the hypervisor must look at meanwhile (a kick, its timer, the end of the
+//   run) is a physical IRQ, which the guest takes to EL2 right after the ERET.
 // __hv_el1_save(x0 = &mut El1State) / __hv_el1_restore(x0 = &El1State)
 //   the EL1/EL0 system registers and the virtual timer of a vCPU (see El1State for the order).
 //   Save also disables the virtual timer (CNTV_CTL_EL0 = 0), so that a vCPU that is not loaded
@@ -83,7 +85,47 @@ __el2_lower_a64_sync:
     ubfx x1, x1, #26, #6
     cmp x1, #0x16
     b.ne 1f
-    // HV_NULL: count it, answer 0, back to the guest with x1 as it was.
+    // HV_NULL: answer 0 (in the saved x0), then count it and go back.
+    str xzr, [sp]
+    b 5f
+1:  // A read of the UART's flag register (a data abort, EC 0x24, with a valid syndrome: ISV;
+    // not sign-extending, not a write, not a stage-1 walk; a byte, halfword or word), at IPA
+    // {uart_base_mb} MiB + {uart_fr}: its value is a constant of the model ({uart_fr_value}).
+    mrs x1, esr_el2
+    ubfx x0, x1, #26, #6
+    cmp x0, #0x24
+    b.ne 3f
+    tbz x1, #24, 3f
+    tbnz x1, #21, 3f
+    tbnz x1, #6, 3f
+    tbnz x1, #7, 3f
+    tbz x1, #23, 7f
+    tbnz x1, #22, 3f
+7:  mrs x0, hpfar_el2
+    cmp x0, #{uart_base_mb}, lsl #12
+    b.ne 3f
+    mrs x0, far_el2
+    and x0, x0, #0xfff
+    cmp x0, #{uart_fr}
+    b.ne 3f
+    // The target register (SRT): x0 and x1 in their saved slots, x2-x30 through the table
+    // below (two instructions per register), x31 (XZR) nothing.
+    ubfx x1, x1, #16, #5
+    cmp x1, #1
+    b.hi 2f
+    mov x0, #{uart_fr_value}
+    str x0, [sp, x1, lsl #3]
+    b 4f
+2:  cmp x1, #31
+    b.eq 4f
+    adr x0, 6f
+    add x0, x0, x1, lsl #3
+    br x0
+4:  // Past the load.
+    mrs x0, elr_el2
+    add x0, x0, #4
+    msr elr_el2, x0
+5:  // Count the exit answered here, and back to the guest with x0/x1 from their slots.
     mrs x1, tpidr_el2
     adrp x0, {fast_exits}
     add x0, x0, :lo12:{fast_exits}
@@ -91,15 +133,22 @@ __el2_lower_a64_sync:
     ldr x1, [x0]
     add x1, x1, #1
     str x1, [x0]
-    ldr x1, [sp, #8]
-    add sp, sp, #16
-    mov x0, xzr
+    ldp x0, x1, [sp], #16
     eret
     // Not reached; stops straight-line speculation past the ERET.
     dsb nsh
     isb
-1:  mov x1, #0
+3:  mov x1, #0
     b __hv_guest_exit
+    // x0 and x1 (never taken: their slots are written above), then x2-x30.
+6:  udf #0
+    udf #0
+    udf #0
+    udf #0
+.irp n, 2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30
+    mov x\n, #{uart_fr_value}
+    b 4b
+.endr
 
 .global __el2_lower_a64_irq
 __el2_lower_a64_irq:

@@ -397,7 +397,14 @@ impl Core<'_> {
             if super::bench::every_core_open() {
                 super::bench::pause(self);
             }
+            let counting = super::instructions::enabled();
+            if counting {
+                crate::pmu::pause_run_counters();
+            }
             aarch64_cpu::asm::wfi();
+            if counting {
+                crate::pmu::resume_run_counters();
+            }
             if super::bench::every_core_open() {
                 super::bench::resume(self);
             }
@@ -578,7 +585,7 @@ impl Core<'_> {
     }
 
     /// Runs `vcpu` until `until`, handling its exits, and returns why it left the core and when.
-    fn run_vcpu(&mut self, id: VcpuId, until: Instant) -> (ExitReason, Instant) {
+    fn run_vcpu(&mut self, id: VcpuId, mut until: Instant) -> (ExitReason, Instant) {
         use core::sync::atomic::Ordering;
         let hyp = self.hyp;
         let vcpu = hyp.vcpu(id);
@@ -654,7 +661,10 @@ impl Core<'_> {
             self.vgic_exit(vm, vcpu);
             let action = match kind {
                 ExitKind::Sync => exits::handle(self, vm, vcpu, &mut ctx, esr),
-                ExitKind::Irq | ExitKind::Fiq => self.take_irqs(until),
+                ExitKind::Irq | ExitKind::Fiq => match self.take_irqs(until) {
+                    Action::Exit(ExitReason::Preempted) if !self.poll => self.renew(&mut until),
+                    action => action,
+                },
                 ExitKind::SError => {
                     self.fault(vm, vcpu, FaultKind::Other(0x2f));
                     self.stop_vm(vm, StopReason::Fault, id);
@@ -827,6 +837,25 @@ impl Core<'_> {
             Action::Exit(ExitReason::Preempted)
         } else {
             Action::Resume
+        }
+    }
+
+    /// The run's time is up and nothing else asked for the core: when no housekeeping or timer
+    /// deadline is due and the runtime would pick this vCPU again for a fresh slice
+    /// (`CoreRuntime::renew`), its next run starts here, without leaving the guest's loop;
+    /// otherwise the run ends (`Preempted`).
+    fn renew(&mut self, until: &mut Instant) -> Action {
+        let now = timer::now();
+        if now >= self.housekeeping_at || now >= self.next_timer() {
+            return Action::Exit(ExitReason::Preempted);
+        }
+        match self.rt.renew(&self.hyp.sys, now) {
+            Some(end) => {
+                *until = end.min(self.next_timer()).min(self.housekeeping_at);
+                timer::arm_hyp_timer(*until);
+                Action::Resume
+            }
+            None => Action::Exit(ExitReason::Preempted),
         }
     }
 

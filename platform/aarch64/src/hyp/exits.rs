@@ -14,6 +14,7 @@ use vdev::mmio::{decode_data_abort, trap_kind, MmioAccess, TrapKind};
 use vdev::psci::{self, func, PsciOutcome, PsciVm};
 use vdev::smccc;
 use vdev::uart::UartError;
+use vdev::vgic::Effects;
 
 use super::core_loop::Core;
 use super::vm::{Vcpu, Vm, GICR_BASE, UART_BASE, UART_INTID, UART_SIZE};
@@ -432,7 +433,12 @@ fn uart(core: &mut Core<'_>, vm: &Vm, access: &MmioAccess, offset: u64, value: u
         crate::println!("[{}] {}", vm.name, Printable(line));
         checkpoint_now |= super::checkpoint::is_checkpoint_line(vm.id.index(), line);
     });
-    let line = uart.irq_line();
+    // The controller learns of a change while the UART is still held, so that two vCPUs'
+    // writes cannot hand it their levels in the wrong order.
+    let fx = match uart.irq_line_change() {
+        Some(line) => vm.vgic().set_level(UART_INTID, None, line),
+        None => Effects::NONE,
+    };
     drop(uart);
     if checkpoint_now {
         // `hv.checkpoint-on`: the run ends here, every vCPU at its next exit boundary (this
@@ -440,7 +446,6 @@ fn uart(core: &mut Core<'_>, vm: &Vm, access: &MmioAccess, offset: u64, value: u
         core.hyp.begin_ending(core.me);
         core.poll = true;
     }
-    let fx = vm.vgic().set_level(UART_INTID, None, line);
     core.dispatch(vm, fx, None);
     match result {
         Ok(()) => Outcome::Done { value: None, misuse: false },

@@ -100,7 +100,10 @@ const CLASS_IRQ_HYP_TIMER: usize = 67;
 const CLASS_IRQ_VTIMER: usize = 68;
 const CLASS_IRQ_KICK: usize = 69;
 const CLASS_IRQ_MAINTENANCE: usize = 70;
-const CLASSES: usize = 71;
+/// Data aborts on the emulated UART: reads, writes.
+const CLASS_UART_READ: usize = 71;
+const CLASS_UART_WRITE: usize = 72;
+const CLASSES: usize = 73;
 
 /// Per core and exit class: exits, and EL2 instructions from each exit to the next entry into a
 /// guest (the exit's handling, and what the core did before it entered a guest again: the
@@ -124,6 +127,9 @@ pub fn exit_class(sync: bool, esr: u64) -> u8 {
     let write_or_walk = esr & (1 << 6 | 1 << 7) != 0;
     if ec == 0x24 && esr & 0x3c == 0x0c && write_or_walk {
         return CLASS_FIRST_WRITE as u8;
+    }
+    if ec == 0x24 && (crate::guest::syndrome().hpfar << 8) & !0xfff == super::vm::UART_BASE {
+        return if esr & (1 << 6) != 0 { CLASS_UART_WRITE } else { CLASS_UART_READ } as u8;
     }
     ec as u8
 }
@@ -196,7 +202,9 @@ fn class_name(class: usize) -> &'static str {
         0x17 => "smc",
         0x18 => "sysreg",
         0x20 => "iabt",
-        0x24 => "dabt-mmio",
+        0x24 => "dabt-gic",
+        CLASS_UART_READ => "dabt-uart-read",
+        CLASS_UART_WRITE => "dabt-uart-write",
         CLASS_IRQ => "irq-other",
         CLASS_IRQ_HYP_TIMER => "irq-el2-timer",
         CLASS_IRQ_VTIMER => "irq-vtimer",
