@@ -7,14 +7,20 @@
 //! instructions total el2=... guest=...
 //! ```
 //!
-//! Meaningful under `-icount` on one core only: QEMU counts instructions only under `-icount`
-//! (0 otherwise), and its instruction event counts icount's global count, every CPU's
-//! instructions, filtered by the EL of the core that owns the counter: with two cores, core 1
-//! idling at EL2 counts core 0's guest instructions as its own EL2 ones. On `-smp 1` the split
-//! is exact (`cargo xtask bench linux` uses it so). The counters are 32 bits wide; each core
-//! adds their progress to its totals whenever it idles, before it turns itself off and at the
-//! end of the run, so a core must not retire 2^32 instructions without idling (at QEMU's
-//! 62.5 M instructions per virtual second with `shift=4`, about a minute).
+//! and then the exit profile (`exits class=NAME count=N el2=E per_exit=P`, costliest first):
+//! per class of exit, how many and the EL2 instructions from each to the next entry into a
+//! guest. Exits the exception vector answers itself are not in it.
+//!
+//! Meaningful under `-icount`, and exact on one core only: QEMU counts instructions only under
+//! `-icount` (0 otherwise), and its instruction event counts icount's global count, every
+//! CPU's instructions, filtered by the EL of the core that owns the counter. The counters are
+//! paused while their core waits in WFI, so a core does not count the others' instructions as
+//! its own then; but an awake core at EL2 still counts another's instructions during that
+//! one's turn. On `-smp 1` the split is exact (`cargo xtask bench linux` uses it so). The
+//! counters are 32 bits wide; each core adds their progress to its totals whenever it idles,
+//! before it turns itself off and at the end of the run, so a core must not retire 2^32
+//! instructions without idling (at QEMU's 62.5 M instructions per virtual second with
+//! `shift=4`, about a minute).
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
