@@ -654,6 +654,12 @@ impl Run {
         }
     }
 
+    /// Reservation periods lost over the run, summed over the `stat vcpu` lines
+    /// (`reservation_misses`; 0 without them): for a retry decision, before the assertions.
+    pub fn reservation_periods_lost(&self) -> u64 {
+        self.stats().iter().map(|s| s.get("reservation_misses")).sum()
+    }
+
     /// Panics unless every vCPU's stat line says its reservation lost no period
     /// (`reservation_misses=0`: the scheduler gave each real-time vCPU its budget before each
     /// deadline). Needs the stat lines, and the field on each.

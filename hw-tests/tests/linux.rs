@@ -297,7 +297,6 @@ fn two_linux_guests_and_the_rt_guest_share_two_cores() {
     const PERIODS: usize = 2_000;
     let config = QemuConfig::new(2, "cortex-a57").scenario("linux-pair").append("hv.trace=events").timeout(TIMEOUT);
     let linux = ["work", "personal"];
-    let lost = |r: &Run| r.stats().iter().map(|s| s.get("reservation_misses")).sum::<u64>();
     let mut attempt = 1;
     let r = loop {
         let r = hypervisor_run(&config, &format!("linux-pair (attempt {attempt})"));
@@ -328,7 +327,7 @@ fn two_linux_guests_and_the_rt_guest_share_two_cores() {
     }
     assert_eq!(
         (lost_before + lost_after.len()) as u64,
-        lost(&r),
+        r.reservation_periods_lost(),
         "the trace's miss events and the stat lines' reservation_misses disagree"
     );
     let (_, after) = rt_misses_around_boot(&r, &linux);
