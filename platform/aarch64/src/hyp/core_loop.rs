@@ -844,6 +844,7 @@ impl Core<'_> {
     /// deadline is due and the runtime would pick this vCPU again for a fresh slice
     /// (`CoreRuntime::renew`), its next run starts here, without leaving the guest's loop;
     /// otherwise the run ends (`Preempted`).
+    #[inline(never)]
     fn renew(&mut self, until: &mut Instant) -> Action {
         let now = timer::now();
         if now >= self.housekeeping_at || now >= self.next_timer() {

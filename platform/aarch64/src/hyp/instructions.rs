@@ -123,7 +123,10 @@ static PROFILES: [CoreProfile; MAX_CORES] = [const {
     CoreProfile { exits: [const { AtomicU64::new(0) }; CLASSES], el2: [const { AtomicU64::new(0) }; CLASSES] }
 }; MAX_CORES];
 
-/// The class of an exit: `sync` with syndrome `esr`, or an interrupt.
+/// The class of an exit: `sync` with syndrome `esr`, or an interrupt. (Profiling code stays out
+/// of the core loop's hot path: out of line, cold.)
+#[cold]
+#[inline(never)]
 pub fn exit_class(sync: bool, esr: u64) -> u8 {
     if !sync {
         return CLASS_IRQ as u8;
@@ -151,11 +154,15 @@ impl ProfileMark {
     pub const START: Self = Self { class: CLASS_NONE as u8, el2: 0 };
 
     /// An exit of `class` now.
+    #[cold]
+    #[inline(never)]
     pub fn exit(class: u8) -> Self {
         Self { class, el2: pmu::read_run_counters().0 }
     }
 
     /// The interrupt `intid` came with this exit (the first one names the class).
+    #[cold]
+    #[inline(never)]
     pub fn irq(&mut self, intid: u32) {
         if usize::from(self.class) != CLASS_IRQ {
             return;
@@ -170,6 +177,8 @@ impl ProfileMark {
     }
 
     /// The core enters a guest now: what it did at EL2 since the exit goes to the exit's class.
+    #[cold]
+    #[inline(never)]
     pub fn enter(self, me: CoreId) {
         let Some(p) = PROFILES.get(me.index()) else { return };
         let class = usize::from(self.class).min(CLASSES - 1);
