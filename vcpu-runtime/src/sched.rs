@@ -674,6 +674,9 @@ impl CoreRuntime {
     }
 
     /// Accounts run time from `since` to `now` to the vCPU at `idx`.
+    // Inlined: with a second caller (`renew`) the compiler took it out of line, and the exit
+    // path of every switch paid a call (`cargo xtask bench qemu`: 20 instructions a switch).
+    #[inline(always)]
     fn charge(&mut self, sys: &System, idx: usize, since: Instant, now: Instant) {
         let ran = now.since(since);
         let capacity = self.capacity;
