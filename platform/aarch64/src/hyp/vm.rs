@@ -195,9 +195,10 @@ pub const RESET_LOADING: u8 = 2;
 ///
 /// **Touched pages.** Guest RAM starts zero and read-only at stage 2, but for the pages the
 /// hypervisor loads (touched and writable); a guest's first write to any other page faults
-/// once, which marks the [`FIRST_WRITE_GRANULE`] around it touched and makes it writable. A page never touched is known to be zero: a migration's round
-/// 0 sends it as a zero run without reading it (an idle guest with much RAM moves at the cost of
-/// the pages it uses), and dirty logging has nothing to protect there.
+/// once, which marks the [`FIRST_WRITE_GRANULE`] around it touched and makes it writable. A
+/// page never touched is known to be zero: a migration's round 0 sends it as a zero run
+/// without reading it (an idle guest with much RAM moves at the cost of the pages it uses), and
+/// dirty logging has nothing to protect there.
 struct Stage2State {
     map: Stage2Map,
     touched: Vec<u64>,
