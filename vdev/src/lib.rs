@@ -15,5 +15,6 @@ pub mod linux_boot;
 pub mod mmio;
 pub mod psci;
 pub mod smccc;
+pub mod tlbi;
 pub mod uart;
 pub mod vgic;

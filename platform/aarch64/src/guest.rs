@@ -26,6 +26,7 @@ use crate::layout::MAX_CORES;
 
 use crate::gic;
 use crate::sysreg::{isb, sysreg_read, sysreg_write};
+use vdev::tlbi::TlbiOp;
 
 /// x0-x30, PC and PSTATE of a vCPU.
 #[repr(C)]
@@ -288,6 +289,10 @@ pub const HCR_GUEST: u64 = 1
     | (1 << 20)
     | (1 << 21)
     | (1 << 31);
+/// `HCR_EL2.TTLB` (bit 25), added to [`HCR_GUEST`] for the VMs whose TLB maintenance the
+/// hypervisor carries out itself ([`tlbi_local`]; docs/linux-guests.md, *Guest TLB
+/// maintenance*).
+pub const HCR_TTLB: u64 = 1 << 25;
 /// `HCR_EL2` while no guest runs (as the entry code sets it): RW only.
 pub const HCR_HOST: u64 = 1 << 31;
 
@@ -329,26 +334,71 @@ pub fn init_this_core() {
     isb();
 }
 
+/// A VM's EL2 settings for its vCPUs: `VTTBR_EL2` (its stage-2 root and VMID), `CNTVOFF_EL2`
+/// and `HCR_EL2` ([`HCR_GUEST`], with [`HCR_TTLB`] if its TLB maintenance traps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmRegs {
+    pub vttbr: u64,
+    pub cntvoff: u64,
+    pub hcr: u64,
+}
+
 /// Makes `ctx` the vCPU this core runs: its EL1 state, virtual timer and virtual CPU interface
-/// state into the hardware, `VMPIDR_EL2`, and `VTTBR_EL2` = `vttbr` (its VM's stage-2 root and
-/// VMID), `CNTVOFF_EL2` = `cntvoff`, `HCR_EL2` = [`HCR_GUEST`]. Its FP/SIMD registers follow at
-/// its first use of them ([`fp_trap`]; `CPTR_EL2.TFP` is set while no vCPU's are live).
-pub fn load(ctx: &VcpuContext, vttbr: u64, cntvoff: u64) {
-    write_vttbr_el2(vttbr);
-    write_cntvoff_el2(cntvoff);
-    write_hcr_el2(HCR_GUEST);
+/// state into the hardware, `VMPIDR_EL2`, and its VM's [`VmRegs`]. Its FP/SIMD registers
+/// follow at its first use of them ([`fp_trap`]; `CPTR_EL2.TFP` is set while no vCPU's are
+/// live).
+pub fn load(ctx: &VcpuContext, vm: VmRegs) {
+    write_vttbr_el2(vm.vttbr);
+    write_cntvoff_el2(vm.cntvoff);
+    write_hcr_el2(vm.hcr);
     load_vcpu(ctx);
 }
 
-/// [`load`] right after [`save`] of another vCPU (a switch): `HCR_EL2` still holds
-/// [`HCR_GUEST`]; `VTTBR_EL2` and `CNTVOFF_EL2` are written only if `vm` says they change (the
-/// vCPUs of one VM share them).
-pub fn load_after_save(ctx: &VcpuContext, vm: Option<(u64, u64)>) {
-    if let Some((vttbr, cntvoff)) = vm {
-        write_vttbr_el2(vttbr);
-        write_cntvoff_el2(cntvoff);
+/// [`load`] right after [`save`] of another vCPU (a switch): the VM's registers are written
+/// only if `vm` says they change (the vCPUs of one VM share them).
+pub fn load_after_save(ctx: &VcpuContext, vm: Option<VmRegs>) {
+    if let Some(vm) = vm {
+        write_vttbr_el2(vm.vttbr);
+        write_cntvoff_el2(vm.cntvoff);
+        write_hcr_el2(vm.hcr);
     }
     load_vcpu(ctx);
+}
+
+/// Carries out a guest's trapped TLB maintenance instruction on this core: `op`, the local form
+/// of what the guest asked for, with its operand `xt`, for the VMID in `VTTBR_EL2` (the loaded
+/// vCPU's VM). The VM's other cores are the caller's business.
+pub fn tlbi_local(op: TlbiOp, xt: u64) {
+    // SAFETY: each arm is one TLB invalidation of the EL1&0 regime on this core, for the VMID
+    // loaded (EL2 with E2H = 0 and TGE = 0 reaches the guest's regime); they only drop cached
+    // translations. A range form traps only from a CPU that implements it (on one without,
+    // the guest's instruction is undefined at EL1 and never reaches EL2). The `dsb nsh` waits
+    // for the invalidation to complete before the guest resumes.
+    unsafe {
+        match op {
+            TlbiOp::Vmalle1 => core::arch::asm!("tlbi vmalle1", options(nostack, preserves_flags)),
+            TlbiOp::Vae1 => core::arch::asm!("tlbi vae1, {}", in(reg) xt, options(nostack, preserves_flags)),
+            TlbiOp::Aside1 => core::arch::asm!("tlbi aside1, {}", in(reg) xt, options(nostack, preserves_flags)),
+            TlbiOp::Vaae1 => core::arch::asm!("tlbi vaae1, {}", in(reg) xt, options(nostack, preserves_flags)),
+            TlbiOp::Vale1 => core::arch::asm!("tlbi vale1, {}", in(reg) xt, options(nostack, preserves_flags)),
+            TlbiOp::Vaale1 => core::arch::asm!("tlbi vaale1, {}", in(reg) xt, options(nostack, preserves_flags)),
+            // The range forms by their `SYS` encodings (CRm 6), which need no assembler feature.
+            TlbiOp::Rvae1 => core::arch::asm!("sys #0, c8, c6, #1, {}", in(reg) xt, options(nostack, preserves_flags)),
+            TlbiOp::Rvaae1 => core::arch::asm!("sys #0, c8, c6, #3, {}", in(reg) xt, options(nostack, preserves_flags)),
+            TlbiOp::Rvale1 => core::arch::asm!("sys #0, c8, c6, #5, {}", in(reg) xt, options(nostack, preserves_flags)),
+            TlbiOp::Rvaale1 => {
+                core::arch::asm!("sys #0, c8, c6, #7, {}", in(reg) xt, options(nostack, preserves_flags))
+            }
+        }
+        core::arch::asm!("dsb nsh", "isb", options(nostack, preserves_flags));
+    }
+}
+
+/// Drops this core's stage-1 TLB entries of the VM loaded here (`TLBI VMALLE1` for the VMID in
+/// `VTTBR_EL2`): the VM's trapped TLB maintenance ran on another core since this one last did
+/// this for it.
+pub fn tlb_catch_up() {
+    tlbi_local(TlbiOp::Vmalle1, 0);
 }
 
 /// The vCPU's own part of [`load`].

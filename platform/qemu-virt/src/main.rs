@@ -255,6 +255,12 @@ fn boot_main(boot: BootInfo) -> ! {
             Err(_) => fail!("hv.migrate-every={value}: give microseconds, e.g. hv.migrate-every=1000"),
         }
     }
+    if let Some(value) = vcpu_runtime::bootargs::value(bootargs, "hv.guest-tlbi") {
+        match hyp::GuestTlbi::from_arg(value) {
+            Some(policy) => hyp::set_guest_tlbi(policy),
+            None => fail!("hv.guest-tlbi={value}: unknown; use auto, trap or broadcast"),
+        }
+    }
     if let Some(value) = vcpu_runtime::bootargs::value(bootargs, "hv.trace") {
         match hyp::TraceLevel::from_arg(value) {
             Some(level) => hyp::set_trace_level(level),

@@ -97,9 +97,14 @@ pub(super) struct Core<'h> {
     /// The list register holding the virtual timer interrupt mapped to the physical PPI (HW
     /// bit), while it is in one.
     vtimer_hw_lr: Option<usize>,
-    /// `VTTBR_EL2` and `CNTVOFF_EL2` as this core last loaded them (nothing else leaves them
-    /// changed), so that a switch between two vCPUs of one VM does not write them again.
-    stage2_loaded: (u64, u64),
+    /// The VM registers (`VTTBR_EL2`, `CNTVOFF_EL2`, `HCR_EL2`) as this core last loaded them
+    /// for a vCPU, so that a switch between two vCPUs of one VM does not write them again.
+    vm_loaded: Option<guest::VmRegs>,
+    /// Per VM (by index), its `tlbi_generation` as this core last caught up with it; and the
+    /// guest entries this core made into VMs that trap their TLB maintenance (for
+    /// `CoreShared::guest_run`).
+    tlb_seen: alloc::vec::Vec<u64>,
+    guest_runs: u64,
 }
 
 /// Sets this core up for guests and runs its loop; when the governor has it drain, it gives its
@@ -144,7 +149,9 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
             timers_known: false,
             timers_membership: 0,
             housekeeping_at: Instant::ZERO,
-            stage2_loaded: (u64::MAX, u64::MAX),
+            vm_loaded: None,
+            tlb_seen: alloc::vec![0; hyp.vms.len()],
+            guest_runs: 0,
             profile: super::instructions::enabled().then_some(ProfileMark::START),
             vtimer_hw_lr: None,
         };
@@ -625,13 +632,13 @@ impl Core<'_> {
                 if let Some((entry, x0)) = vcpu.boot.take() {
                     ctx.reset(entry, x0);
                 }
-                let stage2 = (vm.vttbr, vm.cntvoff.load(Ordering::Relaxed));
+                let regs = vm.regs();
                 if switch {
-                    guest::load_after_save(&ctx, (stage2 != self.stage2_loaded).then_some(stage2));
+                    guest::load_after_save(&ctx, (Some(regs) != self.vm_loaded).then_some(regs));
                 } else {
-                    guest::load(&ctx, stage2.0, stage2.1);
+                    guest::load(&ctx, regs);
                 }
-                self.stage2_loaded = stage2;
+                self.vm_loaded = Some(regs);
                 let memo = ctx.lr_memo;
                 self.fill_clean = memo.clean;
                 self.fill_epoch = memo.epoch;
@@ -651,7 +658,13 @@ impl Core<'_> {
             if let Some(mark) = self.profile {
                 mark.enter(self.me);
             }
+            if vm.trap_tlbi {
+                self.tlb_enter(vm);
+            }
             let kind = guest::enter(&mut ctx.regs);
+            if vm.trap_tlbi {
+                self.tlb_exit();
+            }
             self.exits += 1;
             let esr = guest::esr();
             if self.profile.is_some() {
@@ -736,6 +749,77 @@ impl Core<'_> {
             }
         }
         (reason, end)
+    }
+
+    /// Before an entry into a VM that traps its TLB maintenance: tells the other cores this core
+    /// is in the VM's guest now (`CoreShared::guest_run`), then catches up with the VM's trapped
+    /// TLB maintenance carried out elsewhere since this core last did. The store comes before
+    /// the load, both sequentially consistent, as `Core::guest_tlbi` does the opposite: either
+    /// this core sees the new generation here, or that core sees this one in the guest and waits
+    /// for it to leave (and come back through here).
+    #[inline(never)]
+    fn tlb_enter(&mut self, vm: &Vm) {
+        use core::sync::atomic::Ordering;
+        self.guest_runs += 1;
+        if let Some(shared) = self.hyp.cores.get(self.me.index()) {
+            shared.guest_run.store(self.guest_runs << 16 | vm_tag(vm), Ordering::SeqCst);
+        }
+        let generation = vm.tlbi_generation.load(Ordering::SeqCst);
+        if let Some(seen) = self.tlb_seen.get_mut(vm.id.index()) {
+            if *seen != generation {
+                guest::tlb_catch_up();
+                *seen = generation;
+            }
+        }
+    }
+
+    /// After the exit from a VM that traps its TLB maintenance: out of its guest.
+    #[inline(never)]
+    fn tlb_exit(&mut self) {
+        if let Some(shared) = self.hyp.cores.get(self.me.index()) {
+            shared.guest_run.store(self.guest_runs << 16, core::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A guest's trapped TLB maintenance instruction (`HCR_EL2.TTLB`): `op` is carried out on
+    /// this core at once; every other core catches up (drops all the VM's stage-1 entries) before
+    /// it next enters the VM's guest, and those in the VM's guest now are kicked out of it and
+    /// waited for, so that no vCPU of the VM uses a stale translation once the guest's
+    /// instruction has completed. No core is stopped that does not run the VM: a shareable
+    /// `TLBI` would stop them all under QEMU (docs/linux-guests.md, *Guest TLB maintenance*).
+    pub fn guest_tlbi(&mut self, vm: &Vm, op: vdev::tlbi::TlbiOp, xt: u64) {
+        use core::sync::atomic::Ordering;
+        guest::tlbi_local(op, xt);
+        let before = vm.tlbi_generation.fetch_add(1, Ordering::SeqCst);
+        if let Some(seen) = self.tlb_seen.get_mut(vm.id.index()) {
+            // Only if it had seen every earlier one: another core's may still be missing here.
+            if *seen == before {
+                *seen = before + 1;
+            }
+        }
+        let tag = vm_tag(vm);
+        let mut waiting = [0u64; crate::layout::MAX_CORES];
+        let mut kicked = 0u64;
+        for (k, c) in self.hyp.cores.iter().enumerate().take(crate::layout::MAX_CORES) {
+            if k == self.me.index() {
+                continue;
+            }
+            let run = c.guest_run.load(Ordering::SeqCst);
+            if run & GUEST_RUN_VM == tag {
+                gic::send_sgi_value(c.kick_sgi);
+                waiting[k] = run;
+                kicked |= 1 << k;
+            }
+        }
+        for (k, c) in self.hyp.cores.iter().enumerate().take(crate::layout::MAX_CORES) {
+            if kicked & (1 << k) != 0 {
+                // It leaves the guest at the kick (a guest cannot mask it): a few instructions
+                // of its own, unless the host deschedules it.
+                while c.guest_run.load(Ordering::SeqCst) == waiting[k] {
+                    crate::cpu::yield_hint();
+                }
+            }
+        }
     }
 
     /// Hands the runs collected since the last rest in to the core's energy book.
@@ -1061,4 +1145,12 @@ fn maintenance(overflow: bool, any_pending: bool) -> u64 {
         (true, false) => gic::ICH_HCR_UIE,
         (true, true) => gic::ICH_HCR_UIE | gic::ICH_HCR_NPIE,
     }
+}
+
+/// The low bits of `CoreShared::guest_run`: which VM's guest the core is in.
+const GUEST_RUN_VM: u64 = 0xffff;
+
+/// A VM's tag in `CoreShared::guest_run`: its index + 1 (0 is "in no guest").
+fn vm_tag(vm: &Vm) -> u64 {
+    vm.id.index() as u64 + 1
 }

@@ -110,7 +110,8 @@ fn wfi(vm: &Vm, vcpu: &Vcpu) -> Action {
 }
 
 /// A trapped system register access (EC 0x18): the guest's writes to the SGI generation
-/// registers go to the vGIC, its reads of the ID registers get the hypervisor's view of them
+/// registers go to the vGIC, its TLB maintenance instructions (for a VM that traps them) are
+/// carried out (`Core::guest_tlbi`), its reads of the ID registers get the hypervisor's view of them
 /// (`vdev::idregs`), `ACTLR_EL1` reads as the hardware's and ignores writes; anything else gets
 /// an undefined instruction.
 fn sysreg(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, iss: u32) -> Action {
@@ -144,6 +145,15 @@ fn sysreg(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, iss: 
     let rt = ((iss >> 5) & 0x1f) as usize;
     let crm = (iss >> 1) & 0xf;
     let read = iss & 1 == 1;
+    // TLB maintenance (HCR_EL2.TTLB, for the VMs that trap it).
+    if let Some(op) = vdev::tlbi::TlbiOp::from_encoding(op0, op1, crn, crm, op2) {
+        if !read && vm.trap_tlbi {
+            let xt = if rt == 31 { 0 } else { regs.x[rt] };
+            core.guest_tlbi(vm, op, xt);
+            regs.pc += 4;
+            return Action::Resume;
+        }
+    }
     // The ID registers (HCR_EL2.TID3): the guest's view of the hardware's.
     if let Some(reg) = IdReg::from_encoding(op0, op1, crn, crm, op2) {
         if read {

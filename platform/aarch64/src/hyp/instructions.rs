@@ -109,7 +109,9 @@ const CLASS_IRQ_MAINTENANCE: usize = 70;
 /// Data aborts on the emulated UART: reads, writes.
 const CLASS_UART_READ: usize = 71;
 const CLASS_UART_WRITE: usize = 72;
-const CLASSES: usize = 73;
+/// Trapped TLB maintenance instructions (`HCR_EL2.TTLB`): system instructions with op0 = 1.
+const CLASS_TLBI: usize = 73;
+const CLASSES: usize = 74;
 
 /// Per core and exit class: exits, and EL2 instructions from each exit to the next entry into a
 /// guest (the exit's handling, and what the core did before it entered a guest again: the
@@ -139,6 +141,9 @@ pub fn exit_class(sync: bool, esr: u64) -> u8 {
     }
     if ec == 0x24 && (crate::guest::syndrome().hpfar << 8) & !0xfff == super::vm::UART_BASE {
         return if esr & (1 << 6) != 0 { CLASS_UART_WRITE } else { CLASS_UART_READ } as u8;
+    }
+    if ec == 0x18 && (esr >> 20) & 3 == 1 {
+        return CLASS_TLBI as u8;
     }
     ec as u8
 }
@@ -226,6 +231,7 @@ fn class_name(class: usize) -> &'static str {
         CLASS_IRQ_KICK => "irq-kick",
         CLASS_IRQ_MAINTENANCE => "irq-maintenance",
         CLASS_FIRST_WRITE => "first-write",
+        CLASS_TLBI => "tlbi",
         CLASS_NONE => "first-entry",
         _ => "other",
     }

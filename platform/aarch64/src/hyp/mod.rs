@@ -55,6 +55,11 @@ pub struct CoreShared {
     pub power: AtomicU8,
     /// `CPU_ON` attempts that failed in a row.
     pub cpu_on_failures: AtomicU32,
+    /// While the core is in the guest of a VM that traps its TLB maintenance: its count of such
+    /// entries << 16 | the VM's index + 1; the low 16 bits 0 otherwise. Another core that
+    /// carried out a TLB maintenance instruction of that VM kicks it and waits for this to
+    /// change (`Core::guest_tlbi`).
+    pub guest_run: AtomicU64,
 }
 
 /// Everything the cores share once the scenario is set up.
@@ -117,6 +122,48 @@ static TRACE_LEVEL: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8:
 /// Sets which trace events are printed (before the cores start running guests).
 pub fn set_trace_level(level: TraceLevel) {
     TRACE_LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// How guests' TLB maintenance instructions reach the other cores (boot argument
+/// `hv.guest-tlbi=`; docs/linux-guests.md, *Guest TLB maintenance*).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum GuestTlbi {
+    /// [`GuestTlbi::Trap`] when a guest has a real-time reservation and the board has more
+    /// than one core, else [`GuestTlbi::Broadcast`] (the default).
+    Auto = 0,
+    /// Trapped (`HCR_EL2.TTLB`): the hypervisor carries each one out on the trapping core and
+    /// on the cores that run the same VM, and no other core is disturbed.
+    Trap = 1,
+    /// Not trapped; broadcast to every core by the hardware (`HCR_EL2.FB`).
+    Broadcast = 2,
+}
+
+impl GuestTlbi {
+    /// Parses the value of `hv.guest-tlbi=`.
+    pub fn from_arg(value: &str) -> Option<GuestTlbi> {
+        match value {
+            "auto" => Some(GuestTlbi::Auto),
+            "trap" => Some(GuestTlbi::Trap),
+            "broadcast" => Some(GuestTlbi::Broadcast),
+            _ => None,
+        }
+    }
+}
+
+static GUEST_TLBI: AtomicU8 = AtomicU8::new(GuestTlbi::Auto as u8);
+
+/// Sets how guests' TLB maintenance is carried out (before the VMs are built).
+pub fn set_guest_tlbi(policy: GuestTlbi) {
+    GUEST_TLBI.store(policy as u8, Ordering::Relaxed);
+}
+
+fn guest_tlbi() -> GuestTlbi {
+    match GUEST_TLBI.load(Ordering::Relaxed) {
+        1 => GuestTlbi::Trap,
+        2 => GuestTlbi::Broadcast,
+        _ => GuestTlbi::Auto,
+    }
 }
 
 /// Prints trace events on the console, one line each, as the trace level allows.
@@ -305,6 +352,17 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
         vcpus.extend(vm.make_vcpus(&guest));
         vms.push(vm);
     }
+    let trap_tlbi = match guest_tlbi() {
+        GuestTlbi::Trap => true,
+        GuestTlbi::Broadcast => false,
+        GuestTlbi::Auto => n_cores > 1 && vms.iter().any(|vm| vm.reservation.is_some()),
+    };
+    if trap_tlbi {
+        println!("guest TLB maintenance: trapped, carried out by the hypervisor on the cores concerned");
+        for vm in &mut vms {
+            vm.trap_tlbi = true;
+        }
+    }
     let mut config = runtime_config(&manifest, n_cores);
     // `hv.restore`: the first VM continues from the checkpoint on the disk (verified whole
     // before anything of it runs).
@@ -380,6 +438,7 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
                 poll: AtomicBool::new(false),
                 power: AtomicU8::new(power::ON),
                 cpu_on_failures: AtomicU32::new(0),
+                guest_run: AtomicU64::new(0),
             })
             .collect(),
         runtimes: Mutex::new(runtimes.into_iter().map(Some).collect()),

@@ -181,6 +181,13 @@ pub struct Vm {
     /// A `SYSTEM_RESET` in progress: [`RESET_NONE`], [`RESET_QUIESCING`] (its vCPUs turn off at
     /// their next exit or entry) or [`RESET_LOADING`] (one core loads the image again).
     pub resetting: AtomicU8,
+    /// Its TLB maintenance traps (`HCR_EL2.TTLB`) and the hypervisor carries it out
+    /// (`Core::guest_tlbi`); set before the VMs are shared (`hv.guest-tlbi`).
+    pub trap_tlbi: bool,
+    /// Trapped TLB maintenance instructions of the VM carried out so far: a core that counted
+    /// fewer for the VM drops all of the VM's stage-1 entries before it runs a vCPU of it
+    /// (docs/linux-guests.md, *Guest TLB maintenance*).
+    pub tlbi_generation: AtomicU64,
 }
 
 /// No reset in progress ([`Vm::resetting`]).
@@ -446,7 +453,19 @@ impl Vm {
             weight: guest.weight,
             reservation: guest.reservation.map(|r| (r.budget.as_nanos(), r.period.as_nanos())),
             cntvoff: AtomicU64::new(0),
+            trap_tlbi: false,
+            tlbi_generation: AtomicU64::new(0),
         })
+    }
+
+    /// What a core loads into its EL2 registers to run one of the VM's vCPUs.
+    pub fn regs(&self) -> crate::guest::VmRegs {
+        let ttlb = if self.trap_tlbi { crate::guest::HCR_TTLB } else { 0 };
+        crate::guest::VmRegs {
+            vttbr: self.vttbr,
+            cntvoff: self.cntvoff.load(Ordering::Relaxed),
+            hcr: crate::guest::HCR_GUEST | ttlb,
+        }
     }
 
     /// Starts a `SYSTEM_RESET`; returns whether this call did (no reset or stop was under way).
