@@ -127,3 +127,107 @@ fn dirty_bitmap_mark_vs_take() {
     });
     reached.check(&["first take []", "first take [(63, 1)]", "first take [(64, 1)]", "first take [(63, 2)]"]);
 }
+
+/// Model 10: core 0 carries out a VM's trapped TLB maintenance instruction (after the guest
+/// changed a translation) while core 1 enters and leaves the VM's guest twice, reading the
+/// translation through its own TLB (`vcpu_runtime::tlb`). A read that starts after the
+/// instruction completed never sees the old translation; core 0 waits for core 1 exactly when
+/// it finds it in the guest, and core 1 catches up at an entry in some executions.
+#[test]
+fn guest_tlbi_vs_entering_core() {
+    use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use vcpu_runtime::tlb::{CoreTlb, GuestRun, VmTlb};
+    const OLD: u64 = 1;
+    const NEW: u64 = 2;
+    let reached = Arc::new(Reached::default());
+    let r = reached.clone();
+    loom::model(move || {
+        let vm = loom::sync::Arc::new(VmTlb::new());
+        let runs = loom::sync::Arc::new([GuestRun::new(), GuestRun::new()]);
+        let translation = loom::sync::Arc::new(AtomicU64::new(OLD));
+        let completed = loom::sync::Arc::new(AtomicBool::new(false));
+        let core1 = {
+            let (vm, runs, translation, completed) = (vm.clone(), runs.clone(), translation.clone(), completed.clone());
+            loom::thread::spawn(move || {
+                let mut tlb = CoreTlb::new(1);
+                let mut cached: Option<u64> = None;
+                let mut caught_up = false;
+                for _ in 0..2 {
+                    if tlb.enter(&runs[1], 0, &vm) {
+                        cached = None;
+                        caught_up = true;
+                    }
+                    let after = completed.load(Ordering::SeqCst);
+                    let seen = *cached.get_or_insert_with(|| translation.load(Ordering::SeqCst));
+                    assert!(!after || seen == NEW, "core 1 used the old translation after the TLBI completed");
+                    tlb.exit(&runs[1]);
+                }
+                caught_up
+            })
+        };
+        let mut tlb = CoreTlb::new(1);
+        translation.store(NEW, Ordering::SeqCst);
+        let waits = tlb.carried_out(0, 0, &vm, runs.iter());
+        let waited = !waits.is_empty();
+        for wait in waits.iter() {
+            while !runs[wait.core].left(wait.run) {
+                loom::thread::yield_now();
+            }
+        }
+        completed.store(true, Ordering::SeqCst);
+        let caught_up = core1.join().expect("core 1 panicked");
+        r.add(vec![format!("waited {waited}"), format!("caught up {caught_up}")]);
+    });
+    reached.check(&["waited true", "waited false", "caught up true", "caught up false"]);
+}
+
+/// Model 11: both cores carry out a trapped instruction of the VM at once, each between two
+/// runs of its guest, after changing its own page's translation; each reads both pages through
+/// its own TLB in its runs. Neither waits for the other for ever (each is out of the guest while
+/// it carries out), and neither reads the other's page's old translation in a run it enters
+/// after both instructions completed.
+#[test]
+fn guest_tlbi_on_both_cores() {
+    use loom::sync::atomic::{AtomicU64, Ordering};
+    use vcpu_runtime::tlb::{CoreTlb, GuestRun, VmTlb};
+    const OLD: u64 = 1;
+    const NEW: u64 = 2;
+    loom::model(|| {
+        let vm = loom::sync::Arc::new(VmTlb::new());
+        let runs = loom::sync::Arc::new([GuestRun::new(), GuestRun::new()]);
+        let pages = loom::sync::Arc::new([AtomicU64::new(OLD), AtomicU64::new(OLD)]);
+        let core = |me: usize| {
+            let (vm, runs, pages) = (vm.clone(), runs.clone(), pages.clone());
+            loom::thread::spawn(move || {
+                let mut tlb = CoreTlb::new(1);
+                let mut cached: [Option<u64>; 2] = [None, None];
+                if tlb.enter(&runs[me], 0, &vm) {
+                    cached = [None, None];
+                }
+                for (page, cache) in pages.iter().zip(&mut cached) {
+                    cache.get_or_insert_with(|| page.load(Ordering::Acquire));
+                }
+                tlb.exit(&runs[me]);
+                pages[me].store(NEW, Ordering::Release);
+                cached[me] = None;
+                let waits = tlb.carried_out(me, 0, &vm, runs.iter());
+                for wait in waits.iter() {
+                    while !runs[wait.core].left(wait.run) {
+                        loom::thread::yield_now();
+                    }
+                }
+                (tlb, cached)
+            })
+        };
+        let (a, b) = (core(0), core(1));
+        let done = [a.join().expect("core 0 panicked"), b.join().expect("core 1 panicked")];
+        for (me, (mut tlb, mut cached)) in done.into_iter().enumerate() {
+            if tlb.enter(&runs[me], 0, &vm) {
+                cached = [None, None];
+            }
+            let other = 1 - me;
+            let seen = cached[other].unwrap_or_else(|| pages[other].load(Ordering::Acquire));
+            assert_eq!(seen, NEW, "core {me} used core {other}'s old translation after both instructions");
+        }
+    });
+}

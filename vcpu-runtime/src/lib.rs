@@ -19,6 +19,7 @@ pub mod sched;
 pub mod sync;
 pub mod system;
 pub mod time;
+pub mod tlb;
 pub mod trace;
 pub mod util;
 pub mod vcpu;

@@ -14,6 +14,7 @@
 //! timer's deadline in [`Vcpu::timer_deadline`]; its owner folds these deadlines into the
 //! `until` it programs and raises the line (which wakes the vCPU) when one passes.
 
+use vcpu_runtime::tlb::CoreTlb;
 use vcpu_runtime::trace::{FaultKind, StopReason, TraceEvent, TraceKind};
 use vcpu_runtime::{CoreId, CoreRuntime, Decision, Event, ExitReason, Instant, VcpuId, VcpuState};
 use vdev::vgic::{decode_ich_lr, encode_ich_lr, Effects, Lr};
@@ -100,11 +101,8 @@ pub(super) struct Core<'h> {
     /// The VM registers (`VTTBR_EL2`, `CNTVOFF_EL2`, `HCR_EL2`) as this core last loaded them
     /// for a vCPU, so that a switch between two vCPUs of one VM does not write them again.
     vm_loaded: Option<guest::VmRegs>,
-    /// Per VM (by index), its `tlbi_generation` as this core last caught up with it; and the
-    /// guest entries this core made into VMs that trap their TLB maintenance (for
-    /// `CoreShared::guest_run`).
-    tlb_seen: alloc::vec::Vec<u64>,
-    guest_runs: u64,
+    /// This core's part in carrying out guests' trapped TLB maintenance (`vcpu_runtime::tlb`).
+    tlb: CoreTlb,
 }
 
 /// Sets this core up for guests and runs its loop; when the governor has it drain, it gives its
@@ -150,8 +148,7 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
             timers_membership: 0,
             housekeeping_at: Instant::ZERO,
             vm_loaded: None,
-            tlb_seen: alloc::vec![0; hyp.vms.len()],
-            guest_runs: 0,
+            tlb: CoreTlb::new(hyp.vms.len()),
             profile: super::instructions::enabled().then_some(ProfileMark::START),
             vtimer_hw_lr: None,
         };
@@ -751,25 +748,14 @@ impl Core<'_> {
         (reason, end)
     }
 
-    /// Before an entry into a VM that traps its TLB maintenance: tells the other cores this core
-    /// is in the VM's guest now (`CoreShared::guest_run`), then catches up with the VM's trapped
-    /// TLB maintenance carried out elsewhere since this core last did. The store comes before
-    /// the load, both sequentially consistent, as `Core::guest_tlbi` does the opposite: either
-    /// this core sees the new generation here, or that core sees this one in the guest and waits
-    /// for it to leave (and come back through here).
+    /// Before an entry into a VM that traps its TLB maintenance: announces it, and catches up
+    /// with the VM's instructions carried out on other cores since this one last did
+    /// (`CoreTlb::enter`).
     #[inline(never)]
     fn tlb_enter(&mut self, vm: &Vm) {
-        use core::sync::atomic::Ordering;
-        self.guest_runs += 1;
-        if let Some(shared) = self.hyp.cores.get(self.me.index()) {
-            shared.guest_run.store(self.guest_runs << 16 | vm_tag(vm), Ordering::SeqCst);
-        }
-        let generation = vm.tlbi_generation.load(Ordering::SeqCst);
-        if let Some(seen) = self.tlb_seen.get_mut(vm.id.index()) {
-            if *seen != generation {
-                guest::tlb_catch_up();
-                *seen = generation;
-            }
+        let Some(shared) = self.hyp.cores.get(self.me.index()) else { return };
+        if self.tlb.enter(&shared.guest_run, vm.id.index(), &vm.tlb) {
+            guest::tlb_catch_up();
         }
     }
 
@@ -777,45 +763,34 @@ impl Core<'_> {
     #[inline(never)]
     fn tlb_exit(&mut self) {
         if let Some(shared) = self.hyp.cores.get(self.me.index()) {
-            shared.guest_run.store(self.guest_runs << 16, core::sync::atomic::Ordering::SeqCst);
+            self.tlb.exit(&shared.guest_run);
         }
     }
 
     /// A guest's trapped TLB maintenance instruction (`HCR_EL2.TTLB`): `op` is carried out on
-    /// this core at once; every other core catches up (drops all the VM's stage-1 entries) before
-    /// it next enters the VM's guest, and those in the VM's guest now are kicked out of it and
-    /// waited for, so that no vCPU of the VM uses a stale translation once the guest's
-    /// instruction has completed. No core is stopped that does not run the VM: a shareable
-    /// `TLBI` would stop them all under QEMU (docs/linux-guests.md, *Guest TLB maintenance*).
+    /// this core at once; every other core catches up (drops all the VM's stage-1 entries)
+    /// before it next enters the VM's guest, and those in the VM's guest now are kicked out of
+    /// it and waited for, so that no vCPU of the VM uses a stale translation once the guest's
+    /// instruction has completed (`vcpu_runtime::tlb`). No core is stopped that does not run
+    /// the VM: a shareable `TLBI` would stop them all under QEMU (docs/linux-guests.md, *Guest
+    /// TLB maintenance*).
     pub fn guest_tlbi(&mut self, vm: &Vm, op: vdev::tlbi::TlbiOp, xt: u64) {
-        use core::sync::atomic::Ordering;
         guest::tlbi_local(op, xt);
-        let before = vm.tlbi_generation.fetch_add(1, Ordering::SeqCst);
-        if let Some(seen) = self.tlb_seen.get_mut(vm.id.index()) {
-            // Only if it had seen every earlier one: another core's may still be missing here.
-            if *seen == before {
-                *seen = before + 1;
-            }
+        let cores = &self.hyp.cores;
+        let waits = self.tlb.carried_out(self.me.index(), vm.id.index(), &vm.tlb, cores.iter().map(|c| &c.guest_run));
+        if waits.is_empty() {
+            return;
         }
-        let tag = vm_tag(vm);
-        let mut waiting = [0u64; crate::layout::MAX_CORES];
-        let mut kicked = 0u64;
-        for (k, c) in self.hyp.cores.iter().enumerate().take(crate::layout::MAX_CORES) {
-            if k == self.me.index() {
-                continue;
-            }
-            let run = c.guest_run.load(Ordering::SeqCst);
-            if run & GUEST_RUN_VM == tag {
+        for wait in waits.iter() {
+            if let Some(c) = cores.get(wait.core) {
                 gic::send_sgi_value(c.kick_sgi);
-                waiting[k] = run;
-                kicked |= 1 << k;
             }
         }
-        for (k, c) in self.hyp.cores.iter().enumerate().take(crate::layout::MAX_CORES) {
-            if kicked & (1 << k) != 0 {
-                // It leaves the guest at the kick (a guest cannot mask it): a few instructions
-                // of its own, unless the host deschedules it.
-                while c.guest_run.load(Ordering::SeqCst) == waiting[k] {
+        for wait in waits.iter() {
+            if let Some(c) = cores.get(wait.core) {
+                // It leaves the guest at the kick (a guest cannot hold it off): a few
+                // instructions of its own, unless the host deschedules it.
+                while !c.guest_run.left(wait.run) {
                     crate::cpu::yield_hint();
                 }
             }
@@ -1145,12 +1120,4 @@ fn maintenance(overflow: bool, any_pending: bool) -> u64 {
         (true, false) => gic::ICH_HCR_UIE,
         (true, true) => gic::ICH_HCR_UIE | gic::ICH_HCR_NPIE,
     }
-}
-
-/// The low bits of `CoreShared::guest_run`: which VM's guest the core is in.
-const GUEST_RUN_VM: u64 = 0xffff;
-
-/// A VM's tag in `CoreShared::guest_run`: its index + 1 (0 is "in no guest").
-fn vm_tag(vm: &Vm) -> u64 {
-    vm.id.index() as u64 + 1
 }

@@ -55,11 +55,9 @@ pub struct CoreShared {
     pub power: AtomicU8,
     /// `CPU_ON` attempts that failed in a row.
     pub cpu_on_failures: AtomicU32,
-    /// While the core is in the guest of a VM that traps its TLB maintenance: its count of such
-    /// entries << 16 | the VM's index + 1; the low 16 bits 0 otherwise. Another core that
-    /// carried out a TLB maintenance instruction of that VM kicks it and waits for this to
-    /// change (`Core::guest_tlbi`).
-    pub guest_run: AtomicU64,
+    /// Whether the core is in the guest of a VM that traps its TLB maintenance, and which
+    /// (`vcpu_runtime::tlb`, `Core::guest_tlbi`).
+    pub guest_run: vcpu_runtime::tlb::GuestRun,
 }
 
 /// Everything the cores share once the scenario is set up.
@@ -438,7 +436,7 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
                 poll: AtomicBool::new(false),
                 power: AtomicU8::new(power::ON),
                 cpu_on_failures: AtomicU32::new(0),
-                guest_run: AtomicU64::new(0),
+                guest_run: vcpu_runtime::tlb::GuestRun::new(),
             })
             .collect(),
         runtimes: Mutex::new(runtimes.into_iter().map(Some).collect()),

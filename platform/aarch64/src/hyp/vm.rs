@@ -184,10 +184,8 @@ pub struct Vm {
     /// Its TLB maintenance traps (`HCR_EL2.TTLB`) and the hypervisor carries it out
     /// (`Core::guest_tlbi`); set before the VMs are shared (`hv.guest-tlbi`).
     pub trap_tlbi: bool,
-    /// Trapped TLB maintenance instructions of the VM carried out so far: a core that counted
-    /// fewer for the VM drops all of the VM's stage-1 entries before it runs a vCPU of it
-    /// (docs/linux-guests.md, *Guest TLB maintenance*).
-    pub tlbi_generation: AtomicU64,
+    /// Its trapped TLB maintenance instructions carried out so far (`vcpu_runtime::tlb`).
+    pub tlb: vcpu_runtime::tlb::VmTlb,
 }
 
 /// No reset in progress ([`Vm::resetting`]).
@@ -454,7 +452,7 @@ impl Vm {
             reservation: guest.reservation.map(|r| (r.budget.as_nanos(), r.period.as_nanos())),
             cntvoff: AtomicU64::new(0),
             trap_tlbi: false,
-            tlbi_generation: AtomicU64::new(0),
+            tlb: vcpu_runtime::tlb::VmTlb::new(),
         })
     }
 
