@@ -206,11 +206,15 @@ fn linux_boots_on_the_hypervisor_smp4() {
 
 /// QEMU's `-cpu max` has SVE, SME, pointer authentication and MTE, whose state the hypervisor
 /// does not switch: the guest's ID registers (trapped, `vdev::idregs`) hide them, so the kernel
-/// never uses them, and boots.
+/// never uses them, and boots. Its TLB maintenance is trapped too (`hv.guest-tlbi=trap`): on
+/// `-cpu max` the kernel uses the outer-shareable and range forms (FEAT_TLBIOS,
+/// FEAT_TLBIRANGE), which the hypervisor carries out in their local forms (`vdev::tlbi`).
 #[test]
 fn linux_boots_on_the_hypervisor_cpu_max() {
-    let r = on_hypervisor("linux", 2, "max", "");
+    let r = on_hypervisor("linux", 2, "max", "hv.guest-tlbi=trap");
     assert_hypervisor_clean(&r);
+    let (tlbi, _) = tlbi_counts(&r, "linux");
+    assert!(tlbi > 1_000, "tlbi={tlbi}");
     r.assert_present("cpu: QEMU max");
     assert_linux_passed(&r, "linux", "boot");
     r.assert_guest_line("linux", "LINUX-TEST: PASS boot cpus=2 nproc=2");
@@ -274,31 +278,28 @@ fn reservation_misses_around_boot<'a>(r: &'a Run, linux: &[&str]) -> (usize, Vec
 }
 
 /// Two Linux guests of 2 vCPUs and the RT guest on two cores: both Linux guests finish their
-/// scripts (one CPU-bound, one unplugging a CPU), each one's SYSTEM_OFF stops only itself, and
-/// once both kernels run init the scheduler gives the RT guest its budget before every deadline
-/// (no `miss` trace event) and the RT guest itself misses at most 1 % of its periods (20 of
-/// 2,000).
+/// scripts (one CPU-bound, one unplugging a CPU), each one's SYSTEM_OFF stops only itself, the
+/// scheduler gives the RT guest its budget before every deadline over the whole run (no `miss`
+/// trace event; they must add up to the `stat vcpu` lines' `reservation_misses`), and the RT
+/// guest itself misses at most 1 % of its periods (20 of 2,000).
 ///
-/// While the kernels boot, neither count is the hypervisor's alone. A booting kernel issues
-/// tens of thousands of broadcast TLB invalidations (every ftrace and alternatives patch maps
-/// and unmaps a fixmap page), and under QEMU each one stops every vCPU thread of the machine:
-/// the RT guest's 1 ms job then takes 5–40 ms of its own running time, even alone on its core
-/// (measured with the Linux guest pinned to the other core: up to 16 misses in its first
-/// second), and a core's EL2 timer fires milliseconds late, so the scheduler can find a
-/// reservation's deadline passed before it could act (seen: the RT vCPU running since the
-/// start of its first period, its 8 ms budget's timer served 21.5 ms after it was armed).
-/// Later, the host (itself a VM here) now and then takes a QEMU thread away for tens of
-/// milliseconds: once, 7 misses came with the RT guest alone on the machine after both Linux
-/// guests had stopped. So both boot-time counts are reported, not failed, and the whole run
-/// gets up to [`RT_ATTEMPTS`] tries against host hiccups; the trace's `miss` events must add up
-/// to the `stat vcpu` lines' `reservation_misses`.
+/// The guests' TLB maintenance is trapped and carried out by the hypervisor (`hv.guest-tlbi`
+/// defaults to that when a guest has a reservation): a booting kernel issues some 43,000 TLB
+/// invalidations, and as broadcasts each one stopped every vCPU thread of QEMU, the RT guest's
+/// included (24–360 misses a run, nearly all while the kernels booted; docs/linux-guests.md).
+/// The misses left come from the host (itself a VM here), which now and then takes a QEMU
+/// thread away for tens of milliseconds: a 1 ms job then takes 11–22 ms with the job started on
+/// time, once with the RT guest alone on the machine after both Linux guests had stopped. So the
+/// run gets up to [`RT_ATTEMPTS`] tries, a run with a miss or a lost period repeats, and the
+/// cleanest is judged.
 #[test]
 fn two_linux_guests_and_the_rt_guest_share_two_cores() {
     const PERIODS: usize = 2_000;
     let config = QemuConfig::new(2, "cortex-a57").scenario("linux-pair").append("hv.trace=events").timeout(TIMEOUT);
     let linux = ["work", "personal"];
-    let mut attempt = 1;
-    let r = loop {
+    // The attempt kept is the cleanest: fewest lost reservation periods, then fewest misses.
+    let mut best: Option<((usize, usize), Run)> = None;
+    for attempt in 1..=RT_ATTEMPTS {
         let r = hypervisor_run(&config, &format!("linux-pair (attempt {attempt})"));
         let (before, after) = rt_misses_around_boot(&r, &linux);
         let (lost_before, lost_after) = reservation_misses_around_boot(&r, &linux);
@@ -307,11 +308,15 @@ fn two_linux_guests_and_the_rt_guest_share_two_cores() {
             after.len(),
             lost_after.len()
         );
-        if (lost_after.is_empty() && after.len() * 100 <= PERIODS) || attempt == RT_ATTEMPTS {
-            break r;
+        let score = (lost_before + lost_after.len(), before + after.len());
+        if best.as_ref().is_none_or(|(kept, _)| score < *kept) {
+            best = Some((score, r));
         }
-        attempt += 1;
-    };
+        if score == (0, 0) {
+            break;
+        }
+    }
+    let (_, r) = best.expect("RT_ATTEMPTS is at least 1");
     // The hypervisor's own lines are clean (the rt guest's verdict counts every miss).
     assert_hypervisor_lines_clean(&r);
     r.assert_exit(0);
@@ -321,18 +326,25 @@ fn two_linux_guests_and_the_rt_guest_share_two_cores() {
     assert_linux_passed(&r, "personal", "hotplug");
     r.assert_guest_line("personal", "LINUX-TEST: PASS hotplug rounds=2 transitions=4 cpus=2");
     r.assert_guest_line("rt", &format!("rt periods={PERIODS} misses="));
+    r.assert_present("guest TLB maintenance: trapped");
+    for guest in linux {
+        let (tlbi, _) = tlbi_counts(&r, guest);
+        assert!(tlbi > 1_000, "guest {guest}: only {tlbi} TLB maintenance instructions carried out");
+    }
     let (lost_before, lost_after) = reservation_misses_around_boot(&r, &linux);
-    if !lost_after.is_empty() {
-        r.fail(&format!("the scheduler lost reservation periods after both kernels booted: {lost_after:?}"));
+    if lost_before != 0 || !lost_after.is_empty() {
+        r.fail(&format!(
+            "the scheduler lost reservation periods: {lost_before} while the kernels booted, after: {lost_after:?}"
+        ));
     }
     assert_eq!(
         (lost_before + lost_after.len()) as u64,
         r.reservation_periods_lost(),
         "the trace's miss events and the stat lines' reservation_misses disagree"
     );
-    let (_, after) = rt_misses_around_boot(&r, &linux);
-    if after.len() * 100 > PERIODS {
-        r.fail(&format!("the rt guest missed {} deadlines after both kernels booted: {after:?}", after.len()));
+    let (before, after) = rt_misses_around_boot(&r, &linux);
+    if (before + after.len()) * 100 > PERIODS {
+        r.fail(&format!("the rt guest missed {before} deadlines while the kernels booted and after: {after:?}"));
     }
     // A Linux guest's SYSTEM_OFF ends only that guest: the RT guest went on after the first
     // one powered off, to its last period.
@@ -343,6 +355,19 @@ fn two_linux_guests_and_the_rt_guest_share_two_cores() {
     for s in r.stats() {
         assert_eq!(s.state(), "stopped", "{s:?}");
     }
+}
+
+/// The `stat vm NAME tlbi=N tlbi_waited=W` line of a guest whose TLB maintenance was trapped:
+/// instructions carried out, and those that found another core in the guest.
+fn tlbi_counts(r: &Run, guest: &str) -> (u64, u64) {
+    let prefix = format!("stat vm {guest} ");
+    let line = r.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| r.fail(&format!("no `{prefix}` line")));
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| r.fail(&format!("no {name}= in {line:?}")))
+    };
+    (field("tlbi"), field("tlbi_waited"))
 }
 
 /// Where in the output each line containing `pattern` is (line numbers): the console shows the
@@ -407,11 +432,16 @@ fn consolidation_turns_a_core_off_under_idle_linux_guests() {
 
 /// A Linux guest's vCPUs moved to the other core every 2 ms for the whole run
 /// (`hv.migrate-every=2000`): it boots, runs CPU-bound jobs on both vCPUs, idles, and powers off
-/// with nothing wrong in its log.
+/// with nothing wrong in its log. Its TLB maintenance is trapped (`hv.guest-tlbi=trap`): the
+/// hypervisor's own shootdown (`vcpu_runtime::tlb`) keeps both vCPUs' translations right while
+/// they change cores all the time; a stale one would crash the kernel or corrupt its test.
 #[test]
 fn linux_vcpus_moved_between_cores_every_2ms() {
-    let r = on_hypervisor("linux-busy", 2, "cortex-a57", "hv.migrate-every=2000");
+    let r = on_hypervisor("linux-busy", 2, "cortex-a57", "hv.migrate-every=2000 hv.guest-tlbi=trap");
     assert_hypervisor_clean(&r);
+    let (tlbi, waited) = tlbi_counts(&r, "linux");
+    eprintln!("hw-tests: linux: {tlbi} TLB maintenance instructions carried out, {waited} waited for the other core");
+    assert!(tlbi > 1_000 && waited > 0, "tlbi={tlbi} tlbi_waited={waited}");
     assert_linux_passed(&r, "linux", "busy");
     r.assert_guest_line("linux", "busy: job 2 loops=");
     let events = r.trace_events().unwrap_or_else(|e| r.fail(&e));

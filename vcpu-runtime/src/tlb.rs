@@ -37,11 +37,18 @@ const VM_BITS: u64 = 0xffff;
 #[derive(Debug, Default)]
 pub struct VmTlb {
     generation: AtomicU64,
+    /// Of those, the ones that found another core in the VM's guest (for the run's report).
+    waited: AtomicU64,
 }
 
 impl VmTlb {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Instructions carried out so far, and how many of them found another core in the guest.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.generation.load(Ordering::Relaxed), self.waited.load(Ordering::Relaxed))
     }
 }
 
@@ -160,6 +167,9 @@ impl CoreTlb {
                 waits.cores |= 1 << k;
             }
         }
+        if waits.cores != 0 {
+            vm.waited.fetch_add(1, Ordering::Relaxed);
+        }
         waits
     }
 }
@@ -218,6 +228,7 @@ mod tests {
         b.exit(&runs[1]);
         assert!(b.enter(&runs[1], 0, &vm), "caught up with the third");
         assert!(runs[1].left(wait.run));
+        assert_eq!(vm.counts(), (3, 2));
     }
 
     #[test]

@@ -613,6 +613,10 @@ impl Hypervisor {
                 state_word(*state)
             );
         }
+        for vm in self.vms.iter().filter(|vm| vm.trap_tlbi) {
+            let (tlbi, waited) = vm.tlb.counts();
+            println!("stat vm {} tlbi={tlbi} tlbi_waited={waited}", vm.name);
+        }
         if let Some(text) = checkpoint::checkpoint_line_missing() {
             crate::fail!("checkpoint: the run ended before the first guest printed a line containing \"{text}\"; nothing written");
         }
