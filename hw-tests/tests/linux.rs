@@ -207,7 +207,7 @@ fn linux_boots_on_the_hypervisor_smp4() {
 /// QEMU's `-cpu max` has SVE, SME, pointer authentication and MTE, whose state the hypervisor
 /// does not switch: the guest's ID registers (trapped, `vdev::idregs`) hide them, so the kernel
 /// never uses them, and boots. Its TLB maintenance is trapped too (`hv.guest-tlbi=trap`): on
-/// `-cpu max` the kernel uses the outer-shareable and range forms (FEAT_TLBIOS,
+/// `-cpu max` the kernel may use the outer-shareable and range forms (FEAT_TLBIOS,
 /// FEAT_TLBIRANGE), which the hypervisor carries out in their local forms (`vdev::tlbi`).
 #[test]
 fn linux_boots_on_the_hypervisor_cpu_max() {
