@@ -26,9 +26,7 @@
 use alloc::vec::Vec;
 
 use crate::sync::atomic::{fence, AtomicU64, Ordering};
-
-/// The most cores [`CoreTlb::carried_out`] can name (a `CoreMask`'s).
-pub const MAX_CORES: usize = 64;
+use crate::{CoreId, CoreMask};
 
 /// The low bits of a [`GuestRun`] value: which VM's guest (index + 1), 0 for none.
 const VM_BITS: u64 = 0xffff;
@@ -84,18 +82,18 @@ pub struct Wait {
 /// The cores [`CoreTlb::carried_out`] found in the VM's guest.
 #[derive(Clone, Copy, Debug)]
 pub struct Waits {
-    runs: [u64; MAX_CORES],
-    cores: u64,
+    runs: [u64; CoreMask::MAX_CORES],
+    cores: CoreMask,
 }
 
 impl Waits {
     /// The cores to kick and wait for, in core order.
     pub fn iter(&self) -> impl Iterator<Item = Wait> + '_ {
-        (0..MAX_CORES).filter(|&k| self.cores & (1 << k) != 0).map(|k| Wait { core: k, run: self.runs[k] })
+        self.cores.iter().map(|k| Wait { core: k.index(), run: self.runs[k.index()] })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.cores == 0
+        self.cores.is_empty()
     }
 }
 
@@ -156,18 +154,18 @@ impl CoreTlb {
                 *seen = before + 1;
             }
         }
-        let mut waits = Waits { runs: [0; MAX_CORES], cores: 0 };
-        for (k, c) in cores.enumerate().take(MAX_CORES) {
+        let mut waits = Waits { runs: [0; CoreMask::MAX_CORES], cores: CoreMask::NONE };
+        for (k, c) in cores.enumerate().take(CoreMask::MAX_CORES) {
             if k == me {
                 continue;
             }
             let run = c.run.load(Ordering::Relaxed);
             if run & VM_BITS == tag(index) {
                 waits.runs[k] = run;
-                waits.cores |= 1 << k;
+                waits.cores = waits.cores.with(CoreId(k as u16));
             }
         }
-        if waits.cores != 0 {
+        if !waits.cores.is_empty() {
             vm.waited.fetch_add(1, Ordering::Relaxed);
         }
         waits
