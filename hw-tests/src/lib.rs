@@ -654,6 +654,16 @@ impl Run {
         }
     }
 
+    /// The `stat vm GUEST key=value ...` line of guest `guest` (printed for a VM whose TLB
+    /// maintenance the hypervisor carried out: `tlbi=`, `tlbi_waited=`); panics if there is none.
+    #[track_caller]
+    pub fn vm_stat(&self, guest: &str) -> VmStat {
+        match self.lines().filter_map(VmStat::parse).find(|s| s.guest == guest) {
+            Some(s) => s,
+            None => self.fail(&format!("no `stat vm {guest}` line")),
+        }
+    }
+
     /// Reservation periods lost over the run, summed over the `stat vcpu` lines
     /// (`reservation_misses`; 0 without them): for a retry decision, before the assertions.
     pub fn reservation_periods_lost(&self) -> u64 {
@@ -752,6 +762,26 @@ impl Run {
     }
 }
 
+/// One `stat vm GUEST key=value ...` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmStat {
+    pub guest: String,
+    pub fields: BTreeMap<String, String>,
+}
+
+impl VmStat {
+    /// Reads a stat line; `None` for any other line.
+    pub fn parse(line: &str) -> Option<VmStat> {
+        let (guest, fields) = stat_line(line, "vm")?;
+        Some(VmStat { guest: guest.to_string(), fields })
+    }
+
+    /// A numeric field (`tlbi`, `tlbi_waited`); 0 when missing.
+    pub fn get(&self, key: &str) -> u64 {
+        stat_number(&self.fields, key)
+    }
+}
+
 /// One `stat vcpu GUEST/INDEX key=value ...` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VcpuStat {
@@ -760,19 +790,30 @@ pub struct VcpuStat {
     pub fields: BTreeMap<String, String>,
 }
 
+/// The subject word and the `key=value` fields of a `stat KIND subject ...` line.
+fn stat_line<'a>(line: &'a str, kind: &str) -> Option<(&'a str, BTreeMap<String, String>)> {
+    let mut words = line.strip_prefix("stat ")?.strip_prefix(kind)?.strip_prefix(' ')?.split_ascii_whitespace();
+    let subject = words.next()?;
+    let fields = words.filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Some((subject, fields))
+}
+
+/// A numeric field of a stat line; 0 when missing.
+fn stat_number(fields: &BTreeMap<String, String>, key: &str) -> u64 {
+    fields.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 impl VcpuStat {
     /// Reads a stat line; `None` for any other line.
     pub fn parse(line: &str) -> Option<VcpuStat> {
-        let rest = line.strip_prefix("stat vcpu ")?;
-        let mut words = rest.split_ascii_whitespace();
-        let (guest, index) = words.next()?.rsplit_once('/')?;
-        let fields = words.filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (subject, fields) = stat_line(line, "vcpu")?;
+        let (guest, index) = subject.rsplit_once('/')?;
         Some(VcpuStat { guest: guest.to_string(), index: index.parse().ok()?, fields })
     }
 
     /// A numeric field (`cpu_ns`, `runs`, ...); 0 when missing.
     pub fn get(&self, key: &str) -> u64 {
-        self.fields.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+        stat_number(&self.fields, key)
     }
 
     /// The `state=` field.
@@ -924,6 +965,14 @@ mod tests {
         r.assert_guest_line("misbehave", "abort-injected");
         let s = r.stat("misbehave", 0);
         assert_eq!((s.get("cpu_ns"), s.get("runs"), s.state()), (1200, 3, "stopped"));
+        // A `stat vm` line is not a vCPU's, and the other way round.
+        assert!(VcpuStat::parse("stat vm linux tlbi=5").is_none());
+        assert!(VmStat::parse("stat vcpu misbehave/0 runs=3").is_none());
+        assert!(VmStat::parse("stat vmx linux tlbi=5").is_none());
+        let v =
+            run_with("stat vcpu linux/0 runs=1\nstat vm linux tlbi=43204 tlbi_waited=14\n", Some(0)).vm_stat("linux");
+        assert_eq!((v.get("tlbi"), v.get("tlbi_waited")), (43204, 14));
+        assert!(std::panic::catch_unwind(|| r.vm_stat("misbehave")).is_err());
         assert!(std::panic::catch_unwind(|| r.assert_guest_passed("counter")).is_err());
         let failed = run_with("[counter] RESULT: FAIL misses=3\n", Some(0));
         assert_eq!(failed.failure_lines().len(), 1);

@@ -213,7 +213,7 @@ fn linux_boots_on_the_hypervisor_smp4() {
 fn linux_boots_on_the_hypervisor_cpu_max() {
     let r = on_hypervisor("linux", 2, "max", "hv.guest-tlbi=trap");
     assert_hypervisor_clean(&r);
-    let (tlbi, _) = tlbi_counts(&r, "linux");
+    let tlbi = r.vm_stat("linux").get("tlbi");
     assert!(tlbi > 1_000, "tlbi={tlbi}");
     r.assert_present("cpu: QEMU max");
     assert_linux_passed(&r, "linux", "boot");
@@ -328,7 +328,7 @@ fn two_linux_guests_and_the_rt_guest_share_two_cores() {
     r.assert_guest_line("rt", &format!("rt periods={PERIODS} misses="));
     r.assert_present("guest TLB maintenance: trapped");
     for guest in linux {
-        let (tlbi, _) = tlbi_counts(&r, guest);
+        let tlbi = r.vm_stat(guest).get("tlbi");
         assert!(tlbi > 1_000, "guest {guest}: only {tlbi} TLB maintenance instructions carried out");
     }
     let (lost_before, lost_after) = reservation_misses_around_boot(&r, &linux);
@@ -355,19 +355,6 @@ fn two_linux_guests_and_the_rt_guest_share_two_cores() {
     for s in r.stats() {
         assert_eq!(s.state(), "stopped", "{s:?}");
     }
-}
-
-/// The `stat vm NAME tlbi=N tlbi_waited=W` line of a guest whose TLB maintenance was trapped:
-/// instructions carried out, and those that found another core in the guest.
-fn tlbi_counts(r: &Run, guest: &str) -> (u64, u64) {
-    let prefix = format!("stat vm {guest} ");
-    let line = r.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| r.fail(&format!("no `{prefix}` line")));
-    let field = |name: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-            .unwrap_or_else(|| r.fail(&format!("no {name}= in {line:?}")))
-    };
-    (field("tlbi"), field("tlbi_waited"))
 }
 
 /// Where in the output each line containing `pattern` is (line numbers): the console shows the
@@ -439,7 +426,8 @@ fn consolidation_turns_a_core_off_under_idle_linux_guests() {
 fn linux_vcpus_moved_between_cores_every_2ms() {
     let r = on_hypervisor("linux-busy", 2, "cortex-a57", "hv.migrate-every=2000 hv.guest-tlbi=trap");
     assert_hypervisor_clean(&r);
-    let (tlbi, waited) = tlbi_counts(&r, "linux");
+    let stat = r.vm_stat("linux");
+    let (tlbi, waited) = (stat.get("tlbi"), stat.get("tlbi_waited"));
     eprintln!("hw-tests: linux: {tlbi} TLB maintenance instructions carried out, {waited} waited for the other core");
     assert!(tlbi > 1_000 && waited > 0, "tlbi={tlbi} tlbi_waited={waited}");
     assert_linux_passed(&r, "linux", "busy");
