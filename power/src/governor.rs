@@ -664,35 +664,88 @@ impl Governor {
         ok
     }
 
-    /// Placement when not everything fits: every active vCPU, largest first, on the core of the
-    /// set it may use with the most capacity to spare at its top OPP (its own core on ties), so
-    /// that a vCPU too big for a little core reaches a big one when one is on (Linux's misfit
-    /// migration) and the overload spreads.
+    /// Placement when not everything fits. Every active vCPU stays on its own core when the
+    /// set and its affinity allow and the core holds its reservation within the RT bound; the
+    /// others go, reservations first and then largest first, to the core of the set they may
+    /// use with the most capacity to spare at its top OPP (a core that holds the reservation
+    /// preferred). Then, while the core with the least to spare has a share vCPU that the core
+    /// with the most to spare could take and the gap between them exceeds one and a half times
+    /// that vCPU's demand, the largest such vCPU moves: so a vCPU too big for a little core
+    /// reaches a big one when one is on (Linux's misfit migration) and the overload spreads.
+    /// Overloaded vCPUs' measured demands differ by noise from period to period; a greedy
+    /// placement from scratch swapped equal vCPUs between the cores every period.
     fn pack_overloaded(&mut self, set: CoreMask, model: &EnergyModel) {
         self.core_load.iter_mut().for_each(|l| *l = 0);
         self.core_rt.iter_mut().for_each(|l| *l = 0);
+        let rt_bound = self.config.rt_bound_ppm;
+        let rt_fits =
+            |rt: u64, c: CoreId| rt * u64::from(CAPACITY_SCALE) <= rt_bound * u64::from(model.max_capacity(c));
+        let spare = |load: u64, c: CoreId| util_of(model.max_capacity(c)) as i64 - load as i64;
+        self.placed.iter_mut().for_each(|p| *p = false);
+        for (i, l) in self.loads.iter().enumerate() {
+            let c = l.owner;
+            let stays = !l.active
+                || (set.contains(c) && l.affinity.contains(c) && rt_fits(self.core_rt[c.index()] + l.reserved_ppm, c));
+            if stays {
+                self.assign[i] = c;
+                self.placed[i] = true;
+                if l.active {
+                    self.core_load[c.index()] += l.demand;
+                    self.core_rt[c.index()] += l.reserved_ppm;
+                }
+            }
+        }
         self.order.clear();
-        self.order.extend(0..self.loads.len());
+        self.order.extend((0..self.loads.len()).filter(|&i| !self.placed[i]));
         let loads = &self.loads;
-        self.order.sort_by(|&a, &b| (loads[b].demand, loads[a].id).cmp(&(loads[a].demand, loads[b].id)));
+        self.order.sort_by(|&a, &b| {
+            (loads[b].reserved_ppm, loads[b].demand, loads[a].id).cmp(&(
+                loads[a].reserved_ppm,
+                loads[a].demand,
+                loads[b].id,
+            ))
+        });
         for k in 0..self.order.len() {
             let i = self.order[k];
             let l = self.loads[i];
-            if !l.active {
-                self.assign[i] = l.owner;
-                continue;
-            }
-            let spare = |g: &Governor, c: CoreId| {
-                util_of(model.max_capacity(c)) as i64 - (g.core_load[c.index()] + l.demand) as i64
-            };
-            let candidates = set.and(l.affinity);
-            let c = candidates
+            let c = set
+                .and(l.affinity)
                 .iter()
-                .max_by_key(|&c| (spare(self, c), c == l.owner, core::cmp::Reverse(c)))
+                .max_by_key(|&c| {
+                    let load = self.core_load[c.index()] + l.demand;
+                    (rt_fits(self.core_rt[c.index()] + l.reserved_ppm, c), spare(load, c), core::cmp::Reverse(c))
+                })
                 .unwrap_or(l.owner);
             self.assign[i] = c;
             self.core_load[c.index()] += l.demand;
             self.core_rt[c.index()] += l.reserved_ppm;
+        }
+        // Rebalance: each move lowers the sum of squared loads, so this ends; the bound is a
+        // guard.
+        for _ in 0..self.loads.len() {
+            let on = || set.iter().filter(|c| c.index() < self.core_load.len());
+            let (Some(hi), Some(lo)) = (
+                on().min_by_key(|&c| (spare(self.core_load[c.index()], c), c)),
+                on().max_by_key(|&c| (spare(self.core_load[c.index()], c), core::cmp::Reverse(c))),
+            ) else {
+                break;
+            };
+            let gap = spare(self.core_load[lo.index()], lo) - spare(self.core_load[hi.index()], hi);
+            let movable = (0..self.loads.len())
+                .filter(|&i| {
+                    let l = &self.loads[i];
+                    l.active
+                        && self.assign[i] == hi
+                        && l.reserved_ppm == 0
+                        && l.affinity.contains(lo)
+                        && (l.demand + l.demand / 2) < gap as u64
+                })
+                .max_by_key(|&i| (self.loads[i].demand, core::cmp::Reverse(i)));
+            let Some(i) = movable.filter(|_| gap > 0) else { break };
+            let d = self.loads[i].demand;
+            self.assign[i] = lo;
+            self.core_load[hi.index()] -= d;
+            self.core_load[lo.index()] += d;
         }
     }
 
