@@ -115,6 +115,18 @@ fn a_core_that_never_comes_online_fails_the_run() {
     r.assert_present("FAIL: 1 of 2 cores came online within 300 ms");
 }
 
+/// The image's own `memcpy`, `memmove` and `memset` (platform/aarch64/src/asm/mem.S) against
+/// byte loops, at every length up to 80 and every alignment, `memmove` at overlaps both ways;
+/// then the boot goes on and ends cleanly.
+#[test]
+fn the_memory_functions_agree_with_byte_loops() {
+    let r = run(&QemuConfig::new(2, "cortex-a57").append("hv.selftest=mem"));
+    eprintln!("hw-tests: {}", r.summary());
+    r.assert_exit(0);
+    r.assert_present("selftest: mem: memcpy, memmove and memset agree with byte loops in 42120 cases");
+    r.assert_present("all 2 cores online");
+}
+
 #[test]
 fn the_runner_kills_a_hung_run() {
     let cfg = QemuConfig::new(2, "cortex-a57")

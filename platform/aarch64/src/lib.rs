@@ -10,7 +10,8 @@
 //!
 //! The hypervisor: RAM handed out in disjoint regions ([`ram`]), the vCPU context and world
 //! switch ([`guest`]), stage-2 tables ([`stage2`]), the physical GIC and the virtual CPU
-//! interface ([`gic`]), system register access ([`sysreg`]), CRC-32C with the CPU's CRC32C
+//! interface ([`gic`]), system register access ([`sysreg`]), `memcpy`, `memmove` and `memset`
+//! ([`mem`]), CRC-32C with the CPU's CRC32C
 //! instructions for checkpoints ([`crc`]), and, in safe code over all of
 //! these, VMs built from the scenario manifest and the core loop that runs them with the
 //! portable runtime ([`hyp`]).
@@ -34,6 +35,7 @@ pub mod guest;
 mod heap;
 pub mod hyp;
 pub mod layout;
+pub mod mem;
 pub mod mmu;
 mod panic;
 pub mod pmu;

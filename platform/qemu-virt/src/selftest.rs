@@ -11,6 +11,7 @@
 //! | `brk` | the boot core executes `BRK` | 3 |
 //! | `overflow` | the last core, likewise, recurses until its stack overflows | 3 |
 //! | `hang` | the last core never reports in | 1 (after the online timeout) |
+//! | `mem` | the boot core checks `memcpy`, `memmove` and `memset` against byte loops, then the boot goes on | 0, or 1 with `FAIL: selftest: mem: ...` |
 //!
 //! The checkpoint disk's end-to-end test is here too, chosen with `hv.disk-test=write|read`
 //! ([`disk`]): it succeeds with status 0, and fails (`FAIL: disk: ...`, status 1) when the disk
@@ -31,14 +32,16 @@ enum Test {
     Brk,
     Overflow,
     Hang,
+    Mem,
 }
 
-const TESTS: [(&str, Test); 5] = [
+const TESTS: [(&str, Test); 6] = [
     ("panic", Test::Panic),
     ("secondary-panic", Test::SecondaryPanic),
     ("brk", Test::Brk),
     ("overflow", Test::Overflow),
     ("hang", Test::Hang),
+    ("mem", Test::Mem),
 ];
 
 static SELECTED: AtomicU8 = AtomicU8::new(Test::None as u8);
@@ -71,6 +74,10 @@ pub fn on_boot_core() {
     match selected() {
         Test::Panic => panic!("selftest: the boot core panics on purpose"),
         Test::Brk => exceptions::breakpoint(),
+        Test::Mem => match platform_aarch64::mem::check() {
+            Ok(cases) => println!("selftest: mem: memcpy, memmove and memset agree with byte loops in {cases} cases"),
+            Err(e) => fail!("selftest: mem: {e}"),
+        },
         _ => {}
     }
 }
