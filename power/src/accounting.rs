@@ -150,6 +150,22 @@ struct CoreAccount {
     transitions: Vec<u64>,
     /// Per slot: intervals booked in it (each rest is one entry into its state).
     entries: Vec<u64>,
+    /// The core type's operating points and idle states, kept here so that finding a state's
+    /// slot, which every booking does up to three times, is two compares (a core books twice
+    /// per rest: the runs before it and the rest).
+    opps: usize,
+    idle_states: usize,
+}
+
+impl CoreAccount {
+    fn slot(&self, core: CoreId, state: CoreState) -> Result<usize, AccountingError> {
+        match state {
+            CoreState::Busy { opp } if opp < self.opps => Ok(opp),
+            CoreState::Idle { state } if state < self.idle_states => Ok(self.opps + state),
+            CoreState::Off => Ok(self.opps + self.idle_states),
+            _ => Err(AccountingError::NoSuchState { core, state }),
+        }
+    }
 }
 
 /// See the [module documentation](self).
@@ -177,6 +193,8 @@ impl Accounting {
                     unaccounted: Nanos::ZERO,
                     transitions: vec![0; slots * slots],
                     entries: vec![0; slots],
+                    opps: model.core_type(CoreId(i as u16)).opps.len(),
+                    idle_states: model.core_type(CoreId(i as u16)).idle_states.len(),
                 }
             })
             .collect();
@@ -251,12 +269,12 @@ impl Accounting {
     /// powering off or on). `from` must be the state of the core's last interval, if it has
     /// one.
     pub fn transition(&mut self, core: CoreId, from: CoreState, to: CoreState) -> Result<(), AccountingError> {
-        let from_slot = slot(&self.model, core, from)?;
-        let to_slot = slot(&self.model, core, to)?;
+        let account = self.cores.get_mut(core.index()).ok_or(AccountingError::NoSuchCore(core))?;
+        let from_slot = account.slot(core, from)?;
+        let to_slot = account.slot(core, to)?;
         if from == to {
             return Err(AccountingError::NotATransition { core, state: from });
         }
-        let account = &mut self.cores[core.index()];
         if let Some(last) = account.last.filter(|&last| last != from) {
             return Err(AccountingError::WrongFromState { core, from, last });
         }
@@ -267,8 +285,8 @@ impl Accounting {
     }
 
     fn record(&mut self, core: CoreId, state: CoreState, from: Instant, to: Instant) -> Result<Nanos, AccountingError> {
-        let s = slot(&self.model, core, state)?;
-        let account = &mut self.cores[core.index()];
+        let account = self.cores.get_mut(core.index()).ok_or(AccountingError::NoSuchCore(core))?;
+        let s = account.slot(core, state)?;
         if to < from {
             return Err(AccountingError::EndsBeforeStart { core, from, to });
         }

@@ -834,19 +834,24 @@ impl CoreRuntime {
 
     fn receive(&mut self, sys: &System, msg: Message, now: Instant, trace: &mut impl TraceSink) {
         match msg {
-            Message::Arrive { mut sched, lag } => {
-                let before = sched.state;
-                let after = sys.complete_handover(self.core, sched.id);
-                sched.vtime = if lag >= 0 {
+            Message::Arrive { vcpu, lag } => {
+                // Straight from the slot onto the list: the state is copied once here.
+                if !sys.take_handover_into(vcpu, &mut self.vcpus) {
+                    // Cannot happen: the sender stages the state before it posts.
+                    debug_assert!(false, "vCPU {vcpu} arrived without its state");
+                    return;
+                }
+                let idx = self.vcpus.len() - 1;
+                self.membership += 1;
+                let before = self.vcpus[idx].state;
+                let after = sys.complete_handover(self.core, vcpu);
+                self.vcpus[idx].vtime = if lag >= 0 {
                     self.min_vtime.saturating_add(lag as u64)
                 } else {
                     self.min_vtime.saturating_sub(lag.unsigned_abs())
                 };
-                self.vcpus.push(sched);
-                self.membership += 1;
-                let idx = self.vcpus.len() - 1;
                 if after == VcpuState::Runnable && before != VcpuState::Runnable {
-                    sys.count_wakeup(sched.id);
+                    sys.count_wakeup(vcpu);
                     self.became_runnable(idx, now, before == VcpuState::Parked, trace);
                 }
                 if !self.online {
@@ -886,7 +891,7 @@ impl CoreRuntime {
         if self.current.is_some_and(|c| c.idx == idx) {
             return Err(MoveError::Running(vcpu));
         }
-        let v = self.vcpus[idx];
+        let v = &self.vcpus[idx];
         if v.state == VcpuState::Stopped {
             return Err(MoveError::Stopped(vcpu));
         }
@@ -904,12 +909,13 @@ impl CoreRuntime {
             -(to_vtime(self.params.wake_credit, v.vtime_rate) as i128),
             to_vtime(self.params.timeslice, v.vtime_rate) as i128,
         ) as i64;
-        let mut sched = v;
-        sched.last_migrated = now;
-        sched.stats.migrations += 1;
-        sched.woken_at = v.woken_at.map(|_| now);
         sys.begin_handover(vcpu, dest);
-        if let Err(e) = sys.post(dest, Message::Arrive { sched, lag }) {
+        sys.stage_handover(vcpu, v, |sched| {
+            sched.last_migrated = now;
+            sched.stats.migrations += 1;
+            sched.woken_at = sched.woken_at.map(|_| now);
+        });
+        if let Err(e) = sys.post(dest, Message::Arrive { vcpu, lag }) {
             sys.abort_handover(vcpu, self.core);
             if ppm > 0 {
                 sys.release(dest, ppm);

@@ -7,8 +7,9 @@
 //!   request flags (`WAKE`, `ON_REQ`). Only the owner changes the state; any core may set a
 //!   request flag. Because a request is a bit in the word, an owner change (hand-over) can never
 //!   lose it: whoever owns the vCPU next sees the bit.
-//! * A core hands a vCPU over by flipping the word to in-flight with the new owner, then posting
-//!   the vCPU's scheduling state to the new owner's mailbox. The receiver clears in-flight.
+//! * A core hands a vCPU over by flipping the word to in-flight with the new owner, leaving the
+//!   vCPU's scheduling state in the vCPU's hand-over slot and posting an `Arrive` to the new
+//!   owner's mailbox. The receiver takes the state from the slot and clears in-flight.
 //! * A requester sets its flag, reads the owner from the same atomic operation and *kicks* that
 //!   core (a flag, plus an IPI sent by the platform). The owner drains kicks at its next decision.
 
@@ -81,17 +82,20 @@ pub(crate) struct VcpuShared {
     util_stamp: AtomicU64,
     /// Times the vCPU became runnable, counted by its owner (the governor's idle-gap estimate).
     wakeups: AtomicU64,
+    /// The scheduling state of the vCPU while it is in flight: left by the sender before it
+    /// posts the `Arrive`, taken by the receiver. In a slot of its own rather than in the
+    /// message, the state (about 200 bytes) is copied twice per hand-over instead of
+    /// through every queue operation, and a mailbox entry is small.
+    handover: Mutex<Option<VcpuSched>>,
 }
 
 /// A message between cores.
-// A hand-over carries the vCPU's whole scheduling state by value (about 200 bytes); a mailbox
-// holds a few messages at a time, so the move requests' unused space costs nothing worth a box.
-#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Message {
-    /// A vCPU handed over to this core, with its scheduling state and how far its virtual time
-    /// was from the sender's minimum (so it keeps its place in the queue).
-    Arrive { sched: VcpuSched, lag: i64 },
+    /// A vCPU handed over to this core (its scheduling state is in its hand-over slot), and
+    /// how far its virtual time was from the sender's minimum (so it keeps its place in the
+    /// queue).
+    Arrive { vcpu: VcpuId, lag: i64 },
     /// Please hand this vCPU (which you own) over to `dest`.
     MoveRequest { vcpu: VcpuId, dest: CoreId },
 }
@@ -177,6 +181,7 @@ impl System {
                 util: AtomicU32::new(0),
                 util_stamp: AtomicU64::new(0),
                 wakeups: AtomicU64::new(0),
+                handover: Mutex::new(None),
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
@@ -468,8 +473,34 @@ impl System {
         self.update(vcpu, |w| with_owner(w, dest) | IN_FLIGHT);
     }
 
-    /// Undoes [`begin_handover`](Self::begin_handover) when the message could not be posted.
+    /// Sender, between [`begin_handover`](Self::begin_handover) and posting the `Arrive`:
+    /// leaves a copy of the vCPU's scheduling state for the receiver, changed by `adjust`.
+    pub(crate) fn stage_handover(&self, vcpu: VcpuId, sched: &VcpuSched, adjust: impl FnOnce(&mut VcpuSched)) {
+        let mut slot = self.vcpus[vcpu.index()].handover.lock();
+        debug_assert!(slot.is_none(), "vCPU {vcpu} staged twice");
+        adjust(slot.insert(*sched));
+    }
+
+    /// Receiver of an `Arrive`: appends the vCPU's scheduling state, left by the sender before
+    /// it posted the message (the mailbox's lock orders the two), to `to`; false if the slot
+    /// is empty.
+    pub(crate) fn take_handover_into(&self, vcpu: VcpuId, to: &mut Vec<VcpuSched>) -> bool {
+        let Some(shared) = self.vcpus.get(vcpu.index()) else { return false };
+        let mut slot = shared.handover.lock();
+        match slot.as_ref() {
+            Some(sched) => {
+                to.push(*sched);
+                *slot = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Undoes [`begin_handover`](Self::begin_handover) and
+    /// [`stage_handover`](Self::stage_handover) when the message could not be posted.
     pub(crate) fn abort_handover(&self, vcpu: VcpuId, back_to: CoreId) {
+        *self.vcpus[vcpu.index()].handover.lock() = None;
         let (old, _) = self.update(vcpu, |w| with_owner(w, back_to) & !IN_FLIGHT);
         // A requester that saw the vCPU in flight kicked the core it was going to, which will
         // never receive it: kick its owner again, or the request would wait forever (found by
