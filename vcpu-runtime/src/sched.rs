@@ -835,12 +835,11 @@ impl CoreRuntime {
     fn receive(&mut self, sys: &System, msg: Message, now: Instant, trace: &mut impl TraceSink) {
         match msg {
             Message::Arrive { vcpu, lag } => {
-                // Straight from the slot onto the list: the state is copied once here.
-                if !sys.take_handover_into(vcpu, &mut self.vcpus) {
-                    // Cannot happen: the sender stages the state before it posts.
-                    debug_assert!(false, "vCPU {vcpu} arrived without its state");
-                    return;
-                }
+                // Straight from the slot onto the list: the state is copied once here. An empty
+                // slot cannot happen (the sender stages the state before it posts); if it did,
+                // stopping loudly beats losing the vCPU silently.
+                let arrived = sys.take_handover_into(vcpu, &mut self.vcpus);
+                assert!(arrived, "vCPU {vcpu} arrived without its scheduling state");
                 let idx = self.vcpus.len() - 1;
                 self.membership += 1;
                 let before = self.vcpus[idx].state;
