@@ -576,14 +576,7 @@ impl Governor {
         };
         self.order.clear();
         self.order.extend(0..self.loads.len());
-        let loads = &self.loads;
-        self.order.sort_by(|&a, &b| {
-            (loads[b].reserved_ppm, loads[b].demand, loads[a].id).cmp(&(
-                loads[a].reserved_ppm,
-                loads[a].demand,
-                loads[b].id,
-            ))
-        });
+        self.sort_order();
         let mut ok = true;
         self.placed.iter_mut().for_each(|p| *p = false);
         // First pass: vCPUs that may stay where they are, stay (in demand order).
@@ -664,6 +657,19 @@ impl Governor {
         ok
     }
 
+    /// Sorts the vCPUs in `order` for placing: reservations first (largest bandwidth first),
+    /// then by demand, largest first, then by id.
+    fn sort_order(&mut self) {
+        let loads = &self.loads;
+        self.order.sort_by(|&a, &b| {
+            (loads[b].reserved_ppm, loads[b].demand, loads[a].id).cmp(&(
+                loads[a].reserved_ppm,
+                loads[a].demand,
+                loads[b].id,
+            ))
+        });
+    }
+
     /// Placement when not everything fits. Every active vCPU stays on its own core when the
     /// set and its affinity allow and the core holds its reservation within the RT bound; the
     /// others go, reservations first and then largest first, to the core of the set they may
@@ -697,14 +703,7 @@ impl Governor {
         }
         self.order.clear();
         self.order.extend((0..self.loads.len()).filter(|&i| !self.placed[i]));
-        let loads = &self.loads;
-        self.order.sort_by(|&a, &b| {
-            (loads[b].reserved_ppm, loads[b].demand, loads[a].id).cmp(&(
-                loads[a].reserved_ppm,
-                loads[a].demand,
-                loads[b].id,
-            ))
-        });
+        self.sort_order();
         for k in 0..self.order.len() {
             let i = self.order[k];
             let l = self.loads[i];
