@@ -201,6 +201,8 @@ const SERVER_CORES: u64 = 8;
 const STEP_TIME: Nanos = Nanos::from_millis(1);
 /// The shortest pause between two steps of a migration under way.
 const STEP_PERIOD: Nanos = Nanos::from_micros(500);
+/// How soon the boot core looks again whether a paused guest's vCPUs have left their cores.
+const PAUSE_POLL: Nanos = Nanos::from_micros(50);
 
 /// `hv.migrate-out=MS[:VM]`.
 pub fn set_migrate_out(at_ms: u64, vm: u16) {
@@ -549,6 +551,9 @@ pub(super) fn step(core: &mut Core<'_>, now: Instant) -> bool {
     NEXT_STEP.store(
         match &next {
             State::Armed { at, .. } => at.as_nanos(),
+            // Paused: the guest waits for every step, so the next comes as soon as the vCPUs can
+            // have left (a kick away).
+            State::Running(out) if matches!(out.phase, Phase::Pausing { .. }) => (done + PAUSE_POLL).as_nanos(),
             State::Running(_) => (done + Nanos(done.since(now).as_nanos().max(STEP_PERIOD.as_nanos()))).as_nanos(),
             // Woken by the guest's mark (`on_mark`).
             State::Phone { .. } | State::Server { .. } => NEVER,
@@ -694,10 +699,12 @@ fn run_step(core: &mut Core<'_>, out: &mut Outgoing, now: Instant) -> Result<Pro
                 "migrate: guest {}: round {} left {dirty} dirty pages: stop and copy ({reason:?})",
                 vm.name, out.rounds
             );
-            // The pages harvested now are sent after the pause, with the last ones.
+            // The pages harvested now are sent after the pause, with the last ones. The downtime
+            // starts at the pause itself (not at this step's start: the guest ran until now).
             out.phase = Phase::Rounds { runs, next: 0, done: 0 };
+            let paused_at = timer::now();
             pause(core, out.vm);
-            out.phase_after_pause(now);
+            out.phase_after_pause(paused_at);
             Ok(Progress::More { poll: true })
         }
     }
@@ -941,6 +948,9 @@ pub struct Incoming {
 /// READY follows in [`await_commit`].
 pub fn receive(vm: &Vm, vcpus: &[super::vm::Vcpu]) -> Result<Incoming, String> {
     let mut stream = MigrationStream::open().map_err(|e| format!("{e}"))?;
+    // All of the guest's RAM counts as written once the stream is in (`touch_all`): its
+    // stage-2 half now, while nothing runs in the VM, rather than in the downtime.
+    vm.make_ram_writable();
     println!("migrate: waiting for a guest on the virtio console at {:#x}", stream.mmio().base);
     let result = first_bytes(&mut stream).and_then(|head| {
         checkpoint::restore_from(
@@ -952,7 +962,7 @@ pub fn receive(vm: &Vm, vcpus: &[super::vm::Vcpu]) -> Result<Incoming, String> {
     match result {
         Ok((restored, stream_len, stream_crc)) => {
             let received_at = timer::now();
-            vm.touch_all();
+            vm.mark_all_touched();
             Ok(Incoming {
                 restored,
                 stream: Peer::new(stream),

@@ -365,20 +365,16 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
     // `hv.restore`: the first VM continues from the checkpoint on the disk (verified whole
     // before anything of it runs).
     // `hv.migrate-in`: the first VM comes from another instance over the migration stream; it
-    // runs once the source committed.
-    let mut incoming = None;
-    if live::migrate_in_requested() {
+    // runs once the source committed. Everything else is built before the stream is read, so
+    // that the guest's downtime holds only the stream's end, READY and COMMIT: its vCPUs start
+    // parked and come up as the stream says.
+    let migrate_in = live::migrate_in_requested();
+    if migrate_in {
         let Some(vm) = vms.first() else { fail("migrate: the scenario has no guest to receive into".into()) };
-        match live::receive(vm, &vcpus) {
-            Ok(i) => {
-                for (k, power) in i.restored.power.iter().enumerate() {
-                    if let Some(v) = config.vcpus.get_mut(vm.first_vcpu.index() + k) {
-                        v.starts_parked = !matches!(power, migrate::checkpoint::PowerState::On);
-                    }
-                }
-                incoming = Some(i);
+        for k in 0..usize::from(vm.vcpus) {
+            if let Some(v) = config.vcpus.get_mut(vm.first_vcpu.index() + k) {
+                v.starts_parked = true;
             }
-            Err(e) => fail(format!("migrate: guest {} refused: {e}", vm.name)),
         }
     }
     let restored = match checkpoint::restore_requested() {
@@ -469,16 +465,24 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
         }
         vm.cntvoff.store(r.timers.cntvoff(timer::counter()), Ordering::Release);
     }
-    // READY only now, once everything that could fail here has been done; then COMMIT.
-    if let (Some(i), Some(vm)) = (&mut incoming, hyp.vms.first()) {
-        if let Err(e) = live::await_commit(i) {
+    if let (true, Some(vm)) = (migrate_in, hyp.vms.first()) {
+        let mut incoming = match live::receive(vm, &hyp.vcpus) {
+            Ok(i) => i,
+            Err(e) => fail(format!("migrate: guest {} refused: {e}", vm.name)),
+        };
+        // READY once everything that could fail here has been done (all of it before the
+        // stream, but the stream itself); then COMMIT.
+        if let Err(e) = live::await_commit(&mut incoming) {
             fail(format!("migrate: guest {} verified but not committed, it does not run here: {e}", vm.name));
         }
         println!("migrate: guest {} received and committed", vm.name);
-    }
-    if let (Some(i), Some(vm)) = (&incoming, hyp.vms.first()) {
+        let i = &incoming;
+        // Running vCPUs come up where they stopped (their boot slots are empty), vCPUs whose
+        // CPU_ON was pending from reset; parked ones stay parked.
         for (k, power) in i.restored.power.iter().enumerate() {
-            if let (migrate::checkpoint::PowerState::OnPending { .. }, Some(id)) = (power, vm.vcpu_id(k as u16)) {
+            if let (migrate::checkpoint::PowerState::On | migrate::checkpoint::PowerState::OnPending { .. }, Some(id)) =
+                (power, vm.vcpu_id(k as u16))
+            {
                 let _ = hyp.sys.request_power_on(id);
             }
         }
@@ -496,9 +500,7 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
             paused / 1000,
             here / 1000
         );
-        if let Some(i) = incoming.take() {
-            live::send_done(i, 0);
-        }
+        live::send_done(incoming, 0);
     }
     if let Err(e) = live::arm(now, hyp.vms.len()) {
         fail(format!("migrate: {e}"));

@@ -688,14 +688,28 @@ impl Vm {
     /// All of RAM is made writable too, as touched pages are outside a dirty log (should that
     /// fail, `dirty_fault` still makes each page writable at its first write).
     pub fn touch_all(&self) {
+        self.make_ram_writable();
+        self.mark_all_touched();
+    }
+
+    /// [`Vm::touch_all`]'s stage-2 half: all of RAM writable (outside a dirty log). Done before
+    /// a migration's stream is read into a VM that does not run yet, so that only the cheap half
+    /// ([`Vm::mark_all_touched`]) falls in the downtime. Until then writable pages may be
+    /// untouched; nothing runs in the VM to write them.
+    pub fn make_ram_writable(&self) {
         {
             let mut s2 = self.stage2.lock();
-            s2.touched.fill(u64::MAX);
-            if s2.log.is_none() && s2.map.make_writable(self.ram_ipa.clone()).is_err() {
+            if s2.log.is_some() || s2.map.make_writable(self.ram_ipa.clone()).is_err() {
                 return;
             }
         }
         crate::stage2::invalidate_vm(self.vttbr);
+    }
+
+    /// [`Vm::touch_all`]'s bookkeeping half: every page counts as touched. (Before it, a
+    /// restore's zero runs clear only the pages touched so far: a fresh VM's are zero.)
+    pub fn mark_all_touched(&self) {
+        self.stage2.lock().touched.fill(u64::MAX);
     }
 
     /// Pages the dirty log has seen written so far: (by write faults, by the CPU's dirty state).
