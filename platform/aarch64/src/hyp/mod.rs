@@ -501,6 +501,7 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
             here / 1000
         );
         live::send_done(incoming, 0);
+        hyp.power.book_wait(timer::now());
     }
     if let Err(e) = live::arm(now, hyp.vms.len()) {
         fail(format!("migrate: {e}"));

@@ -186,6 +186,15 @@ impl Power {
         })
     }
 
+    /// Books every core's time until `now` as WFI, as hypervisor time with no vCPU is: a
+    /// migration's destination waiting for its guest (its books start at its boot, and the
+    /// first run would otherwise be charged the wait).
+    pub fn book_wait(&self, now: Instant) {
+        for (k, book) in self.accounts.iter().enumerate() {
+            book.lock().book(CoreId(k as u16), AcctState::Idle { state: 0 }, None, now);
+        }
+    }
+
     /// The OPP cores run at (the hypervisor does not scale frequencies): the fastest.
     pub fn opp(&self, core: CoreId) -> usize {
         self.model.opp_count(core).saturating_sub(1)
