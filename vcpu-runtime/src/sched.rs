@@ -19,6 +19,7 @@
 //! Nothing here allocates after [`build`]: a core's vCPU list has room for every vCPU of the
 //! system, and mailboxes never grow.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use crate::ids::{CoreId, CoreMask, VcpuId, VmId};
@@ -355,7 +356,8 @@ struct Current {
 pub struct CoreRuntime {
     core: CoreId,
     params: SchedParams,
-    vcpus: Vec<VcpuSched>,
+    /// Boxed, so that a hand-over moves a pointer between cores, not the state (208 bytes).
+    vcpus: Vec<Box<VcpuSched>>,
     current: Option<Current>,
     /// The vCPU entered last (for switch counting, tracing and the wake-up granularity).
     last_run: Option<VcpuId>,
@@ -526,7 +528,7 @@ pub fn build(config: &RuntimeConfig, start: Instant) -> Result<(System, Vec<Core
             // Cannot fail: the placement above checked the same bound.
             let _ = system.reserve(core, r.bandwidth_ppm());
         }
-        cores[core.index()].vcpus.push(VcpuSched {
+        cores[core.index()].vcpus.push(Box::new(VcpuSched {
             id: VcpuId(i as u16),
             vm: v.vm,
             weight: v.weight,
@@ -545,7 +547,7 @@ pub fn build(config: &RuntimeConfig, start: Instant) -> Result<(System, Vec<Core
             last_migrated: start,
             woken_at: None,
             stats: VcpuStats::default(),
-        });
+        }));
     }
     Ok((system, cores))
 }
@@ -558,7 +560,7 @@ impl CoreRuntime {
         self.online
     }
     /// The vCPUs this core owns (in no particular order).
-    pub fn vcpus(&self) -> &[VcpuSched] {
+    pub fn vcpus(&self) -> &[Box<VcpuSched>] {
         &self.vcpus
     }
     /// A number that changes whenever a vCPU joins or leaves [`CoreRuntime::vcpus`] (a
@@ -583,16 +585,30 @@ impl CoreRuntime {
         core::mem::replace(&mut self.kicks, CoreMask::NONE)
     }
 
-    /// Removes the vCPU at `idx` from the list, keeping `current` on the running vCPU (which
+    /// Takes the vCPU at `idx` off the list, keeping `current` on the running vCPU (which
     /// `swap_remove` may move into `idx`).
-    fn remove(&mut self, idx: usize) {
+    fn remove(&mut self, idx: usize) -> Box<VcpuSched> {
         let last = self.vcpus.len() - 1;
-        self.vcpus.swap_remove(idx);
+        let removed = self.vcpus.swap_remove(idx);
         self.membership += 1;
         if let Some(cur) = self.current.as_mut() {
             debug_assert_ne!(cur.idx, idx, "the running vCPU cannot be removed");
             if cur.idx == last {
                 cur.idx = idx;
+            }
+        }
+        removed
+    }
+
+    /// Undoes [`CoreRuntime::remove`] of `idx`: the list is as it was before.
+    fn put_back(&mut self, idx: usize, sched: Box<VcpuSched>) {
+        self.vcpus.push(sched);
+        let last = self.vcpus.len() - 1;
+        self.vcpus.swap(idx, last);
+        self.membership += 1;
+        if let Some(cur) = self.current.as_mut() {
+            if cur.idx == idx && idx != last {
+                cur.idx = last;
             }
         }
     }
@@ -909,13 +925,21 @@ impl CoreRuntime {
             to_vtime(self.params.timeslice, v.vtime_rate) as i128,
         ) as i64;
         sys.begin_handover(vcpu, dest);
-        sys.stage_handover(vcpu, v, |sched| {
-            sched.last_migrated = now;
-            sched.stats.migrations += 1;
-            sched.woken_at = sched.woken_at.map(|_| now);
-        });
+        // Off the list and into the vCPU's hand-over slot (a pointer moves), as the receiver
+        // will find it; put back as it was if the message cannot be posted.
+        let mut sched = self.remove(idx);
+        let (last_migrated, woken_at) = (sched.last_migrated, sched.woken_at);
+        sched.last_migrated = now;
+        sched.stats.migrations += 1;
+        sched.woken_at = woken_at.map(|_| now);
+        sys.stage_handover(vcpu, sched);
         if let Err(e) = sys.post(dest, Message::Arrive { vcpu, lag }) {
-            sys.abort_handover(vcpu, self.core);
+            if let Some(mut sched) = sys.abort_handover(vcpu, self.core) {
+                sched.last_migrated = last_migrated;
+                sched.stats.migrations -= 1;
+                sched.woken_at = woken_at;
+                self.put_back(idx, sched);
+            }
             if ppm > 0 {
                 sys.release(dest, ppm);
             }
@@ -927,7 +951,6 @@ impl CoreRuntime {
         if ppm > 0 {
             sys.release(self.core, ppm);
         }
-        self.remove(idx);
         if self.last_run == Some(vcpu) {
             self.last_run = None;
         }
@@ -944,14 +967,14 @@ impl CoreRuntime {
         now: Instant,
         trace: &mut impl TraceSink,
     ) -> Result<(), MoveError> {
-        let v = self.vcpus[idx];
-        let candidates = v.affinity.and(sys.online_cores()).without(self.core);
-        let mut last_err = MoveError::Affinity { vcpu: v.id, dest: self.core };
+        let (id, affinity) = (self.vcpus[idx].id, self.vcpus[idx].affinity);
+        let candidates = affinity.and(sys.online_cores()).without(self.core);
+        let mut last_err = MoveError::Affinity { vcpu: id, dest: self.core };
         // Least-utilized candidate first; no sorting into a vector, so no allocation.
         let mut left = candidates;
         while let Some(dest) = left.iter().min_by_key(|&c| (sys.core_utilization(c), sys.reserved_ppm(c), c)) {
             left = left.without(dest);
-            match self.migrate(sys, v.id, dest, now, trace) {
+            match self.migrate(sys, id, dest, now, trace) {
                 Ok(()) => return Ok(()),
                 Err(e) => last_err = e,
             }

@@ -1226,3 +1226,44 @@ fn renew_declines_when_next_could_decide_otherwise() {
     let Decision::Run { vcpu: V0, until } = core.next(&sys, Instant::ZERO, &mut ()) else { panic!() };
     assert!(core.renew(&sys, until).is_none(), "a reservation on the core");
 }
+
+/// A hand-over whose `Arrive` cannot be posted (the destination's mailbox is full) leaves the
+/// source exactly as it was: the vCPU back in its place on the list, its statistics and
+/// migration time unchanged, its word owned by the source, its hand-over slot empty; and a
+/// later hand-over goes through.
+#[test]
+fn a_refused_hand_over_puts_the_vcpu_back_as_it_was() {
+    let (sys, mut cores) = system(2, vec![pinned(share(0, 256), CoreMask::ALL), share(1, 256), share(2, 256)]);
+    let mut c0 = cores.remove(0);
+    let mut c1 = cores.remove(0);
+    let mut trace = Vec::new();
+    // All three start on core 0 and core 1 in turn: put every one on core 0 first.
+    for v in [V0, V1, V2] {
+        if c1.vcpus().iter().any(|s| s.id() == v) {
+            c1.migrate(&sys, v, C0, at_ms(0), &mut trace).expect("to core 0");
+        }
+    }
+    c0.next(&sys, at_ms(1), &mut trace);
+    let current = c0.current().expect("core 0 runs a vCPU");
+    let before: Vec<(VcpuId, u64, Instant)> =
+        c0.vcpus().iter().map(|s| (s.id(), s.stats().migrations, s.last_migrated)).collect();
+    // Fill core 1's mailbox with requests it has not read.
+    while sys.post(C1, Message::MoveRequest { vcpu: V3, dest: C0 }).is_ok() {}
+    let moved = before.iter().map(|&(v, ..)| v).find(|&v| v != current).expect("an idle vCPU");
+    assert_eq!(c0.migrate(&sys, moved, C1, at_ms(2), &mut trace), Err(MoveError::Busy(moved)));
+    let after: Vec<(VcpuId, u64, Instant)> =
+        c0.vcpus().iter().map(|s| (s.id(), s.stats().migrations, s.last_migrated)).collect();
+    assert_eq!(after, before, "the list, statistics and migration times are as before");
+    assert_eq!(c0.current(), Some(current), "the running vCPU is still the current one");
+    assert_eq!(sys.status(moved).owner, C0);
+    assert!(!sys.handover_staged(moved), "the hand-over slot is empty");
+    // Once core 1 has read its mail, the same hand-over succeeds.
+    sys.close_mailbox(C1, |_| {});
+    sys.open_mailbox(C1);
+    c0.migrate(&sys, moved, C1, at_ms(3), &mut trace).expect("the mailbox has room again");
+    c1.next(&sys, at_ms(3), &mut trace);
+    assert!(c1
+        .vcpus()
+        .iter()
+        .any(|s| s.id() == moved && s.stats().migrations == before.iter().find(|b| b.0 == moved).unwrap().1 + 1));
+}

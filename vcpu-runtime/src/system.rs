@@ -86,7 +86,7 @@ pub(crate) struct VcpuShared {
     /// posts the `Arrive`, taken by the receiver. In a slot of its own rather than in the
     /// message, the state (about 200 bytes) is copied twice per hand-over instead of
     /// through every queue operation, and a mailbox entry is small.
-    handover: Mutex<Option<VcpuSched>>,
+    handover: Mutex<Option<Box<VcpuSched>>>,
 }
 
 /// A message between cores.
@@ -474,33 +474,38 @@ impl System {
     }
 
     /// Sender, between [`begin_handover`](Self::begin_handover) and posting the `Arrive`:
-    /// leaves a copy of the vCPU's scheduling state for the receiver, changed by `adjust`.
-    pub(crate) fn stage_handover(&self, vcpu: VcpuId, sched: &VcpuSched, adjust: impl FnOnce(&mut VcpuSched)) {
+    /// leaves the vCPU's scheduling state for the receiver.
+    pub(crate) fn stage_handover(&self, vcpu: VcpuId, sched: Box<VcpuSched>) {
         let mut slot = self.vcpus[vcpu.index()].handover.lock();
         debug_assert!(slot.is_none(), "vCPU {vcpu} staged twice");
-        adjust(slot.insert(*sched));
+        *slot = Some(sched);
     }
 
     /// Receiver of an `Arrive`: appends the vCPU's scheduling state, left by the sender before
     /// it posted the message (the mailbox's lock orders the two), to `to`; false if the slot
     /// is empty.
-    pub(crate) fn take_handover_into(&self, vcpu: VcpuId, to: &mut Vec<VcpuSched>) -> bool {
+    pub(crate) fn take_handover_into(&self, vcpu: VcpuId, to: &mut Vec<Box<VcpuSched>>) -> bool {
         let Some(shared) = self.vcpus.get(vcpu.index()) else { return false };
-        let mut slot = shared.handover.lock();
-        match slot.as_ref() {
+        match shared.handover.lock().take() {
             Some(sched) => {
-                to.push(*sched);
-                *slot = None;
+                to.push(sched);
                 true
             }
             None => false,
         }
     }
 
+    /// Whether a hand-over of `vcpu` is staged in its slot (for tests).
+    #[cfg(test)]
+    pub(crate) fn handover_staged(&self, vcpu: VcpuId) -> bool {
+        self.vcpus[vcpu.index()].handover.lock().is_some()
+    }
+
     /// Undoes [`begin_handover`](Self::begin_handover) and
-    /// [`stage_handover`](Self::stage_handover) when the message could not be posted.
-    pub(crate) fn abort_handover(&self, vcpu: VcpuId, back_to: CoreId) {
-        *self.vcpus[vcpu.index()].handover.lock() = None;
+    /// [`stage_handover`](Self::stage_handover) when the message could not be posted: the
+    /// staged state goes back to the sender.
+    pub(crate) fn abort_handover(&self, vcpu: VcpuId, back_to: CoreId) -> Option<Box<VcpuSched>> {
+        let sched = self.vcpus[vcpu.index()].handover.lock().take();
         let (old, _) = self.update(vcpu, |w| with_owner(w, back_to) & !IN_FLIGHT);
         // A requester that saw the vCPU in flight kicked the core it was going to, which will
         // never receive it: kick its owner again, or the request would wait forever (found by
@@ -508,6 +513,7 @@ impl System {
         if old & (WAKE | ON_REQ) != 0 {
             self.kick(back_to);
         }
+        sched
     }
 
     /// Receiver: the vCPU has arrived. Returns its state after pending requests are applied.
