@@ -357,6 +357,7 @@ pub struct CoreRuntime {
     core: CoreId,
     params: SchedParams,
     /// Boxed, so that a hand-over moves a pointer between cores, not the state (208 bytes).
+    #[allow(clippy::vec_box)]
     vcpus: Vec<Box<VcpuSched>>,
     current: Option<Current>,
     /// The vCPU entered last (for switch counting, tracing and the wake-up granularity).

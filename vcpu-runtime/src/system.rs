@@ -484,6 +484,7 @@ impl System {
     /// Receiver of an `Arrive`: appends the vCPU's scheduling state, left by the sender before
     /// it posted the message (the mailbox's lock orders the two), to `to`; false if the slot
     /// is empty.
+    #[allow(clippy::vec_box)] // a core's list of boxed vCPUs (`CoreRuntime::vcpus`)
     pub(crate) fn take_handover_into(&self, vcpu: VcpuId, to: &mut Vec<Box<VcpuSched>>) -> bool {
         let Some(shared) = self.vcpus.get(vcpu.index()) else { return false };
         match shared.handover.lock().take() {
