@@ -303,9 +303,10 @@ impl Core<'_> {
         self.housekeeping_at = next;
     }
 
-    /// Another core asked this one to poll (a kick with its `poll` flag): the run may be ending
-    /// or the governor may want the core drained, and on core 0 a guest's mark may have brought
-    /// the live-migration step forward (`live::on_mark`): the housekeeping is due at once.
+    /// Another core asked this one for its housekeeping (a kick with its `housekeep` flag,
+    /// `Hypervisor::kick_core_to_housekeep`): the run may be ending or the governor may want the
+    /// core drained or started, and on core 0 a guest's mark may have brought the
+    /// live-migration step forward (`live::on_mark`): the housekeeping is due at once.
     fn polled(&mut self) {
         self.housekeeping_at = Instant::ZERO;
     }
@@ -428,10 +429,12 @@ impl Core<'_> {
         while let Some(intid) = gic::ack() {
             gic::eoi(intid);
             gic::deactivate(intid);
-            if intid == gic::SGI_KICK
-                && self.hyp.cores[self.me.index()].poll.swap(false, core::sync::atomic::Ordering::AcqRel)
-            {
-                self.polled();
+            if intid == gic::SGI_KICK {
+                let shared = &self.hyp.cores[self.me.index()];
+                shared.poll.store(false, core::sync::atomic::Ordering::Release);
+                if shared.housekeep.swap(false, core::sync::atomic::Ordering::AcqRel) {
+                    self.polled();
+                }
             }
         }
     }
@@ -877,7 +880,11 @@ impl Core<'_> {
             match intid {
                 gic::SGI_KICK => {
                     gic::deactivate(intid);
-                    if self.hyp.cores[self.me.index()].poll.swap(false, core::sync::atomic::Ordering::AcqRel) {
+                    let shared = &self.hyp.cores[self.me.index()];
+                    if shared.poll.swap(false, core::sync::atomic::Ordering::AcqRel) {
+                        leave = true;
+                    }
+                    if shared.housekeep.swap(false, core::sync::atomic::Ordering::AcqRel) {
                         self.polled();
                         leave = true;
                     }

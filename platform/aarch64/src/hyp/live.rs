@@ -111,7 +111,7 @@ pub(super) fn on_mark(hyp: &super::Hypervisor, vm: usize, id: u32, value: u64) {
     }
     *PENDING_MARK.lock() = Some((id, vm, value));
     NEXT_STEP.store(0, Ordering::Release);
-    hyp.kick_core(vcpu_runtime::CoreId(0), true);
+    hyp.kick_core_to_housekeep(vcpu_runtime::CoreId(0));
 }
 
 /// The value of a pending mark `id` of guest `vm`, taken.

@@ -51,6 +51,10 @@ pub struct CoreShared {
     /// a hand-over); a kick without it only makes the running vCPU exit (its list registers are
     /// refilled).
     pub poll: AtomicBool,
+    /// Set (with `poll`) before a kick IPI when the kicked core must also do its housekeeping
+    /// at once: the run is ending, the governor drains or starts it, a guest's mark brought
+    /// core 0's live-migration step forward. A runtime kick (a hand-over, a wake-up) needs none.
+    pub housekeep: AtomicBool,
     /// Its power state ([`power::ON`], [`power::DRAIN`], ...; docs/governor.md).
     pub power: AtomicU8,
     /// `CPU_ON` attempts that failed in a row.
@@ -213,6 +217,13 @@ impl Hypervisor {
         gic::send_sgi_value(c.kick_sgi);
     }
 
+    /// [`Hypervisor::kick_core`] with `poll`, and the core does its housekeeping first.
+    pub fn kick_core_to_housekeep(&self, core: CoreId) {
+        let Some(c) = self.cores.get(core.index()) else { return };
+        c.housekeep.store(true, Ordering::Release);
+        self.kick_core(core, true);
+    }
+
     /// Whether the run is ending.
     pub fn ending(&self) -> bool {
         self.ending.load(Ordering::Acquire)
@@ -223,7 +234,7 @@ impl Hypervisor {
         if !self.ending.swap(true, Ordering::AcqRel) {
             for k in 0..self.cores.len() {
                 if k != me.index() {
-                    self.kick_core(CoreId(k as u16), true);
+                    self.kick_core_to_housekeep(CoreId(k as u16));
                 }
             }
         }
@@ -430,6 +441,7 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
                 mpidr,
                 kick_sgi: gic::sgi_value(gic::SGI_KICK, mpidr),
                 poll: AtomicBool::new(false),
+                housekeep: AtomicBool::new(false),
                 power: AtomicU8::new(power::ON),
                 cpu_on_failures: AtomicU32::new(0),
                 guest_run: vcpu_runtime::tlb::GuestRun::new(),

@@ -283,7 +283,7 @@ impl Hypervisor {
         for core in plan.power_off.iter() {
             let Some(shared) = self.cores.get(core.index()) else { continue };
             if core != me && shared.power.compare_exchange(ON, DRAIN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                self.kick_core(core, true);
+                self.kick_core_to_housekeep(core);
             }
         }
         for core in plan.power_on.iter() {
@@ -297,7 +297,7 @@ impl Hypervisor {
     fn power_on(&self, core: CoreId, g: &mut GovernorState) {
         let Some(shared) = self.cores.get(core.index()) else { return };
         if shared.power.compare_exchange(PARKED, STARTING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            self.kick_core(core, true);
+            self.kick_core_to_housekeep(core);
             return;
         }
         if shared.power.compare_exchange(OFF, STARTING, Ordering::AcqRel, Ordering::Acquire).is_err() {
