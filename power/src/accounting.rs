@@ -158,6 +158,17 @@ struct CoreAccount {
 }
 
 impl CoreAccount {
+    /// Books the checked interval `[from, to)` in slot `s` (of `state`); returns its length.
+    fn book_slot(&mut self, s: usize, state: CoreState, from: Instant, to: Instant) -> Nanos {
+        let duration = to - from;
+        self.unaccounted += from - self.accounted_until;
+        self.residency[s] += duration;
+        self.entries[s] += 1;
+        self.accounted_until = to;
+        self.last = Some(state);
+        duration
+    }
+
     fn slot(&self, core: CoreId, state: CoreState) -> Result<usize, AccountingError> {
         match state {
             CoreState::Busy { opp } if opp < self.opps => Ok(opp),
@@ -293,12 +304,13 @@ impl Accounting {
         if from < account.accounted_until {
             return Err(AccountingError::Overlaps { core, from, accounted_until: account.accounted_until });
         }
-        let duration = to - from;
-        account.unaccounted += from - account.accounted_until;
-        account.residency[s] += duration;
-        account.entries[s] += 1;
-        account.accounted_until = to;
-        account.last = Some(state);
+        let duration = account.book_slot(s, state, from, to);
+        self.push_cluster(core, state, from, to);
+        Ok(duration)
+    }
+
+    /// The clusters' side of a core's interval (when clusters are accounted).
+    fn push_cluster(&mut self, core: CoreId, state: CoreState, from: Instant, to: Instant) {
         if let Some(clusters) = self.clusters.as_mut() {
             let hold = match state {
                 CoreState::Busy { .. } => Hold::Up,
@@ -310,7 +322,6 @@ impl Accounting {
             };
             clusters.push(&self.model, core, hold, from, to);
         }
-        Ok(duration)
     }
 
     /// Time `core` spent in `state`.
@@ -382,6 +393,10 @@ impl Accounting {
 
     /// Books `[from, to)` of `core` as `state` (a busy interval charged to `owner`'s vCPU and
     /// VM), counting a transition when the state differs from the core's last one.
+    ///
+    /// Everything is checked before anything is booked (an error books nothing), and the
+    /// core's account is looked up once: the hypervisor books twice per rest of a core, so this
+    /// is on its path from a wake-up to the next guest entry.
     pub fn book(
         &mut self,
         core: CoreId,
@@ -390,16 +405,42 @@ impl Accounting {
         from: Instant,
         to: Instant,
     ) -> Result<(), AccountingError> {
-        let last = self.cores.get(core.index()).ok_or(AccountingError::NoSuchCore(core))?.last;
-        if let Some(last) = last.filter(|&l| l != state) {
-            self.transition(core, last, state)?;
+        let charged = match (state, owner) {
+            (CoreState::Busy { .. }, Some((vcpu, vm))) => {
+                if vcpu.index() >= self.vcpus.len() {
+                    return Err(AccountingError::NoSuchVcpu(vcpu));
+                }
+                if vm.index() >= self.vms.len() {
+                    return Err(AccountingError::NoSuchVm(vm));
+                }
+                Some((vcpu, vm))
+            }
+            _ => None,
+        };
+        let account = self.cores.get_mut(core.index()).ok_or(AccountingError::NoSuchCore(core))?;
+        let s = account.slot(core, state)?;
+        let from_slot = match account.last {
+            Some(last) if last != state => Some(account.slot(core, last)?),
+            _ => None,
+        };
+        if to < from {
+            return Err(AccountingError::EndsBeforeStart { core, from, to });
         }
-        match (state, owner) {
-            (CoreState::Busy { opp }, Some((vcpu, vm))) => self.core_busy(core, opp, vcpu, vm, from, to),
-            (CoreState::Busy { opp }, None) => self.record(core, CoreState::Busy { opp }, from, to).map(drop),
-            (CoreState::Idle { state }, _) => self.core_idle(core, state, from, to),
-            (CoreState::Off, _) => self.core_off(core, from, to),
+        if from < account.accounted_until {
+            return Err(AccountingError::Overlaps { core, from, accounted_until: account.accounted_until });
         }
+        if let Some(f) = from_slot {
+            let slots = account.residency.len();
+            account.transitions[f * slots + s] += 1;
+        }
+        let duration = account.book_slot(s, state, from, to);
+        self.push_cluster(core, state, from, to);
+        if let (CoreState::Busy { opp }, Some((vcpu, vm))) = (state, charged) {
+            let energy = self.model.active_energy(core, opp, duration);
+            self.vcpus[vcpu.index()] += energy;
+            self.vms[vm.index()] += energy;
+        }
+        Ok(())
     }
 
     /// The busy energy charged to `vcpu`.
@@ -551,6 +592,36 @@ mod tests {
         assert_eq!(vcpus, e.busy);
         assert_eq!(vms, e.busy);
         assert_eq!(a.total_energy(), e.busy + e.idle + e.off);
+    }
+
+    /// `book` counts the transition and books the interval, or, on any error, neither; and it
+    /// gives the same books as the separate calls.
+    #[test]
+    fn a_refused_booking_books_nothing() {
+        let mut a = phone();
+        let c0 = CoreId(0);
+        a.book(c0, CoreState::Busy { opp: 4 }, Some((VcpuId(0), VmId(0))), at(0), at(10)).unwrap();
+        a.book(c0, CoreState::Idle { state: 0 }, None, at(10), at(12)).unwrap();
+        let books = |a: &Accounting| {
+            (a.transition_count(c0), a.residency_sum(c0), a.accounted_until(c0), a.vcpu_energy(VcpuId(1)))
+        };
+        let before = books(&a);
+        for (state, owner, from, to) in [
+            (CoreState::Busy { opp: 4 }, Some((VcpuId(1), VmId(0))), at(11), at(13)), // overlaps
+            (CoreState::Busy { opp: 4 }, Some((VcpuId(1), VmId(0))), at(14), at(13)), // ends first
+            (CoreState::Busy { opp: 99 }, None, at(12), at(13)),                      // no such OPP
+            (CoreState::Busy { opp: 4 }, Some((VcpuId(9), VmId(0))), at(12), at(13)), // no such vCPU
+        ] {
+            assert!(a.book(c0, state, owner, from, to).is_err(), "{state:?} {from:?}..{to:?}");
+            assert_eq!(books(&a), before, "{state:?} {from:?}..{to:?} booked something");
+        }
+        let mut b = phone();
+        b.core_busy(c0, 4, VcpuId(0), VmId(0), at(0), at(10)).unwrap();
+        b.transition(c0, CoreState::Busy { opp: 4 }, CoreState::Idle { state: 0 }).unwrap();
+        b.core_idle(c0, 0, at(10), at(12)).unwrap();
+        assert_eq!(books(&b), before);
+        assert_eq!(a.vcpu_energy(VcpuId(0)), b.vcpu_energy(VcpuId(0)));
+        assert_eq!(a.core_energy(c0).total(), b.core_energy(c0).total());
     }
 
     #[test]
