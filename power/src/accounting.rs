@@ -443,6 +443,48 @@ impl Accounting {
         Ok(())
     }
 
+    /// Books `[from, mid)` as `first` and then `[mid, to)` as `second`, with their transitions,
+    /// as two [`book`](Self::book)s without owners would, in one lookup (a core's runs and the
+    /// rest after them: the hypervisor's every wake-up). Both intervals must be non-empty;
+    /// everything is checked before anything is booked.
+    pub fn book_two(
+        &mut self,
+        core: CoreId,
+        first: CoreState,
+        second: CoreState,
+        from: Instant,
+        mid: Instant,
+        to: Instant,
+    ) -> Result<(), AccountingError> {
+        let account = self.cores.get_mut(core.index()).ok_or(AccountingError::NoSuchCore(core))?;
+        let (s1, s2) = (account.slot(core, first)?, account.slot(core, second)?);
+        let last_slot = match account.last {
+            Some(last) if last != first => Some(account.slot(core, last)?),
+            _ => None,
+        };
+        if mid <= from {
+            return Err(AccountingError::EndsBeforeStart { core, from, to: mid });
+        }
+        if to <= mid {
+            return Err(AccountingError::EndsBeforeStart { core, from: mid, to });
+        }
+        if from < account.accounted_until {
+            return Err(AccountingError::Overlaps { core, from, accounted_until: account.accounted_until });
+        }
+        let slots = account.residency.len();
+        if let Some(l) = last_slot {
+            account.transitions[l * slots + s1] += 1;
+        }
+        if s1 != s2 {
+            account.transitions[s1 * slots + s2] += 1;
+        }
+        account.book_slot(s1, first, from, mid);
+        account.book_slot(s2, second, mid, to);
+        self.push_cluster(core, first, from, mid);
+        self.push_cluster(core, second, mid, to);
+        Ok(())
+    }
+
     /// The busy energy charged to `vcpu`.
     ///
     /// # Panics
@@ -622,6 +664,39 @@ mod tests {
         assert_eq!(books(&b), before);
         assert_eq!(a.vcpu_energy(VcpuId(0)), b.vcpu_energy(VcpuId(0)));
         assert_eq!(a.core_energy(c0).total(), b.core_energy(c0).total());
+    }
+
+    /// `book_two` books what two `book`s would, or nothing when either interval is wrong.
+    #[test]
+    fn two_bookings_in_one_call_are_two_bookings() {
+        let c0 = CoreId(0);
+        let (busy, rest) = (CoreState::Busy { opp: 4 }, CoreState::Idle { state: 1 });
+        let mut one = phone();
+        let mut two = phone();
+        for k in 0..3 {
+            let t = 10 * k;
+            one.book_two(c0, busy, rest, at(t), at(t + 4), at(t + 10)).unwrap();
+            two.book(c0, busy, None, at(t), at(t + 4)).unwrap();
+            two.book(c0, rest, None, at(t + 4), at(t + 10)).unwrap();
+        }
+        let books = |a: &Accounting| {
+            (
+                a.transition_count(c0),
+                a.transitions(c0, busy, rest),
+                a.transitions(c0, rest, busy),
+                a.residency(c0, busy),
+                a.residency(c0, rest),
+                a.accounted_until(c0),
+                a.core_energy(c0).total(),
+            )
+        };
+        assert_eq!(books(&one), books(&two));
+        let before = books(&one);
+        assert!(one.book_two(c0, busy, rest, at(29), at(31), at(35)).is_err(), "overlaps");
+        assert!(one.book_two(c0, busy, rest, at(30), at(30), at(35)).is_err(), "empty first");
+        assert!(one.book_two(c0, busy, rest, at(30), at(32), at(32)).is_err(), "empty second");
+        assert!(one.book_two(c0, CoreState::Busy { opp: 99 }, rest, at(30), at(32), at(35)).is_err());
+        assert_eq!(books(&one), before, "a refused booking booked something");
     }
 
     #[test]

@@ -36,6 +36,21 @@ const OWNER_SHIFT: u32 = 16;
 // `start_running` and `stop_running` set and clear the state bits with one bit operation.
 const _: () = assert!(VcpuState::Runnable as u32 == 0 && VcpuState::Running as u32 == 1);
 
+/// A state word with its pending requests applied: a blocked vCPU with `WAKE`, or a parked one
+/// with `ON_REQ`, becomes runnable; a wake-up for a parked or stopped vCPU means nothing.
+fn apply_requests(w: u32) -> u32 {
+    const BLOCKED: u32 = VcpuState::Blocked as u32;
+    const PARKED: u32 = VcpuState::Parked as u32;
+    const STOPPED: u32 = VcpuState::Stopped as u32;
+    const RUNNABLE: u32 = VcpuState::Runnable as u32;
+    match w & STATE_MASK {
+        BLOCKED if w & WAKE != 0 => (w & !(STATE_MASK | WAKE)) | RUNNABLE,
+        PARKED if w & ON_REQ != 0 => (w & !(STATE_MASK | WAKE | ON_REQ)) | RUNNABLE,
+        PARKED | STOPPED => w & !WAKE,
+        _ => w,
+    }
+}
+
 const fn owner_of(word: u32) -> CoreId {
     CoreId((word >> OWNER_SHIFT) as u16)
 }
@@ -454,17 +469,7 @@ impl System {
     /// Owner: consumes a pending request of an owned vCPU that is not running. Returns the new
     /// state if the vCPU became runnable (woken or powered on).
     pub(crate) fn consume_requests(&self, vcpu: VcpuId) -> Option<VcpuState> {
-        const BLOCKED: u32 = VcpuState::Blocked as u32;
-        const PARKED: u32 = VcpuState::Parked as u32;
-        const STOPPED: u32 = VcpuState::Stopped as u32;
-        const RUNNABLE: u32 = VcpuState::Runnable as u32;
-        let (old, new) = self.update(vcpu, |w| match w & STATE_MASK {
-            BLOCKED if w & WAKE != 0 => (w & !(STATE_MASK | WAKE)) | RUNNABLE,
-            PARKED if w & ON_REQ != 0 => (w & !(STATE_MASK | WAKE | ON_REQ)) | RUNNABLE,
-            // A wake-up for a parked or stopped vCPU means nothing.
-            PARKED | STOPPED => w & !WAKE,
-            _ => w,
-        });
+        let (old, new) = self.update(vcpu, apply_requests);
         ((old ^ new) & STATE_MASK != 0).then(|| VcpuState::from_bits(old))
     }
 
@@ -518,12 +523,13 @@ impl System {
     }
 
     /// Receiver: the vCPU has arrived. Returns its state after pending requests are applied.
+    /// One atomic step clears `IN_FLIGHT` and applies them; a request that comes after it finds
+    /// the vCPU owned here and kicks this core, as for any owned vCPU.
     pub(crate) fn complete_handover(&self, core: CoreId, vcpu: VcpuId) -> VcpuState {
-        let (old, _) = self.update(vcpu, |w| w & !IN_FLIGHT);
+        let (old, new) = self.update(vcpu, |w| apply_requests(w & !IN_FLIGHT));
         debug_assert_eq!(owner_of(old), core, "vCPU {vcpu} arrived at a core it was not sent to");
         debug_assert_ne!(old & IN_FLIGHT, 0, "vCPU {vcpu} arrived without being in flight");
-        self.consume_requests(vcpu);
-        VcpuState::from_bits(self.word(vcpu).load(Ordering::Acquire))
+        VcpuState::from_bits(new)
     }
 
     pub(crate) fn publish_vcpu_util(&self, vcpu: VcpuId, util: &Ewma) {

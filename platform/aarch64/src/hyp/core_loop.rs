@@ -418,10 +418,14 @@ impl Core<'_> {
         let end = timer::now();
         if let Some(book) = self.hyp.power.accounts.get(self.me.index()) {
             let mut book = book.lock();
-            if let Some(runs_end) = self.runs_end.take() {
-                book.book_runs(self.me, self.hyp.power.opp(self.me), runs_end, &mut self.vcpu_busy);
+            let rest = power::AcctState::Idle { state };
+            match self.runs_end.take() {
+                Some(runs_end) => {
+                    let opp = self.hyp.power.opp(self.me);
+                    book.book_runs_then_rest(self.me, opp, runs_end, rest, end, &mut self.vcpu_busy);
+                }
+                None => book.book(self.me, rest, None, end),
             }
-            book.book(self.me, power::AcctState::Idle { state }, None, end);
         }
         self.book_mark = end;
         // The timer's line is level: drop it before acknowledging, or it fires again at once.

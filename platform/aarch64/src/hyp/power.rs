@@ -115,6 +115,29 @@ impl CoreBook {
         self.mark = to;
     }
 
+    /// [`CoreBook::book_runs`] up to `runs_end` and then [`CoreBook::book`] of `rest` up to
+    /// `to`, in one booking when both stretches are non-empty (a core's every wake-up).
+    pub fn book_runs_then_rest(
+        &mut self,
+        core: CoreId,
+        opp: usize,
+        runs_end: Instant,
+        rest: AcctState,
+        to: Instant,
+        per_vcpu: &mut [u64],
+    ) {
+        if runs_end > self.mark && to > runs_end && !matches!(rest, AcctState::Busy { .. }) {
+            let _ = self.acct.book_two(core, AcctState::Busy { opp }, rest, self.mark, runs_end, to);
+            self.mark = to;
+            for (total, ns) in self.vcpu_busy_ns.iter_mut().zip(per_vcpu.iter_mut()) {
+                *total += core::mem::take(ns);
+            }
+        } else {
+            self.book_runs(core, opp, runs_end, per_vcpu);
+            self.book(core, rest, None, to);
+        }
+    }
+
     /// Books a stretch of runs, `[mark, to)` busy at `opp`, and adds each vCPU's share of it
     /// (`per_vcpu`, ns by vCPU index, which it empties). The core collects runs without a lock
     /// and hands them in here when it rests, turns off or ends the run.
