@@ -851,12 +851,9 @@ impl CoreRuntime {
 
     fn receive(&mut self, sys: &System, msg: Message, now: Instant, trace: &mut impl TraceSink) {
         match msg {
-            Message::Arrive { vcpu, lag } => {
-                // Straight from the slot onto the list: the state is copied once here. An empty
-                // slot cannot happen (the sender stages the state before it posts); if it did,
-                // stopping loudly beats losing the vCPU silently.
-                let arrived = sys.take_handover_into(vcpu, &mut self.vcpus);
-                assert!(arrived, "vCPU {vcpu} arrived without its scheduling state");
+            Message::Arrive { sched, lag } => {
+                let vcpu = sched.id;
+                self.vcpus.push(sched);
                 let idx = self.vcpus.len() - 1;
                 self.membership += 1;
                 let before = self.vcpus[idx].state;
@@ -926,16 +923,16 @@ impl CoreRuntime {
             to_vtime(self.params.timeslice, v.vtime_rate) as i128,
         ) as i64;
         sys.begin_handover(vcpu, dest);
-        // Off the list and into the vCPU's hand-over slot (a pointer moves), as the receiver
-        // will find it; put back as it was if the message cannot be posted.
+        // Off the list and into the message (a pointer moves), as the receiver will take it;
+        // put back as it was if the message cannot be posted.
         let mut sched = self.remove(idx);
         let (last_migrated, woken_at) = (sched.last_migrated, sched.woken_at);
         sched.last_migrated = now;
         sched.stats.migrations += 1;
         sched.woken_at = woken_at.map(|_| now);
-        sys.stage_handover(vcpu, sched);
-        if let Err(e) = sys.post(dest, Message::Arrive { vcpu, lag }) {
-            if let Some(mut sched) = sys.abort_handover(vcpu, self.core) {
+        if let Err((e, msg)) = sys.post(dest, Message::Arrive { sched, lag }) {
+            sys.abort_handover(vcpu, self.core);
+            if let Message::Arrive { mut sched, .. } = msg {
                 sched.last_migrated = last_migrated;
                 sched.stats.migrations -= 1;
                 sched.woken_at = woken_at;

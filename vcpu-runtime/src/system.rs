@@ -7,9 +7,9 @@
 //!   request flags (`WAKE`, `ON_REQ`). Only the owner changes the state; any core may set a
 //!   request flag. Because a request is a bit in the word, an owner change (hand-over) can never
 //!   lose it: whoever owns the vCPU next sees the bit.
-//! * A core hands a vCPU over by flipping the word to in-flight with the new owner, leaving the
-//!   vCPU's scheduling state in the vCPU's hand-over slot and posting an `Arrive` to the new
-//!   owner's mailbox. The receiver takes the state from the slot and clears in-flight.
+//! * A core hands a vCPU over by flipping the word to in-flight with the new owner and posting
+//!   an `Arrive` that carries the vCPU's (boxed) scheduling state to the new owner's mailbox.
+//!   The receiver takes the state onto its list and clears in-flight.
 //! * A requester sets its flag, reads the owner from the same atomic operation and *kicks* that
 //!   core (a flag, plus an IPI sent by the platform). The owner drains kicks at its next decision.
 
@@ -97,20 +97,15 @@ pub(crate) struct VcpuShared {
     util_stamp: AtomicU64,
     /// Times the vCPU became runnable, counted by its owner (the governor's idle-gap estimate).
     wakeups: AtomicU64,
-    /// The scheduling state of the vCPU while it is in flight: left by the sender before it
-    /// posts the `Arrive`, taken by the receiver. In a slot of its own rather than in the
-    /// message, the state (about 200 bytes) is copied twice per hand-over instead of
-    /// through every queue operation, and a mailbox entry is small.
-    handover: Mutex<Option<Box<VcpuSched>>>,
 }
 
 /// A message between cores.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub(crate) enum Message {
-    /// A vCPU handed over to this core (its scheduling state is in its hand-over slot), and
-    /// how far its virtual time was from the sender's minimum (so it keeps its place in the
-    /// queue).
-    Arrive { vcpu: VcpuId, lag: i64 },
+    /// A vCPU handed over to this core: its scheduling state (boxed: the message carries a
+    /// pointer, not the 200 bytes), and how far its virtual time was from the sender's minimum
+    /// (so it keeps its place in the queue).
+    Arrive { sched: Box<VcpuSched>, lag: i64 },
     /// Please hand this vCPU (which you own) over to `dest`.
     MoveRequest { vcpu: VcpuId, dest: CoreId },
 }
@@ -196,7 +191,6 @@ impl System {
                 util: AtomicU32::new(0),
                 util_stamp: AtomicU64::new(0),
                 wakeups: AtomicU64::new(0),
-                handover: Mutex::new(None),
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
@@ -324,7 +318,7 @@ impl System {
             return Err(MoveError::NoSuchCore(dest));
         }
         let owner = self.status(vcpu).owner;
-        self.post(owner, Message::MoveRequest { vcpu, dest }).map_err(|e| match e {
+        self.post(owner, Message::MoveRequest { vcpu, dest }).map_err(|(e, _)| match e {
             PostError::Closed => MoveError::CoreOffline(owner),
             PostError::Full => MoveError::Busy(vcpu),
         })?;
@@ -478,40 +472,8 @@ impl System {
         self.update(vcpu, |w| with_owner(w, dest) | IN_FLIGHT);
     }
 
-    /// Sender, between [`begin_handover`](Self::begin_handover) and posting the `Arrive`:
-    /// leaves the vCPU's scheduling state for the receiver.
-    pub(crate) fn stage_handover(&self, vcpu: VcpuId, sched: Box<VcpuSched>) {
-        let mut slot = self.vcpus[vcpu.index()].handover.lock();
-        debug_assert!(slot.is_none(), "vCPU {vcpu} staged twice");
-        *slot = Some(sched);
-    }
-
-    /// Receiver of an `Arrive`: appends the vCPU's scheduling state, left by the sender before
-    /// it posted the message (the mailbox's lock orders the two), to `to`; false if the slot
-    /// is empty.
-    #[allow(clippy::vec_box)] // a core's list of boxed vCPUs (`CoreRuntime::vcpus`)
-    pub(crate) fn take_handover_into(&self, vcpu: VcpuId, to: &mut Vec<Box<VcpuSched>>) -> bool {
-        let Some(shared) = self.vcpus.get(vcpu.index()) else { return false };
-        match shared.handover.lock().take() {
-            Some(sched) => {
-                to.push(sched);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Whether a hand-over of `vcpu` is staged in its slot (for tests).
-    #[cfg(test)]
-    pub(crate) fn handover_staged(&self, vcpu: VcpuId) -> bool {
-        self.vcpus[vcpu.index()].handover.lock().is_some()
-    }
-
-    /// Undoes [`begin_handover`](Self::begin_handover) and
-    /// [`stage_handover`](Self::stage_handover) when the message could not be posted: the
-    /// staged state goes back to the sender.
-    pub(crate) fn abort_handover(&self, vcpu: VcpuId, back_to: CoreId) -> Option<Box<VcpuSched>> {
-        let sched = self.vcpus[vcpu.index()].handover.lock().take();
+    /// Undoes [`begin_handover`](Self::begin_handover) when the `Arrive` could not be posted.
+    pub(crate) fn abort_handover(&self, vcpu: VcpuId, back_to: CoreId) {
         let (old, _) = self.update(vcpu, |w| with_owner(w, back_to) & !IN_FLIGHT);
         // A requester that saw the vCPU in flight kicked the core it was going to, which will
         // never receive it: kick its owner again, or the request would wait forever (found by
@@ -519,7 +481,6 @@ impl System {
         if old & (WAKE | ON_REQ) != 0 {
             self.kick(back_to);
         }
-        sched
     }
 
     /// Receiver: the vCPU has arrived. Returns its state after pending requests are applied.
@@ -561,16 +522,18 @@ impl System {
         c.kicked.load(Ordering::Relaxed) && c.kicked.swap(false, Ordering::AcqRel)
     }
 
-    pub(crate) fn post(&self, core: CoreId, msg: Message) -> Result<(), PostError> {
+    /// Posts `msg` to `core`'s mailbox; a message that cannot be posted comes back with the
+    /// reason (an `Arrive` carries the vCPU's state, which the sender keeps).
+    pub(crate) fn post(&self, core: CoreId, msg: Message) -> Result<(), (PostError, Message)> {
         let c = &self.cores[core.index()];
         {
             let mut inner = c.mailbox.lock();
             if !inner.open {
-                return Err(PostError::Closed);
+                return Err((PostError::Closed, msg));
             }
             // Never grow the queue: posting must not allocate.
             if inner.queue.len() >= c.mailbox_capacity {
-                return Err(PostError::Full);
+                return Err((PostError::Full, msg));
             }
             inner.queue.push_back(msg);
             c.has_mail.store(true, Ordering::Release);
