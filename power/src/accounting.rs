@@ -309,7 +309,9 @@ impl Accounting {
         Ok(duration)
     }
 
-    /// The clusters' side of a core's interval (when clusters are accounted).
+    /// The clusters' side of a core's interval (when clusters are accounted). Inlined: without
+    /// clusters (the hypervisor's books) it is one test.
+    #[inline(always)]
     fn push_cluster(&mut self, core: CoreId, state: CoreState, from: Instant, to: Instant) {
         if let Some(clusters) = self.clusters.as_mut() {
             let hold = match state {

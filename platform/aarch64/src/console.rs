@@ -13,8 +13,8 @@ use core::fmt::{self, Write};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::sync::Mutex;
 use arm_pl011_uart::{PL011Registers, Uart, UniqueMmioPointer};
-use spin::Mutex;
 
 use crate::{semihosting, smp, timer};
 

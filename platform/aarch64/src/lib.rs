@@ -43,6 +43,7 @@ pub mod ram;
 pub mod semihosting;
 pub mod smp;
 pub mod stage2;
+pub mod sync;
 pub mod sysreg;
 pub mod timer;
 pub mod virtio;

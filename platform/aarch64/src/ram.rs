@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use crate::mmu;
 

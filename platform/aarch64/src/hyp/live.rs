@@ -28,11 +28,11 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::sync::Mutex;
 use migrate::checkpoint::{
     CheckpointHeader, EncodeOptions, Encoder, Sink, SinkError, Source, SourceError, Timing, VmConfig,
 };
 use migrate::live::{Control, Next, Precopy, PrecopyLimits, Refusal, CONTROL_FRAME_LEN};
-use spin::Mutex;
 use vcpu_runtime::trace::StopReason;
 use vcpu_runtime::{Instant, Nanos, VcpuId, VcpuState};
 

@@ -27,7 +27,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-use spin::{Mutex, Once};
+use crate::sync::Mutex;
+use spin::Once;
 use vcpu_runtime::manifest::Manifest;
 use vcpu_runtime::trace::{TraceEvent, TraceKind};
 use vcpu_runtime::vcpu::PPM;

@@ -12,10 +12,10 @@
 
 use core::sync::atomic::Ordering;
 
+use crate::sync::Mutex;
 use power::governor::{idle_state, Governor, GovernorConfig, Plan};
 pub use power::CoreState as AcctState;
 use power::{Accounting, EnergyModel};
-use spin::Mutex;
 use vcpu_runtime::{CoreId, CoreMask, Instant, Nanos, VcpuId};
 
 use super::Hypervisor;

@@ -7,7 +7,7 @@ use core::fmt;
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 
-use spin::Mutex;
+use crate::sync::Mutex;
 use vcpu_runtime::manifest::{GuestEntry, GuestKind, GUEST_RAM_BASE};
 use vcpu_runtime::trace::StopReason;
 use vcpu_runtime::{VcpuId, VmId};

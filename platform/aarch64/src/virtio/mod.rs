@@ -28,7 +28,7 @@ use core::fmt;
 use core::ops::Range;
 use core::ptr::NonNull;
 
-use spin::Mutex;
+use crate::sync::Mutex;
 use virtio_drivers::transport::mmio::{MmioError, MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::{DeviceType, DeviceTypeError, Transport};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
