@@ -158,6 +158,18 @@ struct CoreAccount {
 }
 
 impl CoreAccount {
+    /// Checks that `[from, to)` may be booked next: it does not end before it starts, and it
+    /// does not reach back into time already booked.
+    fn check_interval(&self, core: CoreId, from: Instant, to: Instant) -> Result<(), AccountingError> {
+        if to < from {
+            return Err(AccountingError::EndsBeforeStart { core, from, to });
+        }
+        if from < self.accounted_until {
+            return Err(AccountingError::Overlaps { core, from, accounted_until: self.accounted_until });
+        }
+        Ok(())
+    }
+
     /// Books the checked interval `[from, to)` in slot `s` (of `state`); returns its length.
     fn book_slot(&mut self, s: usize, state: CoreState, from: Instant, to: Instant) -> Nanos {
         let duration = to - from;
@@ -298,12 +310,7 @@ impl Accounting {
     fn record(&mut self, core: CoreId, state: CoreState, from: Instant, to: Instant) -> Result<Nanos, AccountingError> {
         let account = self.cores.get_mut(core.index()).ok_or(AccountingError::NoSuchCore(core))?;
         let s = account.slot(core, state)?;
-        if to < from {
-            return Err(AccountingError::EndsBeforeStart { core, from, to });
-        }
-        if from < account.accounted_until {
-            return Err(AccountingError::Overlaps { core, from, accounted_until: account.accounted_until });
-        }
+        account.check_interval(core, from, to)?;
         let duration = account.book_slot(s, state, from, to);
         self.push_cluster(core, state, from, to);
         Ok(duration)
@@ -425,12 +432,7 @@ impl Accounting {
             Some(last) if last != state => Some(account.slot(core, last)?),
             _ => None,
         };
-        if to < from {
-            return Err(AccountingError::EndsBeforeStart { core, from, to });
-        }
-        if from < account.accounted_until {
-            return Err(AccountingError::Overlaps { core, from, accounted_until: account.accounted_until });
-        }
+        account.check_interval(core, from, to)?;
         if let Some(f) = from_slot {
             let slots = account.residency.len();
             account.transitions[f * slots + s] += 1;
@@ -464,15 +466,14 @@ impl Accounting {
             Some(last) if last != first => Some(account.slot(core, last)?),
             _ => None,
         };
+        // Both non-empty (a caller with an empty stretch books through `book`).
         if mid <= from {
             return Err(AccountingError::EndsBeforeStart { core, from, to: mid });
         }
         if to <= mid {
             return Err(AccountingError::EndsBeforeStart { core, from: mid, to });
         }
-        if from < account.accounted_until {
-            return Err(AccountingError::Overlaps { core, from, accounted_until: account.accounted_until });
-        }
+        account.check_interval(core, from, to)?;
         let slots = account.residency.len();
         if let Some(l) = last_slot {
             account.transitions[l * slots + s1] += 1;

@@ -418,13 +418,12 @@ impl Core<'_> {
         let end = timer::now();
         if let Some(book) = self.hyp.power.accounts.get(self.me.index()) {
             let mut book = book.lock();
-            let rest = power::AcctState::Idle { state };
             match self.runs_end.take() {
                 Some(runs_end) => {
                     let opp = self.hyp.power.opp(self.me);
-                    book.book_runs_then_rest(self.me, opp, runs_end, rest, end, &mut self.vcpu_busy);
+                    book.book_runs_then_rest(self.me, opp, runs_end, state, end, &mut self.vcpu_busy);
                 }
-                None => book.book(self.me, rest, None, end),
+                None => book.book(self.me, power::AcctState::Idle { state }, None, end),
             }
         }
         self.book_mark = end;

@@ -115,26 +115,32 @@ impl CoreBook {
         self.mark = to;
     }
 
-    /// [`CoreBook::book_runs`] up to `runs_end` and then [`CoreBook::book`] of `rest` up to
-    /// `to`, in one booking when both stretches are non-empty (a core's every wake-up).
+    /// [`CoreBook::book_runs`] up to `runs_end` and then a rest in idle state `idle_state` up
+    /// to `to`, in one booking when both stretches are non-empty (a core's every wake-up).
     pub fn book_runs_then_rest(
         &mut self,
         core: CoreId,
         opp: usize,
         runs_end: Instant,
-        rest: AcctState,
+        idle_state: usize,
         to: Instant,
         per_vcpu: &mut [u64],
     ) {
-        if runs_end > self.mark && to > runs_end && !matches!(rest, AcctState::Busy { .. }) {
+        let rest = AcctState::Idle { state: idle_state };
+        if runs_end > self.mark && to > runs_end {
             let _ = self.acct.book_two(core, AcctState::Busy { opp }, rest, self.mark, runs_end, to);
             self.mark = to;
-            for (total, ns) in self.vcpu_busy_ns.iter_mut().zip(per_vcpu.iter_mut()) {
-                *total += core::mem::take(ns);
-            }
+            self.hand_in(per_vcpu);
         } else {
             self.book_runs(core, opp, runs_end, per_vcpu);
             self.book(core, rest, None, to);
+        }
+    }
+
+    /// Adds each vCPU's share of the runs just booked (`per_vcpu`, which it empties).
+    fn hand_in(&mut self, per_vcpu: &mut [u64]) {
+        for (total, ns) in self.vcpu_busy_ns.iter_mut().zip(per_vcpu.iter_mut()) {
+            *total += core::mem::take(ns);
         }
     }
 
@@ -146,9 +152,7 @@ impl CoreBook {
             let _ = self.acct.book(core, AcctState::Busy { opp }, None, self.mark, to);
             self.mark = to;
         }
-        for (total, ns) in self.vcpu_busy_ns.iter_mut().zip(per_vcpu.iter_mut()) {
-            *total += core::mem::take(ns);
-        }
+        self.hand_in(per_vcpu);
     }
 }
 
