@@ -27,8 +27,10 @@ use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod hostwait;
 pub mod linux_image;
 pub mod relay;
+pub mod rtmiss;
 
 use vcpu_runtime::manifest::{elf_image, encode, GuestImage};
 use vcpu_runtime::scenario::{Demand, Guest, Payload, Scenario};
@@ -179,6 +181,9 @@ impl QemuConfig {
             &self.smp.to_string(),
             "-m",
             "1G",
+            // The emulated cores' threads named `CPU n/TCG`, for `hostwait`.
+            "-name",
+            "hv,debug-threads=on",
             "-nographic",
             "-nic",
             "none",
@@ -540,6 +545,11 @@ pub struct Run {
     pub timed_out: bool,
     /// Console (stdout) then QEMU's stderr, if it wrote any.
     pub output: String,
+    /// When each console line arrived, since QEMU started: the i-th of [`Run::lines`], for the
+    /// console's lines (not the stderr that may follow them).
+    pub line_times: Vec<Duration>,
+    /// How long QEMU's threads waited for a host CPU ([`hostwait`]).
+    pub host_waits: hostwait::HostWaits,
     pub duration: Duration,
 }
 
@@ -566,7 +576,8 @@ pub fn run_with_args(config: &QemuConfig, args: Vec<String>) -> Run {
                  sudo apt-get install -y qemu-system-arm\n{command}"
             )
         });
-    let stdout = reader(child.stdout.take());
+    let monitor = hostwait::WaitMonitor::start(child.id(), start);
+    let stdout = line_reader(child.stdout.take(), start);
     let stderr = reader(child.stderr.take());
     let deadline = start + config.timeout;
     let (exit_code, timed_out) = loop {
@@ -582,13 +593,34 @@ pub fn run_with_args(config: &QemuConfig, args: Vec<String>) -> Run {
         }
     };
     let duration = start.elapsed();
-    let mut output = stdout.join().unwrap_or_default();
+    let host_waits = monitor.finish();
+    let (mut output, line_times) = stdout.join().unwrap_or_default();
     let err = stderr.join().unwrap_or_default();
     if !err.trim().is_empty() {
         output.push_str("\n[qemu stderr]\n");
         output.push_str(&err);
     }
-    Run { config: config.clone(), command, exit_code, timed_out, output, duration }
+    Run { config: config.clone(), command, exit_code, timed_out, output, line_times, host_waits, duration }
+}
+
+/// Reads `pipe` to its end, noting when each line arrived (since `start`).
+fn line_reader<R: Read + Send + 'static>(
+    pipe: Option<R>,
+    start: Instant,
+) -> thread::JoinHandle<(String, Vec<Duration>)> {
+    thread::spawn(move || {
+        let (mut bytes, mut times) = (Vec::new(), Vec::new());
+        if let Some(pipe) = pipe {
+            let mut pipe = std::io::BufReader::new(pipe);
+            loop {
+                match std::io::BufRead::read_until(&mut pipe, b'\n', &mut bytes) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => times.push(start.elapsed()),
+                }
+            }
+        }
+        (String::from_utf8_lossy(&bytes).into_owned(), times)
+    })
 }
 
 fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {
@@ -823,16 +855,18 @@ impl VcpuStat {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn run_with(output: &str, exit_code: Option<i32>) -> Run {
+    pub(crate) fn run_with(output: &str, exit_code: Option<i32>) -> Run {
         Run {
             config: QemuConfig::new(2, "cortex-a57"),
             command: "qemu".into(),
             exit_code,
             timed_out: false,
             output: output.into(),
+            line_times: Vec::new(),
+            host_waits: hostwait::HostWaits::default(),
             duration: Duration::from_millis(5),
         }
     }
@@ -921,7 +955,7 @@ mod tests {
         let c = QemuConfig::new(4, "max").append("hv.selftest=panic");
         assert_eq!(
             c.qemu_args(Path::new("img")).join(" "),
-            "-M virt,virtualization=on,gic-version=3 -cpu max -smp 4 -m 1G -nographic -nic none -no-reboot \
+            "-M virt,virtualization=on,gic-version=3 -cpu max -smp 4 -m 1G -name hv,debug-threads=on -nographic -nic none -no-reboot \
              -semihosting-config enable=on,target=native -kernel img -append hv.selftest=panic"
         );
         let c = QemuConfig { icount: true, ..QemuConfig::new(1, "cortex-a57") };

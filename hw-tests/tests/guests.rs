@@ -201,6 +201,7 @@ fn rt_guest_beside_a_busy_guest() {
         let misses = r.guest_lines("rt").any(|l| {
             l.starts_with("rt: miss in period") || (l.starts_with("rt periods=") && !l.ends_with(" misses=0"))
         });
+        hw_tests::rtmiss::log(&r, "rt", "rt");
         if (misses || r.reservation_periods_lost() > 0) && !icount {
             last = Some(r);
             continue;

@@ -87,6 +87,7 @@ fn power_phases_run(smp: u32, append: &str) -> (Run, Vec<TraceEvent>, Vec<BTreeM
         let misses = r.guest_lines("rt").any(|l| {
             l.starts_with("rt: miss in period") || (l.starts_with("rt periods=") && !l.ends_with(" misses=0"))
         });
+        hw_tests::rtmiss::log(&r, "rt", "power-phases");
         // A run the host held up (a miss of the guest's or a period the scheduler lost) is
         // tried again; the run kept must have neither (below).
         if (!misses && r.reservation_periods_lost() == 0) || attempt == RT_ATTEMPTS {

@@ -59,7 +59,30 @@ pub fn demo(ctx: &Ctx, scenario: Option<&str>) -> Result<(), Error> {
     let summary = Summary::of(&run.output, &names);
     println!();
     print!("{}", summary.render(&loaded.name, run.seconds, run.timeline.as_ref(), predicted.as_ref()));
+    print!("{}", rt_misses(&run, &names));
     run.outcome()
+}
+
+/// Every real-time miss of the run's guests, each with how long QEMU's threads waited for a
+/// host CPU then (`hw_tests::rtmiss`): the host here is shared, and a miss it caused says so.
+fn rt_misses(run: &qemu::QemuRun, names: &[&str]) -> String {
+    let lines: Vec<&str> = run.output.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let mut out = String::new();
+    for name in names {
+        let misses = hw_tests::rtmiss::misses_in(&lines, &run.line_times, &run.host_waits, name);
+        if misses.is_empty() {
+            continue;
+        }
+        let explained = misses.iter().filter(|m| m.explained()).count();
+        out.push_str(&format!(
+            "real-time misses of {name}: {}, {explained} of them covered by the time QEMU waited for a host CPU:\n",
+            misses.len()
+        ));
+        for m in &misses {
+            out.push_str(&format!("  {m}\n"));
+        }
+    }
+    out
 }
 
 /// `hvsim SCENARIO --report-json REPORT`.

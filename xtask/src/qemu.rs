@@ -97,6 +97,10 @@ pub struct QemuRun {
     pub status: Option<ExitStatus>,
     /// The console output (streamed as it came, and kept).
     pub output: String,
+    /// When each line of `output` arrived, since QEMU started.
+    pub line_times: Vec<Duration>,
+    /// How long QEMU's threads waited for a host CPU (`hw_tests::hostwait`).
+    pub host_waits: hw_tests::hostwait::HostWaits,
     /// The run's timeline files (Perfetto JSON, PNG), when it had trace events.
     pub timeline: Option<(PathBuf, PathBuf)>,
     /// Seconds from QEMU's start to its end.
@@ -165,7 +169,7 @@ pub fn run(ctx: &Ctx, args: &QemuArgs) -> Result<QemuRun, Error> {
     let timeout = Duration::from_secs(args.timeout_secs);
     println!("xtask: running (timeout {}s) {}", args.timeout_secs, cmd.display());
     let start = Instant::now();
-    let (status, output) = run_with_timeout(ctx, &cmd, timeout)?;
+    let Streamed { status, output, line_times, host_waits } = run_with_timeout(ctx, &cmd, timeout)?;
     let seconds = start.elapsed().as_secs_f64();
     let name = scenario.as_ref().map_or("boot", |s| s.name.as_str());
     let timeline = match write_timeline(ctx, name, smp, &output) {
@@ -179,13 +183,22 @@ pub fn run(ctx: &Ctx, args: &QemuArgs) -> Result<QemuRun, Error> {
             None
         }
     };
-    Ok(QemuRun { status, output, timeline, seconds, timeout_secs: args.timeout_secs })
+    Ok(QemuRun { status, output, line_times, host_waits, timeline, seconds, timeout_secs: args.timeout_secs })
+}
+
+/// What [`run_with_timeout`] kept of a run.
+struct Streamed {
+    status: Option<ExitStatus>,
+    output: String,
+    line_times: Vec<Duration>,
+    host_waits: hw_tests::hostwait::HostWaits,
 }
 
 /// Runs `cmd` with stdin closed (so QEMU leaves the terminal alone) and its output streamed
-/// (and kept, for the timeline); kills it after `timeout`. The status is `None` when it was
-/// killed.
-fn run_with_timeout(ctx: &Ctx, cmd: &Cmd, timeout: Duration) -> Result<(Option<ExitStatus>, String), Error> {
+/// (and kept, for the timeline, with when each line came), and how long its threads waited for
+/// a host CPU sampled; kills it after `timeout`. The status is `None` when it was killed.
+fn run_with_timeout(ctx: &Ctx, cmd: &Cmd, timeout: Duration) -> Result<Streamed, Error> {
+    let start = Instant::now();
     let mut child = Command::new(&cmd.program)
         .args(&cmd.args)
         .current_dir(&ctx.root)
@@ -193,18 +206,20 @@ fn run_with_timeout(ctx: &Ctx, cmd: &Cmd, timeout: Duration) -> Result<(Option<E
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| Error::new(format!("could not start `{}`: {e}", cmd.program)))?;
+    let monitor = hw_tests::hostwait::WaitMonitor::start(child.id(), start);
     let stdout = child.stdout.take();
     let copier = thread::spawn(move || {
-        let mut kept = String::new();
+        let (mut kept, mut times) = (String::new(), Vec::new());
         if let Some(out) = stdout {
             let mut terminal = std::io::stdout();
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                times.push(start.elapsed());
                 let _ = writeln!(terminal, "{line}");
                 kept.push_str(&line);
                 kept.push('\n');
             }
         }
-        kept
+        (kept, times)
     });
     let deadline = Instant::now() + timeout;
     let status = loop {
@@ -219,8 +234,9 @@ fn run_with_timeout(ctx: &Ctx, cmd: &Cmd, timeout: Duration) -> Result<(Option<E
             Err(e) => return Err(Error::new(format!("waiting for `{}` failed: {e}", cmd.program))),
         }
     };
-    let output = copier.join().unwrap_or_default();
-    Ok((status, output))
+    let host_waits = monitor.finish();
+    let (output, line_times) = copier.join().unwrap_or_default();
+    Ok(Streamed { status, output, line_times, host_waits })
 }
 
 /// Writes the run's timeline (docs/timeline.md) from the trace lines in its console output to
@@ -263,7 +279,7 @@ mod tests {
         assert_eq!(
             c.display(),
             "qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 -cpu cortex-a57 -smp 4 -m 1G \
-             -nographic -nic none -no-reboot -semihosting-config enable=on,target=native \
+             -name hv,debug-threads=on -nographic -nic none -no-reboot -semihosting-config enable=on,target=native \
              -kernel target/el2/x/hypervisor"
         );
         let c = qemu_cmd("img", None, 1, "max", true, Some("hv.selftest=panic"));

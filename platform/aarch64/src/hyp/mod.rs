@@ -469,6 +469,7 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
         if n_cores == 1 { "" } else { "s" },
         duration.as_millis()
     );
+    print_placement(hyp);
     if let (Some(r), Some(vm)) = (&restored, hyp.vms.first()) {
         // vCPUs whose CPU_ON was pending start as it asked; the guest's counter continues.
         for (k, power) in r.power.iter().enumerate() {
@@ -522,6 +523,21 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
     HYP.call_once(|| hyp);
     smp::wake_all();
     core_loop::run(hyp, CoreId(0))
+}
+
+/// Says where every vCPU starts: `placement: v0 work/0 c0, v1 work/1 c1, ...` (its id, guest
+/// and index, and owner core). With the trace's `mig` events it tells on which core a vCPU was
+/// at any time; the test harness weighs a real-time miss against the host's stalls of that
+/// core's QEMU thread (docs/linux-guests.md).
+fn print_placement(hyp: &Hypervisor) {
+    let mut line = String::from("placement:");
+    for (i, vcpu) in hyp.vcpus.iter().enumerate() {
+        let owner = hyp.sys.status(vcpu.id).owner;
+        let name = hyp.vms.get(vcpu.vm.index()).map_or("?", |vm| vm.name.as_str());
+        let sep = if i == 0 { " " } else { ", " };
+        line.push_str(&format!("{sep}v{} {name}/{} c{}", vcpu.id.0, vcpu.index, owner.0));
+    }
+    println!("{line}");
 }
 
 /// Whether the hypervisor runs its guests already: a core that reports in now is one the
