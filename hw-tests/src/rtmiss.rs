@@ -21,11 +21,13 @@
 use std::fmt;
 use std::time::Duration;
 
+use vcpu_runtime::trace::{self, TraceEvent, TraceKind};
+
 use crate::hostwait::{HostWaits, QemuThread, ThreadTimes};
 use crate::Run;
 
 /// The `HV_MARK` id `rt` marks a miss with.
-const MARK_MISS: &str = "mark id=3 val=";
+const MARK_MISS: u32 = 3;
 
 /// One miss of the guest.
 #[derive(Clone, Debug, PartialEq)]
@@ -162,20 +164,24 @@ fn clock_offset(lines: &[&str], times: &[Duration]) -> Option<i128> {
     lines.iter().zip(times).filter_map(|(l, t)| Some(t.as_nanos() as i128 - i128::from(trace_time(l)?))).min()
 }
 
-/// The stamp of a trace line `T <ns> ...`.
+/// The trace event of a console line (docs/trace-format.md), read by the trace's own parser.
+fn event(line: &str) -> Option<TraceEvent> {
+    TraceEvent::parse(trace::find_in(line)?).ok()
+}
+
+/// The stamp of a trace line, in ns of the hypervisor's clock.
 fn trace_time(line: &str) -> Option<u64> {
-    line.strip_prefix("T ")?.split(' ').next()?.parse().ok()
+    event(line).map(|e| e.at.as_nanos())
 }
 
 /// The time of `rt`'s mark of a miss in `period`.
 fn mark_time(line: &str, period: u64) -> Option<u64> {
-    let t = trace_time(line)?;
-    let value: u64 = line.split_once(MARK_MISS)?.1.trim().parse().ok()?;
-    (value == period).then_some(t)
+    let e = event(line)?;
+    matches!(e.kind, TraceKind::Mark { id: MARK_MISS, value } if value == period).then_some(e.at.as_nanos())
 }
 
 /// The id and first core of vCPU `name` (`guest/index`) from the hypervisor's `placement:` line.
-fn placement(lines: &[&str], name: &str) -> Option<(u32, u16)> {
+fn placement(lines: &[&str], name: &str) -> Option<(u16, u16)> {
     let line = lines.iter().find_map(|l| l.strip_prefix("placement: "))?;
     line.split(", ").find_map(|entry| {
         let mut words = entry.split(' ');
@@ -186,14 +192,14 @@ fn placement(lines: &[&str], name: &str) -> Option<(u32, u16)> {
     })
 }
 
-/// A move of vCPU `vcpu` in a trace line `T <ns> mig v<id> c<from>>c<to>`: when, and where to.
-fn migration(line: &str, vcpu: u32) -> Option<(u64, u16)> {
-    let t = trace_time(line)?;
-    let rest = line.split_once(" mig ")?.1;
-    let (id, cores) = rest.split_once(' ')?;
-    (id.strip_prefix('v')?.parse::<u32>().ok()? == vcpu).then_some(())?;
-    let to = cores.split_once(">c")?.1.parse().ok()?;
-    Some((t, to))
+/// A move of vCPU `vcpu` in a trace line (`mig`): when, and to which core.
+fn migration(line: &str, vcpu: u16) -> Option<(u64, u16)> {
+    match event(line)? {
+        TraceEvent { at, kind: TraceKind::VcpuMigrate { vcpu: v, to, .. } } if v.0 == vcpu => {
+            Some((at.as_nanos(), to.0))
+        }
+        _ => None,
+    }
 }
 
 /// The guest's parameters: `rt: period_us=P work_us=W deadline_us=D periods=N ...`.
