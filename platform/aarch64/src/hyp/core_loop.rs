@@ -792,6 +792,7 @@ impl Core<'_> {
                 gic::send_sgi_value(c.kick_sgi);
             }
         }
+        let start = timer::counter();
         for wait in waits.iter() {
             if let Some(c) = cores.get(wait.core) {
                 // It leaves the guest at the kick (a guest cannot hold it off): a few
@@ -801,6 +802,9 @@ impl Core<'_> {
                 }
             }
         }
+        let waited = timer::counter().wrapping_sub(start);
+        vm.tlbi_wait_ticks.fetch_add(waited, core::sync::atomic::Ordering::Relaxed);
+        vm.tlbi_wait_ticks_max.fetch_max(waited, core::sync::atomic::Ordering::Relaxed);
     }
 
     /// Hands the runs collected since the last rest in to the core's energy book.

@@ -647,7 +647,13 @@ impl Hypervisor {
         }
         for vm in self.vms.iter().filter(|vm| vm.trap_tlbi) {
             let (tlbi, waited) = vm.tlb.counts();
-            println!("stat vm {} tlbi={tlbi} tlbi_waited={waited}", vm.name);
+            let us = |ticks: &AtomicU64| timer::ticks_to_nanos(ticks.load(Ordering::Relaxed), timer::frequency_hz()) / 1000;
+            println!(
+                "stat vm {} tlbi={tlbi} tlbi_waited={waited} tlbi_wait_us={} tlbi_wait_max_us={}",
+                vm.name,
+                us(&vm.tlbi_wait_ticks),
+                us(&vm.tlbi_wait_ticks_max)
+            );
         }
         if let Some(text) = checkpoint::checkpoint_line_missing() {
             crate::fail!("checkpoint: the run ended before the first guest printed a line containing \"{text}\"; nothing written");

@@ -186,6 +186,10 @@ pub struct Vm {
     pub trap_tlbi: bool,
     /// Its trapped TLB maintenance instructions carried out so far (`vcpu_runtime::tlb`).
     pub tlb: vcpu_runtime::tlb::VmTlb,
+    /// Counter ticks cores spent waiting for others to leave the VM's guest after its trapped
+    /// TLB maintenance, in all and at most once (for the run's report).
+    pub tlbi_wait_ticks: AtomicU64,
+    pub tlbi_wait_ticks_max: AtomicU64,
 }
 
 /// No reset in progress ([`Vm::resetting`]).
@@ -453,6 +457,8 @@ impl Vm {
             cntvoff: AtomicU64::new(0),
             trap_tlbi: false,
             tlb: vcpu_runtime::tlb::VmTlb::new(),
+            tlbi_wait_ticks: AtomicU64::new(0),
+            tlbi_wait_ticks_max: AtomicU64::new(0),
         })
     }
 
