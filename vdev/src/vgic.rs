@@ -713,27 +713,17 @@ impl Vgic {
     /// The caller must know that nothing else waits for an LR of `vcpu` (its last fill left
     /// nothing behind and no kick came since), so loading this one keeps the LRs holding the
     /// best interrupts; the hardware orders those by priority itself.
+    #[inline(always)]
     pub fn send_sgi_to_self_direct(&mut self, vcpu: u16, intid: u32) -> Option<Lr> {
         if vcpu >= self.vcpus || intid >= SGI_COUNT {
             return None;
         }
         let slot = usize::from(vcpu) * PRIVATE_COUNT as usize + intid as usize;
         let irq = self.irqs[slot];
-        if !irq.enabled || !irq.group1 || !self.group_enabled(&irq) || irq.in_lr || irq.active || irq.latch {
+        if irq.in_lr || !self.loadable_sgi(&irq) {
             return None;
         }
-        let irq = &mut self.irqs[slot];
-        irq.in_lr = true;
-        irq.lr = LR_P;
-        irq.owner = vcpu;
-        Some(Lr {
-            intid,
-            priority: irq.priority,
-            state: LrState::Pending,
-            group1: true,
-            hw: None,
-            eoi_maintenance: false,
-        })
+        Some(self.load_sgi(slot, vcpu, intid))
     }
 
     /// Fast path of [`Vgic::sync_lr`] for a list register the hardware reports empty
@@ -745,12 +735,69 @@ impl Vgic {
     pub fn retire_consumed(&mut self, vcpu: u16, intid: u32) -> bool {
         let Some(slot) = self.slot(vcpu, intid) else { return false };
         let irq = &mut self.irqs[slot];
-        if !irq.in_lr || irq.owner != vcpu || !irq.edge || irq.latch || irq.active || irq.lr != LR_P {
+        if !Self::retirable(irq, vcpu) {
             return false;
         }
         irq.in_lr = false;
         irq.lr = 0;
         true
+    }
+
+    /// [`Vgic::retire_consumed`] of `consumed` then [`Vgic::send_sgi_to_self_direct`] of
+    /// `intid`, all or nothing: `vcpu` sends itself an SGI while its only loaded list register,
+    /// which held `consumed`, is empty (the guest took and ended it). `consumed` may be `intid`
+    /// itself. The caller must know what [`Vgic::send_sgi_to_self_direct`] asks. `None`:
+    /// nothing changed, sync the LR and send the general way.
+    #[inline(always)]
+    pub fn retire_and_send_sgi_to_self(&mut self, vcpu: u16, consumed: u32, intid: u32) -> Option<Lr> {
+        if vcpu >= self.vcpus || intid >= SGI_COUNT {
+            return None;
+        }
+        let new = usize::from(vcpu) * PRIVATE_COUNT as usize + intid as usize;
+        if consumed == intid {
+            // The same SGI again (a private interrupt, an edge, its owner the vCPU): retired
+            // and loaded again, it is as it is now.
+            let irq = self.irqs.get(new)?;
+            return (irq.in_lr && irq.lr == LR_P && self.loadable_sgi(irq))
+                .then(|| Lr::pending_sgi(intid, irq.priority));
+        }
+        let old = self.slot(vcpu, consumed)?;
+        if !Self::retirable(&self.irqs[old], vcpu) {
+            return None;
+        }
+        let irq = self.irqs[new];
+        // As it is once `consumed` is retired: out of the LR if it is the same one.
+        if (irq.in_lr && new != old) || !self.loadable_sgi(&irq) {
+            return None;
+        }
+        self.irqs[old].in_lr = false;
+        self.irqs[old].lr = 0;
+        Some(self.load_sgi(new, vcpu, intid))
+    }
+
+    /// Whether an interrupt whose LR came back empty from `vcpu` can simply leave it: a plain
+    /// edge handed out as pending (by a fill or the SGI fast path), nothing new on it since.
+    #[inline(always)]
+    fn retirable(irq: &Irq, vcpu: u16) -> bool {
+        irq.in_lr && irq.owner == vcpu && irq.edge && !irq.latch && !irq.active && irq.lr == LR_P
+    }
+
+    /// Whether an SGI out of any LR can go straight into one as pending: enabled, its group
+    /// enabled, neither pending nor active.
+    #[inline(always)]
+    fn loadable_sgi(&self, irq: &Irq) -> bool {
+        irq.enabled && irq.group1 && self.group_enabled(irq) && !irq.active && !irq.latch
+    }
+
+    /// Marks SGI `intid` of `vcpu` (at `slot`) as loaded pending into an LR, as
+    /// [`Vgic::fill_lrs`] would, and returns that LR.
+    #[inline(always)]
+    fn load_sgi(&mut self, slot: usize, vcpu: u16, intid: u32) -> Lr {
+        let irq = &mut self.irqs[slot];
+        irq.in_lr = true;
+        irq.lr = LR_P;
+        irq.owner = vcpu;
+        Lr::pending_sgi(intid, irq.priority)
     }
 
     // ----- delivery -----

@@ -61,6 +61,14 @@ impl Default for Lr {
     }
 }
 
+impl Lr {
+    /// SGI `intid` of Group 1 at `priority`, loaded pending by the hypervisor.
+    #[inline(always)]
+    pub(crate) const fn pending_sgi(intid: u32, priority: u8) -> Lr {
+        Lr { intid, priority, state: LrState::Pending, group1: true, hw: None, eoi_maintenance: false }
+    }
+}
+
 const STATE_SHIFT: u32 = 62;
 const HW: u64 = 1 << 61;
 const GROUP: u64 = 1 << 60;
@@ -72,6 +80,7 @@ const EOI: u64 = 1 << 41;
 /// The `ICH_LR<n>_EL2` value for `lr`. With `hw`, the pINTID keeps its low 13 bits and
 /// `eoi_maintenance` is dropped (the EOI bit overlaps pINTID and the architecture raises no
 /// EOI maintenance interrupt for hardware interrupts).
+#[inline]
 pub const fn encode_ich_lr(lr: &Lr) -> u64 {
     let mut v = lr.intid as u64 | (lr.priority as u64) << PRIORITY_SHIFT | (lr.state as u64) << STATE_SHIFT;
     if lr.group1 {

@@ -1467,3 +1467,38 @@ fn vgic_self_sgi_fast_paths_match_the_general_path() {
     assert!(!fx.ignored);
     assert_eq!(fill(&mut v, 0, 4).len(), 1, "the second edge is delivered");
 }
+
+/// Retiring a consumed LR and loading a self-SGI in one step leaves the model as the two steps
+/// do, for the same SGI again and for another; a refusal of either part changes nothing.
+#[test]
+fn vgic_retire_and_send_sgi_to_self_is_the_two_steps_or_nothing() {
+    let mut fast = booted(2, 32);
+    for intid in [1, 5, 6] {
+        enable_private(&mut fast, 1, intid);
+    }
+    let first = fast.send_sgi_to_self_direct(1, 5).unwrap();
+    let mut slow = fast.clone();
+    // The same SGI again, then another one.
+    for (consumed, intid) in [(5, 5), (5, 6)] {
+        let lr = fast.retire_and_send_sgi_to_self(1, consumed, intid).expect("both parts apply");
+        assert!(slow.retire_consumed(1, consumed));
+        assert_eq!(slow.send_sgi_to_self_direct(1, intid), Some(lr));
+        assert_eq!(fast.save(), slow.save());
+    }
+    assert_eq!(first.intid, 5);
+    // SGI 6 is in the LR now. Refusals, each leaving the model as it was.
+    let before = fast.save();
+    assert!(fast.retire_and_send_sgi_to_self(1, 5, 1).is_none(), "5 is not in an LR");
+    assert!(fast.retire_and_send_sgi_to_self(0, 6, 1).is_none(), "6 is vCPU 1's");
+    assert!(fast.retire_and_send_sgi_to_self(1, 6, 2).is_none(), "SGI 2 is disabled");
+    assert!(fast.retire_and_send_sgi_to_self(1, 6, 16).is_none(), "not an SGI");
+    let _ = fast.send_sgi(0, 1 << 24 | 0b10);
+    let pending = fast.save();
+    assert!(fast.retire_and_send_sgi_to_self(1, 6, 1).is_none(), "SGI 1 is pending already");
+    assert_eq!(fast.save(), pending);
+    let _ = fast.send_sgi(0, 6 << 24 | 0b10);
+    let latched = fast.save();
+    assert!(fast.retire_and_send_sgi_to_self(1, 6, 5).is_none(), "a new edge of 6 came while it was in the LR");
+    assert_eq!(fast.save(), latched);
+    assert_ne!(before, latched);
+}

@@ -77,24 +77,17 @@ __hv_guest_enter:
 .global __el2_lower_a64_sync
 __el2_lower_a64_sync:
     stp x0, x1, [sp, #-16]!
-    mov w1, #({hv_null} & 0xffff)
-    movk w1, #({hv_null} >> 16), lsl #16
-    cmp w0, w1
-    b.ne 1f
+    // The exception class first: any other exit is on its way after two compares.
     mrs x1, esr_el2
     ubfx x1, x1, #26, #6
     cmp x1, #0x16
-    b.ne 1f
-    // HV_NULL: answer 0 (in the saved x0), then count it and go back.
-    str xzr, [sp]
-    b 5f
-1:  // A read of the UART's flag register (a data abort, EC 0x24, with a valid syndrome: ISV;
+    b.eq 8f
+    cmp x1, #0x24
+    b.ne 3f
+    // A read of the UART's flag register (a data abort, EC 0x24, with a valid syndrome: ISV;
     // not sign-extending, not a write, not a stage-1 walk; a byte, halfword or word), at IPA
     // {uart_base_mb} MiB + {uart_fr}: its value is a constant of the model ({uart_fr_value}).
     mrs x1, esr_el2
-    ubfx x0, x1, #26, #6
-    cmp x0, #0x24
-    b.ne 3f
     tbz x1, #24, 3f
     tbnz x1, #21, 3f
     tbnz x1, #6, 3f
@@ -138,8 +131,6 @@ __el2_lower_a64_sync:
     // Not reached; stops straight-line speculation past the ERET.
     dsb nsh
     isb
-3:  mov x1, #0
-    b __hv_guest_exit
     // x0 and x1 (never taken: their slots are written above), then x2-x30.
 6:  udf #0
     udf #0
@@ -167,6 +158,17 @@ __el2_lower_a64_serror:
     stp x0, x1, [sp, #-16]!
     mov x1, #3
     b __hv_guest_exit
+
+// (__el2_lower_a64_sync's last part, falling through into __hv_guest_exit.)
+8:  // An HVC: HV_NULL answers 0 (in the saved x0), then it is counted and back it goes.
+    mov w1, #({hv_null} & 0xffff)
+    movk w1, #({hv_null} >> 16), lsl #16
+    cmp w0, w1
+    b.ne 3f
+    str xzr, [sp]
+    b 5b
+3:  // The general exit (kind 0, a synchronous exception), straight on.
+    mov x1, #0
 
 // sp: [guest x0, guest x1], then the host frame [&GuestRegs, x18, x19..x30]; x1 = kind.
 __hv_guest_exit:

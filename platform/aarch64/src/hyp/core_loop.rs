@@ -50,8 +50,9 @@ pub(super) struct Core<'h> {
     /// The last fill (or direct load) left nothing behind in the model for the loaded vCPU: every
     /// interrupt that wanted an LR got one.
     nothing_waiting: bool,
-    /// The LRs hold exactly what the model gave since the last exit (a direct load in an exit
-    /// handler): the next entry need not fill them while the epoch and the timer's line hold.
+    /// The LRs hold exactly what the model gave since the last exit (LR 0 loaded at the exit,
+    /// `sgi_to_self_at_exit`, which enters again at once): the next entry need not fill them
+    /// while the epoch and the timer's line hold.
     lrs_fresh: bool,
     /// The loaded vCPU's last fill found nothing to deliver (no LR used, no overflow), at its
     /// interrupt epoch (`Vcpu::vgic_epoch`) `fill_epoch`, with its timer's line at
@@ -627,8 +628,7 @@ impl Core<'_> {
                 // Another vCPU kept loaded is saved first; the guest settings of `HCR_EL2` and
                 // the stage-2 registers stay for this one (a switch).
                 let switch = kept.is_some();
-                if let Some((kept, ctx)) = kept {
-                    self.sync_direct_lrs(kept);
+                if let Some((_, ctx)) = kept {
                     self.save_vcpu(ctx);
                 }
                 let mut ctx = vcpu.ctx.lock();
@@ -673,6 +673,15 @@ impl Core<'_> {
             if self.profile.is_some() {
                 let class = super::instructions::exit_class(kind == ExitKind::Sync, esr);
                 self.profile = Some(ProfileMark::exit(class));
+            }
+            // A self-IPI: the whole exit here when it can be (LR 0 loaded directly).
+            if kind == ExitKind::Sync {
+                if let Some(intid) = exits::sgi_to_self_write(esr, &ctx.regs, vcpu) {
+                    if self.sgi_to_self_at_exit(vm, vcpu, intid) {
+                        ctx.regs.pc += 4;
+                        continue;
+                    }
+                }
             }
             self.vgic_exit(vm, vcpu);
             let action = match kind {
@@ -732,7 +741,6 @@ impl Core<'_> {
         match reason {
             // Off the core for good (or until a CPU_ON): put away now, no deadline.
             ExitReason::Stop(_) | ExitReason::PsciCpuOff => {
-                self.sync_direct_lrs(id);
                 self.put_away_vcpu(ctx);
                 vcpu.timer_deadline.store(NO_DEADLINE, Ordering::Release);
             }
@@ -822,30 +830,9 @@ impl Core<'_> {
     /// Puts away the vCPU kept loaded since its last run, if any (before anything else runs
     /// or the core idles).
     fn put_away(&mut self) {
-        if let Some((id, ctx)) = self.kept.take() {
-            self.sync_direct_lrs(id);
+        if let Some((_, ctx)) = self.kept.take() {
             self.put_away_vcpu(ctx);
         }
-    }
-
-    /// An exit handler loaded the list registers directly (`send_sgi_to_self`) and the vCPU
-    /// leaves the core before entering again: what they hold goes back into the model, as at an
-    /// exit, or the next vCPU's entry would find them (an interrupt lost, or delivered to the
-    /// wrong vCPU). A vCPU picked again at once keeps them: it is entered as it was left.
-    #[inline(always)]
-    fn sync_direct_lrs(&mut self, id: VcpuId) {
-        if self.lrs_fresh {
-            self.sync_fresh_lrs(id);
-        }
-    }
-
-    /// [`Core::sync_direct_lrs`] when there is something to sync (out of line: rare).
-    #[inline(never)]
-    fn sync_fresh_lrs(&mut self, id: VcpuId) {
-        let vcpu = self.hyp.vcpu(id);
-        let vm = &self.hyp.vms[vcpu.vm.index()];
-        self.vgic_exit(vm, vcpu);
-        self.lrs_fresh = false;
     }
 
     /// Takes a loaded vCPU off the core: saves its state, lets go of the physical timer
@@ -935,6 +922,17 @@ impl Core<'_> {
 
     /// Before an entry: the timer's line into the model, the list registers from it.
     fn vgic_enter(&mut self, vm: &Vm, vcpu: &Vcpu) {
+        // LR 0 was loaded at the exit just now (`sgi_to_self_at_exit`), which found the timer's
+        // line as the model has it, its physical interrupt not held active, and the vCPU's
+        // epoch where the last fill left it. What changed since comes with a physical
+        // interrupt once the guest runs, which brings it back: a rise of the line as the
+        // timer's PPI, and a bump of the epoch by another core with its kick (`Core::dispatch`:
+        // the vCPU is running here).
+        if self.lrs_fresh {
+            self.lrs_fresh = false;
+            return;
+        }
+        let epoch = &vcpu.vgic_epoch;
         let line = vtimer_line();
         if self.vtimer_active && !line {
             gic::deactivate(gic::PPI_VTIMER);
@@ -942,15 +940,13 @@ impl Core<'_> {
         }
         // Nothing in the LRs, nothing was deliverable at the last fill, and nothing new for
         // this vCPU since (its epoch): the LRs stay empty (and ICH_HCR_EL2 as that fill set it).
-        let epoch = &vcpu.vgic_epoch;
-        if ((self.lrs_used == 0 && self.fill_clean) || self.lrs_fresh)
+        if self.lrs_used == 0
+            && self.fill_clean
             && line == self.timer_line
             && epoch.load(core::sync::atomic::Ordering::Acquire) == self.fill_epoch
         {
-            self.lrs_fresh = false;
             return;
         }
-        self.lrs_fresh = false;
         // Filled a few at a time (the model hands out the best first, so the order is the same
         // as in one call); only the filled ones are written, the others are empty already.
         let mut chunk = [Lr::INVALID; 4];
@@ -1099,25 +1095,35 @@ impl Core<'_> {
         self.dispatch(vm, fx, Some(vcpu.id));
     }
 
-    /// An `ICC_SGI1R_EL1` write of the loaded vCPU that targets only itself, when its list
-    /// registers are empty and nothing waits for them: the SGI goes straight into LR 0 under
-    /// one lock, without a kick (the vCPU is here) and without a fill at the entry. Returns
-    /// false when the general path must send it.
-    pub fn send_sgi_to_self(&mut self, vm: &Vm, vcpu: &Vcpu, intid: u32) -> bool {
-        if self.lrs_used != 0
-            || !self.fill_clean
+    /// An `ICC_SGI1R_EL1` write of the loaded vCPU that targets only itself (`intid`), at the
+    /// exit, before `vgic_exit`: when the list registers are empty, or hold only one
+    /// interrupt the guest has taken and ended, and nothing waits for them, the SGI goes
+    /// straight into LR 0, the consumed one retired, under one lock; no kick (the vCPU is
+    /// here), no fill at the entry. That is the whole exit, done where `vgic_exit`, the exit
+    /// decode and `vgic_enter` would each have looked at the LRs. Returns false, having changed
+    /// nothing, when the general path must do it.
+    #[inline(always)]
+    fn sgi_to_self_at_exit(&mut self, vm: &Vm, vcpu: &Vcpu, intid: u32) -> bool {
+        // (A GICv3 CPU interface has at least one LR.)
+        if self.poll
+            || !self.nothing_waiting
             || !self.timer_synced
-            || self.hyp.lrs == 0
+            || self.vtimer_active
+            || vtimer_line() != self.timer_line
             || vcpu.vgic_epoch.load(core::sync::atomic::Ordering::Acquire) != self.fill_epoch
         {
             return false;
         }
-        let Some(lr) = vm.vgic().send_sgi_to_self_direct(vcpu.index, intid) else { return false };
+        let lr = match self.lrs_used {
+            0 if self.fill_clean => vm.vgic().send_sgi_to_self_direct(vcpu.index, intid),
+            1 if gic::ich_elrsr() & 1 != 0 => vm.vgic().retire_and_send_sgi_to_self(vcpu.index, self.lr_intid[0], intid),
+            _ => None,
+        };
+        let Some(lr) = lr else { return false };
         gic::write_lr(0, encode_ich_lr(&lr));
         self.lr_intid[0] = intid;
         self.lrs_used = 1;
         self.fill_clean = false;
-        self.nothing_waiting = true;
         self.lrs_fresh = true;
         true
     }

@@ -118,14 +118,6 @@ fn sysreg(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, iss: 
     if let Some(op2) = sgi_register_write(iss) {
         let rt = ((iss >> 5) & 0x1f) as usize;
         let value = if rt == 31 { 0 } else { regs.x[rt] };
-        if op2 == 5 {
-            if let Some(intid) = sgi_to_self_only(value, vcpu.index) {
-                if core.send_sgi_to_self(vm, vcpu, intid) {
-                    regs.pc += 4;
-                    return Action::Resume;
-                }
-            }
-        }
         let fx = {
             let mut vgic = vm.vgic();
             if op2 == 5 {
@@ -192,16 +184,27 @@ fn sgi_register_write(iss: u32) -> Option<u32> {
     (iss & ISS_SGI_MASK == ISS_SGI_WRITE && op2 >= 5).then_some(op2)
 }
 
-/// The SGI of an `ICC_SGI1R_EL1` value that targets exactly the sender (`index`, affinity
-/// 0.0.0.index): IRM = 0, Aff3..Aff1 = 0, the range selector and TargetList naming only it.
-fn sgi_to_self_only(value: u64, index: u16) -> Option<u32> {
-    let aff = value & (0xff << 48 | 0xff << 32 | 0xff << 16);
-    let irm = value & (1 << 40);
-    let rs = (value >> 44) & 0xf;
-    let list = value & 0xffff;
-    (aff == 0 && irm == 0 && rs == u64::from(index / 16) && list == 1 << (index % 16))
-        .then_some(((value >> 24) & 0xf) as u32)
+/// The low 32 bits of the ESR of an `MSR ICC_SGI1R_EL1, Xt` (EC 0x18, IL, the ISS of
+/// [`ISS_SGI_WRITE`] with Op2 5), with every bit of Rt set.
+const ESR_SGI1R_WRITE: u32 = (0x18 << 26) | (1 << 25) | ISS_SGI_WRITE | (5 << 17) | (0x1f << 5);
+
+/// The SGI of a trapped `ICC_SGI1R_EL1` write (syndrome `esr`, the guest's registers `regs`)
+/// that targets exactly the sender (`vcpu`), if it is one: the hot exit of a guest's
+/// self-IPI, recognized before the general exit decode (`Core::sgi_to_self_at_exit`).
+#[inline(always)]
+pub(super) fn sgi_to_self_write(esr: u64, regs: &GuestRegs, vcpu: &Vcpu) -> Option<u32> {
+    // Rt set, so that one compare tests the rest (an AArch64 trap has IL set).
+    if esr as u32 | (0x1f << 5) != ESR_SGI1R_WRITE {
+        return None;
+    }
+    let rt = ((esr >> 5) & 0x1f) as usize;
+    let value = regs.x.get(rt).copied().unwrap_or(0);
+    (value & SGI1R_TARGETS == vcpu.sgi_self_target).then_some(((value >> 24) & 0xf) as u32)
 }
+
+/// The fields of an `ICC_SGI1R_EL1` value that name its targets: Aff3, IRM, RS, Aff2, Aff1 and
+/// TargetList.
+const SGI1R_TARGETS: u64 = 0xff << 48 | 0xf << 44 | 1 << 40 | 0xff << 32 | 0xff << 16 | 0xffff;
 
 /// An HVC: the hypervisor's calls, PSCI, or `NOT_SUPPORTED`.
 fn hvc(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs) -> Action {

@@ -288,6 +288,14 @@ pub struct Vcpu {
     /// vCPU whose list registers are empty and whose last fill found nothing need not look at
     /// the model again at its next entry while this stays the same.
     pub vgic_epoch: AtomicU64,
+    /// The target fields of an `ICC_SGI1R_EL1` value that names only this vCPU (affinity
+    /// 0.0.0.index: `RS` = index / 16, `TargetList` bit index % 16, IRM and Aff3..Aff1 0).
+    pub sgi_self_target: u64,
+}
+
+/// [`Vcpu::sgi_self_target`] of the vCPU with index `index`.
+pub const fn sgi_self_target(index: u16) -> u64 {
+    (index as u64 / 16) << 44 | 1 << (index % 16)
 }
 
 impl fmt::Debug for Vcpu {
@@ -512,6 +520,7 @@ impl Vm {
                 boot: BootSlot::new(),
                 timer_deadline: AtomicU64::new(NO_DEADLINE),
                 vgic_epoch: AtomicU64::new(0),
+                sgi_self_target: sgi_self_target(i),
             })
             .collect()
     }
