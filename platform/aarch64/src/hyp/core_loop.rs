@@ -1116,7 +1116,9 @@ impl Core<'_> {
         }
         let lr = match self.lrs_used {
             0 if self.fill_clean => vm.vgic().send_sgi_to_self_direct(vcpu.index, intid),
-            1 if gic::ich_elrsr() & 1 != 0 => vm.vgic().retire_and_send_sgi_to_self(vcpu.index, self.lr_intid[0], intid),
+            1 if gic::ich_elrsr() & 1 != 0 => {
+                vm.vgic().retire_and_send_sgi_to_self(vcpu.index, self.lr_intid[0], intid)
+            }
             _ => None,
         };
         let Some(lr) = lr else { return false };

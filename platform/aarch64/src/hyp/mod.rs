@@ -647,7 +647,8 @@ impl Hypervisor {
         }
         for vm in self.vms.iter().filter(|vm| vm.trap_tlbi) {
             let (tlbi, waited) = vm.tlb.counts();
-            let us = |ticks: &AtomicU64| timer::ticks_to_nanos(ticks.load(Ordering::Relaxed), timer::frequency_hz()) / 1000;
+            let us =
+                |ticks: &AtomicU64| timer::ticks_to_nanos(ticks.load(Ordering::Relaxed), timer::frequency_hz()) / 1000;
             println!(
                 "stat vm {} tlbi={tlbi} tlbi_waited={waited} tlbi_wait_us={} tlbi_wait_max_us={}",
                 vm.name,
