@@ -29,6 +29,6 @@ pub use sched::{
     build, BuildError, CoreRuntime, Decision, Event, ExitReason, MoveError, OfflineError, RuntimeConfig, RuntimeError,
     SchedParams, TraceSink, VcpuSched, VcpuStats,
 };
-pub use system::{AffinityState, PowerOnError, System, VcpuStatus};
+pub use system::{AffinityState, PowerOnError, Signal, System, VcpuStatus};
 pub use time::{Instant, Nanos};
 pub use vcpu::{Reservation, VcpuConfig, VcpuInfo, VcpuState};

@@ -1265,3 +1265,22 @@ fn a_refused_hand_over_puts_the_vcpu_back_as_it_was() {
         .iter()
         .any(|s| s.id() == moved && s.stats().migrations == before.iter().find(|b| b.0 == moved).unwrap().1 + 1));
 }
+
+#[test]
+fn a_signal_says_whether_it_woke_the_vcpu_or_found_it_running() {
+    use crate::Signal;
+    let (sys, mut cores) = system(2, vec![share(0, 1)]);
+    let core = &mut cores[0];
+    // Running on core 0: found there, woken by nobody.
+    assert!(matches!(core.next(&sys, Instant::ZERO, &mut ()), Decision::Run { vcpu: V0, .. }));
+    assert_eq!(sys.signal(V0), Signal::Running(C0));
+    // The signal stays pending: its WFI does not block. Then it blocks, and is woken once; a
+    // second signal finds it runnable already.
+    core.handle(&sys, Event::Exit { vcpu: V0, reason: ExitReason::Wfi }, at_ms(1), &mut ()).unwrap();
+    assert_eq!(sys.status(V0).state, VcpuState::Runnable, "the signal was pending: no block");
+    run_once(&sys, core, V0, at_ms(1), at_ms(2), ExitReason::Wfi, &mut ());
+    assert_eq!(sys.status(V0).state, VcpuState::Blocked);
+    assert_eq!(sys.signal(V0), Signal::Woken(C0));
+    assert_eq!(sys.signal(V0), Signal::Other);
+    assert_eq!(sys.wake(V0), None);
+}

@@ -61,6 +61,18 @@ const fn with_state(word: u32, state: VcpuState) -> u32 {
     (word & !STATE_MASK) | state as u32
 }
 
+/// What [`System::signal`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// It was blocked (or migrating) and is runnable now: kick this core, its owner.
+    Woken(CoreId),
+    /// It was running on this core.
+    Running(CoreId),
+    /// Anything else: runnable (it runs soon and sees the event), woken already, parked or
+    /// stopped.
+    Other,
+}
+
 /// A snapshot of a vCPU's state word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VcpuStatus {
@@ -258,17 +270,29 @@ impl System {
     /// runnable; a running or runnable one is unaffected (and will not block on its next WFI);
     /// a parked or stopped one ignores it. Returns the core to kick (send an IPI to), if any.
     pub fn wake(&self, vcpu: VcpuId) -> Option<CoreId> {
+        match self.signal(vcpu) {
+            Signal::Woken(core) => Some(core),
+            _ => None,
+        }
+    }
+
+    /// [`System::wake`], saying also which core ran the vCPU when it was signalled, from the
+    /// same atomic step: a platform makes a running vCPU exit to see the event. (A vCPU that
+    /// starts running later sees it anyway: the event is published before the signal, and the
+    /// start is a later step on the same word.)
+    pub fn signal(&self, vcpu: VcpuId) -> Signal {
         if vcpu.index() >= self.vcpus.len() {
-            return None;
+            return Signal::Other;
         }
         let old = self.word(vcpu).fetch_or(WAKE, Ordering::AcqRel);
         let status = decode(old);
         match status.state {
             VcpuState::Blocked | VcpuState::Migrating if old & WAKE == 0 => {
                 self.kick(status.owner);
-                Some(status.owner)
+                Signal::Woken(status.owner)
             }
-            _ => None,
+            VcpuState::Running => Signal::Running(status.owner),
+            _ => Signal::Other,
         }
     }
 

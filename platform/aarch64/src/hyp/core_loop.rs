@@ -16,7 +16,7 @@
 
 use vcpu_runtime::tlb::CoreTlb;
 use vcpu_runtime::trace::{FaultKind, StopReason, TraceEvent, TraceKind};
-use vcpu_runtime::{CoreId, CoreRuntime, Decision, Event, ExitReason, Instant, VcpuId, VcpuState};
+use vcpu_runtime::{CoreId, CoreRuntime, Decision, Event, ExitReason, Instant, Signal, VcpuId, VcpuState};
 use vdev::vgic::{decode_ich_lr, encode_ich_lr, Effects, Lr};
 
 use super::exits::{self, Action};
@@ -24,7 +24,7 @@ use super::instructions::ProfileMark;
 use super::power;
 use super::vm::{Vcpu, Vm, NO_DEADLINE};
 use super::Hypervisor;
-use crate::guest::{self, ExitKind, LrMemo, VcpuContext};
+use crate::guest::{self, ExitKind, GuestRegs, LrMemo, VcpuContext};
 use crate::{fail, gic, smp, stage2, timer};
 use spin::MutexGuard;
 
@@ -486,16 +486,11 @@ impl Core<'_> {
 
     /// Wakes `vcpu` (if blocked) and, if it runs on another core, makes it exit.
     pub fn kick_vcpu(&mut self, vcpu: VcpuId) {
-        let sys = &self.hyp.sys;
-        match sys.wake(vcpu) {
-            Some(core) if core == self.me => self.poll = true,
-            Some(core) => self.hyp.kick_core(core, true),
-            None => {
-                let status = sys.status(vcpu);
-                if status.state == VcpuState::Running && status.owner != self.me {
-                    self.hyp.kick_core(status.owner, false);
-                }
-            }
+        match self.hyp.sys.signal(vcpu) {
+            Signal::Woken(core) if core == self.me => self.poll = true,
+            Signal::Woken(core) => self.hyp.kick_core(core, true),
+            Signal::Running(core) if core != self.me => self.hyp.kick_core(core, false),
+            Signal::Running(_) | Signal::Other => {}
         }
     }
 
@@ -674,26 +669,27 @@ impl Core<'_> {
                 let class = super::instructions::exit_class(kind == ExitKind::Sync, esr);
                 self.profile = Some(ProfileMark::exit(class));
             }
-            // A self-IPI: the whole exit here when it can be (LR 0 loaded directly).
-            if kind == ExitKind::Sync {
-                if let Some(intid) = exits::sgi_to_self_write(esr, &ctx.regs, vcpu) {
-                    if self.sgi_to_self_at_exit(vm, vcpu, intid) {
-                        ctx.regs.pc += 4;
-                        continue;
+            // An IPI: the whole exit here when it can be (`sgi_at_exit`).
+            let sgi = if kind == ExitKind::Sync { self.sgi_at_exit(vm, vcpu, &mut ctx.regs, esr) } else { SgiExit::No };
+            let action = if sgi == SgiExit::Sent {
+                continue;
+            } else if sgi == SgiExit::SentPoll {
+                // The runtime looks first (the IPI woke a vCPU of this core): no entry now.
+                self.lrs_fresh = false;
+                Action::Resume
+            } else {
+                self.vgic_exit(vm, vcpu);
+                match kind {
+                    ExitKind::Sync => exits::handle(self, vm, vcpu, &mut ctx, esr),
+                    ExitKind::Irq | ExitKind::Fiq => match self.take_irqs(until) {
+                        Action::Exit(ExitReason::Preempted) if !self.poll => self.renew(&mut until),
+                        action => action,
+                    },
+                    ExitKind::SError => {
+                        self.fault(vm, vcpu, FaultKind::Other(0x2f));
+                        self.stop_vm(vm, StopReason::Fault, id);
+                        Action::Exit(ExitReason::Stop(StopReason::Fault))
                     }
-                }
-            }
-            self.vgic_exit(vm, vcpu);
-            let action = match kind {
-                ExitKind::Sync => exits::handle(self, vm, vcpu, &mut ctx, esr),
-                ExitKind::Irq | ExitKind::Fiq => match self.take_irqs(until) {
-                    Action::Exit(ExitReason::Preempted) if !self.poll => self.renew(&mut until),
-                    action => action,
-                },
-                ExitKind::SError => {
-                    self.fault(vm, vcpu, FaultKind::Other(0x2f));
-                    self.stop_vm(vm, StopReason::Fault, id);
-                    Action::Exit(ExitReason::Stop(StopReason::Fault))
                 }
             };
             let leaving = match action {
@@ -1095,40 +1091,76 @@ impl Core<'_> {
         self.dispatch(vm, fx, Some(vcpu.id));
     }
 
-    /// An `ICC_SGI1R_EL1` write of the loaded vCPU that targets only itself (`intid`), at the
-    /// exit, before `vgic_exit`: when the list registers are empty, or hold only one
-    /// interrupt the guest has taken and ended, and nothing waits for them, the SGI goes
-    /// straight into LR 0, the consumed one retired, under one lock; no kick (the vCPU is
-    /// here), no fill at the entry. That is the whole exit, done where `vgic_exit`, the exit
-    /// decode and `vgic_enter` would each have looked at the LRs. Returns false, having changed
-    /// nothing, when the general path must do it.
+    /// A trapped `ICC_SGI1R_EL1` write (syndrome `esr`), at the exit, before `vgic_exit`: when
+    /// nothing waits for the vCPU's list registers (the last fill left nothing behind, the
+    /// epoch and the timer's line are where it left them, the timer's physical interrupt is not
+    /// held active), that is the whole exit, done where `vgic_exit`, the exit decode and
+    /// `vgic_enter` would each have looked at the LRs; PC + 4. Returns [`SgiExit::No`], having
+    /// changed nothing, when the general path must do it.
+    ///
+    /// - An SGI to the vCPU alone, when its LRs are empty or hold only one interrupt the guest
+    ///   has taken and ended: straight into LR 0 under one lock, the consumed one retired in
+    ///   the same step; no kick (the vCPU is here), no fill at the entry.
+    /// - Any other, when its LRs are empty: sent, and its targets woken or kicked; the entry
+    ///   skips the model unless the SGI named the sender too (its epoch moved).
+    ///
+    /// What changes after that comes as a physical interrupt once the guest runs (`vgic_enter`).
     #[inline(always)]
-    fn sgi_to_self_at_exit(&mut self, vm: &Vm, vcpu: &Vcpu, intid: u32) -> bool {
-        // (A GICv3 CPU interface has at least one LR.)
+    fn sgi_at_exit(&mut self, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, esr: u64) -> SgiExit {
+        let Some(value) = exits::sgi1r_write(esr, regs) else { return SgiExit::No };
+        let epoch = &vcpu.vgic_epoch;
         if self.poll
             || !self.nothing_waiting
             || !self.timer_synced
             || self.vtimer_active
             || vtimer_line() != self.timer_line
-            || vcpu.vgic_epoch.load(core::sync::atomic::Ordering::Acquire) != self.fill_epoch
+            || epoch.load(core::sync::atomic::Ordering::Acquire) != self.fill_epoch
         {
-            return false;
+            return SgiExit::No;
         }
-        let lr = match self.lrs_used {
-            0 if self.fill_clean => vm.vgic().send_sgi_to_self_direct(vcpu.index, intid),
-            1 if gic::ich_elrsr() & 1 != 0 => {
-                vm.vgic().retire_and_send_sgi_to_self(vcpu.index, self.lr_intid[0], intid)
+        if let Some(intid) = exits::sgi_to_self_only(value, vcpu) {
+            // (A GICv3 CPU interface has at least one LR.)
+            let lr = match self.lrs_used {
+                0 if self.fill_clean => vm.vgic().send_sgi_to_self_direct(vcpu.index, intid),
+                1 if gic::ich_elrsr() & 1 != 0 => {
+                    vm.vgic().retire_and_send_sgi_to_self(vcpu.index, self.lr_intid[0], intid)
+                }
+                _ => None,
+            };
+            let Some(lr) = lr else { return SgiExit::No };
+            gic::write_lr(0, encode_ich_lr(&lr));
+            self.lr_intid[0] = intid;
+            self.lrs_used = 1;
+            self.fill_clean = false;
+            self.lrs_fresh = true;
+            regs.pc += 4;
+            SgiExit::Sent
+        } else {
+            if self.lrs_used != 0 || !self.fill_clean {
+                return SgiExit::No;
             }
-            _ => None,
-        };
-        let Some(lr) = lr else { return false };
-        gic::write_lr(0, encode_ich_lr(&lr));
-        self.lr_intid[0] = intid;
-        self.lrs_used = 1;
-        self.fill_clean = false;
-        self.lrs_fresh = true;
-        true
+            let fx = vm.vgic().send_sgi(vcpu.index, value);
+            self.dispatch(vm, fx, Some(vcpu.id));
+            self.lrs_fresh = epoch.load(core::sync::atomic::Ordering::Acquire) == self.fill_epoch;
+            regs.pc += 4;
+            if self.poll {
+                SgiExit::SentPoll
+            } else {
+                SgiExit::Sent
+            }
+        }
     }
+}
+
+/// What [`Core::sgi_at_exit`] did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SgiExit {
+    /// Nothing: the general path handles the exit.
+    No,
+    /// The SGI is sent: the guest goes on.
+    Sent,
+    /// The SGI is sent and woke a vCPU of this core: the runtime looks first.
+    SentPoll,
 }
 
 /// The maintenance interrupts an entry asks for (`ICH_HCR_EL2`) when interrupts were left

@@ -188,17 +188,22 @@ fn sgi_register_write(iss: u32) -> Option<u32> {
 /// [`ISS_SGI_WRITE`] with Op2 5), with every bit of Rt set.
 const ESR_SGI1R_WRITE: u32 = (0x18 << 26) | (1 << 25) | ISS_SGI_WRITE | (5 << 17) | (0x1f << 5);
 
-/// The SGI of a trapped `ICC_SGI1R_EL1` write (syndrome `esr`, the guest's registers `regs`)
-/// that targets exactly the sender (`vcpu`), if it is one: the hot exit of a guest's
-/// self-IPI, recognized before the general exit decode (`Core::sgi_to_self_at_exit`).
+/// The value of a trapped `ICC_SGI1R_EL1` write (syndrome `esr`, the guest's registers
+/// `regs`), if the exit is one: the hot exit of a guest's IPIs, recognized before the general
+/// exit decode (`Core::sgi_at_exit`).
 #[inline(always)]
-pub(super) fn sgi_to_self_write(esr: u64, regs: &GuestRegs, vcpu: &Vcpu) -> Option<u32> {
+pub(super) fn sgi1r_write(esr: u64, regs: &GuestRegs) -> Option<u64> {
     // Rt set, so that one compare tests the rest (an AArch64 trap has IL set).
     if esr as u32 | (0x1f << 5) != ESR_SGI1R_WRITE {
         return None;
     }
     let rt = ((esr >> 5) & 0x1f) as usize;
-    let value = regs.x.get(rt).copied().unwrap_or(0);
+    Some(regs.x.get(rt).copied().unwrap_or(0))
+}
+
+/// The SGI of an `ICC_SGI1R_EL1` value that names `vcpu` alone.
+#[inline(always)]
+pub(super) fn sgi_to_self_only(value: u64, vcpu: &Vcpu) -> Option<u32> {
     (value & SGI1R_TARGETS == vcpu.sgi_self_target).then_some(((value >> 24) & 0xf) as u32)
 }
 
