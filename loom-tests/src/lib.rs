@@ -22,7 +22,7 @@
 
 use vcpu_runtime::{
     build, CoreId, CoreMask, CoreRuntime, Decision, Event, ExitReason, Instant, MoveError, PowerOnError, RuntimeConfig,
-    RuntimeError, SchedParams, System, VcpuConfig, VcpuId, VcpuState, VmId,
+    RuntimeError, SchedParams, Signal, System, VcpuConfig, VcpuId, VcpuState, VmId,
 };
 
 /// The primitives of the thread bodies: loom's under `cfg(loom)`, std's otherwise.
@@ -53,6 +53,10 @@ pub struct Outcome {
     pub kick: Option<CoreId>,
     /// vCPUs the body's core entered, in order.
     pub runs: Vec<VcpuId>,
+    /// What `System::signal` found.
+    pub signal: Option<Signal>,
+    /// Whether the body's core, entering a vCPU, saw the event published for it.
+    pub saw_event: Option<bool>,
 }
 
 /// One thread's work.
@@ -292,6 +296,34 @@ pub fn handover_while_waking(runner: &dyn Runner) -> Vec<String> {
     assert_eq!(owner_of(&cores, V0), C1);
     assert_runs_next(&sys, &mut cores, V0);
     vec![kicked(out[2].kick), ran_in_thread(&out[1].runs)]
+}
+
+/// Model 12: an interrupt for a runnable vCPU (the event published, then `System::signal`,
+/// as the hypervisor's `Core::dispatch` bumps the vCPU's interrupt epoch and then signals it)
+/// while its core starts running it and, entering it, reads the event (the epoch at
+/// `vgic_enter`). Either the signal finds the vCPU running, and the platform kicks its core, or
+/// the core sees the event: an IPI is never left unseen.
+pub fn signal_vs_start(runner: &dyn Runner) -> Vec<String> {
+    let (sys, mut cores) = system(1, vec![vcpu(0, CoreMask::ALL, false)]);
+    let event = Arc::new(AtomicUsize::new(0));
+    let mut core0 = cores.pop().expect("core 0");
+    let (s0, s1, e0, e1) = (sys.clone(), sys.clone(), event.clone(), event.clone());
+    let bodies: Vec<Body> = vec![
+        Box::new(move || {
+            let decision = core0.next(&s0, NOW, &mut ());
+            let saw_event = matches!(decision, Decision::Run { vcpu: V0, .. }).then(|| e0.load(Ordering::Acquire) != 0);
+            Outcome { core: Some(core0), saw_event, ..Outcome::default() }
+        }),
+        Box::new(move || {
+            e1.fetch_add(1, Ordering::AcqRel);
+            Outcome { signal: Some(s1.signal(V0)), ..Outcome::default() }
+        }),
+    ];
+    let out = runner.run(bodies);
+    let signal = out[1].signal.expect("the sender signalled");
+    let saw = out[0].saw_event.expect("core 0 runs its only runnable vCPU");
+    assert!(signal == Signal::Running(C0) || saw, "signal {signal:?} and the core entered without seeing the event");
+    vec![format!("signal {signal:?}"), format!("saw the event at entry: {saw}")]
 }
 
 /// Model 2: the running vCPU executes WFI on its core while another thread wakes it. The core

@@ -23,6 +23,10 @@ const WAKE_KICKED_CORE1: &str = "wake kicked Some(CoreId(1))";
 const WAKE_KICKED_NONE: &str = "wake kicked None";
 const RAN: &str = "ran in a thread: true";
 const DID_NOT_RUN: &str = "ran in a thread: false";
+/// What model 12 must reach: the signal finding the vCPU running or not, the core seeing the
+/// event at its entry or not.
+const SIGNAL_VS_START: [&str; 4] =
+    ["signal Running(CoreId(0))", "signal Other", "saw the event at entry: true", "saw the event at entry: false"];
 const MIGRATED: &str = "migrate Ok(())";
 const MIGRATE_REFUSED: &str = "migrate Err(CoreOffline(CoreId(1)))";
 
@@ -36,6 +40,12 @@ fn handover_while_waking() {
 #[test]
 fn wake_vs_block() {
     model(&[WAKE_KICKED_CORE0, WAKE_KICKED_NONE, RAN, DID_NOT_RUN], loom_tests::wake_vs_block);
+}
+
+/// Model 12: an interrupt for a runnable vCPU while its core starts running it.
+#[test]
+fn signal_vs_start() {
+    model(&SIGNAL_VS_START, loom_tests::signal_vs_start);
 }
 
 /// Model 3: two senders and a receiver on one mailbox.

@@ -48,6 +48,15 @@ fn wake_vs_block() {
 }
 
 #[test]
+fn signal_vs_start() {
+    check(
+        2,
+        &["signal Running(CoreId(0))", "signal Other", "saw the event at entry: true", "saw the event at entry: false"],
+        |r| loom_tests::signal_vs_start(r),
+    );
+}
+
+#[test]
 fn mailbox_two_senders() {
     check(3, &["core 2 ran []", "core 2 ran [VcpuId(0), VcpuId(0)]", "core 2 ran [VcpuId(2), VcpuId(2)]"], |r| {
         loom_tests::mailbox_two_senders(r)
