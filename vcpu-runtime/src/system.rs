@@ -284,15 +284,19 @@ impl System {
         if vcpu.index() >= self.vcpus.len() {
             return Signal::Other;
         }
+        const BLOCKED: u32 = VcpuState::Blocked as u32;
+        const RUNNING: u32 = VcpuState::Running as u32;
         let old = self.word(vcpu).fetch_or(WAKE, Ordering::AcqRel);
-        let status = decode(old);
-        match status.state {
-            VcpuState::Blocked | VcpuState::Migrating if old & WAKE == 0 => {
-                self.kick(status.owner);
-                Signal::Woken(status.owner)
-            }
-            VcpuState::Running => Signal::Running(status.owner),
-            _ => Signal::Other,
+        let owner = owner_of(old);
+        // The bits, not `decode`: this is every IPI's path.
+        if old & WAKE == 0 && (old & IN_FLIGHT != 0 || old & STATE_MASK == BLOCKED) {
+            // Blocked or in flight, and the first wake-up.
+            self.kick(owner);
+            Signal::Woken(owner)
+        } else if old & (IN_FLIGHT | STATE_MASK) == RUNNING {
+            Signal::Running(owner)
+        } else {
+            Signal::Other
         }
     }
 

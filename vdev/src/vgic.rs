@@ -477,13 +477,19 @@ impl Vgic {
     fn set_want(&mut self, slot: usize, want: bool) {
         let private = self.private_len();
         if slot < private {
-            let (vcpu, bit) = (slot / PRIVATE_COUNT as usize, slot % PRIVATE_COUNT as usize);
-            let word = &mut self.want_private[vcpu];
-            *word = (*word & !(1 << bit)) | (u32::from(want) << bit);
+            self.set_want_private(slot / PRIVATE_COUNT as usize, slot as u32 % PRIVATE_COUNT, want);
         } else {
             let k = slot - private;
             let word = &mut self.want_spi[k / 64];
             *word = (*word & !(1 << (k % 64))) | (u64::from(want) << (k % 64));
+        }
+    }
+
+    /// [`Vgic::set_want`] of private interrupt `intid` of vCPU `vcpu`.
+    #[inline(always)]
+    fn set_want_private(&mut self, vcpu: usize, intid: u32, want: bool) {
+        if let Some(word) = self.want_private.get_mut(vcpu) {
+            *word = (*word & !(1 << intid)) | (u32::from(want) << intid);
         }
     }
 
@@ -627,6 +633,7 @@ impl Vgic {
     /// (ours are 0.0.0.index, so a non-zero Aff1..3 reaches nobody). The SGI becomes pending
     /// in each target's redistributor whatever its group (as KVM; `ICC_SGI0R_EL1` goes through
     /// [`Vgic::send_sgi_group0`]).
+    #[inline]
     pub fn send_sgi(&mut self, from_vcpu: u16, icc_sgi1r: u64) -> Effects {
         self.dispatch_sgi(from_vcpu, icc_sgi1r, true)
     }
@@ -637,6 +644,7 @@ impl Vgic {
         self.dispatch_sgi(from_vcpu, icc_sgi0r, false)
     }
 
+    #[inline(always)]
     fn dispatch_sgi(&mut self, from: u16, value: u64, allow_group1: bool) -> Effects {
         if from >= self.vcpus {
             return Effects::IGNORED;
@@ -696,7 +704,7 @@ impl Vgic {
         irq.latch = true;
         let irq = *irq;
         // `refresh` and `kick_if_enabled`, for a private interrupt of `target`.
-        self.set_want(slot, self.wants_lr(&irq));
+        self.set_want_private(usize::from(target), intid, self.wants_lr(&irq));
         let mut fx = Effects::NONE;
         if irq.enabled && self.group_enabled(&irq) {
             fx.kick.insert(target);
