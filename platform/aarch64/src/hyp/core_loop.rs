@@ -473,6 +473,7 @@ impl Core<'_> {
     /// but the one whose list registers it just took back, which refills anyway: so a vCPU
     /// whose epoch did not move since its last fill has nothing new. The epoch moves before the
     /// wake-up or the IPI, so a vCPU that read the old value is made to look again.
+    #[inline]
     pub fn dispatch(&mut self, vm: &Vm, fx: Effects, current: Option<VcpuId>) {
         for index in fx.kick.iter() {
             if let Some(id) = vm.vcpu_id(index) {
@@ -1102,7 +1103,7 @@ impl Core<'_> {
     ///   has taken and ended: straight into LR 0 under one lock, the consumed one retired in
     ///   the same step; no kick (the vCPU is here), no fill at the entry.
     /// - Any other, when its LRs are empty: sent, and its targets woken or kicked; the entry
-    ///   skips the model unless the SGI named the sender too (its epoch moved).
+    ///   skips the model unless the SGI named the sender too.
     ///
     /// What changes after that comes as a physical interrupt once the guest runs (`vgic_enter`).
     #[inline(always)]
@@ -1140,8 +1141,9 @@ impl Core<'_> {
                 return SgiExit::No;
             }
             let fx = vm.vgic().send_sgi(vcpu.index, value);
+            // Named too, it refills at the entry (`dispatch` bumps its epoch).
+            self.lrs_fresh = !fx.kick.contains(vcpu.index);
             self.dispatch(vm, fx, Some(vcpu.id));
-            self.lrs_fresh = epoch.load(core::sync::atomic::Ordering::Acquire) == self.fill_epoch;
             regs.pc += 4;
             if self.poll {
                 SgiExit::SentPoll
