@@ -50,9 +50,9 @@ pub(super) struct Core<'h> {
     /// The last fill (or direct load) left nothing behind in the model for the loaded vCPU: every
     /// interrupt that wanted an LR got one.
     nothing_waiting: bool,
-    /// The LRs hold exactly what the model gave since the last exit (LR 0 loaded at the exit,
-    /// `sgi_to_self_at_exit`, which enters again at once): the next entry need not fill them
-    /// while the epoch and the timer's line hold.
+    /// The LRs hold exactly what the model gave since the last exit, which `sgi_at_exit` took
+    /// whole (LR 0 loaded with a self-IPI, or nothing touched for an IPI to others) and which
+    /// enters again at once: the next entry need not look at the model.
     lrs_fresh: bool,
     /// The loaded vCPU's last fill found nothing to deliver (no LR used, no overflow), at its
     /// interrupt epoch (`Vcpu::vgic_epoch`) `fill_epoch`, with its timer's line at
@@ -919,12 +919,12 @@ impl Core<'_> {
 
     /// Before an entry: the timer's line into the model, the list registers from it.
     fn vgic_enter(&mut self, vm: &Vm, vcpu: &Vcpu) {
-        // LR 0 was loaded at the exit just now (`sgi_to_self_at_exit`), which found the timer's
+        // The exit just now was an IPI taken whole (`sgi_at_exit`), which found the timer's
         // line as the model has it, its physical interrupt not held active, and the vCPU's
-        // epoch where the last fill left it. What changed since comes with a physical
-        // interrupt once the guest runs, which brings it back: a rise of the line as the
-        // timer's PPI, and a bump of the epoch by another core with its kick (`Core::dispatch`:
-        // the vCPU is running here).
+        // epoch where the last fill left it (and did not move it itself). What changed since
+        // comes with a physical interrupt once the guest runs, which brings it back: a rise of
+        // the line as the timer's PPI, and a bump of the epoch by another core with its kick
+        // (`Core::dispatch`: the vCPU is running here).
         if self.lrs_fresh {
             self.lrs_fresh = false;
             return;
