@@ -810,6 +810,19 @@ impl Core<'_> {
         let waited = timer::counter().wrapping_sub(start);
         vm.tlbi_wait_ticks.fetch_add(waited, core::sync::atomic::Ordering::Relaxed);
         vm.tlbi_wait_ticks_max.fetch_max(waited, core::sync::atomic::Ordering::Relaxed);
+        // A long one held this core (interrupts masked, nothing else run): said when it ends,
+        // with when it started on the trace's clock, so that a late job elsewhere can be matched
+        // with it (docs/linux-guests.md, *Real-time misses and the host*).
+        let waited_ns = timer::ticks_to_nanos(waited, timer::frequency_hz());
+        if waited_ns >= LONG_TLBI_WAIT_NS {
+            let from = timer::instant_of_ticks(start).as_nanos();
+            crate::println!(
+                "tlbi wait: core {} waited {} us from {from} ns for vm {}'s guest to be left elsewhere",
+                self.me.0,
+                waited_ns / 1000,
+                vm.name
+            );
+        }
     }
 
     /// Hands the runs collected since the last rest in to the core's energy book.
@@ -1153,6 +1166,10 @@ impl Core<'_> {
         }
     }
 }
+
+/// A wait of a trapped guest TLB maintenance instruction for other cores that is said on the
+/// console (`Core::guest_tlbi`).
+const LONG_TLBI_WAIT_NS: u64 = 1_000_000;
 
 /// What [`Core::sgi_at_exit`] did.
 #[derive(Clone, Copy, PartialEq, Eq)]
