@@ -155,6 +155,9 @@ pub struct VcpuContext {
     /// (restored by [`fp_trap`], `CPTR_EL2.TFP` clear), not in `el1`; [`unload`] saves them.
     /// Always false while the context is not loaded.
     pub fp_live: bool,
+    /// A trapped TLB maintenance instruction of the vCPU is not complete yet: these cores must
+    /// have left its VM's guest before it runs again (`Core::guest_tlbi`; not guest state).
+    pub tlbi_waits: Option<vcpu_runtime::tlb::Waits>,
 }
 
 /// PSTATE of a vCPU at reset: EL1h, D, A, I and F masked.
@@ -170,6 +173,7 @@ impl VcpuContext {
             vmpidr,
             lr_memo: LrMemo::default(),
             fp_live: false,
+            tlbi_waits: None,
         };
         ctx.reset(entry, x0);
         ctx

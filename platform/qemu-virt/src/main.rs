@@ -261,6 +261,12 @@ fn boot_main(boot: BootInfo) -> ! {
             None => fail!("hv.guest-tlbi={value}: unknown; use auto, trap or broadcast"),
         }
     }
+    if let Some(value) = vcpu_runtime::bootargs::value(bootargs, "hv.tlbi-spin-us") {
+        match value.parse::<u64>() {
+            Ok(us) => hyp::set_tlbi_spin(us.saturating_mul(1000)),
+            Err(_) => fail!("hv.tlbi-spin-us={value}: give microseconds, e.g. hv.tlbi-spin-us=200"),
+        }
+    }
     if let Some(value) = vcpu_runtime::bootargs::value(bootargs, "hv.trace") {
         match hyp::TraceLevel::from_arg(value) {
             Some(level) => hyp::set_trace_level(level),

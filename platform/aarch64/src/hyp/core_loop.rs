@@ -14,7 +14,7 @@
 //! timer's deadline in [`Vcpu::timer_deadline`]; its owner folds these deadlines into the
 //! `until` it programs and raises the line (which wakes the vCPU) when one passes.
 
-use vcpu_runtime::tlb::CoreTlb;
+use vcpu_runtime::tlb::{CoreTlb, Waits};
 use vcpu_runtime::trace::{FaultKind, StopReason, TraceEvent, TraceKind};
 use vcpu_runtime::{CoreId, CoreRuntime, Decision, Event, ExitReason, Instant, Signal, VcpuId, VcpuState};
 use vdev::vgic::{decode_ich_lr, encode_ich_lr, Effects, Lr};
@@ -26,6 +26,7 @@ use super::vm::{Vcpu, Vm, NO_DEADLINE};
 use super::Hypervisor;
 use crate::guest::{self, ExitKind, GuestRegs, LrMemo, VcpuContext};
 use crate::{fail, gic, smp, stage2, timer};
+use core::sync::atomic::AtomicU64;
 use spin::MutexGuard;
 
 /// One core's private state in the loop.
@@ -650,6 +651,9 @@ impl Core<'_> {
                 ctx
             }
         };
+        if ctx.tlbi_waits.is_some() {
+            self.finish_tlbi(vm, &mut ctx);
+        }
         vcpu.timer_deadline.store(NO_DEADLINE, Ordering::Release);
         timer::arm_hyp_timer(until);
         let reason = loop {
@@ -785,12 +789,20 @@ impl Core<'_> {
     /// instruction has completed (`vcpu_runtime::tlb`). No core is stopped that does not run
     /// the VM: a shareable `TLBI` would stop them all under QEMU (docs/linux-guests.md, *Guest
     /// TLB maintenance*).
-    pub fn guest_tlbi(&mut self, vm: &Vm, op: vdev::tlbi::TlbiOp, xt: u64) {
+    ///
+    /// The wait here is bounded ([`set_tlbi_spin`], `hv.tlbi-spin-us`): a core that has not
+    /// left the guest by then is off its host CPU, and this one would hold its own, interrupts
+    /// masked, with nothing else run. The waits still open are returned: they go into the
+    /// vCPU's context, the vCPU leaves the core (`Preempted`), so that the core can run another
+    /// one (a real-time guest's job, say), and it finishes the wait before it next enters
+    /// ([`Core::finish_tlbi`]), on whichever core. Until then the instruction has not completed
+    /// for the guest, which does not run.
+    pub fn guest_tlbi(&mut self, vm: &Vm, op: vdev::tlbi::TlbiOp, xt: u64) -> Option<Waits> {
         guest::tlbi_local(op, xt);
         let cores = &self.hyp.cores;
         let waits = self.tlb.carried_out(self.me.index(), vm.id.index(), &vm.tlb, cores.iter().map(|c| &c.guest_run));
         if waits.is_empty() {
-            return;
+            return None;
         }
         for wait in waits.iter() {
             if let Some(c) = cores.get(wait.core) {
@@ -798,15 +810,45 @@ impl Core<'_> {
             }
         }
         let start = timer::counter();
-        for wait in waits.iter() {
-            if let Some(c) = cores.get(wait.core) {
-                // It leaves the guest at the kick (a guest cannot hold it off): a few
-                // instructions of its own, unless the host deschedules it.
-                while !c.guest_run.left(wait.run) {
-                    crate::cpu::yield_hint();
-                }
+        let bound = start.saturating_add(timer::nanos_to_ticks(
+            TLBI_SPIN_NS.load(core::sync::atomic::Ordering::Relaxed),
+            timer::frequency_hz(),
+        ));
+        // Each leaves the guest at the kick (a guest cannot hold it off): a few instructions
+        // of its own, unless the host deschedules it.
+        while !self.tlbi_waits_done(&waits) {
+            if timer::counter() >= bound {
+                self.note_tlbi_wait(vm, start);
+                vm.tlbi_deferred.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+                return Some(waits);
             }
+            crate::cpu::yield_hint();
         }
+        self.note_tlbi_wait(vm, start);
+        None
+    }
+
+    /// Before a vCPU whose last trapped TLB maintenance instruction left waits open
+    /// ([`Core::guest_tlbi`]) enters again: they are waited for (by now the cores concerned
+    /// have mostly left).
+    /// (Out of line: rare, and its waits are a large value.)
+    #[inline(never)]
+    fn finish_tlbi(&mut self, vm: &Vm, ctx: &mut VcpuContext) {
+        let Some(waits) = ctx.tlbi_waits.take() else { return };
+        let start = timer::counter();
+        while !self.tlbi_waits_done(&waits) {
+            crate::cpu::yield_hint();
+        }
+        self.note_tlbi_wait(vm, start);
+    }
+
+    /// Whether every core of `waits` has left the guest run it was named in.
+    fn tlbi_waits_done(&self, waits: &Waits) -> bool {
+        waits.iter().all(|w| self.hyp.cores.get(w.core).is_none_or(|c| c.guest_run.left(w.run)))
+    }
+
+    /// Books a wait of a trapped TLB maintenance instruction that started at counter `start`.
+    fn note_tlbi_wait(&self, vm: &Vm, start: u64) {
         let waited = timer::counter().wrapping_sub(start);
         vm.tlbi_wait_ticks.fetch_add(waited, core::sync::atomic::Ordering::Relaxed);
         vm.tlbi_wait_ticks_max.fetch_max(waited, core::sync::atomic::Ordering::Relaxed);
@@ -1170,6 +1212,16 @@ impl Core<'_> {
 /// A wait of a trapped guest TLB maintenance instruction for other cores that is said on the
 /// console (`Core::guest_tlbi`).
 const LONG_TLBI_WAIT_NS: u64 = 1_000_000;
+
+/// How long a trapped guest TLB maintenance instruction waits for other cores before its vCPU
+/// leaves the core and finishes the wait at its next entry (`Core::guest_tlbi`). Waits that
+/// complete take tens of microseconds under QEMU; one that does not within this is the host's.
+static TLBI_SPIN_NS: AtomicU64 = AtomicU64::new(200_000);
+
+/// Sets [`TLBI_SPIN_NS`] (`hv.tlbi-spin-us`; 0 leaves every wait to the vCPU's next entry).
+pub fn set_tlbi_spin(nanos: u64) {
+    TLBI_SPIN_NS.store(nanos, core::sync::atomic::Ordering::Relaxed);
+}
 
 /// What [`Core::sgi_at_exit`] did.
 #[derive(Clone, Copy, PartialEq, Eq)]

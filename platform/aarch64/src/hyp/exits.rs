@@ -81,7 +81,7 @@ pub(super) fn handle(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, ctx: &mut VcpuCo
             core.fault(vm, vcpu, FaultKind::UndefinedSmc);
             Action::Resume
         }
-        TrapKind::SysReg { iss } => sysreg(core, vm, vcpu, regs, iss),
+        TrapKind::SysReg { iss } => sysreg(core, vm, vcpu, ctx, iss),
         TrapKind::DataAbort => data_abort(core, vm, vcpu, regs, guest::syndrome()),
         TrapKind::InstructionAbort => {
             guest::inject_instruction_abort(regs, guest::syndrome().far);
@@ -114,7 +114,8 @@ fn wfi(vm: &Vm, vcpu: &Vcpu) -> Action {
 /// carried out (`Core::guest_tlbi`), its reads of the ID registers get the hypervisor's view of them
 /// (`vdev::idregs`), `ACTLR_EL1` reads as the hardware's and ignores writes; anything else gets
 /// an undefined instruction.
-fn sysreg(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, iss: u32) -> Action {
+fn sysreg(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, ctx: &mut VcpuContext, iss: u32) -> Action {
+    let regs = &mut ctx.regs;
     if let Some(op2) = sgi_register_write(iss) {
         let rt = ((iss >> 5) & 0x1f) as usize;
         let value = if rt == 31 { 0 } else { regs.x[rt] };
@@ -141,8 +142,13 @@ fn sysreg(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, iss: 
     if let Some(op) = vdev::tlbi::TlbiOp::from_encoding(op0, op1, crn, crm, op2) {
         if !read && vm.trap_tlbi {
             let xt = if rt == 31 { 0 } else { regs.x[rt] };
-            core.guest_tlbi(vm, op, xt);
             regs.pc += 4;
+            if let Some(waits) = core.guest_tlbi(vm, op, xt) {
+                // Not complete until those cores have left the guest: the vCPU waits off the
+                // core, and finishes the wait before it next enters.
+                ctx.tlbi_waits = Some(waits);
+                return Action::Exit(ExitReason::Preempted);
+            }
             return Action::Resume;
         }
     }

@@ -16,6 +16,7 @@
 pub mod bench;
 pub mod checkpoint;
 mod core_loop;
+pub use core_loop::set_tlbi_spin;
 mod exits;
 pub mod instructions;
 pub mod live;
@@ -650,10 +651,11 @@ impl Hypervisor {
             let us =
                 |ticks: &AtomicU64| timer::ticks_to_nanos(ticks.load(Ordering::Relaxed), timer::frequency_hz()) / 1000;
             println!(
-                "stat vm {} tlbi={tlbi} tlbi_waited={waited} tlbi_wait_us={} tlbi_wait_max_us={}",
+                "stat vm {} tlbi={tlbi} tlbi_waited={waited} tlbi_wait_us={} tlbi_wait_max_us={} tlbi_deferred={}",
                 vm.name,
                 us(&vm.tlbi_wait_ticks),
-                us(&vm.tlbi_wait_ticks_max)
+                us(&vm.tlbi_wait_ticks_max),
+                vm.tlbi_deferred.load(Ordering::Relaxed)
             );
         }
         if let Some(text) = checkpoint::checkpoint_line_missing() {

@@ -190,6 +190,8 @@ pub struct Vm {
     /// TLB maintenance, in all and at most once (for the run's report).
     pub tlbi_wait_ticks: AtomicU64,
     pub tlbi_wait_ticks_max: AtomicU64,
+    /// Of its waits, those left to the vCPU's next entry (`Core::guest_tlbi`).
+    pub tlbi_deferred: AtomicU64,
 }
 
 /// No reset in progress ([`Vm::resetting`]).
@@ -467,6 +469,7 @@ impl Vm {
             tlb: vcpu_runtime::tlb::VmTlb::new(),
             tlbi_wait_ticks: AtomicU64::new(0),
             tlbi_wait_ticks_max: AtomicU64::new(0),
+            tlbi_deferred: AtomicU64::new(0),
         })
     }
 
