@@ -42,22 +42,22 @@ fn progress(r: &Run) -> Vec<u32> {
 }
 
 /// Takes the checkpoint with `append` (`hv.checkpoint-at` or `hv.checkpoint-on`): the run ends
-/// with the counter unfinished.
+/// with the counter unfinished. Returns the progress lines it printed before. (How far the
+/// counter gets by a time depends on the host's speed: a fast one prints all 20 lines within
+/// 100 ms, a slow one none; only unfinished is certain.)
 fn take(image: &Path, append: &str) -> Vec<u32> {
     let first = instance(2, image, append);
     first.assert_clean();
     first.assert_present("checkpoint: guest counter:");
     first.assert_absent(COUNTER_DONE);
-    let before = progress(&first);
-    assert!(!before.is_empty() && *before.last().unwrap() < 20, "stopped midway: {before:?}");
-    before
+    progress(&first)
 }
 
 #[test]
 fn a_checkpoint_restores_on_another_core_count_and_carries_on() {
     let image = blank_image("counter");
     let before = take(&image, "hv.checkpoint-on=\"progress 10/\"");
-    // The run ended at the line asked for, before the next one.
+    // The run ended at the line asked for, before the next one: midway.
     assert_eq!(before.last(), Some(&10), "{before:?}");
     let second = instance(4, &image, "hv.restore");
     second.assert_clean();
