@@ -132,13 +132,12 @@ pub struct GicCpuState {
 
 /// What the vGIC glue (`hyp/core_loop.rs`) remembers of a vCPU's last list-register fill, so
 /// that an entry after the vCPU is loaded again can skip the model as an entry of a vCPU that
-/// stayed loaded does: the fill found nothing to load and nothing left behind (`clean`), at
-/// model epoch `epoch`, with the virtual timer's line at `timer_line`.
+/// stayed loaded does: whether the fill found nothing to load and nothing left behind, and the
+/// virtual timer's line then (`flags`, the glue's), at model epoch `epoch`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LrMemo {
-    pub clean: bool,
+    pub flags: u8,
     pub epoch: u64,
-    pub timer_line: bool,
 }
 
 /// Everything of a vCPU that is not in its VM's shared state.

@@ -40,32 +40,21 @@ pub(super) struct Core<'h> {
     /// put away ([`Core::put_away`]). Its timer deadline was noted when its run ended, as for
     /// a vCPU that was put away.
     kept: Option<(VcpuId, MutexGuard<'h, VcpuContext>)>,
-    /// The physical PPI 27 was acknowledged and left active for the loaded vCPU.
-    vtimer_active: bool,
+    /// The loaded vCPU's vGIC state flags ([`VgicFlags`]).
+    vgic: VgicFlags,
     /// List registers filled at the last entry. The others are empty (0 or invalid): every
     /// list register is cleared or found consumed at the exit after it was filled, so all are
     /// empty before each fill.
     lrs_used: usize,
     /// The INTID loaded into each used list register.
     lr_intid: [u32; vdev::vgic::MAX_LRS],
-    /// The last fill (or direct load) left nothing behind in the model for the loaded vCPU: every
-    /// interrupt that wanted an LR got one.
-    nothing_waiting: bool,
     /// The LRs hold exactly what the model gave since the last exit, which `sgi_at_exit` took
     /// whole (LR 0 loaded with a self-IPI, or nothing touched for an IPI to others) and which
     /// enters again at once: the next entry need not look at the model.
     lrs_fresh: bool,
-    /// The loaded vCPU's last fill found nothing to deliver (no LR used, no overflow), at its
-    /// interrupt epoch (`Vcpu::vgic_epoch`) `fill_epoch`, with its timer's line at
-    /// `timer_line`: while all of that holds and its LRs are empty, an entry need not look at
-    /// the model. Kept with the vCPU (`VcpuContext::lr_memo`) while it is not loaded.
-    fill_clean: bool,
+    /// The loaded vCPU's interrupt epoch (`Vcpu::vgic_epoch`) at its last fill
+    /// ([`VgicFlags::FILL_CLEAN`]).
     fill_epoch: u64,
-    timer_line: bool,
-    /// The model's level of the loaded vCPU's timer interrupt is `timer_line` (only this
-    /// core's glue drives it while the vCPU is loaded): true once the glue has set it since the
-    /// load (the timer's deadline may have raised it while the vCPU was not loaded).
-    timer_synced: bool,
     /// Something this core's runtime must decide about happened (a local wake-up or CPU_ON):
     /// the running vCPU goes back to the runtime at its next exit.
     pub poll: bool,
@@ -129,15 +118,11 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
             me,
             rt,
             kept: None,
-            vtimer_active: false,
+            vgic: VgicFlags::NONE,
             lrs_used: 0,
             lr_intid: [0; vdev::vgic::MAX_LRS],
-            nothing_waiting: false,
             lrs_fresh: false,
-            fill_clean: false,
             fill_epoch: 0,
-            timer_line: false,
-            timer_synced: false,
             poll: false,
             exits: 0,
             bench: None,
@@ -640,11 +625,12 @@ impl Core<'_> {
                 }
                 self.vm_loaded = Some(regs);
                 let memo = ctx.lr_memo;
-                self.fill_clean = memo.clean;
+                // Whatever was put away before let go of the timer's PPI (`vtimer_released`);
+                // the model's timer level is synced at the first entry.
+                debug_assert!(!self.vgic.has(VgicFlags::VTIMER_ACTIVE));
+                self.vgic = VgicFlags(memo.flags);
                 self.fill_epoch = memo.epoch;
-                self.timer_line = memo.timer_line;
-                self.timer_synced = false;
-                if memo.clean {
+                if self.vgic.has(VgicFlags::FILL_CLEAN) {
                     // As that fill left it (no overflow); `unload` turned the interface off.
                     gic::set_ich_hcr(gic::ICH_HCR_EN);
                 }
@@ -891,7 +877,7 @@ impl Core<'_> {
     /// interrupt, and unlocks its context. (Its timer deadline is noted when its run ends.)
     fn put_away_vcpu(&mut self, mut ctx: MutexGuard<'_, VcpuContext>) {
         // The last exit emptied the list registers (`vgic_exit`).
-        ctx.lr_memo = LrMemo { clean: self.fill_clean, epoch: self.fill_epoch, timer_line: self.timer_line };
+        ctx.lr_memo = self.lr_memo();
         guest::unload(&mut ctx);
         self.vtimer_released();
     }
@@ -899,18 +885,23 @@ impl Core<'_> {
     /// [`Core::put_away_vcpu`] when another vCPU is loaded right after: `HCR_EL2` and the
     /// virtual CPU interface stay on (`guest::save`), the next load sets them for its vCPU.
     fn save_vcpu(&mut self, mut ctx: MutexGuard<'_, VcpuContext>) {
-        ctx.lr_memo = LrMemo { clean: self.fill_clean, epoch: self.fill_epoch, timer_line: self.timer_line };
+        ctx.lr_memo = self.lr_memo();
         guest::save(&mut ctx);
         self.vtimer_released();
+    }
+
+    /// What the loaded vCPU's last fill left, kept with it while it is not loaded.
+    fn lr_memo(&self) -> LrMemo {
+        LrMemo { flags: self.vgic.0 & VgicFlags::MEMO, epoch: self.fill_epoch }
     }
 
     /// The vCPU just saved has its virtual timer disabled in the hardware: the physical PPI 27
     /// left active for it is deactivated.
     fn vtimer_released(&mut self) {
-        if self.vtimer_active {
+        if self.vgic.has(VgicFlags::VTIMER_ACTIVE) {
             // The saved vCPU's timer is disabled in the hardware now: its line is low.
             gic::deactivate(gic::PPI_VTIMER);
-            self.vtimer_active = false;
+            self.vgic.set(VgicFlags::VTIMER_ACTIVE, false);
         }
     }
 
@@ -941,7 +932,7 @@ impl Core<'_> {
                     leave = true;
                 }
                 // Stays active until its line is low again (`vgic_enter`, `unload`).
-                gic::PPI_VTIMER => self.vtimer_active = true,
+                gic::PPI_VTIMER => self.vgic.set(VgicFlags::VTIMER_ACTIVE, true),
                 _ => gic::deactivate(intid),
             }
         }
@@ -986,15 +977,15 @@ impl Core<'_> {
         }
         let epoch = &vcpu.vgic_epoch;
         let line = vtimer_line();
-        if self.vtimer_active && !line {
+        if self.vgic.has(VgicFlags::VTIMER_ACTIVE) && !line {
             gic::deactivate(gic::PPI_VTIMER);
-            self.vtimer_active = false;
+            self.vgic.set(VgicFlags::VTIMER_ACTIVE, false);
         }
         // Nothing in the LRs, nothing was deliverable at the last fill, and nothing new for
         // this vCPU since (its epoch): the LRs stay empty (and ICH_HCR_EL2 as that fill set it).
         if self.lrs_used == 0
-            && self.fill_clean
-            && line == self.timer_line
+            && self.vgic.has(VgicFlags::FILL_CLEAN)
+            && line == self.vgic.has(VgicFlags::TIMER_LINE)
             && epoch.load(core::sync::atomic::Ordering::Acquire) == self.fill_epoch
         {
             return;
@@ -1007,7 +998,7 @@ impl Core<'_> {
         let (n, overflow, epoch) = {
             let mut vgic = vm.vgic();
             // A private interrupt: only this vCPU can be kicked, and it is about to enter.
-            if !self.timer_synced || line != self.timer_line {
+            if !self.vgic.has(VgicFlags::TIMER_SYNCED) || line != self.vgic.has(VgicFlags::TIMER_LINE) {
                 let _ = vgic.set_level(gic::PPI_VTIMER, Some(vcpu.index), line);
             }
             let mut n = 0;
@@ -1017,7 +1008,7 @@ impl Core<'_> {
                 let asked = chunk.len().min(self.hyp.lrs - n);
                 let got = vgic.fill_lrs(vcpu.index, asked, &mut chunk);
                 for (i, lr) in chunk[..got].iter().enumerate() {
-                    if lr.intid == gic::PPI_VTIMER && self.vtimer_active {
+                    if lr.intid == gic::PPI_VTIMER && self.vgic.has(VgicFlags::VTIMER_ACTIVE) {
                         // The physical PPI is held active for this vCPU: mapped to the virtual
                         // one (the HW bit), the guest's deactivation ends it too, without the
                         // EOI maintenance interrupt a level interrupt otherwise needs.
@@ -1041,11 +1032,18 @@ impl Core<'_> {
             (n, more && vgic.overflow(vcpu.index, 0), epoch.load(core::sync::atomic::Ordering::Acquire))
         };
         self.lrs_used = n;
-        self.fill_clean = n == 0 && !overflow;
-        self.nothing_waiting = !overflow;
+        let mut flags = self.vgic.0 & VgicFlags::VTIMER_ACTIVE;
+        if n == 0 && !overflow {
+            flags |= VgicFlags::FILL_CLEAN;
+        }
+        if !overflow {
+            flags |= VgicFlags::NOTHING_WAITING;
+        }
+        if line {
+            flags |= VgicFlags::TIMER_LINE;
+        }
+        self.vgic = VgicFlags(flags | VgicFlags::TIMER_SYNCED);
         self.fill_epoch = epoch;
-        self.timer_line = line;
-        self.timer_synced = true;
         gic::set_ich_hcr(gic::ICH_HCR_EN | maintenance(overflow, any_pending));
     }
 
@@ -1057,11 +1055,11 @@ impl Core<'_> {
             // Empty: the guest deactivated the virtual timer interrupt, and with it the
             // physical one.
             if gic::ich_elrsr() & (1 << i) != 0 {
-                self.vtimer_active = false;
+                self.vgic.set(VgicFlags::VTIMER_ACTIVE, false);
             }
         }
         let line = vtimer_line();
-        if line == self.timer_line && (self.lrs_used == 0 || self.retire_consumed_lrs(vm, vcpu)) {
+        if line == self.vgic.has(VgicFlags::TIMER_LINE) && (self.lrs_used == 0 || self.retire_consumed_lrs(vm, vcpu)) {
             return;
         }
         self.sync_lrs(vm, vcpu, line);
@@ -1080,14 +1078,14 @@ impl Core<'_> {
                 gic::write_lr(i, 0);
                 fx = fx.merge(vgic.sync_lr(vcpu.index, decode_ich_lr(lr)));
             }
-            if !self.timer_synced || line != self.timer_line {
+            if !self.vgic.has(VgicFlags::TIMER_SYNCED) || line != self.vgic.has(VgicFlags::TIMER_LINE) {
                 fx = fx.merge(vgic.set_level(gic::PPI_VTIMER, Some(vcpu.index), line));
             }
         }
         self.lrs_used = 0;
-        self.fill_clean = false;
-        self.timer_line = line;
-        self.timer_synced = true;
+        self.vgic.set(VgicFlags::FILL_CLEAN, false);
+        self.vgic.set(VgicFlags::TIMER_LINE, line);
+        self.vgic.set(VgicFlags::TIMER_SYNCED, true);
         self.dispatch(vm, fx, Some(vcpu.id));
     }
 
@@ -1114,7 +1112,7 @@ impl Core<'_> {
             return true;
         }
         drop(vgic);
-        if !self.nothing_waiting {
+        if !self.vgic.has(VgicFlags::NOTHING_WAITING) {
             // The fill left interrupts behind and asked for a maintenance interrupt, whose
             // condition (no valid LR) now holds: turn it off before this core acknowledges
             // the physical PPI, or it would be asserted again at once. The next entry refills
@@ -1122,7 +1120,7 @@ impl Core<'_> {
             gic::set_ich_hcr(0);
         }
         self.lrs_used = 0;
-        self.fill_clean = self.nothing_waiting;
+        self.vgic.set(VgicFlags::FILL_CLEAN, self.vgic.has(VgicFlags::NOTHING_WAITING));
         true
     }
 
@@ -1143,7 +1141,7 @@ impl Core<'_> {
             gic::write_lr(i, 0);
         }
         self.lrs_used = 0;
-        self.fill_clean = false;
+        self.vgic.set(VgicFlags::FILL_CLEAN, false);
         self.dispatch(vm, fx, Some(vcpu.id));
     }
 
@@ -1164,20 +1162,22 @@ impl Core<'_> {
     #[inline(always)]
     fn sgi_at_exit(&mut self, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs, esr: u64) -> SgiExit {
         let Some(value) = exits::sgi1r_write(esr, regs) else { return SgiExit::No };
+        // (`poll` is never set at a guest's exit: the loop goes back to the runtime before
+        // entering a guest with it set.)
+        debug_assert!(!self.poll);
         let epoch = &vcpu.vgic_epoch;
-        if self.poll
-            || !self.nothing_waiting
-            || !self.timer_synced
-            || self.vtimer_active
-            || vtimer_line() != self.timer_line
-            || epoch.load(core::sync::atomic::Ordering::Acquire) != self.fill_epoch
+        // Nothing waiting, the timer's line synced and as the model has it, its PPI not held.
+        let ready = VgicFlags::NOTHING_WAITING | VgicFlags::TIMER_SYNCED;
+        let line = if vtimer_line() { VgicFlags::TIMER_LINE } else { 0 };
+        let tested = ready | VgicFlags::TIMER_LINE | VgicFlags::VTIMER_ACTIVE;
+        if self.vgic.0 & tested != ready | line || epoch.load(core::sync::atomic::Ordering::Acquire) != self.fill_epoch
         {
             return SgiExit::No;
         }
         if let Some(intid) = exits::sgi_to_self_only(value, vcpu) {
             // (A GICv3 CPU interface has at least one LR.)
             let lr = match self.lrs_used {
-                0 if self.fill_clean => vm.vgic().send_sgi_to_self_direct(vcpu.index, intid),
+                0 if self.vgic.has(VgicFlags::FILL_CLEAN) => vm.vgic().send_sgi_to_self_direct(vcpu.index, intid),
                 1 if gic::ich_elrsr() & 1 != 0 => {
                     vm.vgic().retire_and_send_sgi_to_self(vcpu.index, self.lr_intid[0], intid)
                 }
@@ -1187,12 +1187,12 @@ impl Core<'_> {
             gic::write_lr(0, encode_ich_lr(&lr));
             self.lr_intid[0] = intid;
             self.lrs_used = 1;
-            self.fill_clean = false;
+            self.vgic.set(VgicFlags::FILL_CLEAN, false);
             self.lrs_fresh = true;
             regs.pc += 4;
             SgiExit::Sent
         } else {
-            if self.lrs_used != 0 || !self.fill_clean {
+            if self.lrs_used != 0 || !self.vgic.has(VgicFlags::FILL_CLEAN) {
                 return SgiExit::No;
             }
             let fx = vm.vgic().send_sgi(vcpu.index, value);
@@ -1221,6 +1221,41 @@ static TLBI_SPIN_NS: AtomicU64 = AtomicU64::new(200_000);
 /// Sets [`TLBI_SPIN_NS`] (`hv.tlbi-spin-us`; 0 leaves every wait to the vCPU's next entry).
 pub fn set_tlbi_spin(nanos: u64) {
     TLBI_SPIN_NS.store(nanos, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// A core's flags about its loaded vCPU's list registers and timer interrupt, in one byte so
+/// that the IPI's test at the exit ([`Core::sgi_at_exit`]) is one load and compare.
+#[derive(Clone, Copy)]
+struct VgicFlags(u8);
+
+impl VgicFlags {
+    const NONE: VgicFlags = VgicFlags(0);
+    /// The physical PPI 27 was acknowledged and left active for the loaded vCPU.
+    const VTIMER_ACTIVE: u8 = 1 << 0;
+    /// The last fill (or direct load) left nothing behind in the model for the loaded vCPU:
+    /// every interrupt that wanted an LR got one.
+    const NOTHING_WAITING: u8 = 1 << 1;
+    /// The loaded vCPU's last fill found nothing to deliver (no LR used, no overflow), at its
+    /// interrupt epoch `Core::fill_epoch`, with its timer's line at [`VgicFlags::TIMER_LINE`]:
+    /// while all of that holds and its LRs are empty, an entry need not look at the model.
+    /// Kept with the vCPU (`VcpuContext::lr_memo`) while it is not loaded.
+    const FILL_CLEAN: u8 = 1 << 2;
+    /// The timer's line as the model last had it from this core.
+    const TIMER_LINE: u8 = 1 << 3;
+    /// The model's level of the loaded vCPU's timer interrupt is [`VgicFlags::TIMER_LINE`]
+    /// (only this core's glue drives it while the vCPU is loaded): set once the glue has set it
+    /// since the load (the timer's deadline may have raised it while the vCPU was not loaded).
+    const TIMER_SYNCED: u8 = 1 << 4;
+    /// What is kept with a vCPU that is not loaded (`LrMemo::flags`).
+    const MEMO: u8 = VgicFlags::FILL_CLEAN | VgicFlags::TIMER_LINE;
+
+    fn has(self, flag: u8) -> bool {
+        self.0 & flag != 0
+    }
+
+    fn set(&mut self, flag: u8, on: bool) {
+        self.0 = if on { self.0 | flag } else { self.0 & !flag };
+    }
 }
 
 /// What [`Core::sgi_at_exit`] did.
