@@ -873,8 +873,8 @@ impl CoreRuntime {
                 }
             }
             Message::MoveRequest { vcpu, dest } => {
-                if self.find(vcpu).is_some() {
-                    let _ = self.migrate(sys, vcpu, dest, now, trace);
+                if let Some(idx) = self.find(vcpu) {
+                    let _ = self.migrate_at(sys, idx, dest, now, trace);
                 } else if sys.status(vcpu).owner == self.core && sys.status(vcpu).state == VcpuState::Migrating {
                     // The request overtook the vCPU it names, which is on its way here: ask
                     // again once it has arrived (at the next decision).
@@ -895,6 +895,19 @@ impl CoreRuntime {
         trace: &mut impl TraceSink,
     ) -> Result<(), MoveError> {
         let idx = self.find(vcpu).ok_or(MoveError::NotOwned { vcpu, core: self.core })?;
+        self.migrate_at(sys, idx, dest, now, trace)
+    }
+
+    /// [`CoreRuntime::migrate`] of the vCPU at `idx` of this core's list.
+    fn migrate_at(
+        &mut self,
+        sys: &System,
+        idx: usize,
+        dest: CoreId,
+        now: Instant,
+        trace: &mut impl TraceSink,
+    ) -> Result<(), MoveError> {
+        let vcpu = self.vcpus[idx].id;
         if dest.index() >= sys.core_count() {
             return Err(MoveError::NoSuchCore(dest));
         }
@@ -918,10 +931,13 @@ impl CoreRuntime {
         if ppm > 0 {
             sys.reserve(dest, ppm).map_err(MoveError::Admission)?;
         }
-        let lag = (v.vtime as i128 - self.min_vtime as i128).clamp(
-            -(to_vtime(self.params.wake_credit, v.vtime_rate) as i128),
-            to_vtime(self.params.timeslice, v.vtime_rate) as i128,
-        ) as i64;
+        // Its virtual time relative to this core's, at most a slice ahead and a wake-up's credit
+        // behind (each far below i64's range).
+        let lag = if v.vtime >= self.min_vtime {
+            (v.vtime - self.min_vtime).min(to_vtime(self.params.timeslice, v.vtime_rate)) as i64
+        } else {
+            -((self.min_vtime - v.vtime).min(to_vtime(self.params.wake_credit, v.vtime_rate)) as i64)
+        };
         sys.begin_handover(vcpu, dest);
         // Off the list and into the message (a pointer moves), as the receiver will take it;
         // put back as it was if the message cannot be posted.
@@ -1082,7 +1098,6 @@ impl CoreRuntime {
         let mut best_deadline = Instant::NEVER;
         let mut best_vtime = u64::MAX;
         let mut share_pick: Option<usize> = None;
-        let mut last_idx: Option<usize> = None;
         for (i, v) in self.vcpus.iter_mut().enumerate() {
             if let Some(s) = v.rt.as_mut() {
                 if core::mem::take(&mut s.unstarted) && v.state == VcpuState::Runnable {
@@ -1116,14 +1131,9 @@ impl CoreRuntime {
                     best_deadline = s.deadline;
                     pick = Some(i);
                 }
-            } else if v.state == VcpuState::Runnable {
-                if v.vtime < best_vtime {
-                    best_vtime = v.vtime;
-                    share_pick = Some(i);
-                }
-                if Some(v.id) == self.last_run {
-                    last_idx = Some(i);
-                }
+            } else if v.state == VcpuState::Runnable && v.vtime < best_vtime {
+                best_vtime = v.vtime;
+                share_pick = Some(i);
             }
         }
         let until;
@@ -1136,7 +1146,15 @@ impl CoreRuntime {
             // The vCPU that ran last keeps the core, for the rest of its slice, while it is less
             // than the granularity ahead; otherwise the pick gets a fresh slice.
             let mut end = now + self.params.timeslice;
-            if let Some(l) = last_idx.filter(|_| now < self.slice_end) {
+            // (Looked for only within its slice: a yield, a block or a slice's end clears or
+            // outlives it, so the common switch does not search.)
+            let last_idx = match self.last_run {
+                Some(id) if now < self.slice_end => {
+                    self.vcpus.iter().position(|v| v.id == id && v.rt.is_none() && v.state == VcpuState::Runnable)
+                }
+                _ => None,
+            };
+            if let Some(l) = last_idx {
                 let lv = &self.vcpus[l];
                 if lv.vtime <= best_vtime.saturating_add(to_vtime(self.params.min_granularity, lv.vtime_rate)) {
                     i = l;
