@@ -26,7 +26,7 @@ use crate::ids::{CoreId, CoreMask, VcpuId, VmId};
 use crate::system::{AdmissionError, Message, PostError, System};
 use crate::time::{Instant, Nanos};
 use crate::trace::{CoreState, StopReason, TraceEvent, TraceKind};
-use crate::util::{Ewma, CAPACITY_SCALE};
+use crate::util::{time_for_work, work_done, Ewma, CAPACITY_SCALE};
 use crate::vcpu::{Reservation, VcpuConfig, VcpuInfo, VcpuState};
 
 /// Scheduler parameters (the policy knobs of a scenario that the scheduler reads).
@@ -240,24 +240,6 @@ pub struct VcpuStats {
     /// of a real-time guarantee; 0 whenever the reservation was honoured, however slowly the
     /// guest's own work went).
     pub reservation_misses: u64,
-}
-
-/// The budget (CPU time at full speed) used by running `ran` at `capacity`: rounded up, so a
-/// run of [`budget_lasts`] uses the whole budget.
-fn budget_used(ran: Nanos, capacity: u32) -> Nanos {
-    if capacity >= CAPACITY_SCALE {
-        return ran;
-    }
-    Nanos((ran.as_nanos() as u128 * capacity as u128).div_ceil(CAPACITY_SCALE as u128) as u64)
-}
-
-/// How long `budget` (CPU time at full speed) lasts at `capacity`.
-fn budget_lasts(budget: Nanos, capacity: u32) -> Nanos {
-    if capacity >= CAPACITY_SCALE {
-        return budget;
-    }
-    let ns = (budget.as_nanos() as u128 * CAPACITY_SCALE as u128).div_ceil(capacity.max(1) as u128);
-    Nanos(u64::try_from(ns).unwrap_or(u64::MAX))
 }
 
 /// A real-time vCPU's constant-bandwidth server.
@@ -701,7 +683,7 @@ impl CoreRuntime {
         v.stats.cpu_time += ran;
         v.vtime = v.vtime.saturating_add(to_vtime(ran, v.vtime_rate));
         if let Some(s) = v.rt.as_mut() {
-            s.remaining = s.remaining.saturating_sub(budget_used(ran, capacity));
+            s.remaining = s.remaining.saturating_sub(work_done(ran, capacity));
         }
         v.util.advance_run(sys.decay, since, now, capacity);
         if v.util.generation() != v.published {
@@ -1139,7 +1121,7 @@ impl CoreRuntime {
         let until;
         if let Some(i) = pick {
             let remaining = self.vcpus[i].rt.map_or(Nanos::ZERO, |s| s.remaining);
-            let lasts = budget_lasts(remaining, self.capacity);
+            let lasts = time_for_work(remaining, self.capacity);
             until = next_replenish.map_or(now + lasts, |r| r.min(now + lasts));
         } else if let Some(mut i) = share_pick {
             self.min_vtime = self.min_vtime.max(best_vtime);

@@ -18,6 +18,27 @@ pub const UTIL_PERIOD: Nanos = Nanos::from_millis(1);
 /// work per unit of time ([`Ewma::advance_scaled`]).
 pub const CAPACITY_SCALE: u32 = 1024;
 
+/// The work (CPU time at full speed) done by running `ran` at `capacity` out of
+/// [`CAPACITY_SCALE`], rounded up, so that a run of [`time_for_work`] completes that work. (A
+/// reservation's budget is such work: at half speed it lasts twice as long.)
+#[inline]
+pub fn work_done(ran: Nanos, capacity: u32) -> Nanos {
+    if capacity >= CAPACITY_SCALE {
+        return ran;
+    }
+    Nanos((ran.as_nanos() as u128 * capacity as u128).div_ceil(CAPACITY_SCALE as u128) as u64)
+}
+
+/// How long `work` (CPU time at full speed) takes at `capacity` out of [`CAPACITY_SCALE`].
+#[inline]
+pub fn time_for_work(work: Nanos, capacity: u32) -> Nanos {
+    if capacity >= CAPACITY_SCALE {
+        return work;
+    }
+    let ns = (work.as_nanos() as u128 * CAPACITY_SCALE as u128).div_ceil(capacity.max(1) as u128);
+    Nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+}
+
 const Q32: u64 = 1 << 32;
 
 /// The per-period decay factor `y = 2^(−period/half_life)` in Q32, and its powers.

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use vcpu_runtime::scenario::Scenario;
-use vcpu_runtime::util::CAPACITY_SCALE;
+use vcpu_runtime::util::{time_for_work, work_done, CAPACITY_SCALE};
 use vcpu_runtime::{
     build, CoreId, CoreRuntime, Decision, Event, ExitReason, Instant, Nanos, RuntimeConfig, System, TraceSink, VcpuId,
     VcpuState,
@@ -28,24 +28,6 @@ use vcpu_runtime::{
 
 pub use demand::{Arrival, DemandGen};
 pub use report::{CoreReport, Report, VcpuReport};
-
-/// Work done in `ran` at `capacity` (ns at full speed), rounded up so that a run of
-/// [`time_for`] a piece of work completes it.
-fn work_in(ran: Nanos, capacity: u32) -> Nanos {
-    if capacity >= CAPACITY_SCALE {
-        return ran;
-    }
-    Nanos((ran.as_nanos() as u128 * capacity as u128).div_ceil(CAPACITY_SCALE as u128) as u64)
-}
-
-/// The time `work` (ns at full speed) takes at `capacity`.
-fn time_for(work: Nanos, capacity: u32) -> Nanos {
-    if capacity >= CAPACITY_SCALE {
-        return work;
-    }
-    let ns = (work.as_nanos() as u128 * CAPACITY_SCALE as u128).div_ceil(capacity.max(1) as u128);
-    Nanos(u64::try_from(ns).unwrap_or(u64::MAX))
-}
 
 /// Callbacks for what happens on the simulated cores: the hook the energy accounting plugs into.
 pub trait SimObserver {
@@ -226,7 +208,7 @@ impl Simulator {
     fn core_deadline(&self, c: usize) -> Instant {
         match self.activity[c] {
             CoreActivity::Running { vcpu, since, until } => {
-                let done = since + time_for(self.vcpus[vcpu.index()].pending, self.capacity[c]);
+                let done = since + time_for_work(self.vcpus[vcpu.index()].pending, self.capacity[c]);
                 done.min(until)
             }
             CoreActivity::Idle { until, .. } => until.unwrap_or(Instant::NEVER),
@@ -295,7 +277,7 @@ impl Simulator {
     fn consume(&mut self, c: usize, vcpu: VcpuId, from: Instant, to: Instant) {
         let capacity = self.capacity[c];
         let v = &mut self.vcpus[vcpu.index()];
-        let mut work = work_in(to - from, capacity).min(v.pending);
+        let mut work = work_done(to - from, capacity).min(v.pending);
         v.pending -= work;
         let mut t = from;
         while work > Nanos::ZERO {
@@ -303,7 +285,7 @@ impl Simulator {
             let step = job.left.min(work);
             job.left -= step;
             work -= step;
-            t = (t + time_for(step, capacity)).min(to);
+            t = (t + time_for_work(step, capacity)).min(to);
             if job.left == Nanos::ZERO {
                 let job = v.jobs.pop_front().unwrap_or(Job { deadline: t, left: Nanos::ZERO, released: t });
                 v.jobs_done += 1;
