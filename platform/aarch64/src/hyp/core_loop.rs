@@ -637,8 +637,19 @@ impl Core<'_> {
                 ctx
             }
         };
-        if ctx.tlbi_waits.is_some() {
-            self.finish_tlbi(vm, &mut ctx);
+        if ctx.tlbi_waits.is_some() && !self.finish_tlbi(vm, &mut ctx) {
+            // The cores its TLB maintenance waits for have still not left the guest: the core
+            // goes to the runtime (another vCPU, a real-time job, say), and this one, kept
+            // loaded, tries again when it is picked. Its timer deadline is the one its last run
+            // left.
+            let end = timer::now();
+            if let Some(t) = self.vcpu_busy.get_mut(id.index()) {
+                *t += end.since(self.book_mark).as_nanos();
+            }
+            self.book_mark = end;
+            self.runs_end = Some(end);
+            self.kept = Some((id, ctx));
+            return (ExitReason::Preempted, end);
         }
         vcpu.timer_deadline.store(NO_DEADLINE, Ordering::Release);
         timer::arm_hyp_timer(until);
@@ -781,8 +792,9 @@ impl Core<'_> {
     /// masked, with nothing else run. The waits still open are returned: they go into the
     /// vCPU's context, the vCPU leaves the core (`Preempted`), so that the core can run another
     /// one (a real-time guest's job, say), and it finishes the wait before it next enters
-    /// ([`Core::finish_tlbi`]), on whichever core. Until then the instruction has not completed
-    /// for the guest, which does not run.
+    /// ([`Core::finish_tlbi`]), on whichever core, again spinning at most that long and else
+    /// leaving the core again. Until then the instruction has not completed for the guest,
+    /// which does not run. No core spins here longer than the bound.
     pub fn guest_tlbi(&mut self, vm: &Vm, op: vdev::tlbi::TlbiOp, xt: u64) -> Option<Waits> {
         guest::tlbi_local(op, xt);
         let cores = &self.hyp.cores;
@@ -796,36 +808,48 @@ impl Core<'_> {
             }
         }
         let start = timer::counter();
-        let bound = start.saturating_add(timer::nanos_to_ticks(
-            TLBI_SPIN_NS.load(core::sync::atomic::Ordering::Relaxed),
-            timer::frequency_hz(),
-        ));
-        // Each leaves the guest at the kick (a guest cannot hold it off): a few instructions
-        // of its own, unless the host deschedules it.
-        while !self.tlbi_waits_done(&waits) {
+        let done = self.spin_for_tlbi(&waits, start);
+        self.note_tlbi_wait(vm, start);
+        if done {
+            None
+        } else {
+            vm.tlbi_deferred.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            Some(waits)
+        }
+    }
+
+    /// Spins until every core of `waits` has left the guest run it was named in, or for
+    /// [`TLBI_SPIN_NS`] from counter `start`; whether they all left. Each leaves at its kick (a
+    /// guest cannot hold it off): a few instructions of its own, unless the host deschedules it.
+    fn spin_for_tlbi(&self, waits: &Waits, start: u64) -> bool {
+        let spin = TLBI_SPIN_NS.load(core::sync::atomic::Ordering::Relaxed);
+        let bound = start.saturating_add(timer::nanos_to_ticks(spin, timer::frequency_hz()));
+        loop {
+            if self.tlbi_waits_done(waits) {
+                return true;
+            }
             if timer::counter() >= bound {
-                self.note_tlbi_wait(vm, start);
-                vm.tlbi_deferred.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-                return Some(waits);
+                return false;
             }
             crate::cpu::yield_hint();
         }
-        self.note_tlbi_wait(vm, start);
-        None
     }
 
     /// Before a vCPU whose last trapped TLB maintenance instruction left waits open
     /// ([`Core::guest_tlbi`]) enters again: they are waited for (by now the cores concerned
-    /// have mostly left).
+    /// have mostly left), as long as the first wait (`hv.tlbi-spin-us`); whether they are
+    /// over. Those still open stay in the context, and the vCPU does not enter.
     /// (Out of line: rare, and its waits are a large value.)
     #[inline(never)]
-    fn finish_tlbi(&mut self, vm: &Vm, ctx: &mut VcpuContext) {
-        let Some(waits) = ctx.tlbi_waits.take() else { return };
+    fn finish_tlbi(&mut self, vm: &Vm, ctx: &mut VcpuContext) -> bool {
+        let Some(waits) = ctx.tlbi_waits.take() else { return true };
         let start = timer::counter();
-        while !self.tlbi_waits_done(&waits) {
-            crate::cpu::yield_hint();
-        }
+        let done = self.spin_for_tlbi(&waits, start);
         self.note_tlbi_wait(vm, start);
+        if !done {
+            ctx.tlbi_waits = Some(waits);
+        }
+        done
     }
 
     /// Whether every core of `waits` has left the guest run it was named in.
