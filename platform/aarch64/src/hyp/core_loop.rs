@@ -642,12 +642,7 @@ impl Core<'_> {
             // goes to the runtime (another vCPU, a real-time job, say), and this one, kept
             // loaded, tries again when it is picked. Its timer deadline is the one its last run
             // left.
-            let end = timer::now();
-            if let Some(t) = self.vcpu_busy.get_mut(id.index()) {
-                *t += end.since(self.book_mark).as_nanos();
-            }
-            self.book_mark = end;
-            self.runs_end = Some(end);
+            let end = self.end_run(id);
             self.kept = Some((id, ctx));
             return (ExitReason::Preempted, end);
         }
@@ -729,13 +724,7 @@ impl Core<'_> {
             }
         };
         timer::disarm_hyp_timer();
-        // The run (and the deciding before it) is this vCPU's; booked when the core rests.
-        let end = timer::now();
-        if let Some(t) = self.vcpu_busy.get_mut(id.index()) {
-            *t += end.since(self.book_mark).as_nanos();
-        }
-        self.book_mark = end;
-        self.runs_end = Some(end);
+        let end = self.end_run(id);
         match reason {
             // Off the core for good (or until a CPU_ON): put away now, no deadline.
             ExitReason::Stop(_) | ExitReason::PsciCpuOff => {
@@ -758,6 +747,19 @@ impl Core<'_> {
             }
         }
         (reason, end)
+    }
+
+    /// The run of `id` ends now, which is returned: the run (and the deciding before it) is
+    /// its vCPU's time, booked when the core rests.
+    #[inline(always)]
+    fn end_run(&mut self, id: VcpuId) -> Instant {
+        let end = timer::now();
+        if let Some(t) = self.vcpu_busy.get_mut(id.index()) {
+            *t += end.since(self.book_mark).as_nanos();
+        }
+        self.book_mark = end;
+        self.runs_end = Some(end);
+        end
     }
 
     /// Before an entry into a VM that traps its TLB maintenance: announces it, and catches up
@@ -1238,11 +1240,13 @@ impl Core<'_> {
 const LONG_TLBI_WAIT_NS: u64 = 1_000_000;
 
 /// How long a trapped guest TLB maintenance instruction waits for other cores before its vCPU
-/// leaves the core and finishes the wait at its next entry (`Core::guest_tlbi`). Waits that
-/// complete take tens of microseconds under QEMU; one that does not within this is the host's.
+/// leaves the core, and again at each of its next entries until they have left
+/// (`Core::guest_tlbi`, `Core::finish_tlbi`). Waits that complete take tens of microseconds
+/// under QEMU; one that does not within this is the host's.
 static TLBI_SPIN_NS: AtomicU64 = AtomicU64::new(200_000);
 
-/// Sets [`TLBI_SPIN_NS`] (`hv.tlbi-spin-us`; 0 leaves every wait to the vCPU's next entry).
+/// Sets [`TLBI_SPIN_NS`] (`hv.tlbi-spin-us`; 0: no spinning, the vCPU leaves the core until the
+/// other cores have left the guest).
 pub fn set_tlbi_spin(nanos: u64) {
     TLBI_SPIN_NS.store(nanos, core::sync::atomic::Ordering::Relaxed);
 }
