@@ -252,7 +252,7 @@ fn linux_cpu_hotplug_on_the_hypervisor() {
 /// Runs before the real-time guest's misses fail a test: QEMU's counter follows the host's
 /// clock and each guest core is a host thread, so a host hiccup can stretch the RT guest's job
 /// past its period without the hypervisor being at fault (as in the `rt` and power tests).
-const RT_ATTEMPTS: u32 = 4;
+const RT_ATTEMPTS: u32 = 5;
 
 /// How many deadline misses the RT guest printed before both Linux guests started init
 /// (console order), and its miss lines after.
@@ -277,45 +277,54 @@ fn reservation_misses_around_boot<'a>(r: &'a Run, linux: &[&str]) -> (usize, Vec
     lines_around_boot(r, linux, |l| l.starts_with("T ") && l.contains(" miss v"))
 }
 
+/// The RT guest's own count of its misses (`rt periods=N misses=M`: late jobs and skipped
+/// ticks alike); `None` without that line.
+fn rt_verdict(r: &Run) -> Option<u64> {
+    r.guest_lines("rt").find_map(|l| l.strip_prefix("rt periods=")?.split_once(" misses=")?.1.parse().ok())
+}
+
 /// Two Linux guests of 2 vCPUs and the RT guest on two cores: both Linux guests finish their
 /// scripts (one CPU-bound, one unplugging a CPU), each one's SYSTEM_OFF stops only itself, the
 /// scheduler gives the RT guest its budget before every deadline over the whole run (no `miss`
 /// trace event; they must add up to the `stat vcpu` lines' `reservation_misses`), and the RT
-/// guest itself misses at most 1 % of its periods (20 of 2,000).
+/// guest misses no deadline in its 2,000 periods.
 ///
 /// The guests' TLB maintenance is trapped and carried out by the hypervisor (`hv.guest-tlbi`
 /// defaults to that when a guest has a reservation): a booting kernel issues some 43,000 TLB
 /// invalidations, and as broadcasts each one stopped every vCPU thread of QEMU, the RT guest's
 /// included (24–360 misses a run, nearly all while the kernels booted; docs/linux-guests.md).
-/// The misses left come from the host (itself a VM here), which now and then takes a QEMU
-/// thread away for ten milliseconds or more: a 1 ms job then takes 11–22 ms with the job
-/// started on time. Each miss is said with how long QEMU's threads waited for a host CPU in its
-/// window and what the RT core's thread did (`hw_tests::rtmiss`). The run gets up to
-/// [`RT_ATTEMPTS`] tries (a lost period or a miss repeats it), and the cleanest is judged:
-/// fewest lost periods, then fewest misses the host's waits do not cover, then fewest misses.
+/// What can still make a run miss is the host (itself a VM here), which now and then takes
+/// QEMU's threads away for ten milliseconds or more: a 1 ms job then takes 11–22 ms with the
+/// job started on time (docs/linux-guests.md, *Real-time misses*). So a run with a miss or a
+/// lost period is tried again, up to [`RT_ATTEMPTS`] runs, as the `rt` and power tests do, and
+/// the first run with none is judged. Each miss is said with how long QEMU's threads waited for
+/// a host CPU in its window and what the RT core's thread did (`hw_tests::rtmiss`). Should
+/// every run miss, the cleanest is judged and each of its misses must be the host's: QEMU's
+/// measured wait for a host CPU in the miss's window at least as long as the job was late.
 #[test]
 fn two_linux_guests_and_the_rt_guest_share_two_cores() {
     const PERIODS: usize = 2_000;
     let config = QemuConfig::new(2, "cortex-a57").scenario("linux-pair").append("hv.trace=events").timeout(TIMEOUT);
     let linux = ["work", "personal"];
-    // The attempt kept is the cleanest: fewest lost reservation periods, then fewest misses
-    // the host does not explain, then fewest misses.
-    let mut best: Option<((usize, usize, usize), Run)> = None;
+    // The first run with no miss and no lost period is judged; failing that, the cleanest:
+    // fewest lost periods, then fewest misses the host's measured stalls do not explain.
+    let mut best: Option<((usize, usize, u64), Run)> = None;
     for attempt in 1..=RT_ATTEMPTS {
         let r = hypervisor_run(&config, &format!("linux-pair (attempt {attempt})"));
         let (before, after) = rt_misses_around_boot(&r, &linux);
         let (lost_before, lost_after) = reservation_misses_around_boot(&r, &linux);
         let misses = rtmiss::rt_misses(&r, "rt");
         let unexplained = misses.iter().filter(|m| !m.explained()).count();
+        let verdict = rt_verdict(&r);
         eprintln!(
-            "hw-tests: linux-pair: rt misses while the kernels booted: {before}, after: {} ({unexplained} not explained by the host); reservation periods lost while they booted: {lost_before}, after: {}",
+            "hw-tests: linux-pair (attempt {attempt}): rt missed {verdict:?} deadlines; late jobs while the kernels booted: {before}, after: {} ({unexplained} misses not explained by the host); reservation periods lost while they booted: {lost_before}, after: {}",
             after.len(),
             lost_after.len()
         );
         for m in &misses {
             eprintln!("hw-tests: linux-pair:   {m}");
         }
-        let score = (lost_before + lost_after.len(), unexplained, misses.len());
+        let score = (lost_before + lost_after.len(), unexplained, verdict.unwrap_or(u64::MAX));
         if best.as_ref().is_none_or(|(kept, _)| score < *kept) {
             best = Some((score, r));
         }
@@ -332,7 +341,6 @@ fn two_linux_guests_and_the_rt_guest_share_two_cores() {
     r.assert_guest_line("work", "busy: job 2 loops=");
     assert_linux_passed(&r, "personal", "hotplug");
     r.assert_guest_line("personal", "LINUX-TEST: PASS hotplug rounds=2 transitions=4 cpus=2");
-    r.assert_guest_line("rt", &format!("rt periods={PERIODS} misses="));
     r.assert_present("guest TLB maintenance: trapped");
     for guest in linux {
         let tlbi = r.vm_stat(guest).get("tlbi");
@@ -349,14 +357,22 @@ fn two_linux_guests_and_the_rt_guest_share_two_cores() {
         r.reservation_periods_lost(),
         "the trace's miss events and the stat lines' reservation_misses disagree"
     );
-    let (before, after) = rt_misses_around_boot(&r, &linux);
-    if (before + after.len()) * 100 > PERIODS {
-        let misses: Vec<String> = rtmiss::rt_misses(&r, "rt").iter().map(|m| m.to_string()).collect();
-        r.fail(&format!(
-            "the rt guest missed {before} deadlines while the kernels booted and {} after:\n{}",
-            after.len(),
-            misses.join("\n")
-        ));
+    r.assert_guest_line("rt", &format!("rt periods={PERIODS} misses="));
+    if rt_verdict(&r) != Some(0) {
+        // Every run missed: each miss of the one kept must be the host's, its measured stall
+        // covering how late the job was.
+        let misses = rtmiss::rt_misses(&r, "rt");
+        let said: Vec<String> = misses.iter().map(|m| m.to_string()).collect();
+        if misses.is_empty() || misses.iter().any(|m| !m.explained()) {
+            r.fail(&format!(
+                "the rt guest missed deadlines in each of {RT_ATTEMPTS} runs, not all of them the host's; the cleanest run's:\n{}",
+                said.join("\n")
+            ));
+        }
+        eprintln!(
+            "hw-tests: linux-pair: the rt guest missed deadlines in each of {RT_ATTEMPTS} runs; every miss of the cleanest was the host's:\n{}",
+            said.join("\n")
+        );
     }
     // A Linux guest's SYSTEM_OFF ends only that guest: the RT guest went on after the first
     // one powered off, to its last period.
