@@ -159,8 +159,8 @@ pub fn misses_in(lines: &[&str], times: &[Duration], waits: &HostWaits, guest: &
 }
 
 /// Host time minus hypervisor time, in ns: the least over the trace lines of their arrival
-/// less their stamp.
-fn clock_offset(lines: &[&str], times: &[Duration]) -> Option<i128> {
+/// (`times`, one per line) less their stamp.
+pub fn clock_offset(lines: &[&str], times: &[Duration]) -> Option<i128> {
     lines.iter().zip(times).filter_map(|(l, t)| Some(t.as_nanos() as i128 - i128::from(trace_time(l)?))).min()
 }
 

@@ -9,6 +9,7 @@
 //! manifest, the image, QEMU (as `cargo xtask qemu` does).
 
 use std::path::Path;
+use std::time::Duration;
 
 use vcpu_runtime::scenario::Payload;
 use vcpu_runtime::trace::{find_in, CoreState, TraceEvent, TraceKind};
@@ -56,7 +57,7 @@ pub fn demo(ctx: &Ctx, scenario: Option<&str>) -> Result<(), Error> {
     };
     let run = qemu::run(ctx, &args)?;
     let names: Vec<&str> = loaded.guests.iter().map(|g| g.name.as_str()).collect();
-    let summary = Summary::of(&run.output, &names);
+    let summary = Summary::of(&run.output, &run.line_times, &names);
     println!();
     print!("{}", summary.render(&loaded.name, run.seconds, run.timeline.as_ref(), predicted.as_ref()));
     print!("{}", rt_misses(&run, &names));
@@ -130,9 +131,12 @@ pub struct Summary {
     /// Per guest (scenario order): its result lines (`LINUX-TEST: ...`, `RESULT: ...`, the rt
     /// guest's count), or none.
     pub results: Vec<(String, Vec<String>)>,
-    /// In console order: the phases the guests announced (`[work] phases: light uptime=S`, on
-    /// the guest's own clock) and the cores' power transitions, these with their trace time (s
-    /// from the first trace event).
+    /// In console order: the phases the guests announced (`[work] phases: light uptime=S`,
+    /// the uptime on the guest's own clock) and the cores' power transitions, each with its
+    /// time on the hypervisor's clock (s from the first trace event): a transition's from its
+    /// trace event; a guest's line's from when it arrived, mapped to that clock as
+    /// `hw_tests::rtmiss::clock_offset` maps it (at most that late: a line arrives after it is
+    /// made). `None` when the line cannot be placed.
     pub timeline: Vec<(Option<f64>, String)>,
     /// The energy report's lines (`energy ...`).
     pub energy: Vec<String>,
@@ -147,16 +151,23 @@ pub struct Summary {
 const RESULT_PREFIXES: &[&str] = &["LINUX-TEST:", "RESULT:", "rt periods=", "player: done"];
 
 impl Summary {
-    /// Reads the console output of a run of guests `names`.
-    pub fn of(output: &str, names: &[&str]) -> Summary {
+    /// Reads the console output of a run of guests `names`; `times` is when each line arrived
+    /// (since QEMU started; empty when unknown).
+    pub fn of(output: &str, times: &[Duration], names: &[&str]) -> Summary {
         let mut s =
             Summary { results: names.iter().map(|n| (n.to_string(), Vec::new())).collect(), ..Summary::default() };
-        let mut first: Option<u64> = None;
-        for line in output.lines().map(|l| l.trim_end_matches('\r')) {
+        let lines: Vec<&str> = output.lines().map(|l| l.trim_end_matches('\r')).collect();
+        let offset = hw_tests::rtmiss::clock_offset(&lines[..lines.len().min(times.len())], times);
+        let first_stamp = lines.iter().find_map(|l| find_in(l).and_then(|t| TraceEvent::parse(t).ok()));
+        let first = first_stamp.map(|e| e.at.as_nanos());
+        // A guest's line on the hypervisor's clock, in s from the first trace event.
+        let placed = |i: usize| -> Option<f64> {
+            let at = i128::try_from(times.get(i)?.as_nanos()).ok()? - offset?;
+            Some((at - i128::from(first?)).max(0) as f64 / 1e9)
+        };
+        for (i, &line) in lines.iter().enumerate() {
             if let Some(event) = find_in(line).and_then(|t| TraceEvent::parse(t).ok()) {
-                let at = event.at.as_nanos();
-                let start = *first.get_or_insert(at);
-                let since = at.saturating_sub(start);
+                let since = event.at.as_nanos().saturating_sub(first.unwrap_or(0));
                 if let TraceKind::CoreState { core, state } = event.kind {
                     let what = match state {
                         CoreState::Off => Some("off"),
@@ -175,7 +186,7 @@ impl Summary {
                         results.push(text.to_string());
                     }
                     if text.starts_with("phases: ") && !text.starts_with("phases: job") {
-                        s.timeline.push((None, format!("[{name}] {text}")));
+                        s.timeline.push((placed(i), format!("[{name}] {text}")));
                     }
                 }
                 continue;
@@ -215,7 +226,10 @@ impl Summary {
             }
         }
         if !self.timeline.is_empty() {
-            out.push_str("phases (guest clocks) and core power (s from the first trace event), in order:\n");
+            out.push_str(
+                "phases and core power, in order, in s from the first trace event on the hypervisor's clock \
+                 (a guest's line: when it reached the console, so at most that; its uptime is its own clock):\n",
+            );
             for (at, what) in &self.timeline {
                 match at {
                     Some(at) => out.push_str(&format!("  {at:8.3}s  {what}\n")),
@@ -294,25 +308,34 @@ hypervisor: all guests stopped after 20000 ms: 3 of 3 guests stopped, 40 trace e
 
     #[test]
     fn the_summary_reads_results_phases_and_energy() {
-        let s = Summary::of(OUTPUT, &["work", "personal", "rt"]);
+        // When each line arrived, in s since QEMU started: the trace lines 0.2 s after their
+        // stamps (the least such delay is the clocks' offset), the phases' lines later.
+        let arrived = [0.1, 1.2, 1.2005, 3.0, 3.2, 3.3, 4.7, 4.7, 5.7, 7.4, 8.0, 10.2, 10.3];
+        let times: Vec<Duration> = arrived.iter().map(|&s| Duration::from_secs_f64(s)).collect();
+        let s = Summary::of(OUTPUT, &times, &["work", "personal", "rt"]);
         assert_eq!(s.results[0].1, ["LINUX-TEST: PASS phases light=6 jobs=2 loops=10 heavy=5 idle=2"]);
         assert!(s.results[1].1.is_empty());
         assert_eq!(s.results[2].1, ["rt periods=2400 misses=0", "RESULT: PASS"]);
-        let timeline: Vec<String> =
-            s.timeline.iter().map(|(t, w)| format!("{} {w}", t.map_or("-".into(), |t| format!("{t:.1}")))).collect();
+        let timeline = |s: &Summary| -> Vec<String> {
+            s.timeline.iter().map(|(t, w)| format!("{} {w}", t.map_or("-".into(), |t| format!("{t:.1}")))).collect()
+        };
         assert_eq!(
-            timeline,
+            timeline(&s),
             [
                 "0.0 core 0 on",
                 "0.0 core 1 on",
-                "- [work] phases: light uptime=3.02",
-                "- [personal] phases: light uptime=3.10",
+                "2.0 [work] phases: light uptime=3.02",
+                "2.1 [personal] phases: light uptime=3.10",
                 "3.5 core 1 off",
-                "- [work] phases: heavy uptime=9.02",
+                "4.5 [work] phases: heavy uptime=9.02",
                 "6.2 core 1 on",
-                "- [work] phases: heavy done uptime=14.1",
+                "9.0 [work] phases: heavy done uptime=14.1",
             ]
         );
+        // Without arrival times the guests' lines cannot be placed.
+        let unplaced = Summary::of(OUTPUT, &[], &["work", "personal", "rt"]);
+        assert_eq!(timeline(&unplaced)[2], "- [work] phases: light uptime=3.02");
+        assert_eq!(timeline(&unplaced)[4], "3.5 core 1 off");
         assert_eq!(s.energy.len(), 4);
         assert_eq!((s.total_uj, s.run_ns), (Some(10_000_000), Some(20_000_000_000)));
         assert!(s.end.as_deref().unwrap().starts_with("hypervisor: all guests stopped after 20000 ms"));

@@ -382,7 +382,6 @@ const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// checks the counts are identical, and prints the EL2 path lengths.
 pub fn run(ctx: &crate::exec::Ctx, names: &[&str]) -> Result<(), crate::Error> {
     use crate::Error;
-    use std::process::{Command, Stdio};
     crate::setup::ensure_target(ctx)?;
     crate::setup::ensure_qemu(ctx)?;
     crate::manifest::guests_build_cmd().run(ctx)?;
@@ -411,20 +410,15 @@ pub fn run(ctx: &crate::exec::Ctx, names: &[&str]) -> Result<(), crate::Error> {
                     phase + 1,
                     cmd.display()
                 );
-                let start = std::time::Instant::now();
-                let out = Command::new(&cmd.program)
-                    .args(&cmd.args)
-                    .current_dir(&ctx.root)
-                    .stdin(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .output()
-                    .map_err(|e| Error::new(format!("could not start `{}`: {e}", cmd.program)))?;
-                let console = String::from_utf8_lossy(&out.stdout);
-                if !out.status.success() || !console.contains("RESULT: PASS") || start.elapsed() > TIMEOUT {
-                    return Err(Error::new(format!(
-                        "bench run of {name} failed ({}); its console:\n{console}",
-                        out.status
-                    )));
+                let out = crate::qemu::run_with_timeout(ctx, &cmd, TIMEOUT, false)?;
+                let console = out.output;
+                let passed = out.status.is_some_and(|s| s.success()) && console.contains("RESULT: PASS");
+                if !passed {
+                    let status = match out.status {
+                        Some(status) => crate::exec::describe(status),
+                        None => format!("killed after {} s", TIMEOUT.as_secs()),
+                    };
+                    return Err(Error::new(format!("bench run of {name} failed ({status}); its console:\n{console}")));
                 }
                 runs.push(parse(&console));
             }

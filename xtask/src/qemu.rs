@@ -169,7 +169,7 @@ pub fn run(ctx: &Ctx, args: &QemuArgs) -> Result<QemuRun, Error> {
     let timeout = Duration::from_secs(args.timeout_secs);
     println!("xtask: running (timeout {}s) {}", args.timeout_secs, cmd.display());
     let start = Instant::now();
-    let Streamed { status, output, line_times, host_waits } = run_with_timeout(ctx, &cmd, timeout)?;
+    let Streamed { status, output, line_times, host_waits } = run_with_timeout(ctx, &cmd, timeout, true)?;
     let seconds = start.elapsed().as_secs_f64();
     let name = scenario.as_ref().map_or("boot", |s| s.name.as_str());
     let timeline = match write_timeline(ctx, name, smp, &output) {
@@ -187,17 +187,18 @@ pub fn run(ctx: &Ctx, args: &QemuArgs) -> Result<QemuRun, Error> {
 }
 
 /// What [`run_with_timeout`] kept of a run.
-struct Streamed {
-    status: Option<ExitStatus>,
-    output: String,
-    line_times: Vec<Duration>,
-    host_waits: hw_tests::hostwait::HostWaits,
+pub struct Streamed {
+    /// `None` when it was killed at its timeout.
+    pub status: Option<ExitStatus>,
+    pub output: String,
+    pub line_times: Vec<Duration>,
+    pub host_waits: hw_tests::hostwait::HostWaits,
 }
 
-/// Runs `cmd` with stdin closed (so QEMU leaves the terminal alone) and its output streamed
-/// (and kept, for the timeline, with when each line came), and how long its threads waited for
-/// a host CPU sampled; kills it after `timeout`. The status is `None` when it was killed.
-fn run_with_timeout(ctx: &Ctx, cmd: &Cmd, timeout: Duration) -> Result<Streamed, Error> {
+/// Runs `cmd` with stdin closed (so QEMU leaves the terminal alone) and its output kept (for
+/// the timeline, with when each line came) and, with `echo`, streamed to the terminal; how
+/// long its threads waited for a host CPU is sampled. Kills it after `timeout`.
+pub fn run_with_timeout(ctx: &Ctx, cmd: &Cmd, timeout: Duration, echo: bool) -> Result<Streamed, Error> {
     let start = Instant::now();
     let mut child = Command::new(&cmd.program)
         .args(&cmd.args)
@@ -214,7 +215,9 @@ fn run_with_timeout(ctx: &Ctx, cmd: &Cmd, timeout: Duration) -> Result<Streamed,
             let mut terminal = std::io::stdout();
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 times.push(start.elapsed());
-                let _ = writeln!(terminal, "{line}");
+                if echo {
+                    let _ = writeln!(terminal, "{line}");
+                }
                 kept.push_str(&line);
                 kept.push('\n');
             }
