@@ -252,7 +252,7 @@ fn linux_cpu_hotplug_on_the_hypervisor() {
 /// Runs before the real-time guest's misses fail a test: QEMU's counter follows the host's
 /// clock and each guest core is a host thread, so a host hiccup can stretch the RT guest's job
 /// past its period without the hypervisor being at fault (as in the `rt` and power tests).
-const RT_ATTEMPTS: u32 = 6;
+const RT_ATTEMPTS: u32 = 8;
 
 /// How many deadline misses the RT guest printed before both Linux guests started init
 /// (console order), and its miss lines after.
