@@ -286,6 +286,19 @@ pub fn manifest(name: &str) -> PathBuf {
     path
 }
 
+/// Writes `bytes` to `path` unless it holds them already, and then waits until they are on
+/// the disk. A Linux scenario's manifest is tens of MB: written and left to the kernel's
+/// writeback, it would be flushed some 30 s later, in the middle of a QEMU run whose
+/// real-time guest the host's I/O and its CPU time then disturb.
+pub fn write_settled(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    let mut file = std::fs::File::create(path)?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    file.sync_all()
+}
+
 /// `scenarios/NAME.toml`, loaded (panics with the loader's message when it is bad).
 pub fn load_scenario(name: &str) -> Scenario {
     let file = workspace_root().join("scenarios").join(format!("{name}.toml"));
@@ -326,7 +339,7 @@ pub fn manifest_of(tag: &str, scenario: &Scenario) -> PathBuf {
     let dir = root.join("target/el2/manifests");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     let path = dir.join(format!("hw-tests-{tag}.manifest"));
-    std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    write_settled(&path, &bytes).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     path
 }
 
@@ -857,6 +870,25 @@ impl VcpuStat {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_is_written_once_and_rewritten_when_it_changes() {
+        let dir = std::env::temp_dir().join(format!("hw-tests-settled-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.manifest");
+        let modified = || std::fs::metadata(&path).unwrap().modified().unwrap();
+        write_settled(&path, b"first").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        let written = modified();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // The same bytes again: the file is left alone.
+        write_settled(&path, b"first").unwrap();
+        assert_eq!(modified(), written);
+        write_settled(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert!(modified() > written);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     pub(crate) fn run_with(output: &str, exit_code: Option<i32>) -> Run {
         Run {

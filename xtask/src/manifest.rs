@@ -118,7 +118,7 @@ pub fn write_manifest(ctx: &Ctx, scenario: &Scenario) -> Result<PathBuf, Error> 
     std::fs::create_dir_all(ctx.root.join(&dir))
         .map_err(|e| Error::new(format!("cannot create {}: {e}", dir.display())))?;
     let path = dir.join(format!("{}.manifest", scenario.name));
-    std::fs::write(ctx.root.join(&path), &bytes)
+    hw_tests::write_settled(&ctx.root.join(&path), &bytes)
         .map_err(|e| Error::new(format!("cannot write {}: {e}", path.display())))?;
     println!("xtask: qemu: wrote {} ({} bytes, {} guests)", path.display(), bytes.len(), scenario.guests.len());
     Ok(path)
