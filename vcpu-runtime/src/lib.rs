@@ -14,7 +14,6 @@ pub mod bootargs;
 pub mod config;
 pub mod ids;
 pub mod manifest;
-pub mod ring;
 pub mod scenario;
 pub mod sched;
 pub mod sync;

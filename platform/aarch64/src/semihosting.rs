@@ -23,8 +23,6 @@ static EXITING: AtomicBool = AtomicBool::new(false);
 /// calls `exit` again, which then parks the core for good (the host's timeout ends the run).
 pub fn exit(code: u32) -> ! {
     if !EXITING.swap(true, Ordering::AcqRel) {
-        // The console's waiting lines first (the end of the run is the last chance).
-        crate::console::flush_at_exit();
         let block = [ADP_STOPPED_APPLICATION_EXIT, u64::from(code)];
         // SAFETY: `hlt #0xf000` is the AArch64 semihosting call: x0 = SYS_EXIT, x1 = address of
         // the two-word parameter block, which lives on this stack for the whole call. The host

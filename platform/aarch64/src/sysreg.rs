@@ -58,10 +58,6 @@ pub fn dsb_ish() {
 }
 
 sysreg_read!(pub fn esr_el2 = "esr_el2");
-sysreg_read!(
-    /// Pending interrupts (read at EL2: the physical ones, masked or not): bit 7 IRQ, bit 6 FIQ.
-    pub fn isr_el1 = "isr_el1"
-);
 sysreg_read!(pub fn far_el2 = "far_el2");
 sysreg_read!(pub fn hpfar_el2 = "hpfar_el2");
 sysreg_read!(pub fn midr_el1 = "midr_el1");

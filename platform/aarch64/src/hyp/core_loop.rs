@@ -258,8 +258,6 @@ impl Core<'_> {
     #[inline(never)]
     fn housekeeping(&mut self, now: Instant) {
         use core::sync::atomic::Ordering;
-        // Console lines no idle core has written out for a while: a bounded share here.
-        crate::console::drain_if_older(timer::nanos_to_ticks(CONSOLE_AGE_NS, timer::frequency_hz()), CONSOLE_BUDGET);
         if self.hyp.ending() || now >= self.hyp.end {
             self.put_away();
             self.hand_in_runs();
@@ -395,10 +393,6 @@ impl Core<'_> {
             if counting {
                 crate::pmu::pause_run_counters();
             }
-            // The console's waiting lines, for as long as nothing wants the core: the EL2 timer,
-            // armed above for `wake`, raises its interrupt when that comes (out of the counted
-            // windows above: this is idle time).
-            crate::console::drain_while(|| !interrupt_pending());
             aarch64_cpu::asm::wfi();
             if counting {
                 crate::pmu::resume_run_counters();
@@ -1239,18 +1233,6 @@ impl Core<'_> {
             }
         }
     }
-}
-
-/// How long console output may wait before a core's housekeeping writes some out itself, and
-/// how much (`console::drain_if_older`): a safety net for output no idle core and no printing
-/// core wrote out (each of which does so first), so small that it costs a busy core little.
-const CONSOLE_AGE_NS: u64 = 200_000_000;
-const CONSOLE_BUDGET: usize = 64;
-
-/// Whether an interrupt waits for the core (the EL2 timer, a kick), masked as it is at EL2.
-#[inline(never)]
-fn interrupt_pending() -> bool {
-    crate::sysreg::isr_el1() & 0b1100_0000 != 0
 }
 
 /// A wait of a trapped guest TLB maintenance instruction for other cores that is said on the

@@ -522,8 +522,8 @@ pub fn start(manifest: Manifest<'static>, cores: &[u64], mut pool: RamRegion) ->
         fail(format!("migrate: {e}"));
     }
     HYP.call_once(|| hyp);
-    // From here on the cores run guests: their lines wait for idle time (`console`).
-    crate::console::set_deferred(true);
+    // From here on the cores run guests: what their lines cost is counted (`stat console`).
+    crate::console::count_costs(true);
     smp::wake_all();
     core_loop::run(hyp, CoreId(0))
 }
@@ -599,8 +599,7 @@ impl Hypervisor {
         if me.index() != 0 {
             smp::park();
         }
-        // The report is printed as it comes, after what waited.
-        crate::console::set_deferred(false);
+        crate::console::count_costs(false);
         let all = if self.cores.len() >= 64 { u64::MAX } else { (1u64 << self.cores.len()) - 1 };
         let since = timer::now();
         while (self.done.load(Ordering::Acquire) | self.off_cores()) & all != all {
@@ -662,13 +661,9 @@ impl Hypervisor {
                 vm.tlbi_deferred.load(Ordering::Relaxed)
             );
         }
-        let (idle_bytes, busy_bytes, busy_ticks, busy_max) = crate::console::costs();
+        let (bytes, ticks, longest) = crate::console::costs();
         let us = |ticks: u64| timer::ticks_to_nanos(ticks, timer::frequency_hz()) / 1000;
-        println!(
-            "stat console idle_bytes={idle_bytes} busy_bytes={busy_bytes} busy_us={} busy_max_us={}",
-            us(busy_ticks),
-            us(busy_max)
-        );
+        println!("stat console bytes={bytes} us={} line_max_us={}", us(ticks), us(longest));
         if let Some(text) = checkpoint::checkpoint_line_missing() {
             crate::fail!("checkpoint: the run ended before the first guest printed a line containing \"{text}\"; nothing written");
         }
