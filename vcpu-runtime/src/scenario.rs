@@ -8,7 +8,7 @@
 //!
 //! The model is plain `no_std` data. [`Scenario::validate`] checks every rule that a scenario
 //! must satisfy, so code that builds a scenario by hand gets the same checks as a file. With the
-//! `std` feature, [`load`] and [`parse`] read a TOML file, and a bad scenario fails with a
+//! `std` feature, `load` and `parse` read a TOML file, and a bad scenario fails with a
 //! [`ScenarioError`] that names the file, the field and the reason:
 //!
 //! ```text
@@ -161,7 +161,7 @@ pub enum Demand {
 /// are unknown are left out (an in-memory scenario has no file, an I/O error no field).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScenarioError {
-    /// The scenario file as given to [`load`] or [`parse`]; empty for [`Scenario::validate`].
+    /// The scenario file as given to `load` or `parse` (with `std`); empty for [`Scenario::validate`].
     pub file: String,
     /// 1-based line and column (in characters) in `file`, when known.
     pub location: Option<(u32, u32)>,
