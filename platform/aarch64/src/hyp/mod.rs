@@ -649,20 +649,18 @@ impl Hypervisor {
                 state_word(*state)
             );
         }
+        let us = |ticks: u64| timer::ticks_to_nanos(ticks, timer::frequency_hz()) / 1000;
         for vm in self.vms.iter().filter(|vm| vm.trap_tlbi) {
             let (tlbi, waited) = vm.tlb.counts();
-            let us =
-                |ticks: &AtomicU64| timer::ticks_to_nanos(ticks.load(Ordering::Relaxed), timer::frequency_hz()) / 1000;
             println!(
                 "stat vm {} tlbi={tlbi} tlbi_waited={waited} tlbi_wait_us={} tlbi_wait_max_us={} tlbi_deferred={}",
                 vm.name,
-                us(&vm.tlbi_wait_ticks),
-                us(&vm.tlbi_wait_ticks_max),
+                us(vm.tlbi_wait_ticks.load(Ordering::Relaxed)),
+                us(vm.tlbi_wait_ticks_max.load(Ordering::Relaxed)),
                 vm.tlbi_deferred.load(Ordering::Relaxed)
             );
         }
         let (bytes, ticks, longest) = crate::console::costs();
-        let us = |ticks: u64| timer::ticks_to_nanos(ticks, timer::frequency_hz()) / 1000;
         println!("stat console bytes={bytes} us={} line_max_us={}", us(ticks), us(longest));
         if let Some(text) = checkpoint::checkpoint_line_missing() {
             crate::fail!("checkpoint: the run ended before the first guest printed a line containing \"{text}\"; nothing written");
