@@ -60,6 +60,57 @@ impl Row {
         let (best, _) = self.best();
         (best - self.bound_uj as f64) / best * 100.0
     }
+    /// Where the saving comes from: consolidate against the best baseline in each part of the
+    /// energy, in points of the baseline's total (they add up to [`Row::saving`]).
+    fn saving_by_part(&self) -> Parts {
+        let (_, best) = self.best();
+        let (Some(b), Some(c)) = (self.run(best), self.run(GovernorPolicy::Consolidate)) else {
+            return Parts { busy: f64::NAN, idle: f64::NAN, clusters: f64::NAN };
+        };
+        let (pb, pc) = (Parts::of(b), Parts::of(c));
+        let total = b.energy_uj as f64 / 100.0;
+        Parts {
+            busy: (pb.busy - pc.busy) / total,
+            idle: (pb.idle - pc.idle) / total,
+            clusters: (pb.clusters - pc.clusters) / total,
+        }
+    }
+    /// The share of the best baseline's energy its cores spent idle (or off), in percent: all
+    /// that turning cores off can take back, with the same operating points and the clusters up
+    /// as long.
+    fn best_idle_share(&self) -> f64 {
+        let (_, best) = self.best();
+        self.run(best).map_or(f64::NAN, |b| b.idle_uj as f64 * 100.0 / b.energy_uj as f64)
+    }
+    fn run(&self, policy: GovernorPolicy) -> Option<&EnergyReport> {
+        self.runs.iter().find(|r| r.policy == policy.name())
+    }
+}
+
+/// A difference in points as the table prints it (one decimal): one that rounds to zero is
+/// +0.0 whatever its sign.
+fn points(x: f64) -> f64 {
+    if x.abs() < 0.05 {
+        0.0
+    } else {
+        x
+    }
+}
+
+/// A run's energy in three parts (µJ, or points of a total): cores running, cores idle or off
+/// (break-even costs included), and the clusters' shared logic.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Parts {
+    busy: f64,
+    idle: f64,
+    clusters: f64,
+}
+
+impl Parts {
+    fn of(r: &EnergyReport) -> Parts {
+        let (idle, clusters) = (r.idle_uj as f64, r.clusters_uj as f64);
+        Parts { busy: r.energy_uj as f64 - idle - clusters, idle, clusters }
+    }
 }
 
 fn main() -> ExitCode {
@@ -173,7 +224,13 @@ fn render(rows: &[Row], duration: Nanos, wall_s: f64) -> (String, bool) {
          the best of spread, hotplug and race-to-idle; *at most* is what any policy could save against that \
          baseline, down to a lower bound from the work and the model alone (`energy::lower_bound_uj`: every \
          job at the most efficient operating point, idle cores free, the boot core's cluster asleep in every \
-         gap between arrivals of work): loose, it only says where the model rules a saving out. RT misses \
+         gap between arrivals of work): loose, it only says where the model rules a saving out. *By part* \
+         splits the saving into the cores' busy energy, their idle and off energy (break-even costs \
+         included) and the clusters', in points of the best baseline's energy (they add up to the saving); \
+         *best idle* is the share of the best baseline's energy its cores spent idle or off: all that \
+         turning cores off can take back while the operating points and the clusters' time up stay the \
+         same (on a board with one cluster, packing vCPUs barely changes how long the cluster is up: see the \
+         *clusters* part). RT misses \
          are the deadline misses of the vCPUs with a reservation; late jobs those of the other periodic vCPUs \
          (spread/hotplug/race-to-idle/consolidate); latency is the mean and worst wake-up latency under \
          consolidate; moves and core off/on counts are consolidate's. {} runs in {wall_s:.1} s of wall time.\n",
@@ -181,13 +238,14 @@ fn render(rows: &[Row], duration: Nanos, wall_s: f64) -> (String, bool) {
     );
     let _ = writeln!(
         s,
-        "| board | trace | util | spread J | hotplug J | race-to-idle J | consolidate J | saving | at most | RT misses (s/h/r/c) | late jobs (s/h/r/c) | latency avg / max | moves | cores off/on |"
+        "| board | trace | util | spread J | hotplug J | race-to-idle J | consolidate J | saving | by part (busy / idle / clusters) | best idle | at most | RT misses (s/h/r/c) | late jobs (s/h/r/c) | latency avg / max | moves | cores off/on |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut ok = true;
     let mut failures = Vec::new();
     for r in rows {
         let (saving, best) = r.saving();
+        let parts = r.saving_by_part();
         let c = r.runs.iter().find(|x| x.policy == "consolidate");
         let per_policy = |f: &dyn Fn(&EnergyReport) -> u64| -> String {
             GovernorPolicy::ALL
@@ -200,7 +258,7 @@ fn render(rows: &[Row], duration: Nanos, wall_s: f64) -> (String, bool) {
         let late = per_policy(&|x| x.deadline_misses - x.rt_misses);
         let _ = writeln!(
             s,
-            "| {} | {} | {} % | {:.3} | {:.3} | {:.3} | {:.3} | {:+.1} % (vs {}) | {:.1} % | {} | {} | {} / {} | {} | {}/{} |",
+            "| {} | {} | {} % | {:.3} | {:.3} | {:.3} | {:.3} | {:+.1} % (vs {}) | {:+.1} / {:+.1} / {:+.1} | {:.1} % | {:.1} % | {} | {} | {} / {} | {} | {}/{} |",
             r.board,
             r.trace,
             r.util,
@@ -208,8 +266,12 @@ fn render(rows: &[Row], duration: Nanos, wall_s: f64) -> (String, bool) {
             r.energy(GovernorPolicy::Hotplug) / 1e6,
             r.energy(GovernorPolicy::RaceToIdle) / 1e6,
             r.energy(GovernorPolicy::Consolidate) / 1e6,
-            saving,
+            points(saving),
             best,
+            points(parts.busy),
+            points(parts.idle),
+            points(parts.clusters),
+            r.best_idle_share(),
             r.ceiling(),
             misses,
             late,
@@ -221,8 +283,14 @@ fn render(rows: &[Row], duration: Nanos, wall_s: f64) -> (String, bool) {
         );
         if r.util <= LIGHT_PERCENT && saving < LIGHT_SAVING_PERCENT {
             failures.push(format!(
-                "{} {} at {} %: consolidate saves {saving:.1} %, less than {LIGHT_SAVING_PERCENT} %",
-                r.board, r.trace, r.util
+                "{} {} at {} %: consolidate saves {saving:.1} %, less than {LIGHT_SAVING_PERCENT} % ({best}'s cores spent {:.1} % of its energy idle or off; busy {:+.1}, idle {:+.1}, clusters {:+.1} points)",
+                r.board,
+                r.trace,
+                r.util,
+                r.best_idle_share(),
+                points(parts.busy),
+                points(parts.idle),
+                points(parts.clusters)
             ));
         }
         if saving < -WORST_PERCENT {
@@ -266,4 +334,83 @@ fn render(rows: &[Row], duration: Nanos, wall_s: f64) -> (String, bool) {
         }
     }
     (s, ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(policy: GovernorPolicy, busy: u64, idle: u64, clusters: u64) -> EnergyReport {
+        EnergyReport {
+            scenario: "s".into(),
+            policy: policy.name().into(),
+            profile: "phone-dual".into(),
+            simulated_ns: 1,
+            energy_uj: busy + idle + clusters,
+            average_power_mw: 0.0,
+            cores: Vec::new(),
+            idle_uj: idle,
+            clusters_uj: clusters,
+            vms: Vec::new(),
+            demand_ns: 100,
+            backlog_ns: 0,
+            deadline_misses: 0,
+            rt_misses: 0,
+            wake_latency_max_ns: 0,
+            wake_latency_avg_ns: 0,
+            migrations: 0,
+            core_off: 0,
+            core_on: 0,
+            transitions: 0,
+        }
+    }
+
+    fn row(util: u32) -> Row {
+        Row {
+            board: "phone-dual (2 cores)".into(),
+            trace: "idle-bursts",
+            util,
+            runs: vec![
+                run(GovernorPolicy::Spread, 700, 100, 220),
+                run(GovernorPolicy::Hotplug, 720, 60, 220),
+                run(GovernorPolicy::RaceToIdle, 900, 50, 250),
+                run(GovernorPolicy::Consolidate, 715, 40, 225),
+            ],
+            bound_uj: 800,
+        }
+    }
+
+    #[test]
+    fn the_saving_splits_into_parts_of_the_best_baselines_energy() {
+        let r = row(10);
+        // Hotplug (1000 µJ) is the best baseline; consolidate spends 980.
+        let (saving, best) = r.saving();
+        assert_eq!(best, GovernorPolicy::Hotplug);
+        let parts = r.saving_by_part();
+        assert!((parts.busy - 0.5).abs() < 1e-9, "{parts:?}");
+        assert!((parts.idle - 2.0).abs() < 1e-9, "{parts:?}");
+        assert!((parts.clusters + 0.5).abs() < 1e-9, "{parts:?}");
+        assert!((parts.busy + parts.idle + parts.clusters - saving).abs() < 1e-9);
+        assert!((saving - 2.0).abs() < 1e-9);
+        assert!((r.best_idle_share() - 6.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_light_row_short_of_the_goal_says_where_its_saving_came_from() {
+        let (table, ok) = render(&[row(10)], Nanos::from_secs(1), 0.0);
+        assert!(!ok);
+        assert!(table.contains("| +2.0 % (vs hotplug) | +0.5 / +2.0 / -0.5 | 6.0 % |"), "{table}");
+        assert!(
+            table.contains(
+                "consolidate saves 2.0 %, less than 5 % (hotplug's cores spent 6.0 % of its energy idle or off; \
+                 busy +0.5, idle +2.0, clusters -0.5 points)"
+            ),
+            "{table}"
+        );
+        assert_eq!(format!("{:+.1}", points(-0.04)), "+0.0");
+        assert_eq!(format!("{:+.1}", points(-0.06)), "-0.1");
+        // A heavy row is judged only against being worse.
+        let (_, ok) = render(&[row(50)], Nanos::from_secs(1), 0.0);
+        assert!(ok);
+    }
 }
