@@ -144,6 +144,9 @@ impl core::error::Error for AccountingError {}
 struct CoreAccount {
     accounted_until: Instant,
     last: Option<CoreState>,
+    /// The slot of `last`: a state's slot names it, so the next booking compares slots rather
+    /// than finding the last state's slot again (a rest's booking, at every wake-up).
+    last_slot: Option<usize>,
     residency: Vec<Nanos>,
     unaccounted: Nanos,
     /// `slots × slots`, row = from.
@@ -178,6 +181,7 @@ impl CoreAccount {
         self.entries[s] += 1;
         self.accounted_until = to;
         self.last = Some(state);
+        self.last_slot = Some(s);
         duration
     }
 
@@ -212,6 +216,7 @@ impl Accounting {
                 CoreAccount {
                     accounted_until: start,
                     last: None,
+                    last_slot: None,
                     residency: vec![Nanos::ZERO; slots],
                     unaccounted: Nanos::ZERO,
                     transitions: vec![0; slots * slots],
@@ -304,6 +309,7 @@ impl Accounting {
         let slots = account.residency.len();
         account.transitions[from_slot * slots + to_slot] += 1;
         account.last = Some(to);
+        account.last_slot = Some(to_slot);
         Ok(())
     }
 
@@ -428,10 +434,7 @@ impl Accounting {
         };
         let account = self.cores.get_mut(core.index()).ok_or(AccountingError::NoSuchCore(core))?;
         let s = account.slot(core, state)?;
-        let from_slot = match account.last {
-            Some(last) if last != state => Some(account.slot(core, last)?),
-            _ => None,
-        };
+        let from_slot = account.last_slot.filter(|&l| l != s);
         account.check_interval(core, from, to)?;
         if let Some(f) = from_slot {
             let slots = account.residency.len();
@@ -462,10 +465,7 @@ impl Accounting {
     ) -> Result<(), AccountingError> {
         let account = self.cores.get_mut(core.index()).ok_or(AccountingError::NoSuchCore(core))?;
         let (s1, s2) = (account.slot(core, first)?, account.slot(core, second)?);
-        let last_slot = match account.last {
-            Some(last) if last != first => Some(account.slot(core, last)?),
-            _ => None,
-        };
+        let last_slot = account.last_slot.filter(|&l| l != s1);
         // Both non-empty (a caller with an empty stretch books through `book`).
         if mid <= from {
             return Err(AccountingError::EndsBeforeStart { core, from, to: mid });

@@ -94,6 +94,9 @@ pub(super) struct Core<'h> {
     vm_loaded: Option<guest::VmRegs>,
     /// This core's part in carrying out guests' trapped TLB maintenance (`vcpu_runtime::tlb`).
     tlb: CoreTlb,
+    /// The core's operating point, for its energy book: the hypervisor sets none and runs at
+    /// the top one (`Power::opp`), so it is looked up once, not at every wake-up.
+    opp: usize,
 }
 
 /// Sets this core up for guests and runs its loop; when the governor has it drain, it gives its
@@ -138,6 +141,7 @@ pub(super) fn run(hyp: &'static Hypervisor, me: CoreId) -> ! {
             tlb: CoreTlb::new(hyp.vms.len()),
             profile: super::instructions::enabled().then_some(ProfileMark::START),
             vtimer_hw_lr: None,
+            opp: hyp.power.opp(me),
         };
         if shared.power.load(Ordering::Acquire) == power::STARTING {
             let now = timer::now();
@@ -407,8 +411,7 @@ impl Core<'_> {
             let mut book = book.lock();
             match self.runs_end.take() {
                 Some(runs_end) => {
-                    let opp = self.hyp.power.opp(self.me);
-                    book.book_runs_then_rest(self.me, opp, runs_end, state, end, &mut self.vcpu_busy);
+                    book.book_runs_then_rest(self.me, self.opp, runs_end, state, end, &mut self.vcpu_busy);
                 }
                 None => book.book(self.me, power::AcctState::Idle { state }, None, end),
             }
@@ -882,7 +885,7 @@ impl Core<'_> {
     /// Hands the runs collected since the last rest in to the core's energy book.
     fn hand_in_runs(&mut self) {
         if let (Some(runs_end), Some(book)) = (self.runs_end.take(), self.hyp.power.accounts.get(self.me.index())) {
-            book.lock().book_runs(self.me, self.hyp.power.opp(self.me), runs_end, &mut self.vcpu_busy);
+            book.lock().book_runs(self.me, self.opp, runs_end, &mut self.vcpu_busy);
         }
     }
 
