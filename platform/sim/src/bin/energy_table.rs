@@ -40,7 +40,7 @@ struct Row {
 
 impl Row {
     fn energy(&self, policy: GovernorPolicy) -> f64 {
-        self.runs.iter().find(|r| r.policy == policy.name()).map_or(f64::NAN, |r| r.energy_uj as f64)
+        self.run(policy).map_or(f64::NAN, |r| r.energy_uj as f64)
     }
     /// The best baseline: its energy and which it is.
     fn best(&self) -> (f64, GovernorPolicy) {
@@ -82,6 +82,7 @@ impl Row {
         let (_, best) = self.best();
         self.run(best).map_or(f64::NAN, |b| b.idle_uj as f64 * 100.0 / b.energy_uj as f64)
     }
+    /// The run of `policy`, if the row has one.
     fn run(&self, policy: GovernorPolicy) -> Option<&EnergyReport> {
         self.runs.iter().find(|r| r.policy == policy.name())
     }
@@ -246,11 +247,11 @@ fn render(rows: &[Row], duration: Nanos, wall_s: f64) -> (String, bool) {
     for r in rows {
         let (saving, best) = r.saving();
         let parts = r.saving_by_part();
-        let c = r.runs.iter().find(|x| x.policy == "consolidate");
+        let c = r.run(GovernorPolicy::Consolidate);
         let per_policy = |f: &dyn Fn(&EnergyReport) -> u64| -> String {
             GovernorPolicy::ALL
                 .iter()
-                .map(|p| r.runs.iter().find(|x| x.policy == p.name()).map_or("-".into(), |x| f(x).to_string()))
+                .map(|p| r.run(*p).map_or("-".into(), |x| f(x).to_string()))
                 .collect::<Vec<String>>()
                 .join("/")
         };
