@@ -1063,6 +1063,79 @@ impl CoreRuntime {
         Some(self.slice_end)
     }
 
+    /// The running `vcpu` yields (`HV_YIELD`, or a WFE with others runnable) and another
+    /// share vCPU of this core is runnable, with no reservation on the core and no mail,
+    /// wake-up or move waiting: takes the exit and decides in one pass, and returns the vCPU
+    /// to run next (never `vcpu`) and until when. The same bookkeeping as `Exit { Yield }`
+    /// then `next()` (tested side by side), without the exit's and the decision's separate
+    /// passes over the vCPUs, and from the platform without a return to its core loop
+    /// (docs/benchmarks.md, *The switch's own path*). `None`, having changed nothing, when
+    /// `next()` could decide differently than picking the least-served runnable peer: the
+    /// platform then takes the exit as usual.
+    #[inline(always)]
+    pub fn switch_on_yield(
+        &mut self,
+        sys: &System,
+        vcpu: VcpuId,
+        now: Instant,
+        trace: &mut impl TraceSink,
+    ) -> Option<(VcpuId, Instant)> {
+        let cur = self.current.filter(|c| c.id == vcpu)?;
+        if !self.online || !self.deferred_moves.is_empty() || sys.has_requests(self.core) {
+            return None;
+        }
+        // The peers: the latest virtual time (the yielder goes behind it) and the pick, the
+        // first with the least (as `next()` finds it: the yielder, behind them all, is not it).
+        let (mut peers_max, mut best, mut pick) = (0, u64::MAX, None);
+        for (i, v) in self.vcpus.iter().enumerate() {
+            if v.rt.is_some() {
+                return None;
+            }
+            if i != cur.idx && v.state == VcpuState::Runnable {
+                peers_max = peers_max.max(v.vtime);
+                if v.vtime < best {
+                    (best, pick) = (v.vtime, Some(i));
+                }
+            }
+        }
+        let pick = pick?;
+        let core = self.core;
+        let switch_events = trace.wants_switch_events();
+        // The exit (`on_exit`, `Yield`).
+        self.current = None;
+        self.charge(sys, cur.idx, cur.since, now);
+        sys.stop_running(vcpu);
+        let v = &mut self.vcpus[cur.idx];
+        v.state = VcpuState::Runnable;
+        v.vtime = v.vtime.max(peers_max).saturating_add(1);
+        v.stats.preemptions += 1;
+        if switch_events {
+            trace.emit(TraceEvent { at: now, kind: TraceKind::VcpuPreempt { core, vcpu } });
+        }
+        // The decision (`next`): a fresh slice, as the yield cleared the last runner.
+        self.stats.decisions += 1;
+        self.min_vtime = self.min_vtime.max(best);
+        let until = now + self.params.timeslice;
+        self.slice_end = until;
+        let v = &mut self.vcpus[pick];
+        sys.start_running(core, v.id);
+        v.state = VcpuState::Running;
+        v.stats.runs += 1;
+        if let Some(w) = v.woken_at.take() {
+            let lat = now.since(w);
+            v.stats.wake_latency_total += lat;
+            v.stats.wake_latency_max = v.stats.wake_latency_max.max(lat);
+        }
+        let next = v.id;
+        self.stats.switches += 1;
+        if switch_events {
+            trace.emit(TraceEvent { at: now, kind: TraceKind::VcpuRun { core, vcpu: next } });
+        }
+        self.last_run = Some(next);
+        self.current = Some(Current { idx: pick, since: now, id: next });
+        Some((next, until))
+    }
+
     /// Decides what the core does next. Takes in mail and wake-ups first.
     pub fn next(&mut self, sys: &System, now: Instant, trace: &mut impl TraceSink) -> Decision {
         debug_assert!(self.current.is_none(), "next() while a vCPU is running on core {}", self.core);

@@ -1284,3 +1284,108 @@ fn a_signal_says_whether_it_woke_the_vcpu_or_found_it_running() {
     assert_eq!(sys.signal(V0), Signal::Other);
     assert_eq!(sys.wake(V0), None);
 }
+
+/// `switch_on_yield` is `Exit { Yield }` then `next()`: two identical one-core systems run the
+/// same random exits (yields, preemptions, blocks, with wake-ups landing between runs and runs
+/// crossing utilization periods), one taking every yield it can through `switch_on_yield`, the
+/// other always the long way; after every step the decisions, the whole runtime state, the
+/// shared state words, the published utilization and the traces agree. Both kinds of step must
+/// occur: the fast one most of the time, and declines (a wake-up waiting, no peer runnable).
+#[test]
+fn switch_on_yield_is_a_yield_and_the_next_decision() {
+    let vcpus = || vec![share(0, 256), share(1, 512), share(2, 128), share(3, 256)];
+    let (sys_a, mut a) = system(1, vcpus());
+    let (sys_b, mut b) = system(1, vcpus());
+    let (mut trace_a, mut trace_b) = (Vec::new(), Vec::new());
+    let mut rng = Lcg(7);
+    let mut now = Instant::ZERO;
+    let mut decided_a = None;
+    let (mut fast, mut declined) = (0, 0);
+    for step in 0..5_000 {
+        let da = decided_a.take().unwrap_or_else(|| a[0].next(&sys_a, now, &mut trace_a));
+        let db = b[0].next(&sys_b, now, &mut trace_b);
+        assert_eq!(da, db, "step {step}");
+        assert_eq!(format!("{:?}", a[0]), format!("{:?}", b[0]), "step {step}");
+        assert_eq!(trace_a, trace_b, "step {step}");
+        for v in 0..4 {
+            let v = VcpuId(v);
+            assert_eq!(sys_a.status(v), sys_b.status(v), "step {step}");
+            assert_eq!(sys_a.vcpu_utilization(v, now), sys_b.vcpu_utilization(v, now), "step {step}");
+        }
+        // Wake-ups land while a vCPU runs (or the core idles), on both alike.
+        if rng.below(4) == 0 {
+            let v = VcpuId(rng.below(4) as u16);
+            assert_eq!(sys_a.wake(v), sys_b.wake(v), "step {step}");
+        }
+        match da {
+            Decision::Run { vcpu, until } => {
+                let end = (now + Nanos(rng.below(3_000_000))).min(until);
+                let reason = match rng.below(10) {
+                    0..=5 => ExitReason::Yield,
+                    6 | 7 => ExitReason::Preempted,
+                    _ => ExitReason::Wfi,
+                };
+                b[0].handle(&sys_b, Event::Exit { vcpu, reason }, end, &mut trace_b).unwrap();
+                let switched = if reason == ExitReason::Yield {
+                    a[0].switch_on_yield(&sys_a, vcpu, end, &mut trace_a)
+                } else {
+                    None
+                };
+                match switched {
+                    Some((next, until)) => {
+                        assert_ne!(next, vcpu, "step {step}: a yield switches");
+                        decided_a = Some(Decision::Run { vcpu: next, until });
+                        fast += 1;
+                    }
+                    None => {
+                        if reason == ExitReason::Yield {
+                            declined += 1;
+                        }
+                        a[0].handle(&sys_a, Event::Exit { vcpu, reason }, end, &mut trace_a).unwrap();
+                    }
+                }
+                now = end;
+            }
+            Decision::Idle { .. } => now += ms(1),
+            Decision::PowerOff => panic!("step {step}: the core is online"),
+        }
+    }
+    assert!(fast > 1_000 && declined > 100, "fast {fast}, declined {declined}");
+}
+
+/// `switch_on_yield` declines, changing nothing, whenever `next()` could decide otherwise than
+/// a share peer: no peer runnable, a reservation on the core, a wake-up waiting, and for a vCPU
+/// that is not the running one.
+#[test]
+fn switch_on_yield_declines_when_next_could_decide_otherwise() {
+    let unchanged = |core: &CoreRuntime, sys: &System, before: &str, why: &str| {
+        assert_eq!(format!("{core:?}"), before, "{why}: the runtime is unchanged");
+        assert_eq!(sys.status(V0).state, VcpuState::Running, "{why}: still running");
+    };
+    let (sys, mut cores) = system(1, vec![share(0, 256), share(1, 256)]);
+    let core = &mut cores[0];
+    run_once(&sys, core, V0, Instant::ZERO, Instant::ZERO, ExitReason::Yield, &mut ());
+    run_once(&sys, core, V1, Instant::ZERO, Instant::ZERO, ExitReason::Wfi, &mut ());
+    let Decision::Run { vcpu: V0, .. } = core.next(&sys, Instant::ZERO, &mut ()) else { panic!() };
+    let before = format!("{core:?}");
+    assert_eq!(core.switch_on_yield(&sys, V0, at_ms(1), &mut ()), None);
+    unchanged(core, &sys, &before, "no peer runnable");
+    assert_eq!(core.switch_on_yield(&sys, V1, at_ms(1), &mut ()), None);
+    unchanged(core, &sys, &before, "not the running vCPU");
+    assert_eq!(sys.wake(V1), Some(C0));
+    assert_eq!(core.switch_on_yield(&sys, V0, at_ms(1), &mut ()), None);
+    unchanged(core, &sys, &before, "a wake-up waits");
+    // The wake-up taken in, the yield switches.
+    core.handle(&sys, Event::Exit { vcpu: V0, reason: ExitReason::Preempted }, at_ms(1), &mut ()).unwrap();
+    let Decision::Run { vcpu, .. } = core.next(&sys, at_ms(1), &mut ()) else { panic!() };
+    let other = if vcpu == V0 { V1 } else { V0 };
+    assert_eq!(core.switch_on_yield(&sys, vcpu, at_ms(2), &mut ()).map(|(v, _)| v), Some(other));
+
+    let (sys, mut cores) = system(1, vec![share(0, 256), reserved(1, ms(1), ms(10)), share(2, 256)]);
+    let core = &mut cores[0];
+    run_once(&sys, core, V1, Instant::ZERO, Instant::ZERO, ExitReason::Wfi, &mut ());
+    let Decision::Run { vcpu: V0, .. } = core.next(&sys, Instant::ZERO, &mut ()) else { panic!() };
+    let before = format!("{core:?}");
+    assert_eq!(core.switch_on_yield(&sys, V0, at_ms(1), &mut ()), None);
+    unchanged(core, &sys, &before, "a reservation on the core");
+}

@@ -205,6 +205,20 @@ fn vtimer_line() -> bool {
     ctl & 0b11 == 0b01 && timer::virtual_counter() >= guest::vtimer_cval()
 }
 
+/// The loaded vCPU's virtual-timer deadline (ns, [`NO_DEADLINE`] if its timer cannot fire),
+/// from the live timer of `vm`'s vCPU: noted when its run ends, as `guest::save` would leave it.
+#[inline(always)]
+fn loaded_deadline(vm: &Vm) -> u64 {
+    use core::sync::atomic::Ordering;
+    if guest::vtimer_ctl() & 0b11 == 0b01 {
+        // In the guest's virtual count: physical = virtual + CNTVOFF.
+        let cntvoff = vm.cntvoff.load(Ordering::Relaxed);
+        timer::instant_of_ticks(guest::vtimer_cval().wrapping_add(cntvoff)).as_nanos()
+    } else {
+        NO_DEADLINE
+    }
+}
+
 impl Core<'_> {
     /// Runs the core until it has drained and its runtime decides it powers off.
     fn main_loop(&mut self) {
@@ -224,7 +238,8 @@ impl Core<'_> {
                         self.timers_known = false;
                     }
                     let until = until.min(self.next_timer()).min(self.housekeeping_at);
-                    let (reason, now) = self.run_vcpu(vcpu, until);
+                    // A yield may have switched to another vCPU in the run (`Core::switch_on_yield`).
+                    let (vcpu, reason, now) = self.run_vcpu(vcpu, until);
                     let event = Event::Exit { vcpu, reason };
                     if let Err(e) = self.rt.handle(&self.hyp.sys, event, now, &mut self.hyp.trace()) {
                         fail!("core {}: {e}", self.me.0);
@@ -580,183 +595,224 @@ impl Core<'_> {
         self.rt.vcpus().iter().any(|v| v.id() != vcpu && v.state() == VcpuState::Runnable)
     }
 
-    /// Runs `vcpu` until `until`, handling its exits, and returns why it left the core and when.
-    fn run_vcpu(&mut self, id: VcpuId, mut until: Instant) -> (ExitReason, Instant) {
+    /// Runs `id` until `until`, handling its exits, and returns the vCPU that left the core,
+    /// why and when: `id`, or the one a yield switched to without leaving this function
+    /// ([`Core::switch_on_yield`]), which then went through the same checks and load as `id`.
+    fn run_vcpu(&mut self, mut id: VcpuId, mut until: Instant) -> (VcpuId, ExitReason, Instant) {
         use core::sync::atomic::Ordering;
         let hyp = self.hyp;
-        let vcpu = hyp.vcpu(id);
-        let vm = &hyp.vms[vcpu.vm.index()];
-        if vm.stopping.load(Ordering::SeqCst) {
-            self.put_away();
-            return (ExitReason::Stop(vm.stop_reason()), timer::now());
-        }
-        if hyp.ending() {
-            self.put_away();
-            return (ExitReason::Stop(StopReason::Halted), timer::now());
-        }
-        if vm.is_resetting() {
-            // Off until the reset starts the guest again (a CPU_ON of its old life is void).
-            self.put_away();
-            vcpu.boot.lock().take();
-            return (ExitReason::PsciCpuOff, timer::now());
-        }
-        if vm.paused.load(Ordering::Acquire) {
-            // Live migration holds the VM: blocked until it is resumed (which wakes it).
-            self.put_away();
-            return (ExitReason::Wfi, timer::now());
-        }
-        let mut ctx = match self.kept.take() {
-            // Picked again right away: still loaded, as its last run left it (a runnable vCPU
-            // has no CPU_ON waiting in its boot slot).
-            Some((kept, ctx)) if kept == id => ctx,
-            kept => {
-                // Another vCPU kept loaded is saved first; the guest settings of `HCR_EL2` and
-                // the stage-2 registers stay for this one (a switch).
-                let switch = kept.is_some();
-                if let Some((_, ctx)) = kept {
-                    self.save_vcpu(ctx);
-                }
-                let mut ctx = vcpu.ctx.lock();
-                if let Some((entry, x0)) = vcpu.boot.take() {
-                    ctx.reset(entry, x0);
-                }
-                let regs = vm.regs();
-                if switch {
-                    guest::load_after_save(&ctx, (Some(regs) != self.vm_loaded).then_some(regs));
-                } else {
-                    guest::load(&ctx, regs);
-                }
-                self.vm_loaded = Some(regs);
-                let memo = ctx.lr_memo;
-                // Whatever was put away before let go of the timer's PPI (`vtimer_released`);
-                // the model's timer level is synced at the first entry.
-                debug_assert!(!self.vgic.has(VgicFlags::VTIMER_ACTIVE));
-                self.vgic = VgicFlags(memo.flags);
-                self.fill_epoch = memo.epoch;
-                if self.vgic.has(VgicFlags::FILL_CLEAN) {
-                    // As that fill left it (no overflow); `unload` turned the interface off.
-                    gic::set_ich_hcr(gic::ICH_HCR_EN);
-                }
-                ctx
-            }
-        };
-        if ctx.tlbi_waits.is_some() && !self.finish_tlbi(vm, &mut ctx) {
-            // The cores its TLB maintenance waits for have still not left the guest: the core
-            // goes to the runtime (another vCPU, a real-time job, say), and this one, kept
-            // loaded, tries again when it is picked. Its timer deadline is the one its last run
-            // left.
-            let end = self.end_run(id);
-            self.kept = Some((id, ctx));
-            return (ExitReason::Preempted, end);
-        }
-        vcpu.timer_deadline.store(NO_DEADLINE, Ordering::Release);
-        timer::arm_hyp_timer(until);
-        let reason = loop {
-            self.vgic_enter(vm, vcpu);
-            if let Some(mark) = self.profile {
-                mark.enter(self.me);
-            }
-            if vm.trap_tlbi {
-                self.tlb_enter(vm);
-            }
-            let kind = guest::enter(&mut ctx.regs);
-            if vm.trap_tlbi {
-                self.tlb_exit();
-            }
-            self.exits += 1;
-            let esr = guest::esr();
-            if self.profile.is_some() {
-                let class = super::instructions::exit_class(kind == ExitKind::Sync, esr);
-                self.profile = Some(ProfileMark::exit(class));
-            }
-            // An IPI: the whole exit here when it can be (`sgi_at_exit`).
-            let sgi = if kind == ExitKind::Sync { self.sgi_at_exit(vm, vcpu, &mut ctx.regs, esr) } else { SgiExit::No };
-            let action = if sgi == SgiExit::Sent {
-                continue;
-            } else if sgi == SgiExit::SentPoll {
-                // The runtime looks first (the IPI woke a vCPU of this core): no entry now.
-                self.lrs_fresh = false;
-                Action::Resume
-            } else {
-                self.vgic_exit(vm, vcpu);
-                match kind {
-                    ExitKind::Sync => exits::handle(self, vm, vcpu, &mut ctx, esr),
-                    ExitKind::Irq | ExitKind::Fiq => match self.take_irqs(until) {
-                        Action::Exit(ExitReason::Preempted) if !self.poll => self.renew(&mut until),
-                        action => action,
-                    },
-                    ExitKind::SError => {
-                        self.fault(vm, vcpu, FaultKind::Other(0x2f));
-                        self.stop_vm(vm, StopReason::Fault, id);
-                        Action::Exit(ExitReason::Stop(StopReason::Fault))
-                    }
-                }
-            };
-            let leaving = match action {
-                Action::Exit(reason @ (ExitReason::Stop(_) | ExitReason::PsciCpuOff)) => break reason,
-                Action::Exit(reason) => Some(reason),
-                Action::Resume => None,
-            };
-            // A trap the guest resumes from changes nothing the checks below look at: the VM's
-            // stop, reset and pause, the end of the run (every one set with a kick IPI to the
-            // cores running the vCPUs concerned, or by this core's exit handlers, which then
-            // leave or poll) and the run's time (the EL2 timer) each come with a physical IRQ,
-            // which brings the vCPU straight back once it resumes, and that exit checks.
-            if leaving.is_none() && kind == ExitKind::Sync && !self.poll {
-                continue;
-            }
+        'vcpu: loop {
+            let vcpu = hyp.vcpu(id);
+            let vm = &hyp.vms[vcpu.vm.index()];
             if vm.stopping.load(Ordering::SeqCst) {
-                break ExitReason::Stop(vm.stop_reason());
+                self.put_away();
+                return (id, ExitReason::Stop(vm.stop_reason()), timer::now());
+            }
+            if hyp.ending() {
+                self.put_away();
+                return (id, ExitReason::Stop(StopReason::Halted), timer::now());
             }
             if vm.is_resetting() {
-                break ExitReason::PsciCpuOff;
+                // Off until the reset starts the guest again (a CPU_ON of its old life is void).
+                self.put_away();
+                vcpu.boot.lock().take();
+                return (id, ExitReason::PsciCpuOff, timer::now());
             }
             if vm.paused.load(Ordering::Acquire) {
-                break ExitReason::Wfi;
+                // Live migration holds the VM: blocked until it is resumed (which wakes it).
+                self.put_away();
+                return (id, ExitReason::Wfi, timer::now());
             }
-            // The run is over (every other guest stopped, or the scenario's time is up).
-            // (`end_ticks` is `end` in counter ticks: the same test without a conversion.)
-            if hyp.ending() || timer::ticks() >= hyp.end_ticks {
-                break ExitReason::Stop(StopReason::Halted);
-            }
-            if let Some(reason) = leaving {
-                break reason;
-            }
-            if self.poll {
-                break ExitReason::Preempted;
-            }
-        };
-        timer::disarm_hyp_timer();
-        let end = self.end_run(id);
-        match reason {
-            // Off the core for good (or until a CPU_ON): put away now, no deadline.
-            ExitReason::Stop(_) | ExitReason::PsciCpuOff => {
-                self.put_away_vcpu(ctx);
-                vcpu.timer_deadline.store(NO_DEADLINE, Ordering::Release);
-            }
-            // It may be picked again at once: kept loaded until the runtime has decided. Its
-            // deadline is noted now, from the live timer, as `put_away` would from the saved.
-            _ => {
-                let ctl = guest::vtimer_ctl();
-                let deadline = if ctl & 0b11 == 0b01 {
-                    // In the guest's virtual count: physical = virtual + CNTVOFF.
-                    let cntvoff = vm.cntvoff.load(Ordering::Relaxed);
-                    timer::instant_of_ticks(guest::vtimer_cval().wrapping_add(cntvoff)).as_nanos()
-                } else {
-                    NO_DEADLINE
-                };
-                vcpu.timer_deadline.store(deadline, Ordering::Release);
+            let mut ctx = match self.kept.take() {
+                // Picked again right away: still loaded, as its last run left it (a runnable vCPU
+                // has no CPU_ON waiting in its boot slot).
+                Some((kept, ctx)) if kept == id => ctx,
+                kept => {
+                    // Another vCPU kept loaded is saved first; the guest settings of `HCR_EL2` and
+                    // the stage-2 registers stay for this one (a switch).
+                    let switch = kept.is_some();
+                    if let Some((_, ctx)) = kept {
+                        self.save_vcpu(ctx);
+                    }
+                    let mut ctx = vcpu.ctx.lock();
+                    if let Some((entry, x0)) = vcpu.boot.take() {
+                        ctx.reset(entry, x0);
+                    }
+                    let regs = vm.regs();
+                    if switch {
+                        guest::load_after_save(&ctx, (Some(regs) != self.vm_loaded).then_some(regs));
+                    } else {
+                        guest::load(&ctx, regs);
+                    }
+                    self.vm_loaded = Some(regs);
+                    let memo = ctx.lr_memo;
+                    // Whatever was put away before let go of the timer's PPI (`vtimer_released`);
+                    // the model's timer level is synced at the first entry.
+                    debug_assert!(!self.vgic.has(VgicFlags::VTIMER_ACTIVE));
+                    self.vgic = VgicFlags(memo.flags);
+                    self.fill_epoch = memo.epoch;
+                    if self.vgic.has(VgicFlags::FILL_CLEAN) {
+                        // As that fill left it (no overflow); `unload` turned the interface off.
+                        gic::set_ich_hcr(gic::ICH_HCR_EN);
+                    }
+                    ctx
+                }
+            };
+            if ctx.tlbi_waits.is_some() && !self.finish_tlbi(vm, &mut ctx) {
+                // The cores its TLB maintenance waits for have still not left the guest: the core
+                // goes to the runtime (another vCPU, a real-time job, say), and this one, kept
+                // loaded, tries again when it is picked. Its timer deadline is the one its last run
+                // left.
+                let end = self.end_run(id);
                 self.kept = Some((id, ctx));
+                return (id, ExitReason::Preempted, end);
             }
+            vcpu.timer_deadline.store(NO_DEADLINE, Ordering::Release);
+            timer::arm_hyp_timer(until);
+            let reason = loop {
+                self.vgic_enter(vm, vcpu);
+                if let Some(mark) = self.profile {
+                    mark.enter(self.me);
+                }
+                if vm.trap_tlbi {
+                    self.tlb_enter(vm);
+                }
+                let kind = guest::enter(&mut ctx.regs);
+                if vm.trap_tlbi {
+                    self.tlb_exit();
+                }
+                self.exits += 1;
+                let esr = guest::esr();
+                if self.profile.is_some() {
+                    let class = super::instructions::exit_class(kind == ExitKind::Sync, esr);
+                    self.profile = Some(ProfileMark::exit(class));
+                }
+                // An IPI: the whole exit here when it can be (`sgi_at_exit`).
+                let sgi =
+                    if kind == ExitKind::Sync { self.sgi_at_exit(vm, vcpu, &mut ctx.regs, esr) } else { SgiExit::No };
+                let action = if sgi == SgiExit::Sent {
+                    continue;
+                } else if sgi == SgiExit::SentPoll {
+                    // The runtime looks first (the IPI woke a vCPU of this core): no entry now.
+                    self.lrs_fresh = false;
+                    Action::Resume
+                } else {
+                    self.vgic_exit(vm, vcpu);
+                    match kind {
+                        ExitKind::Sync => exits::handle(self, vm, vcpu, &mut ctx, esr),
+                        ExitKind::Irq | ExitKind::Fiq => match self.take_irqs(until) {
+                            Action::Exit(ExitReason::Preempted) if !self.poll => self.renew(&mut until),
+                            action => action,
+                        },
+                        ExitKind::SError => {
+                            self.fault(vm, vcpu, FaultKind::Other(0x2f));
+                            self.stop_vm(vm, StopReason::Fault, id);
+                            Action::Exit(ExitReason::Stop(StopReason::Fault))
+                        }
+                    }
+                };
+                let leaving = match action {
+                    Action::Exit(reason @ (ExitReason::Stop(_) | ExitReason::PsciCpuOff)) => break reason,
+                    Action::Exit(reason) => Some(reason),
+                    Action::Resume => None,
+                };
+                // A trap the guest resumes from changes nothing the checks below look at: the VM's
+                // stop, reset and pause, the end of the run (every one set with a kick IPI to the
+                // cores running the vCPUs concerned, or by this core's exit handlers, which then
+                // leave or poll) and the run's time (the EL2 timer) each come with a physical IRQ,
+                // which brings the vCPU straight back once it resumes, and that exit checks.
+                if leaving.is_none() && kind == ExitKind::Sync && !self.poll {
+                    continue;
+                }
+                if vm.stopping.load(Ordering::SeqCst) {
+                    break ExitReason::Stop(vm.stop_reason());
+                }
+                if vm.is_resetting() {
+                    break ExitReason::PsciCpuOff;
+                }
+                if vm.paused.load(Ordering::Acquire) {
+                    break ExitReason::Wfi;
+                }
+                // The run is over (every other guest stopped, or the scenario's time is up).
+                // (`end_ticks` is `end` in counter ticks: the same test without a conversion.)
+                if hyp.ending() || timer::ticks() >= hyp.end_ticks {
+                    break ExitReason::Stop(StopReason::Halted);
+                }
+                if let Some(reason) = leaving {
+                    if reason == ExitReason::Yield {
+                        if let Some((next, next_until)) = self.switch_on_yield(id, vm) {
+                            // This run ends as a yield's does below: kept loaded, its deadline
+                            // noted; the next vCPU is saved over it in the checks and load above.
+                            self.kept = Some((id, ctx));
+                            (id, until) = (next, next_until);
+                            continue 'vcpu;
+                        }
+                    }
+                    break reason;
+                }
+                if self.poll {
+                    break ExitReason::Preempted;
+                }
+            };
+            timer::disarm_hyp_timer();
+            let end = self.end_run(id);
+            match reason {
+                // Off the core for good (or until a CPU_ON): put away now, no deadline.
+                ExitReason::Stop(_) | ExitReason::PsciCpuOff => {
+                    self.put_away_vcpu(ctx);
+                    vcpu.timer_deadline.store(NO_DEADLINE, Ordering::Release);
+                }
+                // It may be picked again at once: kept loaded until the runtime has decided. Its
+                // deadline is noted now, from the live timer, as `put_away` would from the saved.
+                _ => {
+                    vcpu.timer_deadline.store(loaded_deadline(vm), Ordering::Release);
+                    self.kept = Some((id, ctx));
+                }
+            }
+            return (id, reason, end);
         }
-        (reason, end)
+    }
+
+    /// A yield of `id` (of `vm`, loaded) at its exit: when the runtime would take it and pick
+    /// a share peer with nothing else to look at first ([`CoreRuntime::switch_on_yield`]), and
+    /// the core loop would do nothing else between the two runs (no poll asked for, no
+    /// housekeeping or virtual-timer deadline due), the exit and the decision are taken here:
+    /// the run ends as [`Core::run_vcpu`] ends a yield's and the loop takes it (its deadline
+    /// noted among the others), and the peer and the `until` the loop would give it are
+    /// returned. `None`, with nothing done, otherwise.
+    #[inline(always)]
+    fn switch_on_yield(&mut self, id: VcpuId, vm: &Vm) -> Option<(VcpuId, Instant)> {
+        use core::sync::atomic::Ordering;
+        if self.poll {
+            return None;
+        }
+        let now = timer::now();
+        if now >= self.housekeeping_at || now >= self.next_timer() {
+            return None;
+        }
+        let (next, until) = self.rt.switch_on_yield(&self.hyp.sys, id, now, &mut self.hyp.trace())?;
+        timer::disarm_hyp_timer();
+        self.end_run_at(id, now);
+        let deadline = loaded_deadline(vm);
+        self.hyp.vcpu(id).timer_deadline.store(deadline, Ordering::Release);
+        self.note_deadline(id, deadline);
+        // Its deadline is not among the others' any more.
+        if self.timers_holder == Some(next) {
+            self.timers_known = false;
+        }
+        Some((next, until.min(self.next_timer()).min(self.housekeeping_at)))
     }
 
     /// The run of `id` ends now, which is returned: the run (and the deciding before it) is
     /// its vCPU's time, booked when the core rests.
     #[inline(always)]
     fn end_run(&mut self, id: VcpuId) -> Instant {
-        let end = timer::now();
+        self.end_run_at(id, timer::now())
+    }
+
+    /// [`Core::end_run`] at `end`, read already.
+    #[inline(always)]
+    fn end_run_at(&mut self, id: VcpuId, end: Instant) -> Instant {
         if let Some(t) = self.vcpu_busy.get_mut(id.index()) {
             *t += end.since(self.book_mark).as_nanos();
         }
