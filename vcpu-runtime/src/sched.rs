@@ -1117,16 +1117,7 @@ impl CoreRuntime {
         self.min_vtime = self.min_vtime.max(best);
         let until = now + self.params.timeslice;
         self.slice_end = until;
-        let v = &mut self.vcpus[pick];
-        sys.start_running(core, v.id);
-        v.state = VcpuState::Running;
-        v.stats.runs += 1;
-        if let Some(w) = v.woken_at.take() {
-            let lat = now.since(w);
-            v.stats.wake_latency_total += lat;
-            v.stats.wake_latency_max = v.stats.wake_latency_max.max(lat);
-        }
-        let next = v.id;
+        let next = self.start_run(sys, pick, now);
         self.stats.switches += 1;
         if switch_events {
             trace.emit(TraceEvent { at: now, kind: TraceKind::VcpuRun { core, vcpu: next } });
@@ -1134,6 +1125,22 @@ impl CoreRuntime {
         self.last_run = Some(next);
         self.current = Some(Current { idx: pick, since: now, id: next });
         Some((next, until))
+    }
+
+    /// The picked vCPU at `idx` starts running at `now`: its state word and its own state, its
+    /// run and its wake-up latency counted. Returns it.
+    #[inline(always)]
+    fn start_run(&mut self, sys: &System, idx: usize, now: Instant) -> VcpuId {
+        let v = &mut self.vcpus[idx];
+        sys.start_running(self.core, v.id);
+        v.state = VcpuState::Running;
+        v.stats.runs += 1;
+        if let Some(w) = v.woken_at.take() {
+            let lat = now.since(w);
+            v.stats.wake_latency_total += lat;
+            v.stats.wake_latency_max = v.stats.wake_latency_max.max(lat);
+        }
+        v.id
     }
 
     /// Decides what the core does next. Takes in mail and wake-ups first.
@@ -1238,16 +1245,7 @@ impl CoreRuntime {
         // The time until now, idle for the core and for the vCPU, goes into their averages
         // with the run (`charge`, from `since`).
         let core = self.core;
-        let v = &mut self.vcpus[idx];
-        sys.start_running(core, v.id);
-        v.state = VcpuState::Running;
-        v.stats.runs += 1;
-        if let Some(w) = v.woken_at.take() {
-            let lat = now.since(w);
-            v.stats.wake_latency_total += lat;
-            v.stats.wake_latency_max = v.stats.wake_latency_max.max(lat);
-        }
-        let vcpu = v.id;
+        let vcpu = self.start_run(sys, idx, now);
         if self.last_run != Some(vcpu) {
             if let Some(prev) = self.last_run {
                 if let Some(p) = self.vcpus.iter_mut().find(|p| p.id == prev && p.state == VcpuState::Runnable) {
