@@ -354,6 +354,9 @@ pub struct CoreRuntime {
     scratch: Vec<Message>,
     /// Move requests that arrived before their vCPU (sized at build).
     deferred_moves: Vec<(VcpuId, CoreId)>,
+    /// Moves of its own vCPUs this core asked for itself ([`CoreRuntime::request_move`]), for
+    /// its next decision: a request that needs no mailbox. Capacity for every vCPU, reserved.
+    local_moves: Vec<(VcpuId, CoreId)>,
     /// When the slice given to the last share vCPU ends: the granularity rule keeps that vCPU
     /// on the core only before then, so a slice that ran out always rotates.
     slice_end: Instant,
@@ -500,6 +503,7 @@ pub fn build(config: &RuntimeConfig, start: Instant) -> Result<(System, Vec<Core
             stats: CoreStats::default(),
             scratch: Vec::with_capacity(2 * config.vcpus.len() + 4),
             deferred_moves: Vec::with_capacity(config.vcpus.len()),
+            local_moves: Vec::with_capacity(config.vcpus.len()),
             slice_end: start,
             capacity: CAPACITY_SCALE,
             membership: 0,
@@ -802,12 +806,14 @@ impl CoreRuntime {
     /// over, which must not be the running one.
     fn poll(&mut self, sys: &System, now: Instant, trace: &mut impl TraceSink) {
         debug_assert!(self.current.is_none());
-        if self.deferred_moves.is_empty() && !sys.has_requests(self.core) {
+        if self.deferred_moves.is_empty() && self.local_moves.is_empty() && !sys.has_requests(self.core) {
             return;
         }
         while let Some(msg) = sys.take_mail(self.core) {
             self.receive(sys, msg, now, trace);
         }
+        // After the mail: a vCPU on its way here may have arrived.
+        self.take_local_moves(sys, now, trace);
         // Requests that overtook their vCPU go back to the mailbox for the next decision.
         // (No IPI to ourselves: the mailbox flag is seen at the next decision anyway.)
         while let Some((vcpu, dest)) = self.deferred_moves.pop() {
@@ -854,17 +860,65 @@ impl CoreRuntime {
                     let _ = self.evacuate(sys, idx, now, trace);
                 }
             }
-            Message::MoveRequest { vcpu, dest } => {
-                if let Some(idx) = self.find(vcpu) {
-                    let _ = self.migrate_at(sys, idx, dest, now, trace);
-                } else if sys.status(vcpu).owner == self.core && sys.status(vcpu).state == VcpuState::Migrating {
-                    // The request overtook the vCPU it names, which is on its way here: ask
-                    // again once it has arrived (at the next decision).
-                    self.deferred_moves.push((vcpu, dest));
-                }
-                // Otherwise it is stale (the vCPU moved on meanwhile) and dropped.
-            }
+            Message::MoveRequest { vcpu, dest } => self.take_move_request(sys, vcpu, dest, now, trace),
         }
+    }
+
+    /// A request to hand `vcpu` over to `dest`, from the mailbox or this core's own.
+    fn take_move_request(
+        &mut self,
+        sys: &System,
+        vcpu: VcpuId,
+        dest: CoreId,
+        now: Instant,
+        trace: &mut impl TraceSink,
+    ) {
+        if let Some(idx) = self.find(vcpu) {
+            let _ = self.migrate_at(sys, idx, dest, now, trace);
+        } else if sys.status(vcpu).owner == self.core && sys.status(vcpu).state == VcpuState::Migrating {
+            // The request overtook the vCPU it names, which is on its way here: ask again once
+            // it has arrived (at the next decision).
+            self.deferred_moves.push((vcpu, dest));
+        }
+        // Otherwise it is stale (the vCPU moved on meanwhile) and dropped.
+    }
+
+    /// The moves this core asked for its own vCPUs since its last decision, in the order asked.
+    /// (Out of line: the decision's common path, with none, stays as short as it was.)
+    #[inline(never)]
+    fn take_local_moves(&mut self, sys: &System, now: Instant, trace: &mut impl TraceSink) {
+        let mut i = 0;
+        while i < self.local_moves.len() {
+            let (vcpu, dest) = self.local_moves[i];
+            i += 1;
+            self.take_move_request(sys, vcpu, dest, now, trace);
+        }
+        self.local_moves.clear();
+    }
+
+    /// Asks for `vcpu` to be handed over to `dest`, as [`System::request_move`] does, from this
+    /// core: a vCPU this core owns is handed over at its next decision without a message
+    /// through its own mailbox (the governor's moves of the boot core's vCPUs, a guest's
+    /// `HV_BENCH_MOVE`); any other goes to its owner's mailbox. Returns the core to kick (this
+    /// one: its running vCPU, if it is the one, must come back to the runtime first).
+    // Out of line: a rare call, from exit handlers and the governor (inlined into the exit
+    // path it moved the IPI's path by 9 instructions, `cargo xtask bench qemu`).
+    #[inline(never)]
+    pub fn request_move(&mut self, sys: &System, vcpu: VcpuId, dest: CoreId) -> Result<CoreId, MoveError> {
+        if vcpu.index() >= sys.vcpu_count() {
+            return Err(MoveError::NoSuchVcpu(vcpu));
+        }
+        if dest.index() >= sys.core_count() {
+            return Err(MoveError::NoSuchCore(dest));
+        }
+        if sys.status(vcpu).owner != self.core {
+            return sys.request_move(vcpu, dest);
+        }
+        if self.local_moves.len() == self.local_moves.capacity() {
+            return Err(MoveError::Busy(vcpu));
+        }
+        self.local_moves.push((vcpu, dest));
+        Ok(self.core)
     }
 
     /// Hands a vCPU this core owns over to `dest`. Called between runs.
@@ -1004,6 +1058,7 @@ impl CoreRuntime {
             self.receive(sys, m, now, trace);
         }
         self.scratch = queued;
+        self.take_local_moves(sys, now, trace);
         let mut idx = 0;
         while idx < self.vcpus.len() {
             if self.vcpus[idx].state == VcpuState::Stopped {
@@ -1045,7 +1100,12 @@ impl CoreRuntime {
     /// otherwise: the platform ends the run as usual.
     pub fn renew(&mut self, sys: &System, now: Instant) -> Option<Instant> {
         let cur = self.current?;
-        if !self.online || now < self.slice_end || !self.deferred_moves.is_empty() || sys.has_requests(self.core) {
+        if !self.online
+            || now < self.slice_end
+            || !self.deferred_moves.is_empty()
+            || !self.local_moves.is_empty()
+            || sys.has_requests(self.core)
+        {
             return None;
         }
         for (i, v) in self.vcpus.iter().enumerate() {
@@ -1081,7 +1141,11 @@ impl CoreRuntime {
         trace: &mut impl TraceSink,
     ) -> Option<(VcpuId, Instant)> {
         let cur = self.current.filter(|c| c.id == vcpu)?;
-        if !self.online || !self.deferred_moves.is_empty() || sys.has_requests(self.core) {
+        if !self.online
+            || !self.deferred_moves.is_empty()
+            || !self.local_moves.is_empty()
+            || sys.has_requests(self.core)
+        {
             return None;
         }
         // The peers: the latest virtual time (the yielder goes behind it) and the pick, the

@@ -1375,6 +1375,13 @@ fn switch_on_yield_declines_when_next_could_decide_otherwise() {
     assert_eq!(sys.wake(V1), Some(C0));
     assert_eq!(core.switch_on_yield(&sys, V0, at_ms(1), &mut ()), None);
     unchanged(core, &sys, &before, "a wake-up waits");
+    let (sys2, mut cores2) = system(2, vec![share(0, 256), share(1, 256), share(2, 256)]);
+    let c = &mut cores2[0];
+    let Decision::Run { vcpu: V0, .. } = c.next(&sys2, Instant::ZERO, &mut ()) else { panic!() };
+    assert_eq!(c.request_move(&sys2, V2, C1), Ok(C0));
+    let before2 = format!("{c:?}");
+    assert_eq!(c.switch_on_yield(&sys2, V0, at_ms(1), &mut ()), None);
+    unchanged(c, &sys2, &before2, "the core's own move request waits");
     // The wake-up taken in, the yield switches.
     core.handle(&sys, Event::Exit { vcpu: V0, reason: ExitReason::Preempted }, at_ms(1), &mut ()).unwrap();
     let Decision::Run { vcpu, .. } = core.next(&sys, at_ms(1), &mut ()) else { panic!() };
@@ -1388,4 +1395,63 @@ fn switch_on_yield_declines_when_next_could_decide_otherwise() {
     let before = format!("{core:?}");
     assert_eq!(core.switch_on_yield(&sys, V0, at_ms(1), &mut ()), None);
     unchanged(core, &sys, &before, "a reservation on the core");
+}
+
+/// A move the owner core asks for itself (`CoreRuntime::request_move`) is carried out at its
+/// next decision as one through its mailbox is, without a message: side by side with
+/// `System::request_move` on a twin system, the running vCPU asking for its own move at its
+/// exit, the two agree after the owner's decision and after the destination's (the runtime
+/// states, the state words, the traces), and the owner's mailbox stayed empty. A vCPU of
+/// another core goes to that core's mailbox; bad arguments are refused as `System` refuses them.
+#[test]
+fn a_move_the_owner_asks_for_itself_needs_no_message() {
+    let (sys_a, mut a) = system(2, vec![share(0, 256), share(1, 256), share(2, 256)]);
+    let (sys_b, mut b) = system(2, vec![share(0, 256), share(1, 256), share(2, 256)]);
+    let (mut trace_a, mut trace_b) = (Vec::new(), Vec::new());
+    assert!(owns(&a[0], V0) && owns(&a[0], V2) && owns(&a[1], V1));
+    let Decision::Run { vcpu: V0, .. } = a[0].next(&sys_a, Instant::ZERO, &mut trace_a) else { panic!() };
+    let Decision::Run { vcpu: V0, .. } = b[0].next(&sys_b, Instant::ZERO, &mut trace_b) else { panic!() };
+    // V0, running, asks to go to core 1 (as `HV_BENCH_MOVE` does).
+    assert_eq!(a[0].request_move(&sys_a, V0, C1), Ok(C0));
+    assert_eq!(sys_b.request_move(V0, C1), Ok(C0));
+    assert!(!sys_a.has_requests(C0), "no message, no kick");
+    assert!(sys_b.has_requests(C0));
+    for (sys, cores, trace) in [(&sys_a, &mut a, &mut trace_a), (&sys_b, &mut b, &mut trace_b)] {
+        cores[0].handle(sys, Event::Exit { vcpu: V0, reason: ExitReason::Preempted }, at_ms(1), trace).unwrap();
+        let Decision::Run { vcpu: V2, .. } = cores[0].next(sys, at_ms(1), trace) else { panic!("V2 next") };
+        assert!(!owns(&cores[0], V0));
+        assert_eq!(sys.status(V0), status(C1, VcpuState::Migrating, false, false));
+    }
+    assert_eq!(format!("{:?}", a[0]), format!("{:?}", b[0]));
+    for (sys, cores, trace) in [(&sys_a, &mut a, &mut trace_a), (&sys_b, &mut b, &mut trace_b)] {
+        let _ = cores[1].next(sys, at_ms(1), trace);
+        assert!(owns(&cores[1], V0));
+    }
+    assert_eq!(format!("{:?}", a[1]), format!("{:?}", b[1]));
+    assert_eq!(trace_a, trace_b);
+    for v in [V0, V1, V2] {
+        assert_eq!(sys_a.status(v), sys_b.status(v));
+    }
+    // Core 1's vCPU, asked for by core 0: a message to core 1.
+    assert_eq!(a[0].request_move(&sys_a, V1, C0), Ok(C1));
+    assert!(sys_a.has_requests(C1) && !sys_a.has_requests(C0));
+    assert_eq!(a[0].request_move(&sys_a, VcpuId(9), C1), Err(MoveError::NoSuchVcpu(VcpuId(9))));
+    assert_eq!(a[0].request_move(&sys_a, V2, CoreId(5)), Err(MoveError::NoSuchCore(CoreId(5))));
+}
+
+/// The owner's own requests are kept without allocating: once as many wait as the system has
+/// vCPUs, the next is refused as a full mailbox refuses one (`Busy`), and the decision takes
+/// them all (a stale one, for a vCPU gone meanwhile, is dropped).
+#[test]
+fn the_owners_own_move_requests_are_bounded_and_all_taken() {
+    let (sys, mut cores) = system(2, vec![share(0, 256), share(1, 256), share(2, 256)]);
+    let core = &mut cores[0];
+    for _ in 0..3 {
+        assert_eq!(core.request_move(&sys, V2, C1), Ok(C0));
+    }
+    assert_eq!(core.request_move(&sys, V0, C1), Err(MoveError::Busy(V0)));
+    let _ = core.next(&sys, Instant::ZERO, &mut ());
+    assert!(!owns(core, V2), "handed over once; the two repeats found it gone");
+    assert_eq!(sys.status(V2).owner, C1);
+    assert_eq!(core.request_move(&sys, V0, C1), Ok(C0), "room again");
 }

@@ -285,7 +285,7 @@ impl Core<'_> {
         }
         let mut next = self.hyp.end;
         if self.me.index() == 0 {
-            if self.hyp.govern(self.me, now) {
+            if self.hyp.govern(&mut self.rt, now) {
                 self.poll = true;
             }
             if super::live::step(self, now) {

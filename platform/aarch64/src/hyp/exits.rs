@@ -236,10 +236,11 @@ fn hvc(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs) -> Actio
         HV_BENCH => regs.x[0] = super::bench::call(core, vcpu.id, regs.x[1], regs.x[2], regs.x[3]),
         HV_BENCH_MOVE if !super::bench::moves_allowed() => regs.x[0] = NOT_SUPPORTED,
         HV_BENCH_MOVE => {
-            // A request as the governor's (`System::request_move`): the vCPU leaves the core at
-            // this exit and the runtime hands it over at its next decision.
+            // A request as the governor's (`CoreRuntime::request_move`, from the vCPU's own
+            // core): the vCPU leaves the core at this exit and the runtime hands it over at its
+            // next decision.
             let dest = u16::try_from(regs.x[1]).map(CoreId);
-            match dest.map(|d| core.hyp.sys.request_move(vcpu.id, d)) {
+            match dest.map(|d| core.rt.request_move(&core.hyp.sys, vcpu.id, d)) {
                 Ok(Ok(owner)) => {
                     regs.x[0] = 0;
                     if owner == core.me {

@@ -16,7 +16,7 @@ use crate::sync::Mutex;
 use power::governor::{idle_state, Governor, GovernorConfig, Plan};
 pub use power::CoreState as AcctState;
 use power::{Accounting, EnergyModel};
-use vcpu_runtime::{CoreId, CoreMask, Instant, Nanos, VcpuId};
+use vcpu_runtime::{CoreId, CoreMask, CoreRuntime, Instant, Nanos, VcpuId};
 
 use super::Hypervisor;
 use crate::{println, smp};
@@ -236,9 +236,10 @@ impl Power {
 impl Hypervisor {
     /// The boot core, at the top of its loop: runs the governor when its period is due and
     /// carries the plan out (and the forced migrations of `hv.migrate-every=`). Returns whether
-    /// this core should poll its runtime (a move of one of its own vCPUs).
-    pub(super) fn govern(&self, me: CoreId, now: Instant) -> bool {
-        let poll = self.migrate_all(me, now);
+    /// this core should poll its runtime (a move of one of its own vCPUs, asked of `rt`, its
+    /// runtime, without a message: `CoreRuntime::request_move`).
+    pub(super) fn govern(&self, rt: &mut CoreRuntime, now: Instant) -> bool {
+        let poll = self.migrate_all(rt, now);
         if now.as_nanos() < self.power.next_tick.load(Ordering::Relaxed) {
             return poll;
         }
@@ -246,14 +247,14 @@ impl Hypervisor {
         let mut g = self.power.governor.lock();
         g.periods += 1;
         let plan = g.governor.decide(&self.sys, now, &self.power.model);
-        let moved = self.carry_out(me, &plan, &mut g);
+        let moved = self.carry_out(rt, &plan, &mut g);
         drop(g);
         poll || moved
     }
 
     /// `hv.migrate-every=`: when due, asks every vCPU that is on (running, runnable or blocked)
     /// to move to the next online core after its owner.
-    fn migrate_all(&self, me: CoreId, now: Instant) -> bool {
+    fn migrate_all(&self, rt: &mut CoreRuntime, now: Instant) -> bool {
         let every = MIGRATE_EVERY_NS.load(Ordering::Relaxed);
         if every == 0 || now.as_nanos() < NEXT_MIGRATION.load(Ordering::Relaxed) {
             return false;
@@ -274,8 +275,8 @@ impl Hypervisor {
             let Some(dest) = (1..n).map(|k| CoreId((status.owner.0 + k) % n)).find(|&c| online.contains(c)) else {
                 continue;
             };
-            if let Ok(owner) = self.sys.request_move(vcpu, dest) {
-                if owner == me {
+            if let Ok(owner) = rt.request_move(&self.sys, vcpu, dest) {
+                if owner == rt.core() {
                     poll = true;
                 } else {
                     self.kick_core(owner, true);
@@ -294,13 +295,13 @@ impl Hypervisor {
         }
     }
 
-    fn carry_out(&self, me: CoreId, plan: &Plan, g: &mut GovernorState) -> bool {
+    fn carry_out(&self, rt: &mut CoreRuntime, plan: &Plan, g: &mut GovernorState) -> bool {
         let mut poll = false;
         for &(vcpu, dest) in &plan.moves {
             // Refused moves (the vCPU is in flight, the destination went away) wait for the
             // next period's plan.
-            if let Ok(owner) = self.sys.request_move(vcpu, dest) {
-                if owner == me {
+            if let Ok(owner) = rt.request_move(&self.sys, vcpu, dest) {
+                if owner == rt.core() {
                     poll = true;
                 } else {
                     self.kick_core(owner, true);
@@ -309,7 +310,9 @@ impl Hypervisor {
         }
         for core in plan.power_off.iter() {
             let Some(shared) = self.cores.get(core.index()) else { continue };
-            if core != me && shared.power.compare_exchange(ON, DRAIN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            if core != rt.core()
+                && shared.power.compare_exchange(ON, DRAIN, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            {
                 self.kick_core_to_housekeep(core);
             }
         }
