@@ -974,7 +974,7 @@ impl CoreRuntime {
         } else {
             -((self.min_vtime - v.vtime).min(to_vtime(self.params.wake_credit, v.vtime_rate)) as i64)
         };
-        sys.begin_handover(vcpu, dest);
+        sys.begin_handover(vcpu, self.core, dest);
         // Off the list and into the message (a pointer moves), as the receiver will take it;
         // put back as it was if the message cannot be posted.
         let mut sched = self.remove(idx);

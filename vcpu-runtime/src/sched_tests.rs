@@ -1053,7 +1053,7 @@ fn a_wake_during_an_aborted_handover_is_not_lost() {
     let (sys, mut cores) = system(2, vec![share(0, 256)]);
     run_once(&sys, &mut cores[0], V0, Instant::ZERO, at_ms(1), ExitReason::Wfi, &mut ());
     // migrate(): the word goes in flight to core 1...
-    sys.begin_handover(V0, C1);
+    sys.begin_handover(V0, C0, C1);
     // ...another core wakes V0 and kicks the owner the word names...
     assert_eq!(sys.wake(V0), Some(C1));
     // ...migrate()'s post fails (core 1 closed its mailbox) and it gives V0 back.
@@ -1069,7 +1069,7 @@ fn a_wake_during_an_aborted_handover_is_not_lost() {
 #[test]
 fn a_power_on_during_an_aborted_handover_is_not_lost() {
     let (sys, mut cores) = system(2, vec![parked(share(0, 256))]);
-    sys.begin_handover(V0, C1);
+    sys.begin_handover(V0, C0, C1);
     assert_eq!(sys.request_power_on(V0), Ok(C1));
     sys.abort_handover(V0, C0);
     assert!(

@@ -495,9 +495,16 @@ impl System {
         ((old ^ new) & STATE_MASK != 0).then(|| VcpuState::from_bits(old))
     }
 
-    /// Owner: marks the vCPU in flight to `dest`. The request flags stay for the receiver.
-    pub(crate) fn begin_handover(&self, vcpu: VcpuId, dest: CoreId) {
-        self.update(vcpu, |w| with_owner(w, dest) | IN_FLIGHT);
+    /// Owner `from`: marks the vCPU in flight to `dest`. The request flags stay for the
+    /// receiver. One `fetch_xor`, not a compare-and-swap loop: only the owner changes the owner
+    /// field, and `IN_FLIGHT` is clear while a core owns the vCPU, so flipping the bits that
+    /// differ between `from` and `dest`, and `IN_FLIGHT`, is that change whatever request
+    /// flags other cores set meanwhile.
+    pub(crate) fn begin_handover(&self, vcpu: VcpuId, from: CoreId, dest: CoreId) {
+        let flip = ((u32::from(from.0) ^ u32::from(dest.0)) << OWNER_SHIFT) | IN_FLIGHT;
+        let old = self.word(vcpu).fetch_xor(flip, Ordering::AcqRel);
+        debug_assert_eq!(owner_of(old), from, "vCPU {vcpu} handed over by a core that does not own it");
+        debug_assert_eq!(old & IN_FLIGHT, 0, "vCPU {vcpu} handed over while in flight");
     }
 
     /// Undoes [`begin_handover`](Self::begin_handover) when the `Arrive` could not be posted.
