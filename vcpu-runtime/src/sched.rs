@@ -901,18 +901,10 @@ impl CoreRuntime {
     /// through its own mailbox (the governor's moves of the boot core's vCPUs, a guest's
     /// `HV_BENCH_MOVE`); any other goes to its owner's mailbox. Returns the core to kick (this
     /// one: its running vCPU, if it is the one, must come back to the runtime first).
-    // Out of line: a rare call, from exit handlers and the governor (inlined into the exit
-    // path it moved the IPI's path by 9 instructions, `cargo xtask bench qemu`).
-    #[inline(never)]
     pub fn request_move(&mut self, sys: &System, vcpu: VcpuId, dest: CoreId) -> Result<CoreId, MoveError> {
-        if vcpu.index() >= sys.vcpu_count() {
-            return Err(MoveError::NoSuchVcpu(vcpu));
-        }
-        if dest.index() >= sys.core_count() {
-            return Err(MoveError::NoSuchCore(dest));
-        }
-        if sys.status(vcpu).owner != self.core {
-            return sys.request_move(vcpu, dest);
+        let owner = sys.move_owner(vcpu, dest)?;
+        if owner != self.core {
+            return sys.post_move(owner, vcpu, dest);
         }
         if self.local_moves.len() == self.local_moves.capacity() {
             return Err(MoveError::Busy(vcpu));
@@ -1129,7 +1121,7 @@ impl CoreRuntime {
     /// to run next (never `vcpu`) and until when. The same bookkeeping as `Exit { Yield }`
     /// then `next()` (tested side by side), without the exit's and the decision's separate
     /// passes over the vCPUs, and from the platform without a return to its core loop
-    /// (docs/benchmarks.md, *The switch's own path*). `None`, having changed nothing, when
+    /// (docs/platform.md, *A yield's switch*). `None`, having changed nothing, when
     /// `next()` could decide differently than picking the least-served runnable peer: the
     /// platform then takes the exit as usual.
     #[inline(always)]

@@ -338,6 +338,12 @@ impl System {
     /// Asks the vCPU's owner to hand it over to `dest` at its next decision. Returns the core
     /// to kick. The owner checks affinity, admission and that `dest` is online.
     pub fn request_move(&self, vcpu: VcpuId, dest: CoreId) -> Result<CoreId, crate::sched::MoveError> {
+        let owner = self.move_owner(vcpu, dest)?;
+        self.post_move(owner, vcpu, dest)
+    }
+
+    /// The owner a move of `vcpu` to `dest` is asked of, once both exist.
+    pub(crate) fn move_owner(&self, vcpu: VcpuId, dest: CoreId) -> Result<CoreId, crate::sched::MoveError> {
         use crate::sched::MoveError;
         if vcpu.index() >= self.vcpus.len() {
             return Err(MoveError::NoSuchVcpu(vcpu));
@@ -345,7 +351,17 @@ impl System {
         if dest.index() >= self.cores.len() {
             return Err(MoveError::NoSuchCore(dest));
         }
-        let owner = self.status(vcpu).owner;
+        Ok(self.status(vcpu).owner)
+    }
+
+    /// Posts the request to move `vcpu` to `dest` to `owner`'s mailbox; returns `owner`.
+    pub(crate) fn post_move(
+        &self,
+        owner: CoreId,
+        vcpu: VcpuId,
+        dest: CoreId,
+    ) -> Result<CoreId, crate::sched::MoveError> {
+        use crate::sched::MoveError;
         self.post(owner, Message::MoveRequest { vcpu, dest }).map_err(|(e, _)| match e {
             PostError::Closed => MoveError::CoreOffline(owner),
             PostError::Full => MoveError::Busy(vcpu),
