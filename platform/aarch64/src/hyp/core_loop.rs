@@ -601,27 +601,34 @@ impl Core<'_> {
     fn run_vcpu(&mut self, mut id: VcpuId, mut until: Instant) -> (VcpuId, ExitReason, Instant) {
         use core::sync::atomic::Ordering;
         let hyp = self.hyp;
+        // Whether `id` is of the VM whose checks the exit just made, whose registers are loaded:
+        // after a yield's switch to a peer of the same VM (below).
+        let mut vm_checked = false;
         'vcpu: loop {
             let vcpu = hyp.vcpu(id);
             let vm = &hyp.vms[vcpu.vm.index()];
-            if vm.stopping.load(Ordering::SeqCst) {
-                self.put_away();
-                return (id, ExitReason::Stop(vm.stop_reason()), timer::now());
-            }
-            if hyp.ending() {
-                self.put_away();
-                return (id, ExitReason::Stop(StopReason::Halted), timer::now());
-            }
-            if vm.is_resetting() {
-                // Off until the reset starts the guest again (a CPU_ON of its old life is void).
-                self.put_away();
-                vcpu.boot.lock().take();
-                return (id, ExitReason::PsciCpuOff, timer::now());
-            }
-            if vm.paused.load(Ordering::Acquire) {
-                // Live migration holds the VM: blocked until it is resumed (which wakes it).
-                self.put_away();
-                return (id, ExitReason::Wfi, timer::now());
+            // After the exit's checks, a change comes with a kick IPI to this core, which runs
+            // one of the VM's vCPUs: it brings the peer straight back after its entry.
+            if !vm_checked {
+                if vm.stopping.load(Ordering::SeqCst) {
+                    self.put_away();
+                    return (id, ExitReason::Stop(vm.stop_reason()), timer::now());
+                }
+                if hyp.ending() {
+                    self.put_away();
+                    return (id, ExitReason::Stop(StopReason::Halted), timer::now());
+                }
+                if vm.is_resetting() {
+                    // Off until the reset starts the guest again (a CPU_ON of its old life is void).
+                    self.put_away();
+                    vcpu.boot.lock().take();
+                    return (id, ExitReason::PsciCpuOff, timer::now());
+                }
+                if vm.paused.load(Ordering::Acquire) {
+                    // Live migration holds the VM: blocked until it is resumed (which wakes it).
+                    self.put_away();
+                    return (id, ExitReason::Wfi, timer::now());
+                }
             }
             let mut ctx = match self.kept.take() {
                 // Picked again right away: still loaded, as its last run left it (a runnable vCPU
@@ -638,13 +645,19 @@ impl Core<'_> {
                     if let Some((entry, x0)) = vcpu.boot.take() {
                         ctx.reset(entry, x0);
                     }
-                    let regs = vm.regs();
-                    if switch {
-                        guest::load_after_save(&ctx, (Some(regs) != self.vm_loaded).then_some(regs));
+                    if vm_checked {
+                        // Its VM's registers are loaded, unchanged while one of its vCPUs runs
+                        // here (a restore changes them with the VM paused, every vCPU out).
+                        guest::load_after_save(&ctx, None);
                     } else {
-                        guest::load(&ctx, regs);
+                        let regs = vm.regs();
+                        if switch {
+                            guest::load_after_save(&ctx, (Some(regs) != self.vm_loaded).then_some(regs));
+                        } else {
+                            guest::load(&ctx, regs);
+                        }
+                        self.vm_loaded = Some(regs);
                     }
-                    self.vm_loaded = Some(regs);
                     let memo = ctx.lr_memo;
                     // Whatever was put away before let go of the timer's PPI (`vtimer_released`);
                     // the model's timer level is synced at the first entry.
@@ -699,6 +712,7 @@ impl Core<'_> {
                 } else {
                     self.vgic_exit(vm, vcpu);
                     match kind {
+                        ExitKind::Sync if exits::take_yield(esr, &mut ctx.regs) => Action::Exit(ExitReason::Yield),
                         ExitKind::Sync => exits::handle(self, vm, vcpu, &mut ctx, esr),
                         ExitKind::Irq | ExitKind::Fiq => match self.take_irqs(until) {
                             Action::Exit(ExitReason::Preempted) if !self.poll => self.renew(&mut until),
@@ -744,6 +758,7 @@ impl Core<'_> {
                             // This run ends as a yield's does below: kept loaded, its deadline
                             // noted; the next vCPU is saved over it in the checks and load above.
                             self.kept = Some((id, ctx));
+                            vm_checked = hyp.vcpu(next).vm == vcpu.vm;
                             (id, until) = (next, next_until);
                             continue 'vcpu;
                         }

@@ -217,6 +217,23 @@ pub(super) fn sgi_to_self_only(value: u64, vcpu: &Vcpu) -> Option<u32> {
 /// TargetList.
 const SGI1R_TARGETS: u64 = 0xff << 48 | 0xf << 44 | 1 << 40 | 0xff << 32 | 0xff << 16 | 0xffff;
 
+/// `ESR_EL2` of an `HVC #0` from AArch64 (EC 0x16, IL, immediate 0): every call the guest ABI
+/// defines comes this way.
+const ESR_HVC_0: u64 = (0x16 << 26) | (1 << 25);
+
+/// Whether the synchronous exit with syndrome `esr` is an `HV_YIELD`, answered (x0 = 0) if so:
+/// tested before the general decode ([`handle`]), a yield being the one exit that switches
+/// vCPUs on its own.
+#[inline(always)]
+pub(super) fn take_yield(esr: u64, regs: &mut GuestRegs) -> bool {
+    if esr == ESR_HVC_0 && regs.x[0] as u32 == HV_YIELD {
+        regs.x[0] = 0;
+        true
+    } else {
+        false
+    }
+}
+
 /// An HVC: the hypervisor's calls, PSCI, or `NOT_SUPPORTED`.
 fn hvc(core: &mut Core<'_>, vm: &Vm, vcpu: &Vcpu, regs: &mut GuestRegs) -> Action {
     let function = regs.x[0] as u32;
