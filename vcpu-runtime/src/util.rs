@@ -161,7 +161,7 @@ impl Ewma {
     /// last update to `since` counts as idle, the run as busy. The same as `advance_scaled(since,
     /// 0)` then `advance_scaled(now, capacity)`, in one step when both fall in the current
     /// period (the common case: a run shorter than the averaging period).
-    #[inline]
+    #[inline(always)]
     pub fn advance_run(&mut self, decay: Decay, since: Instant, now: Instant, capacity: u32) {
         if now.as_nanos() < self.period_end && since >= self.last && now >= since {
             let capacity = capacity.min(CAPACITY_SCALE);

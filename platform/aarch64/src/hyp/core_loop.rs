@@ -749,12 +749,13 @@ impl Core<'_> {
                 }
                 // The run is over (every other guest stopped, or the scenario's time is up).
                 // (`end_ticks` is `end` in counter ticks: the same test without a conversion.)
-                if hyp.ending() || timer::ticks() >= hyp.end_ticks {
+                let ticks = timer::ticks();
+                if hyp.ending() || ticks >= hyp.end_ticks {
                     break ExitReason::Stop(StopReason::Halted);
                 }
                 if let Some(reason) = leaving {
                     if reason == ExitReason::Yield {
-                        if let Some((next, next_until)) = self.switch_on_yield(id, vm) {
+                        if let Some((next, next_until)) = self.switch_on_yield(id, vm, ticks) {
                             // This run ends as a yield's does below: kept loaded, its deadline
                             // noted; the next vCPU is saved over it in the checks and load above.
                             self.kept = Some((id, ctx));
@@ -788,7 +789,7 @@ impl Core<'_> {
         }
     }
 
-    /// A yield of `id` (of `vm`, loaded) at its exit: when the runtime would take it and pick
+    /// A yield of `id` (of `vm`, loaded) at its exit, the counter read at `ticks`: when the runtime would take it and pick
     /// a share peer with nothing else to look at first ([`CoreRuntime::switch_on_yield`]), and
     /// the core loop would do nothing else between the two runs (no poll asked for, no
     /// housekeeping or virtual-timer deadline due), the exit and the decision are taken here:
@@ -796,17 +797,18 @@ impl Core<'_> {
     /// noted among the others), and the peer and the `until` the loop would give it are
     /// returned. `None`, with nothing done, otherwise.
     #[inline(always)]
-    fn switch_on_yield(&mut self, id: VcpuId, vm: &Vm) -> Option<(VcpuId, Instant)> {
+    fn switch_on_yield(&mut self, id: VcpuId, vm: &Vm, ticks: u64) -> Option<(VcpuId, Instant)> {
         use core::sync::atomic::Ordering;
         if self.poll {
             return None;
         }
-        let now = timer::now();
+        let now = timer::instant_of_ticks(ticks);
         if now >= self.housekeeping_at || now >= self.next_timer() {
             return None;
         }
         let (next, until) = self.rt.switch_on_yield(&self.hyp.sys, id, now, &mut self.hyp.trace())?;
-        timer::disarm_hyp_timer();
+        // The EL2 timer stays armed: the peer's entry arms it for a later time (`until` is
+        // after `now`), which drops its line if it had fired.
         self.end_run_at(id, now);
         let deadline = loaded_deadline(vm);
         self.hyp.vcpu(id).timer_deadline.store(deadline, Ordering::Release);
