@@ -457,6 +457,7 @@ impl System {
     /// second read-modify-write to clear `WAKE` only if it was set. A wake-up that lands
     /// between the two is consumed as one that came just before the first (the vCPU is about
     /// to see its interrupts anyway), which is what the single CAS did.
+    #[inline(always)]
     pub(crate) fn start_running(&self, core: CoreId, vcpu: VcpuId) {
         let word = self.word(vcpu);
         let old = word.fetch_or(VcpuState::Running as u32, Ordering::AcqRel);
@@ -474,6 +475,7 @@ impl System {
 
     /// Owner: Running → Runnable (preempted or yielding), request flags kept: one `fetch_and`
     /// (Runnable is 0).
+    #[inline(always)]
     pub(crate) fn stop_running(&self, vcpu: VcpuId) {
         let old = self.word(vcpu).fetch_and(!STATE_MASK, Ordering::AcqRel);
         debug_assert_eq!(VcpuState::from_bits(old), VcpuState::Running, "vCPU {vcpu} was not running");

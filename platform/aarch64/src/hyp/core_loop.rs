@@ -755,7 +755,7 @@ impl Core<'_> {
                 }
                 if let Some(reason) = leaving {
                     if reason == ExitReason::Yield {
-                        if let Some((next, next_until)) = self.switch_on_yield(id, vm, ticks) {
+                        if let Some((next, next_until)) = self.switch_on_yield(vcpu, vm, ticks) {
                             // This run ends as a yield's does below: kept loaded, its deadline
                             // noted; the next vCPU is saved over it in the checks and load above.
                             self.kept = Some((id, ctx));
@@ -789,15 +789,16 @@ impl Core<'_> {
         }
     }
 
-    /// A yield of `id` (of `vm`, loaded) at its exit, the counter read at `ticks`: when the runtime would take it and pick
-    /// a share peer with nothing else to look at first ([`CoreRuntime::switch_on_yield`]), and
-    /// the core loop would do nothing else between the two runs (no poll asked for, no
-    /// housekeeping or virtual-timer deadline due), the exit and the decision are taken here:
+    /// A yield of `vcpu` (of `vm`, loaded) at its exit, the counter read at `ticks`: when the
+    /// runtime would take it and pick a share peer with nothing else to look at first
+    /// ([`CoreRuntime::switch_on_yield`]), and the core loop would do nothing else between the
+    /// two runs (no poll asked for, no housekeeping or virtual-timer deadline due), the exit
+    /// and the decision are taken here:
     /// the run ends as [`Core::run_vcpu`] ends a yield's and the loop takes it (its deadline
     /// noted among the others), and the peer and the `until` the loop would give it are
     /// returned. `None`, with nothing done, otherwise.
     #[inline(always)]
-    fn switch_on_yield(&mut self, id: VcpuId, vm: &Vm, ticks: u64) -> Option<(VcpuId, Instant)> {
+    fn switch_on_yield(&mut self, vcpu: &Vcpu, vm: &Vm, ticks: u64) -> Option<(VcpuId, Instant)> {
         use core::sync::atomic::Ordering;
         if self.poll {
             return None;
@@ -806,18 +807,23 @@ impl Core<'_> {
         if now >= self.housekeeping_at || now >= self.next_timer() {
             return None;
         }
+        let id = vcpu.id;
         let (next, until) = self.rt.switch_on_yield(&self.hyp.sys, id, now, &mut self.hyp.trace())?;
         // The EL2 timer stays armed: the peer's entry arms it for a later time (`until` is
         // after `now`), which drops its line if it had fired.
         self.end_run_at(id, now);
         let deadline = loaded_deadline(vm);
-        self.hyp.vcpu(id).timer_deadline.store(deadline, Ordering::Release);
+        vcpu.timer_deadline.store(deadline, Ordering::Release);
+        // The earliest deadline, known since the test above, with the yielder's; found again
+        // if it was the peer's, which is not among the others' any more.
         self.note_deadline(id, deadline);
-        // Its deadline is not among the others' any more.
-        if self.timers_holder == Some(next) {
+        let timers = if self.timers_holder == Some(next) {
             self.timers_known = false;
-        }
-        Some((next, until.min(self.next_timer()).min(self.housekeeping_at)))
+            self.next_timer()
+        } else {
+            Instant(self.timers_min)
+        };
+        Some((next, until.min(timers).min(self.housekeeping_at)))
     }
 
     /// The run of `id` ends now, which is returned: the run (and the deciding before it) is
