@@ -738,14 +738,19 @@ impl Core<'_> {
                 if leaving.is_none() && kind == ExitKind::Sync && !self.poll {
                     continue;
                 }
-                if vm.stopping.load(Ordering::SeqCst) {
-                    break ExitReason::Stop(vm.stop_reason());
-                }
-                if vm.is_resetting() {
-                    break ExitReason::PsciCpuOff;
-                }
-                if vm.paused.load(Ordering::Acquire) {
-                    break ExitReason::Wfi;
+                // A yield needs none of the VM's either: the yielder stays runnable, and a change
+                // to its VM is seen when it is next picked, as for any runnable vCPU (a peer of
+                // the same VM a yield switches to is brought straight back by that change's kick).
+                if leaving != Some(ExitReason::Yield) {
+                    if vm.stopping.load(Ordering::SeqCst) {
+                        break ExitReason::Stop(vm.stop_reason());
+                    }
+                    if vm.is_resetting() {
+                        break ExitReason::PsciCpuOff;
+                    }
+                    if vm.paused.load(Ordering::Acquire) {
+                        break ExitReason::Wfi;
+                    }
                 }
                 // The run is over (every other guest stopped, or the scenario's time is up).
                 // (`end_ticks` is `end` in counter ticks: the same test without a conversion.)
