@@ -604,8 +604,8 @@ impl Core<'_> {
         // Whether `id` is of the VM whose checks the exit just made, whose registers are loaded:
         // after a yield's switch to a peer of the same VM (below).
         let mut vm_checked = false;
+        let mut vcpu = hyp.vcpu(id);
         'vcpu: loop {
-            let vcpu = hyp.vcpu(id);
             let vm = &hyp.vms[vcpu.vm.index()];
             // After the exit's checks, a change comes with a kick IPI to this core, which runs
             // one of the VM's vCPUs: it brings the peer straight back after its entry.
@@ -764,8 +764,9 @@ impl Core<'_> {
                             // This run ends as a yield's does below: kept loaded, its deadline
                             // noted; the next vCPU is saved over it in the checks and load above.
                             self.kept = Some((id, ctx));
-                            vm_checked = hyp.vcpu(next).vm == vcpu.vm;
-                            (id, until) = (next, next_until);
+                            let peer = hyp.vcpu(next);
+                            vm_checked = peer.vm == vcpu.vm;
+                            (id, vcpu, until) = (next, peer, next_until);
                             continue 'vcpu;
                         }
                     }
