@@ -725,6 +725,23 @@ impl Core<'_> {
                         }
                     }
                 };
+                // A yield needs none of the checks below: the yielder stays runnable, and a change
+                // to its VM or the run's end is seen when it is next picked or at the loop's
+                // housekeeping, as for any runnable vCPU (the peer a yield switches to is checked
+                // at its entry unless it is of the same VM, which that change's kick brings
+                // straight back).
+                if action == Action::Exit(ExitReason::Yield) {
+                    if let Some((next, next_until)) = self.switch_on_yield(vcpu, vm, timer::ticks()) {
+                        // This run ends as a yield's does below: kept loaded, its deadline
+                        // noted; the next vCPU is saved over it in the checks and load above.
+                        self.kept = Some((id, ctx));
+                        let peer = hyp.vcpu(next);
+                        vm_checked = peer.vm == vcpu.vm;
+                        (id, vcpu, until) = (next, peer, next_until);
+                        continue 'vcpu;
+                    }
+                    break ExitReason::Yield;
+                }
                 let leaving = match action {
                     Action::Exit(reason @ (ExitReason::Stop(_) | ExitReason::PsciCpuOff)) => break reason,
                     Action::Exit(reason) => Some(reason),
@@ -738,38 +755,21 @@ impl Core<'_> {
                 if leaving.is_none() && kind == ExitKind::Sync && !self.poll {
                     continue;
                 }
-                // A yield needs none of the VM's either: the yielder stays runnable, and a change
-                // to its VM is seen when it is next picked, as for any runnable vCPU (a peer of
-                // the same VM a yield switches to is brought straight back by that change's kick).
-                if leaving != Some(ExitReason::Yield) {
-                    if vm.stopping.load(Ordering::SeqCst) {
-                        break ExitReason::Stop(vm.stop_reason());
-                    }
-                    if vm.is_resetting() {
-                        break ExitReason::PsciCpuOff;
-                    }
-                    if vm.paused.load(Ordering::Acquire) {
-                        break ExitReason::Wfi;
-                    }
+                if vm.stopping.load(Ordering::SeqCst) {
+                    break ExitReason::Stop(vm.stop_reason());
+                }
+                if vm.is_resetting() {
+                    break ExitReason::PsciCpuOff;
+                }
+                if vm.paused.load(Ordering::Acquire) {
+                    break ExitReason::Wfi;
                 }
                 // The run is over (every other guest stopped, or the scenario's time is up).
                 // (`end_ticks` is `end` in counter ticks: the same test without a conversion.)
-                let ticks = timer::ticks();
-                if hyp.ending() || ticks >= hyp.end_ticks {
+                if hyp.ending() || timer::ticks() >= hyp.end_ticks {
                     break ExitReason::Stop(StopReason::Halted);
                 }
                 if let Some(reason) = leaving {
-                    if reason == ExitReason::Yield {
-                        if let Some((next, next_until)) = self.switch_on_yield(vcpu, vm, ticks) {
-                            // This run ends as a yield's does below: kept loaded, its deadline
-                            // noted; the next vCPU is saved over it in the checks and load above.
-                            self.kept = Some((id, ctx));
-                            let peer = hyp.vcpu(next);
-                            vm_checked = peer.vm == vcpu.vm;
-                            (id, vcpu, until) = (next, peer, next_until);
-                            continue 'vcpu;
-                        }
-                    }
                     break reason;
                 }
                 if self.poll {
