@@ -368,6 +368,13 @@ pub fn load_after_save(ctx: &VcpuContext, vm: Option<VmRegs>) {
     load_vcpu(ctx);
 }
 
+/// [`load_after_save`] of a vCPU of the VM whose registers are loaded (a switch between two of
+/// its vCPUs).
+#[inline(always)]
+pub fn load_of_same_vm(ctx: &VcpuContext) {
+    load_vcpu(ctx);
+}
+
 /// Carries out a guest's trapped TLB maintenance instruction on this core: `op`, the local form
 /// of what the guest asked for, with its operand `xt`, for the VMID in `VTTBR_EL2` (the loaded
 /// vCPU's VM). The VM's other cores are the caller's business.

@@ -605,8 +605,8 @@ impl Core<'_> {
         // after a yield's switch to a peer of the same VM (below).
         let mut vm_checked = false;
         let mut vcpu = hyp.vcpu(id);
+        let mut vm = &hyp.vms[vcpu.vm.index()];
         'vcpu: loop {
-            let vm = &hyp.vms[vcpu.vm.index()];
             // After the exit's checks, a change comes with a kick IPI to this core, which runs
             // one of the VM's vCPUs: it brings the peer straight back after its entry.
             if !vm_checked {
@@ -648,7 +648,7 @@ impl Core<'_> {
                     if vm_checked {
                         // Its VM's registers are loaded, unchanged while one of its vCPUs runs
                         // here (a restore changes them with the VM paused, every vCPU out).
-                        guest::load_after_save(&ctx, None);
+                        guest::load_of_same_vm(&ctx);
                     } else {
                         let regs = vm.regs();
                         if switch {
@@ -737,6 +737,9 @@ impl Core<'_> {
                         self.kept = Some((id, ctx));
                         let peer = hyp.vcpu(next);
                         vm_checked = peer.vm == vcpu.vm;
+                        if !vm_checked {
+                            vm = &hyp.vms[peer.vm.index()];
+                        }
                         (id, vcpu, until) = (next, peer, next_until);
                         continue 'vcpu;
                     }
