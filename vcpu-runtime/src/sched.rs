@@ -66,6 +66,24 @@ const fn vtime_rate(weight: u32) -> u64 {
     (VTIME_SCALE << 32) / (if weight == 0 { 1 } else { weight as u64 })
 }
 
+/// The vCPU's part of [`CoreRuntime::charge`]: its run from `since` to `now` on a core of
+/// `capacity` (CPU time, virtual time, a reservation's budget, utilization, published when its
+/// period closed).
+#[inline(always)]
+fn charge_vcpu(v: &mut VcpuSched, sys: &System, since: Instant, now: Instant, capacity: u32) {
+    let ran = now.since(since);
+    v.stats.cpu_time += ran;
+    v.vtime = v.vtime.saturating_add(to_vtime(ran, v.vtime_rate));
+    if let Some(s) = v.rt.as_mut() {
+        s.remaining = s.remaining.saturating_sub(work_done(ran, capacity));
+    }
+    v.util.advance_run(sys.decay, since, now, capacity);
+    if v.util.generation() != v.published {
+        v.published = v.util.generation();
+        sys.publish_vcpu_util(v.id, &v.util);
+    }
+}
+
 fn to_vtime(d: Nanos, rate: u64) -> u64 {
     ((d.as_nanos() as u128 * rate as u128) >> 32).min(u64::MAX as u128) as u64
 }
@@ -681,21 +699,16 @@ impl CoreRuntime {
     // path of every switch paid a call (`cargo xtask bench qemu`: 20 instructions a switch).
     #[inline(always)]
     fn charge(&mut self, sys: &System, idx: usize, since: Instant, now: Instant) {
-        let ran = now.since(since);
         let capacity = self.capacity;
-        let v = &mut self.vcpus[idx];
-        v.stats.cpu_time += ran;
-        v.vtime = v.vtime.saturating_add(to_vtime(ran, v.vtime_rate));
-        if let Some(s) = v.rt.as_mut() {
-            s.remaining = s.remaining.saturating_sub(work_done(ran, capacity));
-        }
-        v.util.advance_run(sys.decay, since, now, capacity);
-        if v.util.generation() != v.published {
-            v.published = v.util.generation();
-            sys.publish_vcpu_util(v.id, &v.util);
-        }
+        charge_vcpu(&mut self.vcpus[idx], sys, since, now, capacity);
+        self.charge_core(sys, since, now);
+    }
+
+    /// The core's part of [`CoreRuntime::charge`]: its utilization and busy time.
+    #[inline(always)]
+    fn charge_core(&mut self, sys: &System, since: Instant, now: Instant) {
         self.util.advance_run(sys.decay, since, now, CAPACITY_SCALE);
-        self.stats.busy += ran;
+        self.stats.busy += now.since(since);
     }
 
     fn on_exit(
@@ -1157,14 +1170,16 @@ impl CoreRuntime {
         let pick = pick?;
         let core = self.core;
         let switch_events = trace.wants_switch_events();
-        // The exit (`on_exit`, `Yield`).
+        // The exit (`on_exit`, `Yield`), on one reference to the yielder.
         self.current = None;
-        self.charge(sys, cur.idx, cur.since, now);
+        let capacity = self.capacity;
+        let v = &mut *self.vcpus[cur.idx];
+        charge_vcpu(v, sys, cur.since, now, capacity);
         sys.stop_running(vcpu);
-        let v = &mut self.vcpus[cur.idx];
         v.state = VcpuState::Runnable;
         v.vtime = v.vtime.max(peers_max).saturating_add(1);
         v.stats.preemptions += 1;
+        self.charge_core(sys, cur.since, now);
         if switch_events {
             trace.emit(TraceEvent { at: now, kind: TraceKind::VcpuPreempt { core, vcpu } });
         }
@@ -1187,7 +1202,7 @@ impl CoreRuntime {
     /// run and its wake-up latency counted. Returns it.
     #[inline(always)]
     fn start_run(&mut self, sys: &System, idx: usize, now: Instant) -> VcpuId {
-        let v = &mut self.vcpus[idx];
+        let v = &mut *self.vcpus[idx];
         sys.start_running(self.core, v.id);
         v.state = VcpuState::Running;
         v.stats.runs += 1;
