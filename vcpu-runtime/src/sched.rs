@@ -1160,7 +1160,8 @@ impl CoreRuntime {
             if v.rt.is_some() {
                 return None;
             }
-            if i != cur.idx && v.state == VcpuState::Runnable {
+            // A peer (the yielder is `Running`).
+            if v.state == VcpuState::Runnable {
                 peers_max = peers_max.max(v.vtime);
                 if v.vtime < best {
                     (best, pick) = (v.vtime, Some(i));
