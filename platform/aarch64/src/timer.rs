@@ -103,13 +103,20 @@ crate::sysreg::sysreg_write!(fn write_cnthp_ctl_el2 = "cnthp_ctl_el2");
 
 /// Arms the EL2 physical timer (CNTHP, PPI 26) to fire at `at` (at once if `at` is past).
 pub fn arm_hyp_timer(at: Instant) {
+    arm_hyp_timer_before_eret(at);
+    barrier::isb(barrier::SY);
+}
+
+/// [`arm_hyp_timer`] right before an entry into a guest: the `ERET` synchronizes the writes
+/// (IRQs are masked at EL2 until then), so no `ISB` of its own.
+#[inline(always)]
+pub fn arm_hyp_timer_before_eret(at: Instant) {
     let ticks = match NANOS_PER_TICK.load(Ordering::Relaxed) {
         0 => nanos_to_ticks(at.as_nanos(), frequency_hz()),
         k => at.as_nanos().div_ceil(k),
     };
     write_cnthp_cval_el2(ticks);
     write_cnthp_ctl_el2(1);
-    barrier::isb(barrier::SY);
 }
 
 /// Disarms the EL2 physical timer: its interrupt line drops.

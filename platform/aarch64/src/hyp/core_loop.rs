@@ -338,6 +338,17 @@ impl Core<'_> {
         Instant(self.timers_min)
     }
 
+    /// [`Core::next_timer`] during a run: the runtime's vCPUs are those of the loop's last
+    /// decision, before which the loop took the earliest deadline, so they need no comparison.
+    #[inline(always)]
+    fn next_timer_in_run(&mut self) -> Instant {
+        debug_assert!(!self.timers_known || self.timers_membership == self.rt.membership());
+        if !self.timers_known {
+            self.scan_timers();
+        }
+        Instant(self.timers_min)
+    }
+
     /// Finds the earliest timer deadline of this core's blocked and runnable vCPUs.
     fn scan_timers(&mut self) {
         let (mut min, mut holder) = (NO_DEADLINE, None);
@@ -534,7 +545,7 @@ impl Core<'_> {
     /// image (and data blob) again, resets the VM's devices and starts vCPU 0 at the entry point, as at boot;
     /// the guest starts its other vCPUs with `CPU_ON` again.
     fn finish_reset(&mut self, vm: &Vm) {
-        use super::vm::{RESET_LOADING, RESET_NONE, RESET_QUIESCING};
+        use super::vm::{RESET_LOADING, RESET_QUIESCING};
         use core::sync::atomic::Ordering;
         let sys = &self.hyp.sys;
         let all_off = (0..vm.vcpus)
@@ -561,7 +572,7 @@ impl Core<'_> {
         }
         stage2::forget_vm(vm.vttbr);
         crate::println!("guest {}: reset, restarting at {:#x}", vm.name, vm.entry_ipa);
-        vm.resetting.store(RESET_NONE, Ordering::SeqCst);
+        vm.end_reset();
         let Some(boot_vcpu) = vm.vcpu_id(0) else { return };
         let mut slot = self.hyp.vcpu(boot_vcpu).boot.lock();
         match sys.request_power_on(boot_vcpu) {
@@ -601,15 +612,16 @@ impl Core<'_> {
     fn run_vcpu(&mut self, mut id: VcpuId, mut until: Instant) -> (VcpuId, ExitReason, Instant) {
         use core::sync::atomic::Ordering;
         let hyp = self.hyp;
-        // Whether `id` is of the VM whose checks the exit just made, whose registers are loaded:
-        // after a yield's switch to a peer of the same VM (below).
-        let mut vm_checked = false;
+        // Whether `id` is of the VM whose registers are loaded: after a yield's switch to a peer
+        // of the same VM (below).
+        let mut same_vm = false;
         let mut vcpu = hyp.vcpu(id);
         let mut vm = &hyp.vms[vcpu.vm.index()];
         'vcpu: loop {
-            // After the exit's checks, a change comes with a kick IPI to this core, which runs
-            // one of the VM's vCPUs: it brings the peer straight back after its entry.
-            if !vm_checked {
+            // Every entry is checked after the runtime made the vCPU `Running` (a yield's peer
+            // too): a core that stops, resets or pauses the VM sets its flag first and then
+            // signals each vCPU, which kicks this core only if it sees the vCPU running here.
+            if vm.held() {
                 if vm.stopping.load(Ordering::SeqCst) {
                     self.put_away();
                     return (id, ExitReason::Stop(vm.stop_reason()), timer::now());
@@ -619,7 +631,8 @@ impl Core<'_> {
                     return (id, ExitReason::Stop(StopReason::Halted), timer::now());
                 }
                 if vm.is_resetting() {
-                    // Off until the reset starts the guest again (a CPU_ON of its old life is void).
+                    // Off until the reset starts the guest again (a CPU_ON of its old life is
+                    // void).
                     self.put_away();
                     vcpu.boot.lock().take();
                     return (id, ExitReason::PsciCpuOff, timer::now());
@@ -645,7 +658,7 @@ impl Core<'_> {
                     if let Some((entry, x0)) = vcpu.boot.take() {
                         ctx.reset(entry, x0);
                     }
-                    if vm_checked {
+                    if same_vm {
                         // Its VM's registers are loaded, unchanged while one of its vCPUs runs
                         // here (a restore changes them with the VM paused, every vCPU out).
                         guest::load_of_same_vm(&ctx);
@@ -681,7 +694,7 @@ impl Core<'_> {
                 return (id, ExitReason::Preempted, end);
             }
             vcpu.timer_deadline.store(NO_DEADLINE, Ordering::Release);
-            timer::arm_hyp_timer(until);
+            timer::arm_hyp_timer_before_eret(until);
             let reason = loop {
                 self.vgic_enter(vm, vcpu);
                 if let Some(mark) = self.profile {
@@ -726,18 +739,17 @@ impl Core<'_> {
                     }
                 };
                 // A yield needs none of the checks below: the yielder stays runnable, and a change
-                // to its VM or the run's end is seen when it is next picked or at the loop's
-                // housekeeping, as for any runnable vCPU (the peer a yield switches to is checked
-                // at its entry unless it is of the same VM, which that change's kick brings
-                // straight back).
+                // to its VM is seen when it is next picked (its entry's checks), as for any
+                // runnable vCPU, and the run's end at the loop's housekeeping; the peer a yield
+                // switches to is checked at its entry above.
                 if action == Action::Exit(ExitReason::Yield) {
                     if let Some((next, next_until)) = self.switch_on_yield(vcpu, vm, timer::ticks()) {
                         // This run ends as a yield's does below: kept loaded, its deadline
                         // noted; the next vCPU is saved over it in the checks and load above.
                         self.kept = Some((id, ctx));
                         let peer = hyp.vcpu(next);
-                        vm_checked = peer.vm == vcpu.vm;
-                        if !vm_checked {
+                        same_vm = peer.vm == vcpu.vm;
+                        if !same_vm {
                             vm = &hyp.vms[peer.vm.index()];
                         }
                         (id, vcpu, until) = (next, peer, next_until);
@@ -758,18 +770,24 @@ impl Core<'_> {
                 if leaving.is_none() && kind == ExitKind::Sync && !self.poll {
                     continue;
                 }
-                if vm.stopping.load(Ordering::SeqCst) {
-                    break ExitReason::Stop(vm.stop_reason());
+                if vm.held() {
+                    if vm.stopping.load(Ordering::SeqCst) {
+                        break ExitReason::Stop(vm.stop_reason());
+                    }
+                    if vm.is_resetting() {
+                        break ExitReason::PsciCpuOff;
+                    }
+                    if vm.paused.load(Ordering::Acquire) {
+                        break ExitReason::Wfi;
+                    }
+                    // The run is over (every other guest stopped).
+                    if hyp.ending() {
+                        break ExitReason::Stop(StopReason::Halted);
+                    }
                 }
-                if vm.is_resetting() {
-                    break ExitReason::PsciCpuOff;
-                }
-                if vm.paused.load(Ordering::Acquire) {
-                    break ExitReason::Wfi;
-                }
-                // The run is over (every other guest stopped, or the scenario's time is up).
-                // (`end_ticks` is `end` in counter ticks: the same test without a conversion.)
-                if hyp.ending() || timer::ticks() >= hyp.end_ticks {
+                // The scenario's time is up. (`end_ticks` is `end` in counter ticks: the same
+                // test without a conversion.)
+                if timer::ticks() >= hyp.end_ticks {
                     break ExitReason::Stop(StopReason::Halted);
                 }
                 if let Some(reason) = leaving {
@@ -813,7 +831,7 @@ impl Core<'_> {
             return None;
         }
         let now = timer::instant_of_ticks(ticks);
-        if now >= self.housekeeping_at || now >= self.next_timer() {
+        if now >= self.housekeeping_at || now >= self.next_timer_in_run() {
             return None;
         }
         let id = vcpu.id;

@@ -724,7 +724,7 @@ impl Outgoing {
 /// Pauses `vm`: every vCPU leaves its core at its next exit or entry and stays blocked.
 fn pause(core: &mut Core<'_>, vm_index: usize) {
     let vm = &core.hyp.vms[vm_index];
-    vm.paused.store(true, Ordering::SeqCst);
+    vm.set_paused(true);
     // The boot core itself may hold one of them loaded.
     core.put_away_kept();
     for index in 0..vm.vcpus {
@@ -738,7 +738,7 @@ fn pause(core: &mut Core<'_>, vm_index: usize) {
 /// wake-up, which the architecture allows).
 fn resume(core: &mut Core<'_>, vm_index: usize) {
     let vm = &core.hyp.vms[vm_index];
-    vm.paused.store(false, Ordering::SeqCst);
+    vm.set_paused(false);
     for index in 0..vm.vcpus {
         if let Some(id) = vm.vcpu_id(index) {
             core.kick_vcpu(id);

@@ -234,6 +234,9 @@ impl Hypervisor {
     /// Ends the run: every core leaves its loop (the others are kicked).
     pub fn begin_ending(&self, me: CoreId) {
         if !self.ending.swap(true, Ordering::AcqRel) {
+            for vm in self.vms.iter() {
+                vm.hold_for_end();
+            }
             for k in 0..self.cores.len() {
                 if k != me.index() {
                     self.kick_core_to_housekeep(CoreId(k as u16));

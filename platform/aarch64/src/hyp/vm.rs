@@ -162,8 +162,13 @@ pub struct Vm {
     /// last harvest (both under one lock: a page is marked and made writable together).
     stage2: Mutex<Stage2State>,
     /// Live migration paused the VM: its vCPUs leave their cores at their next exit or entry
-    /// and do not run until it is resumed (docs/migration.md).
+    /// and do not run until it is resumed (docs/migration.md). Set with [`Vm::set_paused`].
     pub paused: AtomicBool,
+    /// [`HOLD_STOP`], [`HOLD_RESET`], [`HOLD_PAUSE`] and [`HOLD_END`]: set after `stopping`,
+    /// `resetting`, `paused` or the run's end (`Hypervisor::ending`) are and before the VM's
+    /// vCPUs are signalled or the cores kicked, cleared after them, so that an entry or exit
+    /// tests one byte ([`Vm::held`]) and the four only when it is not zero.
+    hold: AtomicU8,
     /// The interrupt controller model; reach it with [`Vm::vgic`].
     vgic: Mutex<Vgic>,
     pub uart: Mutex<Pl011>,
@@ -193,6 +198,15 @@ pub struct Vm {
     /// Of its waits, those left to the vCPU's next entry (`Core::guest_tlbi`).
     pub tlbi_deferred: AtomicU64,
 }
+
+/// [`Vm::hold`]: the VM is stopping.
+const HOLD_STOP: u8 = 1;
+/// [`Vm::hold`]: a reset is under way.
+const HOLD_RESET: u8 = 2;
+/// [`Vm::hold`]: live migration paused the VM.
+const HOLD_PAUSE: u8 = 4;
+/// [`Vm::hold`]: the run is ending (`Hypervisor::ending`, for every VM).
+const HOLD_END: u8 = 8;
 
 /// No reset in progress ([`Vm::resetting`]).
 pub const RESET_NONE: u8 = 0;
@@ -456,6 +470,7 @@ impl Vm {
             // The tables must outlive every vCPU that runs on them: the VM lives for the run.
             stage2: Mutex::new(Stage2State { map: stage2, touched, log: None }),
             paused: AtomicBool::new(false),
+            hold: AtomicU8::new(0),
             vgic: Mutex::new(vgic),
             uart: Mutex::new(Pl011::new()),
             stopping: AtomicBool::new(false),
@@ -485,8 +500,43 @@ impl Vm {
 
     /// Starts a `SYSTEM_RESET`; returns whether this call did (no reset or stop was under way).
     pub fn begin_reset(&self) -> bool {
-        !self.stopping.load(Ordering::SeqCst)
-            && self.resetting.compare_exchange(RESET_NONE, RESET_QUIESCING, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+        let begun = !self.stopping.load(Ordering::SeqCst)
+            && self.resetting.compare_exchange(RESET_NONE, RESET_QUIESCING, Ordering::SeqCst, Ordering::SeqCst).is_ok();
+        if begun {
+            self.hold.fetch_or(HOLD_RESET, Ordering::SeqCst);
+        }
+        begun
+    }
+
+    /// Ends a reset (its image is loaded again): the VM's vCPUs may run.
+    pub fn end_reset(&self) {
+        self.resetting.store(RESET_NONE, Ordering::SeqCst);
+        self.hold.fetch_and(!HOLD_RESET, Ordering::SeqCst);
+    }
+
+    /// Pauses the VM for live migration, or resumes it; its vCPUs are signalled after.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+        if paused {
+            self.hold.fetch_or(HOLD_PAUSE, Ordering::SeqCst);
+        } else {
+            self.hold.fetch_and(!HOLD_PAUSE, Ordering::SeqCst);
+        }
+    }
+
+    /// The run is ending (`Hypervisor::begin_ending`, before it kicks the cores).
+    pub fn hold_for_end(&self) {
+        self.hold.fetch_or(HOLD_END, Ordering::SeqCst);
+    }
+
+    /// Whether the VM may be stopping, resetting or paused, or the run ending (then `stopping`,
+    /// [`Vm::is_resetting`], `paused` and `Hypervisor::ending` say which): one load for the test
+    /// every entry and every exit that leaves makes. An entry tests it after its vCPU is made
+    /// `Running`; a core that sets one of them signals the VM's vCPUs after it, which kicks the
+    /// cores it sees running them (the run's end kicks every core).
+    #[inline(always)]
+    pub fn held(&self) -> bool {
+        self.hold.load(Ordering::SeqCst) != 0
     }
 
     /// Whether a reset is under way: a vCPU of this VM that comes to run turns itself off.
@@ -769,6 +819,7 @@ impl Vm {
     /// Marks the VM as stopping for `reason`; returns whether this call did it (the first).
     pub fn begin_stop(&self, reason: StopReason) -> bool {
         let first = !self.stopping.swap(true, Ordering::SeqCst);
+        self.hold.fetch_or(HOLD_STOP, Ordering::SeqCst);
         if first {
             self.stop_reason.store(reason_code(reason), Ordering::Release);
         }
