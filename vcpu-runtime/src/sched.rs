@@ -723,10 +723,11 @@ impl CoreRuntime {
             return Err(RuntimeError::NotRunning { vcpu, core: self.core });
         };
         self.current = None;
-        self.charge(sys, cur.idx, cur.since, now);
-        let core = self.core;
-        let at = now;
-        let v = &mut self.vcpus[cur.idx];
+        self.charge_core(sys, cur.since, now);
+        let (core, at, capacity) = (self.core, now, self.capacity);
+        // One reference to the vCPU's state for its charge and its new state.
+        let v = &mut *self.vcpus[cur.idx];
+        charge_vcpu(v, sys, cur.since, now, capacity);
         match reason {
             ExitReason::Preempted | ExitReason::Yield => {
                 sys.stop_running(vcpu);
