@@ -823,8 +823,13 @@ impl CoreRuntime {
         if self.deferred_moves.is_empty() && self.local_moves.is_empty() && !sys.has_requests(self.core) {
             return;
         }
-        while let Some(msg) = sys.take_mail(self.core) {
+        // Until the last message the mailbox held when it was taken: one posted since comes
+        // with a kick, which the next decision sees.
+        while let Some((msg, more)) = sys.take_mail(self.core) {
             self.receive(sys, msg, now, trace);
+            if !more {
+                break;
+            }
         }
         // After the mail: a vCPU on its way here may have arrived.
         self.take_local_moves(sys, now, trace);

@@ -594,19 +594,21 @@ impl System {
         Ok(())
     }
 
-    /// Owner: the next message in its mailbox.
-    pub(crate) fn take_mail(&self, core: CoreId) -> Option<Message> {
+    /// Owner: the next message in its mailbox, and whether more were behind it then (when
+    /// none were, the mailbox's flag is cleared with it: a message posted after sets it again).
+    pub(crate) fn take_mail(&self, core: CoreId) -> Option<(Message, bool)> {
         let c = &self.cores[core.index()];
         if !c.has_mail.load(Ordering::Acquire) {
             return None;
         }
         let mut inner = c.mailbox.lock();
         let msg = inner.queue.pop_front();
-        if inner.queue.is_empty() {
+        let more = !inner.queue.is_empty();
+        if !more {
             // Cleared under the lock: a poster that pushes after this sets it again.
             c.has_mail.store(false, Ordering::Release);
         }
-        msg
+        msg.map(|m| (m, more))
     }
 
     /// Owner, going offline: refuses further messages; returns those still queued.
