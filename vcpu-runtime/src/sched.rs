@@ -946,6 +946,7 @@ impl CoreRuntime {
     }
 
     /// [`CoreRuntime::migrate`] of the vCPU at `idx` of this core's list.
+    #[inline(always)]
     fn migrate_at(
         &mut self,
         sys: &System,
