@@ -823,8 +823,9 @@ impl CoreRuntime {
         if self.deferred_moves.is_empty() && self.local_moves.is_empty() && !sys.has_requests(self.core) {
             return;
         }
-        // Until the last message the mailbox held when it was taken: one posted since comes
-        // with a kick, which the next decision sees.
+        // Until the last message the mailbox held when it was taken: one posted since sets its
+        // flag again, which the next decision sees (a poster on another core kicks this one
+        // too).
         while let Some((msg, more)) = sys.take_mail(self.core) {
             self.receive(sys, msg, now, trace);
             if !more {

@@ -745,7 +745,8 @@ impl Core<'_> {
                 if action == Action::Exit(ExitReason::Yield) {
                     if let Some((next, next_until)) = self.switch_on_yield(vcpu, vm, timer::ticks()) {
                         // This run ends as a yield's does below: kept loaded, its deadline
-                        // noted; the next vCPU is saved over it in the checks and load above.
+                        // noted; at the top, once the peer's entry has passed its VM's test,
+                        // the yielder is saved and the peer loaded.
                         self.kept = Some((id, ctx));
                         let peer = hyp.vcpu(next);
                         same_vm = peer.vm == vcpu.vm;

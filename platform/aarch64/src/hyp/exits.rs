@@ -217,8 +217,8 @@ pub(super) fn sgi_to_self_only(value: u64, vcpu: &Vcpu) -> Option<u32> {
 /// TargetList.
 const SGI1R_TARGETS: u64 = 0xff << 48 | 0xf << 44 | 1 << 40 | 0xff << 32 | 0xff << 16 | 0xffff;
 
-/// `ESR_EL2` of an `HVC #0` from AArch64 (EC 0x16, IL, immediate 0): every call the guest ABI
-/// defines comes this way.
+/// `ESR_EL2` of an `HVC #0` from AArch64 (EC 0x16, IL, immediate 0): SMCCC calls, the guest
+/// ABI's among them, use immediate 0.
 const ESR_HVC_0: u64 = (0x16 << 26) | (1 << 25);
 
 /// Whether the synchronous exit with syndrome `esr` is an `HV_YIELD`, answered (x0 = 0) if so:
